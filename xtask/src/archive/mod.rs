@@ -1,0 +1,1 @@
+//! Deterministic archive writers and readers.

@@ -1,7 +1,15 @@
 //! Kiln: declarative recipes in, reproducible network-boot artifacts out.
 //!
 //! Layers, one way down (see docs/ARCHITECTURE.md):
-//! `cli → plan → steps → archive / store / tools`.
+//! `cli → plan → steps → archive / store / tools`, with `recipe` feeding
+//! `plan` and `verify` proving artifacts after a build.
 
 pub mod archive;
+pub mod bench_archive;
 pub mod cli;
+pub mod plan;
+pub mod recipe;
+pub mod steps;
+pub mod store;
+pub mod tools;
+pub mod verify;

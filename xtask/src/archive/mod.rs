@@ -1,1 +1,35 @@
-//! Deterministic archive writers and readers.
+//! Deterministic archive writers and readers: newc cpio and its compression.
+//!
+//! Shape (after u-root's `pkg/cpio`): records are plain data ([`Entry`]); producers make them
+//! ([`from_tree`], or a step building them by hand); small transforms fix them up ([`normalize`]:
+//! sort by path bytes, add parent directories, reject bad paths); the [`Writer`] turns them into
+//! bytes and knows nothing about filesystems. Invariant: the bytes are a function of the records
+//! alone -- never of the clock, the host, readdir order, umask or the number of threads.
+//!
+//! ```text
+//! from_tree(root, &TreeOptions)   -> Vec<Entry>      (sorted, parents added, hard links grouped)
+//! normalize(entries, parent_mtime) -> Vec<Entry>
+//! write_archive(&entries, Compression, &CompressOptions, &mut out)   the one call a step makes
+//! Writer::new(out).write_entries(&entries)?.finish()                 plain newc, streaming
+//! decompress_all(image) -> newc bytes;  read_archive(newc) -> Vec<ReadEntry>
+//! ```
+//!
+//! The newc bytes match the kernel's `usr/gen_init_cpio.c` (Linux 6.1) exactly: inodes from 721,
+//! device 3:1 in every header, nlink 2 for directories/fifos/sockets, symlink targets stored with
+//! their NUL, hard links sharing one inode with the data on the last link, `TRAILER!!!` padded to
+//! 512 bytes. gzip images are several members, each one complete archive (see `gzip.rs` for the
+//! initramfs.c lines that require it); zstd, xz and none are one archive.
+
+pub mod compress;
+pub mod entry;
+pub mod gzip;
+pub mod newc;
+pub mod tree;
+
+pub use compress::{
+    decompress_all, write_archive, CompressOptions, Compression, DEFAULT_GZIP_LEVEL,
+    DEFAULT_XZ_PRESET, DEFAULT_ZSTD_LEVEL,
+};
+pub use entry::{normalize, Data, Entry, Kind};
+pub use newc::{archive_bytes, read_archive, ReadEntry, Writer};
+pub use tree::{from_tree, TreeOptions};

@@ -1,5 +1,0 @@
-use std::process::ExitCode;
-
-pub fn main() -> ExitCode {
-    ExitCode::SUCCESS
-}

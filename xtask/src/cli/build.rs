@@ -1,0 +1,269 @@
+//! `build`, `plan`, `boot-test` and `bench`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+
+use super::Settings;
+use crate::plan::exec::{Executor, NodeResult, Status};
+use crate::plan::{self, Plan, PlanOptions};
+use crate::recipe;
+use crate::steps::manifest::{Artifact, Manifest};
+use crate::store::{Digest, Output, Store, TreeKind};
+use crate::verify;
+
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// Recipe names (files in the recipes directory without `.toml`), e.g. `stage2`.
+    #[arg(required = true)]
+    pub targets: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    #[arg(required = true)]
+    pub targets: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct BootTestArgs {
+    /// What to boot: `stage2-initramfs` (Debian's kernel with the stage2 initramfs).
+    pub what: String,
+    /// Seconds to wait for the serial marker.
+    #[arg(long, default_value_t = 180)]
+    pub timeout: u64,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Pack the Debian kernel's module tree with Kiln vs cpio | gzip -9, pigz -9, zstd.
+    Archive,
+}
+
+/// The loaded recipes, the store and the plan for some targets.
+pub struct Session {
+    pub store: Store,
+    pub plan: Plan,
+    pub executor_jobs: usize,
+}
+
+fn session(s: &Settings, targets: &[String]) -> Result<Session> {
+    let recipes = recipe::load(&s.recipes_dir, &s.vars)?;
+    let store = Store::open(&s.cache_dir)?;
+    let opts = PlanOptions {
+        source_overrides: s.source_overrides.clone(),
+        epoch_override: source_date_epoch()?,
+        threads: s.jobs,
+    };
+    let plan = plan::plan(&recipes, targets, &store, &opts)?;
+    Ok(Session {
+        store,
+        plan,
+        executor_jobs: s.jobs,
+    })
+}
+
+fn source_date_epoch() -> Result<Option<u64>> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) if !v.is_empty() => v
+            .trim()
+            .parse()
+            .map(Some)
+            .with_context(|| format!("SOURCE_DATE_EPOCH=`{v}` is not a number of seconds")),
+        _ => Ok(None),
+    }
+}
+
+fn executor<'a>(s: &Settings, store: &'a Store, jobs: usize) -> Executor<'a> {
+    Executor {
+        store,
+        jobs,
+        log_dir: s.output_dir.join("logs"),
+        quiet: s.quiet,
+    }
+}
+
+pub fn build(s: &Settings, a: &BuildArgs) -> Result<ExitCode> {
+    build_targets(s, &a.targets)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Builds `targets` and writes their artifacts and the manifest; returns
+/// the manifest entries of what was built.
+pub fn build_targets(s: &Settings, targets: &[String]) -> Result<Vec<Artifact>> {
+    let start = Instant::now();
+    let sess = session(s, targets)?;
+    let results = executor(s, &sess.store, sess.executor_jobs).run(&sess.plan)?;
+    let artifacts = install_artifacts(s, &sess, &results)?;
+    let ran = results.iter().filter(|r| !r.cached).count();
+    for a in &artifacts {
+        println!("{}  {}", a.sha256.short(), a.path);
+    }
+    println!(
+        "built {} in {:.2}s: {} steps, {ran} run, {} cached; manifest {}",
+        targets.join(" "),
+        start.elapsed().as_secs_f64(),
+        results.len(),
+        results.len() - ran,
+        s.output_dir.join("manifest.json").display()
+    );
+    Ok(artifacts)
+}
+
+/// Copies each artifact out of the store (temp file + rename) and rewrites
+/// the manifest last, so it never names a file that is not in place.
+fn install_artifacts(
+    s: &Settings,
+    sess: &Session,
+    results: &[NodeResult],
+) -> Result<Vec<Artifact>> {
+    let mut artifacts = Vec::new();
+    for spec in &sess.plan.artifacts {
+        let r = &results[spec.node];
+        let (digest, size) = match r.outputs.get(spec.output) {
+            Some(Output::File { digest, size }) => (*digest, *size),
+            _ => bail!("step for {} produced no file `{}`", spec.name, spec.output),
+        };
+        let dest = s.output_dir.join(&spec.name);
+        if !already_in_place(&dest, &digest) {
+            sess.store.copy_blob_to(&digest, &dest, 0o644)?;
+        }
+        artifacts.push(Artifact {
+            name: spec.name.clone(),
+            path: spec.name.clone(),
+            kind: spec.kind.to_string(),
+            arch: spec.arch.to_string(),
+            sha256: digest,
+            size,
+            recipe: recipe_display(&spec.recipe),
+            step_key: r.key,
+            inputs: r.components.inputs.clone(),
+        });
+    }
+    let manifest_path = s.output_dir.join("manifest.json");
+    let mut manifest = Manifest::read_or_empty(&manifest_path);
+    manifest.source_date_epoch = sess
+        .plan
+        .artifacts
+        .iter()
+        .map(|a| a.epoch)
+        .max()
+        .unwrap_or(0);
+    manifest.merge(artifacts.clone());
+    manifest.write(&manifest_path)?;
+    Ok(artifacts)
+}
+
+fn already_in_place(dest: &Path, digest: &Digest) -> bool {
+    dest.is_file()
+        && Digest::of_file(dest)
+            .map(|(d, _)| d == *digest)
+            .unwrap_or(false)
+}
+
+/// `recipes/stage2.toml`: the recipe's path relative to the workspace, never absolute.
+fn recipe_display(p: &Path) -> String {
+    let name = p
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    format!("recipes/{name}")
+}
+
+pub fn plan(s: &Settings, a: &PlanArgs) -> Result<ExitCode> {
+    let sess = session(s, &a.targets)?;
+    let statuses = executor(s, &sess.store, sess.executor_jobs).status(&sess.plan)?;
+    let (mut hits, mut misses) = (0, 0);
+    for (node, status) in sess.plan.nodes.iter().zip(&statuses) {
+        let (word, key) = match status {
+            Status::Hit(k) => {
+                hits += 1;
+                ("hit ", k.short())
+            }
+            Status::Miss(k) => {
+                misses += 1;
+                ("miss", k.short())
+            }
+            Status::Pending => {
+                misses += 1;
+                ("miss", "(after inputs)".to_string())
+            }
+        };
+        println!("{word}  {key:<14}  {}", node.step.label());
+    }
+    println!("{} steps: {hits} cached, {misses} to run", statuses.len());
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn boot_test(s: &Settings, a: &BootTestArgs) -> Result<ExitCode> {
+    match a.what.as_str() {
+        "stage2-initramfs" => {
+            build_targets(s, &["stage2".to_string()])?;
+            let initrd = s.output_dir.join("stage2/stage2_initramfs.cpio.gz");
+            let kernel = debian_kernel(s)?;
+            let outcome =
+                verify::boot::boot(&verify::boot::BootSpec::stage2(&kernel, &initrd, a.timeout))?;
+            println!(
+                "boot test passed in {:.1}s: saw `{}`",
+                outcome.elapsed.as_secs_f64(),
+                outcome.marker
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        other => bail!("unknown boot test `{other}`: try `stage2-initramfs`"),
+    }
+}
+
+/// `boot/vmlinuz-*` from the pinned `linux-image` source, as a store path.
+pub fn debian_kernel(s: &Settings) -> Result<PathBuf> {
+    let tree = deb_tree(s, "linux-image")?;
+    let store = Store::open(&s.cache_dir)?;
+    let entry = tree
+        .entries
+        .iter()
+        .find(|e| e.path.starts_with("boot/vmlinuz-"))
+        .context("the linux-image source has no boot/vmlinuz-*")?;
+    match &entry.kind {
+        TreeKind::File { digest, .. } => store.verified_blob(digest),
+        _ => bail!("{} in linux-image is not a file", entry.path),
+    }
+}
+
+/// The unpacked tree of a `deb` source, fetched and cached as a build would.
+pub fn deb_tree(s: &Settings, source: &str) -> Result<crate::store::Tree> {
+    let recipes = recipe::load(&s.recipes_dir, &s.vars)?;
+    let store = Store::open(&s.cache_dir)?;
+    let opts = PlanOptions {
+        source_overrides: s.source_overrides.clone(),
+        epoch_override: None,
+        threads: s.jobs,
+    };
+    let plan = plan::plan_deb_tree(&recipes, source, &store, &opts)?;
+    let results = executor(s, &store, s.jobs).run(&plan)?;
+    match results.last().and_then(|r| r.outputs.get("tree")) {
+        Some(Output::Tree { digest }) => store.tree(digest),
+        _ => bail!("unpacking source `{source}` produced no tree"),
+    }
+}
+
+pub fn bench(s: &Settings, c: &BenchCommand) -> Result<ExitCode> {
+    match c {
+        BenchCommand::Archive => {
+            let tree = deb_tree(s, "linux-image")?;
+            let store = Store::open(&s.cache_dir)?;
+            let work = store.scratch("bench")?;
+            let root = work.path().join("tree");
+            eprintln!(
+                "materializing the linux-image tree ({} entries)…",
+                tree.entries.len()
+            );
+            store.materialize(&tree, &root)?;
+            let table = crate::bench_archive::run(&root, work.path(), s.jobs)?;
+            println!("{table}");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -1,0 +1,90 @@
+//! `doctor`: which host tools are present, their versions, what needs them,
+//! and the one `apt-get install` line for what is missing.
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+
+use super::Settings;
+use crate::tools;
+
+pub fn doctor(s: &Settings) -> Result<ExitCode> {
+    let mut missing = Vec::new();
+    println!(
+        "{:<8} {:<20} {:<45} needed for",
+        "status", "tool", "version"
+    );
+    for t in tools::host_tools() {
+        let (status, version) = match tools::find(&t.command) {
+            Some(_) => (
+                "found",
+                tools::version(&t.command).unwrap_or_else(|e| format!("? ({e})")),
+            ),
+            None => {
+                missing.push(t.package.clone());
+                ("MISSING", String::new())
+            }
+        };
+        println!(
+            "{status:<8} {:<20} {:<45} {}",
+            t.command,
+            truncate(&version, 45),
+            t.purpose
+        );
+    }
+    println!();
+    println!(
+        "cache:   {} ({})",
+        s.cache_dir.display(),
+        human(dir_size(&s.cache_dir))
+    );
+    println!("recipes: {}", s.recipes_dir.display());
+    println!("output:  {}", s.output_dir.display());
+    if s.source_overrides.is_empty() {
+        println!("sources: all pinned (give a local tree with --source NAME=PATH or KILN_SOURCE_<NAME>=PATH)");
+    }
+    for (name, path) in &s.source_overrides {
+        println!("source override: {name} = {}", path.display());
+    }
+    missing.sort();
+    missing.dedup();
+    if missing.is_empty() {
+        println!("\nall host tools are present");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!(
+            "\nto install what is missing:\n  apt-get install -y {}",
+            missing.join(" ")
+        );
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        s.chars().take(n - 1).collect::<String>() + "…"
+    }
+}
+
+pub fn dir_size(dir: &std::path::Path) -> u64 {
+    walkdir::WalkDir::new(dir)
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter_map(|e| e.metadata().ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
+        .sum()
+}
+
+pub fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i < UNITS.len() - 1 {
+        v /= 1024.0;
+        i += 1;
+    }
+    format!("{v:.1} {}", UNITS[i])
+}

@@ -1,0 +1,29 @@
+//! `gc`: drop store entries that no kept action record references.
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::Args;
+
+use super::doctor::human;
+use super::Settings;
+use crate::store::Store;
+
+#[derive(Debug, Args)]
+pub struct GcArgs {
+    /// Also drop action records not used for this many days (default: keep all records).
+    #[arg(long, value_name = "DAYS")]
+    pub keep_days: Option<u64>,
+}
+
+pub fn gc(s: &Settings, a: &GcArgs) -> Result<ExitCode> {
+    let store = Store::open(&s.cache_dir)?;
+    let report = store.gc(a
+        .keep_days
+        .map(|d| std::time::Duration::from_secs(d * 86_400)))?;
+    println!(
+        "removed {} action records, {} trees, {} blobs, {} scratch dirs: freed {}; the store now holds {}",
+        report.actions, report.trees, report.blobs, report.scratch, human(report.freed), human(report.kept)
+    );
+    Ok(ExitCode::SUCCESS)
+}

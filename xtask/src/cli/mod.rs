@@ -1,0 +1,195 @@
+//! `cargo xtask …`: argument parsing and the commands. Each command calls
+//! into the layers below and prints results; no build logic lives here.
+
+mod build;
+mod doctor;
+mod gc;
+mod sources;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cargo xtask",
+    version,
+    about = "Kiln: reproducible, content-addressed builds of network-boot artifacts",
+    long_about = "Kiln turns the TOML recipes in recipes/ into boot artifacts under output/. \
+Every step is cached in the store by the sha256 of its inputs, parameters and tools, so a \
+rebuild with nothing changed runs nothing, and a clean rebuild gives the same bytes."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct Global {
+    /// Directory of recipe files (default: recipes/ at the workspace root).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub recipes: Option<PathBuf>,
+    /// Where artifacts and manifest.json are written (default: output/ at the workspace root).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub output: Option<PathBuf>,
+    /// The local store (default: $KILN_CACHE, else ~/.cache/kiln).
+    #[arg(long, global = true, value_name = "DIR", env = "KILN_CACHE")]
+    pub cache: Option<PathBuf>,
+    /// Use a local file or tree instead of a pinned source, e.g. --source ipxe=/src/ipxe.
+    /// Also KILN_SOURCE_<NAME>=PATH.
+    #[arg(long = "source", global = true, value_name = "NAME=PATH", value_parser = parse_pair)]
+    pub sources: Vec<(String, String)>,
+    /// Set a recipe variable, e.g. --var release=2026.11.
+    #[arg(long = "var", global = true, value_name = "NAME=VALUE", value_parser = parse_pair)]
+    pub vars: Vec<(String, String)>,
+    /// Steps run in parallel, and threads a step may use (default: number of CPUs).
+    #[arg(short = 'j', long, global = true, value_name = "N")]
+    pub jobs: Option<usize>,
+    /// Print only errors and the final summary.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Build targets (recipe names, e.g. `stage2`) into the output directory.
+    Build(build::BuildArgs),
+    /// Show every step of the targets: cached (hit), to run (miss) or waiting on another step.
+    Plan(build::PlanArgs),
+    /// Boot an artifact in QEMU and wait for its serial marker (e.g. `stage2-initramfs`).
+    BootTest(build::BootTestArgs),
+    /// List the host tools Kiln uses, their versions, and how to install what is missing.
+    Doctor,
+    /// Manage pinned sources (recipes/sources.toml).
+    Sources {
+        #[command(subcommand)]
+        command: sources::SourcesCommand,
+    },
+    /// Remove store entries no action record references, and stale scratch directories.
+    Gc(gc::GcArgs),
+    /// Benchmarks against the tools an operator would otherwise use.
+    Bench {
+        #[command(subcommand)]
+        command: build::BenchCommand,
+    },
+}
+
+fn parse_pair(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected NAME=VALUE, got `{s}`"))?;
+    if k.is_empty() {
+        return Err(format!("empty name in `{s}`"));
+    }
+    Ok((k.to_string(), v.to_string()))
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("KILN_LOG").unwrap_or_else(|_| "warn".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .without_time()
+        .init();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {}", format_error(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error and its causes, one per line, recipe errors rendered whole.
+pub fn format_error(e: &anyhow::Error) -> String {
+    let mut out = e.to_string();
+    for cause in e.chain().skip(1) {
+        out.push_str(&format!("\n  caused by: {cause}"));
+    }
+    out
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    let ctx = Settings::new(&cli.global)?;
+    match cli.command {
+        Command::Build(a) => build::build(&ctx, &a),
+        Command::Plan(a) => build::plan(&ctx, &a),
+        Command::BootTest(a) => build::boot_test(&ctx, &a),
+        Command::Doctor => doctor::doctor(&ctx),
+        Command::Sources { command } => sources::run(&ctx, &command),
+        Command::Gc(a) => gc::gc(&ctx, &a),
+        Command::Bench { command } => build::bench(&ctx, &command),
+    }
+}
+
+/// Resolved global settings shared by the commands.
+pub struct Settings {
+    pub recipes_dir: PathBuf,
+    pub output_dir: PathBuf,
+    pub cache_dir: PathBuf,
+    pub source_overrides: BTreeMap<String, PathBuf>,
+    pub vars: BTreeMap<String, String>,
+    pub jobs: usize,
+    pub quiet: bool,
+}
+
+impl Settings {
+    fn new(g: &Global) -> Result<Settings> {
+        let root = workspace_root();
+        let cache_dir = match &g.cache {
+            Some(c) => c.clone(),
+            None => home_cache()?,
+        };
+        let mut source_overrides: BTreeMap<String, PathBuf> = env_source_overrides();
+        source_overrides.extend(g.sources.iter().map(|(k, v)| (k.clone(), PathBuf::from(v))));
+        let jobs = g.jobs.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        });
+        Ok(Settings {
+            recipes_dir: g.recipes.clone().unwrap_or_else(|| root.join("recipes")),
+            output_dir: g.output.clone().unwrap_or_else(|| root.join("output")),
+            cache_dir,
+            source_overrides,
+            vars: g.vars.iter().cloned().collect(),
+            jobs: jobs.max(1),
+            quiet: g.quiet,
+        })
+    }
+}
+
+/// `cargo run` sets CARGO_MANIFEST_DIR (xtask/) for the process; the
+/// workspace root is its parent. Falls back to the current directory.
+fn workspace_root() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn home_cache() -> Result<PathBuf> {
+    let home = std::env::var_os("HOME").context("neither --cache, KILN_CACHE nor HOME is set")?;
+    Ok(PathBuf::from(home).join(".cache/kiln"))
+}
+
+/// `KILN_SOURCE_<NAME>=PATH` (name upper-cased, `-` as `_`).
+fn env_source_overrides() -> BTreeMap<String, PathBuf> {
+    std::env::vars_os()
+        .filter_map(|(k, v)| {
+            let k = k
+                .to_str()?
+                .strip_prefix("KILN_SOURCE_")?
+                .to_ascii_lowercase()
+                .replace('_', "-");
+            Some((k, PathBuf::from(v)))
+        })
+        .collect()
+}

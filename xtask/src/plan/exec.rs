@@ -1,0 +1,217 @@
+//! Running a plan: resolve each node's inputs, compute its key, reuse the
+//! stored outputs on a hit, otherwise run the step in a scratch directory
+//! and record its outputs. Independent nodes run in parallel, up to `jobs`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+
+use super::{InputRef, Node, Plan};
+use crate::steps::{output_digest, KeyComponents, StepContext};
+use crate::store::{ActionRecord, Digest, Output, Store};
+use crate::tools;
+
+/// What became of one node.
+#[derive(Debug, Clone)]
+pub struct NodeResult {
+    pub key: Digest,
+    pub components: KeyComponents,
+    pub outputs: BTreeMap<String, Output>,
+    pub cached: bool,
+    pub elapsed: Duration,
+}
+
+pub struct Executor<'a> {
+    pub store: &'a Store,
+    pub jobs: usize,
+    pub log_dir: PathBuf,
+    pub quiet: bool,
+}
+
+/// How a node stands before anything runs (for `plan`).
+pub enum Status {
+    Hit(Digest),
+    Miss(Digest),
+    /// Waits on nodes whose outputs are not known yet.
+    Pending,
+}
+
+impl Executor<'_> {
+    /// Key components of `node` once its inputs are known.
+    pub fn components(
+        &self,
+        node: &Node,
+        results: &[Option<NodeResult>],
+    ) -> Result<Option<KeyComponents>> {
+        let Some(inputs) = resolve(node, results) else {
+            return Ok(None);
+        };
+        let mut tools_map = BTreeMap::new();
+        for t in node.step.tools() {
+            tools_map.insert(t.to_string(), tools::version(t)?);
+        }
+        Ok(Some(KeyComponents {
+            kind: node.step.kind().to_string(),
+            version: node.step.version(),
+            params: node.step.params(),
+            inputs: inputs
+                .iter()
+                .map(|(k, o)| (k.clone(), output_digest(o)))
+                .collect(),
+            tools: tools_map,
+        }))
+    }
+
+    /// Hit/miss for every node without running anything; nodes after a miss
+    /// are pending.
+    pub fn status(&self, plan: &Plan) -> Result<Vec<Status>> {
+        let mut results: Vec<Option<NodeResult>> = vec![None; plan.nodes.len()];
+        let mut statuses = Vec::new();
+        for (i, node) in plan.nodes.iter().enumerate() {
+            let Some(components) = self.components(node, &results)? else {
+                statuses.push(Status::Pending);
+                continue;
+            };
+            let key = components.key();
+            match self.store.action(&key)? {
+                Some(record) => {
+                    results[i] = Some(NodeResult {
+                        key,
+                        components,
+                        outputs: record.outputs,
+                        cached: true,
+                        elapsed: Duration::ZERO,
+                    });
+                    statuses.push(Status::Hit(key));
+                }
+                None => statuses.push(Status::Miss(key)),
+            }
+        }
+        Ok(statuses)
+    }
+
+    /// Runs every node, in dependency order, `jobs` at a time.
+    pub fn run(&self, plan: &Plan) -> Result<Vec<NodeResult>> {
+        let n = plan.nodes.len();
+        let mut results: Vec<Option<NodeResult>> = vec![None; n];
+        let mut started = vec![false; n];
+        let mut running = 0usize;
+        let (tx, rx) = mpsc::channel::<(usize, Result<NodeResult>)>();
+        std::thread::scope(|scope| -> Result<()> {
+            loop {
+                for i in 0..n {
+                    if running >= self.jobs.max(1) || started[i] {
+                        continue;
+                    }
+                    let Some(components) = self.components(&plan.nodes[i], &results)? else {
+                        continue;
+                    };
+                    let inputs = resolve(&plan.nodes[i], &results)
+                        .expect("inputs known when components are");
+                    started[i] = true;
+                    running += 1;
+                    let tx = tx.clone();
+                    let node = &plan.nodes[i];
+                    scope.spawn(move || {
+                        let r = self.run_node(node, components, inputs);
+                        let _ = tx.send((i, r));
+                    });
+                }
+                if running == 0 {
+                    break;
+                }
+                let (i, r) = rx.recv().expect("a running step reports back");
+                running -= 1;
+                results[i] = Some(r?);
+            }
+            Ok(())
+        })?;
+        results
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| {
+                r.with_context(|| format!("step {} never became ready", plan.nodes[i].step.label()))
+            })
+            .collect()
+    }
+
+    fn run_node(
+        &self,
+        node: &Node,
+        components: KeyComponents,
+        inputs: BTreeMap<String, Output>,
+    ) -> Result<NodeResult> {
+        let label = node.step.label();
+        let key = components.key();
+        let start = Instant::now();
+        if let Some(record) = self.store.action(&key)? {
+            return Ok(NodeResult {
+                key,
+                components,
+                outputs: record.outputs,
+                cached: true,
+                elapsed: start.elapsed(),
+            });
+        }
+        // Another process may be building the same key: wait for it, then look again.
+        let _lock = self.store.lock_key(&key)?;
+        if let Some(record) = self.store.action(&key)? {
+            return Ok(NodeResult {
+                key,
+                components,
+                outputs: record.outputs,
+                cached: true,
+                elapsed: start.elapsed(),
+            });
+        }
+        if !self.quiet {
+            eprintln!("   running {label} [{}]", key.short());
+        }
+        let scratch = self.store.scratch(node.step.kind())?;
+        let ctx = StepContext {
+            store: self.store,
+            inputs,
+            log_dir: self.log_dir.clone(),
+        };
+        let outputs = node
+            .step
+            .run(&ctx, scratch.path())
+            .with_context(|| format!("step `{label}` failed"))?;
+        let record = ActionRecord {
+            step: label.clone(),
+            components: serde_json::to_value(&components)?,
+            outputs: outputs.clone(),
+        };
+        self.store.put_action(&key, &record)?;
+        let elapsed = start.elapsed();
+        if !self.quiet {
+            eprintln!("      done {label} in {:.1}s", elapsed.as_secs_f64());
+        }
+        Ok(NodeResult {
+            key,
+            components,
+            outputs,
+            cached: false,
+            elapsed,
+        })
+    }
+}
+
+/// The node's inputs, if every node it depends on has finished.
+fn resolve(node: &Node, results: &[Option<NodeResult>]) -> Option<BTreeMap<String, Output>> {
+    node.inputs
+        .iter()
+        .map(|(name, r)| {
+            let out = match r {
+                InputRef::Value(o) => *o,
+                InputRef::Node { node, output } => {
+                    *results[*node].as_ref()?.outputs.get(*output)?
+                }
+            };
+            Some((name.clone(), out))
+        })
+        .collect()
+}

@@ -1,0 +1,519 @@
+//! Recipes: TOML files under `recipes/` parsed into a validated model.
+//!
+//! Architecture invariant: this is the only module that sees raw TOML. Every
+//! error it returns names the file, line and column (see `diag`). After
+//! `load`, the rest of Kiln handles typed values only.
+
+pub mod diag;
+mod schema;
+pub mod template;
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::de::DeserializeOwned;
+use toml::Spanned;
+
+use crate::archive::Compression;
+pub use diag::{RecipeErrors, SourceError};
+use schema::*;
+pub use template::Vars;
+
+/// Every recipe in a directory plus its pinned sources.
+#[derive(Debug)]
+pub struct Recipes {
+    pub dir: PathBuf,
+    pub sources: BTreeMap<String, Source>,
+    pub targets: BTreeMap<String, Recipe>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub name: String,
+    pub kind: SourceKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceKind {
+    Url {
+        url: String,
+        sha256: String,
+    },
+    Path {
+        path: PathBuf,
+    },
+    Deb {
+        package: String,
+        version: String,
+        sha256: String,
+    },
+}
+
+#[derive(Debug)]
+pub struct Recipe {
+    pub name: String,
+    /// Path as given (relative to where Kiln was started), for messages.
+    pub file: PathBuf,
+    pub description: Option<String>,
+    pub epoch: u64,
+    pub variables: Vars,
+    pub initramfs: Option<Initramfs>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Initramfs {
+    pub output: String,
+    pub compression: Compression,
+    pub level: Option<i32>,
+    /// Overlay directories (resolved), merged in order.
+    pub overlays: Vec<PathBuf>,
+    pub templates: Vec<String>,
+    pub busybox: Option<String>,
+    pub devices: Vec<Device>,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Device {
+    pub path: String,
+    pub kind: DeviceKind,
+    pub major: u32,
+    pub minor: u32,
+    pub mode: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceKind {
+    Char,
+    Block,
+    Fifo,
+}
+
+/// Files in the recipes directory that are not build targets.
+const NOT_TARGETS: &[&str] = &["sources"];
+
+/// Loads `sources.toml` and every `<target>.toml` in `dir`. `overrides` are
+/// `--var NAME=VALUE` values (they must name declared variables).
+pub fn load(dir: &Path, overrides: &BTreeMap<String, String>) -> Result<Recipes> {
+    let sources_file = dir.join("sources.toml");
+    let sources = load_sources(&sources_file)?;
+    let mut targets = BTreeMap::new();
+    for file in toml_files(dir)? {
+        let name = file
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default()
+            .to_string();
+        if NOT_TARGETS.contains(&name.as_str()) {
+            continue;
+        }
+        let recipe = load_recipe(&file, &name, &sources, overrides)?;
+        targets.insert(name, recipe);
+    }
+    Ok(Recipes {
+        dir: dir.to_path_buf(),
+        sources,
+        targets,
+    })
+}
+
+fn toml_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let entries = std::fs::read_dir(dir)
+        .with_context(|| format!("reading the recipes directory {}", dir.display()))?;
+    let mut files = Vec::new();
+    for entry in entries {
+        let path = entry
+            .with_context(|| format!("listing {}", dir.display()))?
+            .path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// A file's text plus the parse, with serde errors turned into located ones.
+struct Doc {
+    file: PathBuf,
+    text: String,
+}
+
+impl Doc {
+    fn read(file: &Path) -> Result<Doc> {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("reading recipe file {}", file.display()))?;
+        Ok(Doc {
+            file: file.to_path_buf(),
+            text,
+        })
+    }
+
+    fn parse<T: DeserializeOwned>(&self) -> Result<T, RecipeErrors> {
+        toml::from_str(&self.text).map_err(|e| RecipeErrors(vec![self.de_error(&e)]))
+    }
+
+    fn error(&self, span: Range<usize>, message: impl Into<String>) -> SourceError {
+        SourceError::new(&self.file, &self.text, span, message)
+    }
+
+    /// The key of a `key = value` line whose value starts at `offset`.
+    fn key_at(&self, offset: usize) -> Option<String> {
+        let line_start = self.text[..offset.min(self.text.len())]
+            .rfind('\n')
+            .map_or(0, |i| i + 1);
+        let (key, _) = self.text[line_start..offset].split_once('=')?;
+        let key = key.trim();
+        (!key.is_empty()).then(|| key.to_string())
+    }
+
+    fn de_error(&self, e: &toml::de::Error) -> SourceError {
+        let span = e.span().unwrap_or(0..0);
+        let mut message =
+            first_line(e.message().trim()).replace("expected i64", "expected an integer");
+        if let Some(key) = self
+            .key_at(span.start)
+            .filter(|_| message.starts_with("invalid"))
+        {
+            message = format!("`{key}`: {message}");
+        }
+        let err = self.error(span, message.clone());
+        match unknown_field_hint(&message) {
+            Some(help) => err.label("unknown key").help(help),
+            None => err,
+        }
+    }
+}
+
+fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or(s).to_string()
+}
+
+/// serde says "unknown field `x`, expected one of `a`, `b`": suggest the
+/// nearest valid key and list them all.
+fn unknown_field_hint(message: &str) -> Option<String> {
+    let rest = message.strip_prefix("unknown field `")?;
+    let (unknown, expected) = rest.split_once('`')?;
+    let valid: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+    let list = valid
+        .iter()
+        .map(|v| format!("`{v}`"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    Some(match diag::nearest(unknown, valid.iter().copied()) {
+        Some(n) => format!("did you mean `{n}`? valid keys here: {list}"),
+        None => format!("valid keys here: {list}"),
+    })
+}
+
+fn load_sources(file: &Path) -> Result<BTreeMap<String, Source>> {
+    let doc = Doc::read(file)?;
+    let raw: SourcesFile = doc.parse()?;
+    let base = file.parent().unwrap_or(Path::new("."));
+    let mut sources = BTreeMap::new();
+    let mut errors = Vec::new();
+    for (name, raw) in raw {
+        match source_kind(&doc, base, raw) {
+            Ok(kind) => {
+                sources.insert(name.clone(), Source { name, kind });
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    if errors.is_empty() {
+        Ok(sources)
+    } else {
+        Err(RecipeErrors(errors).into())
+    }
+}
+
+fn source_kind(doc: &Doc, base: &Path, raw: Spanned<RawSource>) -> Result<SourceKind, SourceError> {
+    let span = raw.span();
+    let raw = raw.into_inner();
+    let given = [raw.url.is_some(), raw.path.is_some(), raw.deb.is_some()];
+    if given.iter().filter(|g| **g).count() != 1 {
+        return Err(doc.error(span, "a source needs exactly one of `url`, `path` or `deb`"));
+    }
+    if let Some(path) = raw.path {
+        return Ok(SourceKind::Path {
+            path: base.join(path.into_inner()),
+        });
+    }
+    let sha256 = required(doc, span.clone(), raw.sha256, "sha256")?;
+    check_sha256(doc, &sha256)?;
+    let sha256 = sha256.into_inner().to_ascii_lowercase();
+    if let Some(url) = raw.url {
+        return Ok(SourceKind::Url {
+            url: url.into_inner(),
+            sha256,
+        });
+    }
+    let package = raw.deb.map(Spanned::into_inner).unwrap_or_default();
+    let version = required(doc, span, raw.version, "version")?.into_inner();
+    Ok(SourceKind::Deb {
+        package,
+        version,
+        sha256,
+    })
+}
+
+fn required<T>(
+    doc: &Doc,
+    span: Range<usize>,
+    value: Option<Spanned<T>>,
+    key: &str,
+) -> Result<Spanned<T>, SourceError> {
+    value.ok_or_else(|| doc.error(span, format!("missing key `{key}`")))
+}
+
+fn check_sha256(doc: &Doc, value: &Spanned<String>) -> Result<(), SourceError> {
+    let v = value.get_ref();
+    if v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(())
+    } else {
+        Err(doc.error(value.span(), "`sha256` must be 64 hexadecimal digits"))
+    }
+}
+
+fn load_recipe(
+    file: &Path,
+    name: &str,
+    sources: &BTreeMap<String, Source>,
+    overrides: &BTreeMap<String, String>,
+) -> Result<Recipe> {
+    let doc = Doc::read(file)?;
+    let raw: RawRecipe = doc.parse()?;
+    let mut errors = Vec::new();
+    let epoch = match u64::try_from(*raw.epoch.get_ref()) {
+        Ok(e) => e,
+        Err(_) => {
+            errors.push(doc.error(raw.epoch.span(), "`epoch` must be zero or positive"));
+            0
+        }
+    };
+    let variables = variables(raw.variables, overrides);
+    let initramfs = raw.initramfs.and_then(|raw| {
+        let ctx = Ctx {
+            doc: &doc,
+            sources,
+            errors: &mut errors,
+        };
+        initramfs(ctx, raw.into_inner())
+    });
+    if !errors.is_empty() {
+        return Err(RecipeErrors(errors).into());
+    }
+    Ok(Recipe {
+        name: name.to_string(),
+        file: file.to_path_buf(),
+        description: raw.description,
+        epoch,
+        variables,
+        initramfs,
+    })
+}
+
+fn variables(
+    raw: BTreeMap<String, Spanned<RawVariable>>,
+    overrides: &BTreeMap<String, String>,
+) -> Vars {
+    raw.into_iter()
+        .map(|(name, v)| {
+            let default = match v.into_inner() {
+                RawVariable::Value(s) => Some(s),
+                RawVariable::Declared(d) => d.default,
+            };
+            let value = overrides.get(&name).cloned().or(default);
+            (name, value)
+        })
+        .collect()
+}
+
+/// Validation state shared by the section checks: errors are collected, not
+/// returned one at a time.
+struct Ctx<'a> {
+    doc: &'a Doc,
+    sources: &'a BTreeMap<String, Source>,
+    errors: &'a mut Vec<SourceError>,
+}
+
+impl Ctx<'_> {
+    fn push(&mut self, span: Range<usize>, message: impl Into<String>) {
+        self.errors.push(self.doc.error(span, message));
+    }
+
+    fn deb_source(&mut self, name: &Spanned<String>) -> Option<String> {
+        match self.sources.get(name.get_ref()) {
+            Some(Source {
+                kind: SourceKind::Deb { .. },
+                ..
+            }) => Some(name.get_ref().clone()),
+            Some(_) => {
+                self.push(
+                    name.span(),
+                    format!("source `{}` is not a `deb` source", name.get_ref()),
+                );
+                None
+            }
+            None => {
+                let hint = diag::nearest(name.get_ref(), self.sources.keys().map(String::as_str))
+                    .map(|n| format!(" (did you mean `{n}`?)"))
+                    .unwrap_or_default();
+                let msg = format!(
+                    "unknown source `{}`: not in sources.toml{hint}",
+                    name.get_ref()
+                );
+                self.push(name.span(), msg);
+                None
+            }
+        }
+    }
+}
+
+fn initramfs(mut ctx: Ctx, raw: RawInitramfs) -> Option<Initramfs> {
+    let before = ctx.errors.len();
+    let output = output_path(&mut ctx, &raw.output);
+    let compression = raw
+        .compression
+        .get_ref()
+        .parse::<Compression>()
+        .unwrap_or_else(|_| {
+            ctx.push(
+                raw.compression.span(),
+                "unknown compression: use one of gz, zst, xz, none",
+            );
+            Compression::None
+        });
+    let base = ctx
+        .doc
+        .file
+        .parent()
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
+    let overlays = raw
+        .overlays
+        .iter()
+        .filter_map(|o| overlay_dir(&mut ctx, &base, o))
+        .collect();
+    let templates = raw
+        .templates
+        .iter()
+        .filter_map(|t| image_path(&mut ctx, t))
+        .collect();
+    let busybox = raw.busybox.as_ref().and_then(|b| ctx.deb_source(b));
+    let devices = raw
+        .devices
+        .iter()
+        .filter_map(|d| device(&mut ctx, d))
+        .collect();
+    (ctx.errors.len() == before).then(|| Initramfs {
+        output,
+        compression,
+        level: raw.level.map(Spanned::into_inner),
+        overlays,
+        templates,
+        busybox,
+        devices,
+        uid: raw.uid,
+        gid: raw.gid,
+    })
+}
+
+fn output_path(ctx: &mut Ctx, raw: &Spanned<String>) -> String {
+    image_path(ctx, raw).unwrap_or_default()
+}
+
+/// A relative path without `..`: used for output names and image paths.
+fn image_path(ctx: &mut Ctx, raw: &Spanned<String>) -> Option<String> {
+    let p = raw.get_ref().trim_start_matches('/');
+    let bad = p.is_empty() || p.split('/').any(|c| c.is_empty() || c == "." || c == "..");
+    if bad {
+        ctx.push(
+            raw.span(),
+            "expected a relative path without `.`, `..` or empty parts",
+        );
+        return None;
+    }
+    Some(p.to_string())
+}
+
+fn overlay_dir(ctx: &mut Ctx, base: &Path, raw: &Spanned<String>) -> Option<PathBuf> {
+    let dir = base.join(raw.get_ref());
+    if dir.is_dir() {
+        Some(dir)
+    } else {
+        ctx.push(
+            raw.span(),
+            format!("overlay directory {} does not exist", dir.display()),
+        );
+        None
+    }
+}
+
+fn device(ctx: &mut Ctx, raw: &Spanned<RawDevice>) -> Option<Device> {
+    let d = raw.get_ref();
+    let path = image_path(ctx, &d.path)?;
+    let kind = match d.kind.get_ref().as_str() {
+        "char" => DeviceKind::Char,
+        "block" => DeviceKind::Block,
+        "fifo" => DeviceKind::Fifo,
+        _ => {
+            ctx.push(
+                d.kind.span(),
+                "device `type` must be one of char, block, fifo",
+            );
+            return None;
+        }
+    };
+    let Some(mode) = parse_mode(d.mode.get_ref()) else {
+        ctx.push(
+            d.mode.span(),
+            "`mode` must be octal permission bits such as \"0600\"",
+        );
+        return None;
+    };
+    Some(Device {
+        path,
+        kind,
+        major: d.major,
+        minor: d.minor,
+        mode,
+    })
+}
+
+fn parse_mode(s: &str) -> Option<u32> {
+    u32::from_str_radix(s, 8).ok().filter(|m| *m <= 0o7777)
+}
+
+/// Checks every `{{variable}}` in a template file against the recipe's
+/// variables, with a located error (the overlay file, line, column).
+pub fn check_template(file: &Path, text: &str, vars: &Vars) -> Result<String> {
+    template::render(text, vars).map_err(|e| {
+        let err = SourceError::new(file, text, e.span, e.message).label("in this template");
+        RecipeErrors(vec![err]).into()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_field_hint_suggests_the_nearest_key() {
+        let msg = "unknown field `overlay`, expected one of `output`, `overlays`, `templates`";
+        let hint = unknown_field_hint(msg).unwrap();
+        assert!(hint.starts_with("did you mean `overlays`?"), "{hint}");
+    }
+
+    #[test]
+    fn modes_are_octal_and_bounded() {
+        assert_eq!(parse_mode("0600"), Some(0o600));
+        assert_eq!(parse_mode("4755"), Some(0o4755));
+        assert_eq!(parse_mode("0999"), None);
+        assert_eq!(parse_mode("77777"), None);
+    }
+}

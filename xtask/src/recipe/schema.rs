@@ -1,0 +1,98 @@
+//! The TOML shape of recipe files, exactly as written. `deny_unknown_fields`
+//! everywhere; spans kept on the values that later validation may reject.
+//! Nothing outside `recipe` sees these types: `model` turns them into the
+//! validated form.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// `recipes/sources.toml`: one table per pinned source.
+pub type SourcesFile = BTreeMap<String, Spanned<RawSource>>;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSource {
+    /// Download URL (needs `sha256`).
+    pub url: Option<Spanned<String>>,
+    /// A local file or tree, relative to sources.toml; hashed by content.
+    pub path: Option<Spanned<String>>,
+    /// Debian binary package name, fetched with `apt-get download`.
+    pub deb: Option<Spanned<String>>,
+    /// Debian package version (with `deb`).
+    pub version: Option<Spanned<String>>,
+    /// Expected sha256 of the downloaded file (with `url` and `deb`).
+    pub sha256: Option<Spanned<String>>,
+}
+
+/// `recipes/<target>.toml`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRecipe {
+    pub description: Option<String>,
+    /// Seconds since 1970 used for every timestamp; `SOURCE_DATE_EPOCH` overrides.
+    pub epoch: Spanned<i64>,
+    #[serde(default)]
+    pub variables: BTreeMap<String, Spanned<RawVariable>>,
+    pub initramfs: Option<Spanned<RawInitramfs>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawVariable {
+    Value(String),
+    Declared(RawVariableDecl),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawVariableDecl {
+    /// For people reading the recipe; Kiln does not use it.
+    #[allow(dead_code)]
+    pub description: Option<String>,
+    pub default: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawInitramfs {
+    /// Path under the output directory.
+    pub output: Spanned<String>,
+    #[serde(default = "default_compression")]
+    pub compression: Spanned<String>,
+    /// Compression level; each compressor's default when absent.
+    pub level: Option<Spanned<i32>>,
+    /// Directories (relative to the recipe file) merged in order; later wins.
+    #[serde(default)]
+    pub overlays: Vec<Spanned<String>>,
+    /// Overlay files (paths inside the image) rendered with `{{variables}}`.
+    #[serde(default)]
+    pub templates: Vec<Spanned<String>>,
+    /// A `deb` source providing `bin/busybox`; its applets are linked.
+    pub busybox: Option<Spanned<String>>,
+    #[serde(default)]
+    pub devices: Vec<Spanned<RawDevice>>,
+    #[serde(default)]
+    pub uid: u32,
+    #[serde(default)]
+    pub gid: u32,
+}
+
+fn default_compression() -> Spanned<String> {
+    Spanned::new(0..0, "gz".to_string())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDevice {
+    pub path: Spanned<String>,
+    #[serde(rename = "type")]
+    pub kind: Spanned<String>,
+    #[serde(default)]
+    pub major: u32,
+    #[serde(default)]
+    pub minor: u32,
+    /// Octal permission bits as a string, e.g. "0600".
+    pub mode: Spanned<String>,
+}

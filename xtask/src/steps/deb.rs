@@ -1,0 +1,83 @@
+//! Unpacking a Debian binary package natively: `ar` container, then the
+//! `data.tar.{xz,zst,gz}` member into a tree. No dpkg: the same bytes give
+//! the same tree on any host.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufReader, Read};
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+
+use super::{Step, StepContext};
+use crate::store::Output;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct UnpackDeb {
+    /// For messages only (not in the key).
+    pub source: String,
+}
+
+impl Step for UnpackDeb {
+    fn kind(&self) -> &'static str {
+        "unpack-deb"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn label(&self) -> String {
+        format!("unpack {}", self.source)
+    }
+    fn params(&self) -> serde_json::Value {
+        serde_json::json!({})
+    }
+
+    fn run(&self, ctx: &StepContext, scratch: &Path) -> Result<BTreeMap<String, Output>> {
+        let deb = ctx.file("deb")?;
+        let root = scratch.join("root");
+        std::fs::create_dir(&root)?;
+        unpack(&deb, &root)
+            .with_context(|| format!("unpacking source `{}` ({})", self.source, deb.display()))?;
+        let digest = ctx.store.put_tree(&root)?;
+        Ok(BTreeMap::from([(
+            "tree".to_string(),
+            Output::Tree { digest },
+        )]))
+    }
+}
+
+/// Extracts the data member of `deb` into `dest`.
+pub fn unpack(deb: &Path, dest: &Path) -> Result<()> {
+    let file = File::open(deb).with_context(|| format!("opening {}", deb.display()))?;
+    let mut archive = ar::Archive::new(BufReader::new(file));
+    while let Some(entry) = archive.next_entry() {
+        let entry = entry.context("reading the ar container")?;
+        let name = String::from_utf8_lossy(entry.header().identifier()).into_owned();
+        if let Some(kind) = name.strip_prefix("data.tar") {
+            let reader = decompressor(kind, entry)?;
+            return untar(reader, dest);
+        }
+    }
+    bail!("no data.tar member: not a Debian binary package")
+}
+
+fn decompressor<'a>(suffix: &str, r: impl Read + 'a) -> Result<Box<dyn Read + 'a>> {
+    Ok(match suffix {
+        ".xz" => Box::new(xz2::read::XzDecoder::new_multi_decoder(r)),
+        ".zst" => Box::new(zstd::stream::read::Decoder::new(r)?),
+        ".gz" => Box::new(flate2::read::MultiGzDecoder::new(r)),
+        "" => Box::new(r),
+        other => bail!("data.tar{other}: unsupported compression"),
+    })
+}
+
+fn untar(reader: impl Read, dest: &Path) -> Result<()> {
+    let mut tar = tar::Archive::new(reader);
+    tar.set_preserve_permissions(true);
+    tar.set_preserve_ownerships(false);
+    tar.set_preserve_mtime(false);
+    tar.set_unpack_xattrs(false);
+    tar.unpack(dest)
+        .with_context(|| format!("extracting into {}", dest.display()))
+}

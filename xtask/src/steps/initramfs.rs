@@ -1,0 +1,220 @@
+//! The initramfs step: busybox and its applet links, overlay trees merged in
+//! order (later wins), rendered templates and device nodes, written as one
+//! deterministic newc archive.
+
+use std::collections::BTreeMap;
+use std::io::{BufWriter, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use super::{Step, StepContext};
+use crate::archive::{self, CompressOptions, Compression, Data, Entry, Kind};
+use crate::recipe::{template, Device, DeviceKind};
+use crate::store::{Output, Tree, TreeKind};
+use crate::tools;
+
+/// Where Debian's busybox-static puts the binary.
+const BUSYBOX: &str = "bin/busybox";
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BuildInitramfs {
+    #[serde(skip)]
+    pub name: String,
+    pub compression: String,
+    pub level: Option<i32>,
+    pub epoch: u64,
+    pub uid: u32,
+    pub gid: u32,
+    /// Inputs `overlay.0` … `overlay.{n-1}` are trees, merged in order.
+    pub overlays: usize,
+    pub busybox: bool,
+    pub templates: Vec<String>,
+    pub vars: BTreeMap<String, String>,
+    pub devices: Vec<Device>,
+    #[serde(skip)]
+    pub threads: usize,
+}
+
+impl Step for BuildInitramfs {
+    fn kind(&self) -> &'static str {
+        "initramfs"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn label(&self) -> String {
+        format!("initramfs {}", self.name)
+    }
+    fn params(&self) -> serde_json::Value {
+        serde_json::to_value(self).expect("params serialize")
+    }
+
+    fn run(&self, ctx: &StepContext, scratch: &Path) -> Result<BTreeMap<String, Output>> {
+        let mut image = Image {
+            entries: BTreeMap::new(),
+            uid: self.uid,
+            gid: self.gid,
+            epoch: self.epoch,
+        };
+        if self.busybox {
+            self.add_busybox(ctx, scratch, &mut image)?;
+        }
+        for i in 0..self.overlays {
+            image.add_tree(ctx, &ctx.tree(&format!("overlay.{i}"))?)?;
+        }
+        self.render_templates(&mut image)?;
+        for d in &self.devices {
+            image.insert(&d.path, d.mode, device_kind(d));
+        }
+        let entries = archive::normalize(image.entries.into_values().collect(), self.epoch)?;
+        let out = scratch.join("initramfs");
+        self.write(&entries, &out)?;
+        let (digest, size) = ctx.store.put_file(&out)?;
+        Ok(BTreeMap::from([(
+            "image".to_string(),
+            Output::File { digest, size },
+        )]))
+    }
+}
+
+impl BuildInitramfs {
+    fn add_busybox(&self, ctx: &StepContext, scratch: &Path, image: &mut Image) -> Result<()> {
+        let tree = ctx.tree("busybox")?;
+        let (digest, size, mode) = match tree.get(BUSYBOX).map(|e| &e.kind) {
+            Some(TreeKind::File { digest, size, mode }) => (*digest, *size, *mode),
+            _ => anyhow::bail!(
+                "the busybox source has no {BUSYBOX}: is it the busybox-static package?"
+            ),
+        };
+        let blob = ctx.store.verified_blob(&digest)?;
+        image.insert(
+            BUSYBOX,
+            mode,
+            Kind::File(Data::File {
+                path: blob.clone(),
+                size,
+            }),
+        );
+        for applet in applets(&blob, scratch)? {
+            if applet != BUSYBOX {
+                image.insert(&applet, 0o777, Kind::Symlink(format!("/{BUSYBOX}")));
+            }
+        }
+        Ok(())
+    }
+
+    fn render_templates(&self, image: &mut Image) -> Result<()> {
+        let vars: template::Vars = self
+            .vars
+            .iter()
+            .map(|(k, v)| (k.clone(), Some(v.clone())))
+            .collect();
+        for path in &self.templates {
+            let entry = image
+                .entries
+                .get_mut(path.as_str())
+                .with_context(|| format!("template {path} is not a file in any overlay"))?;
+            let text = match &entry.kind {
+                Kind::File(Data::File { path: p, .. }) => std::fs::read_to_string(p)
+                    .with_context(|| format!("template {path} is not UTF-8 text"))?,
+                Kind::File(Data::Bytes(b)) => String::from_utf8(b.clone())?,
+                _ => anyhow::bail!("template {path} is not a regular file"),
+            };
+            let rendered = template::render(&text, &vars)
+                .map_err(|e| anyhow::anyhow!("template {path}: {}", e.message))?;
+            entry.kind = Kind::File(Data::Bytes(rendered.into_bytes()));
+        }
+        Ok(())
+    }
+
+    fn write(&self, entries: &[Entry], out: &Path) -> Result<()> {
+        let compression: Compression = self
+            .compression
+            .parse()
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let file =
+            std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
+        let mut w = BufWriter::new(file);
+        let opts = CompressOptions {
+            level: self.level,
+            threads: self.threads.max(1),
+            ..Default::default()
+        };
+        archive::write_archive(entries, compression, &opts, &mut w)?;
+        w.flush().context("writing the initramfs")?;
+        Ok(())
+    }
+}
+
+/// The image being assembled: path → entry, later insertions win.
+struct Image {
+    entries: BTreeMap<String, Entry>,
+    uid: u32,
+    gid: u32,
+    epoch: u64,
+}
+
+impl Image {
+    fn insert(&mut self, path: &str, mode: u32, kind: Kind) {
+        let entry = Entry {
+            path: path.to_string(),
+            mode,
+            uid: self.uid,
+            gid: self.gid,
+            mtime: self.epoch,
+            kind,
+            link: None,
+        };
+        self.entries.insert(path.to_string(), entry);
+    }
+
+    fn add_tree(&mut self, ctx: &StepContext, tree: &Tree) -> Result<()> {
+        for e in &tree.entries {
+            let (mode, kind) = match &e.kind {
+                TreeKind::Dir { mode } => (*mode, Kind::Dir),
+                TreeKind::Symlink { target } => (0o777, Kind::Symlink(target.clone())),
+                TreeKind::File { digest, size, mode } => {
+                    let path = ctx.store.verified_blob(digest)?;
+                    (*mode, Kind::File(Data::File { path, size: *size }))
+                }
+            };
+            self.insert(&e.path, mode, kind);
+        }
+        Ok(())
+    }
+}
+
+fn device_kind(d: &Device) -> Kind {
+    match d.kind {
+        DeviceKind::Char => Kind::CharDev {
+            major: d.major,
+            minor: d.minor,
+        },
+        DeviceKind::Block => Kind::BlockDev {
+            major: d.major,
+            minor: d.minor,
+        },
+        DeviceKind::Fifo => Kind::Fifo,
+    }
+}
+
+/// Applet paths from `busybox --list-full` (e.g. `sbin/ifconfig`). The
+/// binary is an input, so its answer is a function of the key.
+fn applets(blob: &Path, scratch: &Path) -> Result<Vec<String>> {
+    let exe = scratch.join("busybox");
+    std::fs::copy(blob, &exe).context("copying busybox to scratch")?;
+    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755))?;
+    let mut cmd = tools::command_at(&exe);
+    cmd.arg("--list-full");
+    let list = tools::capture(cmd).context("asking busybox for its applets")?;
+    let mut applets: Vec<String> = list
+        .lines()
+        .map(|l| l.trim().trim_start_matches('/').to_string())
+        .filter(|l| !l.is_empty())
+        .collect();
+    applets.sort();
+    Ok(applets)
+}

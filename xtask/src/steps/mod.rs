@@ -1,0 +1,95 @@
+//! Step kinds. A step is a function of its key: typed parameters (the step
+//! value itself), input digests, and tool versions. It runs in a private
+//! scratch directory and returns outputs that the engine stores by content.
+//!
+//! Architecture invariant: a step reads nothing but its inputs (through
+//! `StepContext`) and its scratch directory: no recipe, no environment, no
+//! clock, no `output/`. Anything it needs is a field, hence part of the key.
+
+pub mod deb;
+pub mod fetch;
+pub mod initramfs;
+pub mod manifest;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::store::{Digest, Output, Store, Tree};
+
+/// Everything that identifies a step's work. The key is the sha256 of its
+/// canonical JSON (struct fields in order, maps sorted); the stored copy
+/// lets a later build say which component changed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeyComponents {
+    pub kind: String,
+    pub version: u32,
+    pub params: serde_json::Value,
+    pub inputs: BTreeMap<String, Digest>,
+    pub tools: BTreeMap<String, String>,
+}
+
+impl KeyComponents {
+    pub fn key(&self) -> Digest {
+        Digest::of_bytes(&serde_json::to_vec(self).expect("key components always serialize"))
+    }
+}
+
+pub trait Step: Send + Sync {
+    /// Stable name of the step kind, part of the key.
+    fn kind(&self) -> &'static str;
+    /// Bumped whenever the step's code changes what it produces.
+    fn version(&self) -> u32;
+    /// What an operator sees in plans and progress lines.
+    fn label(&self) -> String;
+    /// The step's parameters, serialized into the key.
+    fn params(&self) -> serde_json::Value;
+    /// External programs whose versions enter the key.
+    fn tools(&self) -> &'static [&'static str] {
+        &[]
+    }
+    fn run(&self, ctx: &StepContext, scratch: &Path) -> Result<BTreeMap<String, Output>>;
+}
+
+/// A step's view of the world: its named inputs, the store to read them
+/// from, and where tool logs go (not part of the key).
+pub struct StepContext<'a> {
+    pub store: &'a Store,
+    pub inputs: BTreeMap<String, Output>,
+    pub log_dir: PathBuf,
+}
+
+impl StepContext<'_> {
+    pub fn input(&self, name: &str) -> Result<&Output> {
+        self.inputs
+            .get(name)
+            .with_context(|| format!("step input `{name}` was not provided"))
+    }
+
+    pub fn file(&self, name: &str) -> Result<PathBuf> {
+        match self.input(name)? {
+            Output::File { digest, .. } => self.store.verified_blob(digest),
+            Output::Tree { .. } => bail!("step input `{name}` is a tree, expected a file"),
+        }
+    }
+
+    pub fn tree(&self, name: &str) -> Result<Tree> {
+        match self.input(name)? {
+            Output::Tree { digest } => self.store.tree(digest),
+            Output::File { .. } => bail!("step input `{name}` is a file, expected a tree"),
+        }
+    }
+
+    pub fn log(&self, name: &str) -> PathBuf {
+        self.log_dir.join(format!("{name}.log"))
+    }
+}
+
+/// The digest an input contributes to a key.
+pub fn output_digest(o: &Output) -> Digest {
+    match o {
+        Output::File { digest, .. } | Output::Tree { digest } => *digest,
+    }
+}

@@ -1,0 +1,568 @@
+//! The content-addressed store under the cache directory.
+//!
+//! Architecture invariant: this is the only module that writes the cache.
+//! Every write goes to `tmp/` first and is renamed into place, so a killed
+//! process never leaves a partial entry; every read of a blob verifies its
+//! digest, and a corrupt entry is reported, removed and treated as a miss.
+//!
+//! Layout (`v1/` so a future format can live beside it):
+//! ```text
+//! blobs/<2 hex>/<64 hex>    file contents, named by sha256
+//! trees/<64 hex>.json       tree manifests (see `tree`)
+//! actions/<64 hex>.json     step key -> outputs, plus the key's components
+//! locks/                    per-key build locks; `store.lock` for gc
+//! tmp/                      staging for atomic writes and step scratch dirs
+//! ```
+//! Locks use `std::fs::File::lock` (flock), stable since Rust 1.89, so the
+//! fs4 crate is not needed.
+
+mod digest;
+mod tree;
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+pub use digest::Digest;
+pub use tree::{Tree, TreeEntry, TreeKind};
+
+/// What a step produced: named outputs, each a file or a tree.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActionRecord {
+    /// Human name of the step, e.g. `initramfs stage2/stage2_initramfs.cpio.gz`.
+    pub step: String,
+    /// The key's components, kept so a later build can say what changed.
+    pub components: serde_json::Value,
+    pub outputs: BTreeMap<String, Output>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum Output {
+    File { digest: Digest, size: u64 },
+    Tree { digest: Digest },
+}
+
+/// How file modes found on disk are recorded in a tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Modes {
+    /// Exactly as on disk (unpacked packages, step outputs).
+    AsOnDisk,
+    /// As git records them: 0755 for directories and executables, 0644
+    /// otherwise. For trees checked out from the repository (overlays), so
+    /// that the checkout's umask cannot change a key or an artifact.
+    GitLike,
+}
+
+impl Modes {
+    fn apply(self, mode: u32, is_dir: bool) -> u32 {
+        match self {
+            Modes::AsOnDisk => mode,
+            Modes::GitLike if is_dir || mode & 0o111 != 0 => 0o755,
+            Modes::GitLike => 0o644,
+        }
+    }
+}
+
+/// A blob or manifest whose bytes no longer match its name.
+#[derive(Debug, thiserror::Error)]
+#[error("corrupt store entry {path}: expected sha256 {expected}, found {actual}; it has been removed and will be rebuilt")]
+pub struct Corrupt {
+    pub path: PathBuf,
+    pub expected: Digest,
+    pub actual: Digest,
+}
+
+pub struct Store {
+    root: PathBuf,
+}
+
+impl Store {
+    pub fn open(cache_dir: &Path) -> Result<Store> {
+        let root = cache_dir.join("v1");
+        for sub in ["blobs", "trees", "actions", "locks", "tmp"] {
+            let dir = root.join(sub);
+            fs::create_dir_all(&dir)
+                .with_context(|| format!("creating cache directory {}", dir.display()))?;
+        }
+        Ok(Store { root })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// A fresh private directory for a step to work in (removed on drop).
+    pub fn scratch(&self, label: &str) -> Result<tempfile::TempDir> {
+        tempfile::Builder::new()
+            .prefix(&format!("{label}-"))
+            .tempdir_in(self.root.join("tmp"))
+            .context("creating a scratch directory in the cache")
+    }
+
+    fn blob_path(&self, d: &Digest) -> PathBuf {
+        let hex = d.hex();
+        self.root.join("blobs").join(&hex[..2]).join(hex)
+    }
+
+    pub fn has_blob(&self, d: &Digest) -> bool {
+        self.blob_path(d).is_file()
+    }
+
+    /// Moves (or copies, across filesystems) `path` into the store.
+    pub fn put_file(&self, path: &Path) -> Result<(Digest, u64)> {
+        let (digest, size) = Digest::of_file(path)?;
+        let dest = self.blob_path(&digest);
+        if !dest.is_file() {
+            let staged = self.stage_copy(path)?;
+            self.publish(&staged, &dest)?;
+        }
+        Ok((digest, size))
+    }
+
+    pub fn put_bytes(&self, bytes: &[u8]) -> Result<Digest> {
+        let digest = Digest::of_bytes(bytes);
+        let dest = self.blob_path(&digest);
+        if !dest.is_file() {
+            let staged = self.stage_bytes(bytes)?;
+            self.publish(&staged, &dest)?;
+        }
+        Ok(digest)
+    }
+
+    /// The path of a blob after checking its digest. Callers only read it.
+    pub fn verified_blob(&self, d: &Digest) -> Result<PathBuf> {
+        let path = self.blob_path(d);
+        if !path.is_file() {
+            bail!(
+                "store blob {} is missing from {}",
+                d.short(),
+                self.root.display()
+            );
+        }
+        let (actual, _) = Digest::of_file(&path)?;
+        if actual != *d {
+            let _ = fs::remove_file(&path);
+            return Err(Corrupt {
+                path,
+                expected: *d,
+                actual,
+            }
+            .into());
+        }
+        Ok(path)
+    }
+
+    pub fn read_blob(&self, d: &Digest) -> Result<Vec<u8>> {
+        let path = self.verified_blob(d)?;
+        fs::read(&path).with_context(|| format!("reading {}", path.display()))
+    }
+
+    /// Copies a verified blob to `dest` through a temporary file and a rename.
+    pub fn copy_blob_to(&self, d: &Digest, dest: &Path, mode: u32) -> Result<()> {
+        let src = self.verified_blob(d)?;
+        let dir = dest.parent().unwrap_or(Path::new("."));
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let tmp = tempfile::NamedTempFile::new_in(dir)
+            .with_context(|| format!("creating a file in {}", dir.display()))?;
+        fs::copy(&src, tmp.path()).with_context(|| format!("copying into {}", dir.display()))?;
+        fs::set_permissions(tmp.path(), fs::Permissions::from_mode(mode))?;
+        tmp.persist(dest)
+            .with_context(|| format!("renaming into place {}", dest.display()))?;
+        Ok(())
+    }
+
+    /// Records a directory as a tree: its files become blobs.
+    pub fn put_tree(&self, dir: &Path) -> Result<Digest> {
+        self.put_tree_with(dir, Modes::AsOnDisk)
+    }
+
+    /// Records a directory as a tree with the given mode policy.
+    pub fn put_tree_with(&self, dir: &Path, modes: Modes) -> Result<Digest> {
+        let mut entries = Vec::new();
+        for entry in walkdir::WalkDir::new(dir)
+            .min_depth(1)
+            .sort_by(|a, b| a.file_name().cmp(b.file_name()))
+        {
+            let entry = entry.with_context(|| format!("walking {}", dir.display()))?;
+            let rel = relative_path(dir, entry.path())?;
+            let meta = entry
+                .path()
+                .symlink_metadata()
+                .with_context(|| format!("stat {}", entry.path().display()))?;
+            let mode = modes.apply(meta.permissions().mode() & 0o7777, meta.is_dir());
+            let kind = if meta.file_type().is_symlink() {
+                let target = fs::read_link(entry.path())?;
+                TreeKind::Symlink {
+                    target: target.to_string_lossy().into_owned(),
+                }
+            } else if meta.is_dir() {
+                TreeKind::Dir { mode }
+            } else if meta.is_file() {
+                let (digest, size) = self.put_file(entry.path())?;
+                TreeKind::File { digest, size, mode }
+            } else {
+                bail!(
+                    "{} is neither a file, directory nor symlink; trees cannot hold it",
+                    entry.path().display()
+                );
+            };
+            entries.push(TreeEntry { path: rel, kind });
+        }
+        entries.sort_by(|a, b| a.path.as_bytes().cmp(b.path.as_bytes()));
+        let tree = Tree { entries };
+        let digest = tree.digest();
+        let dest = self
+            .root
+            .join("trees")
+            .join(format!("{}.json", digest.hex()));
+        if !dest.is_file() {
+            let staged = self.stage_bytes(&tree.to_bytes())?;
+            self.publish(&staged, &dest)?;
+        }
+        Ok(digest)
+    }
+
+    pub fn has_tree(&self, d: &Digest) -> bool {
+        self.root
+            .join("trees")
+            .join(format!("{}.json", d.hex()))
+            .is_file()
+    }
+
+    /// Reads a tree manifest, verifying its digest (not yet its blobs).
+    pub fn tree(&self, d: &Digest) -> Result<Tree> {
+        let path = self.root.join("trees").join(format!("{}.json", d.hex()));
+        let bytes =
+            fs::read(&path).with_context(|| format!("reading tree manifest {}", path.display()))?;
+        let actual = Digest::of_bytes(&bytes);
+        if actual != *d {
+            let _ = fs::remove_file(&path);
+            return Err(Corrupt {
+                path,
+                expected: *d,
+                actual,
+            }
+            .into());
+        }
+        serde_json::from_slice(&bytes)
+            .with_context(|| format!("parsing tree manifest {}", path.display()))
+    }
+
+    /// Writes a tree out as real files under `dest` (which must not exist).
+    pub fn materialize(&self, tree: &Tree, dest: &Path) -> Result<()> {
+        fs::create_dir_all(dest).with_context(|| format!("creating {}", dest.display()))?;
+        let mut dirs = Vec::new();
+        for e in &tree.entries {
+            let path = dest.join(&e.path);
+            match &e.kind {
+                TreeKind::Dir { mode } => {
+                    fs::create_dir_all(&path)
+                        .with_context(|| format!("creating {}", path.display()))?;
+                    dirs.push((path, *mode));
+                }
+                TreeKind::File { digest, mode, .. } => {
+                    let src = self.verified_blob(digest)?;
+                    fs::copy(&src, &path)
+                        .with_context(|| format!("copying to {}", path.display()))?;
+                    fs::set_permissions(&path, fs::Permissions::from_mode(*mode))?;
+                }
+                TreeKind::Symlink { target } => {
+                    std::os::unix::fs::symlink(target, &path)
+                        .with_context(|| format!("creating symlink {}", path.display()))?;
+                }
+            }
+        }
+        // Directory modes last: a read-only directory would refuse its children.
+        for (path, mode) in dirs.into_iter().rev() {
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode))?;
+        }
+        Ok(())
+    }
+
+    fn action_path(&self, key: &Digest) -> PathBuf {
+        self.root
+            .join("actions")
+            .join(format!("{}.json", key.hex()))
+    }
+
+    /// The record for `key` if present and every output it names is intact.
+    /// A record with a missing or corrupt output is removed: a miss.
+    pub fn action(&self, key: &Digest) -> Result<Option<ActionRecord>> {
+        let path = self.action_path(key);
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        let record: ActionRecord = match serde_json::from_slice(&bytes) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!("dropping unreadable action record {}: {e}", path.display());
+                let _ = fs::remove_file(&path);
+                return Ok(None);
+            }
+        };
+        if let Err(e) = self.check_outputs(&record) {
+            tracing::warn!("{e:#}");
+            let _ = fs::remove_file(&path);
+            return Ok(None);
+        }
+        Ok(Some(record))
+    }
+
+    fn check_outputs(&self, record: &ActionRecord) -> Result<()> {
+        for output in record.outputs.values() {
+            match output {
+                Output::File { digest, .. } => {
+                    self.verified_blob(digest)?;
+                }
+                Output::Tree { digest } => {
+                    for (_, d, _) in self.tree(digest)?.files() {
+                        if !self.has_blob(d) {
+                            bail!(
+                                "store blob {} of tree {} is missing",
+                                d.short(),
+                                digest.short()
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn put_action(&self, key: &Digest, record: &ActionRecord) -> Result<()> {
+        let bytes = serde_json::to_vec_pretty(record)?;
+        let staged = self.stage_bytes(&bytes)?;
+        self.publish(&staged, &self.action_path(key))
+    }
+
+    /// Holds an exclusive lock on `key` while one process builds it; a second
+    /// process waits and then finds the record.
+    pub fn lock_key(&self, key: &Digest) -> Result<KeyLock> {
+        let path = self.root.join("locks").join(key.hex());
+        let file =
+            File::create(&path).with_context(|| format!("creating lock {}", path.display()))?;
+        file.lock()
+            .with_context(|| format!("locking {}", path.display()))?;
+        Ok(KeyLock { _file: file })
+    }
+
+    fn stage_bytes(&self, bytes: &[u8]) -> Result<tempfile::NamedTempFile> {
+        let mut tmp = tempfile::NamedTempFile::new_in(self.root.join("tmp"))
+            .context("creating a temporary file in the cache")?;
+        tmp.write_all(bytes)
+            .context("writing a temporary file in the cache")?;
+        tmp.as_file().sync_all().ok();
+        Ok(tmp)
+    }
+
+    fn stage_copy(&self, src: &Path) -> Result<tempfile::NamedTempFile> {
+        let tmp = tempfile::NamedTempFile::new_in(self.root.join("tmp"))
+            .context("creating a temporary file in the cache")?;
+        fs::copy(src, tmp.path())
+            .with_context(|| format!("copying {} into the cache", src.display()))?;
+        Ok(tmp)
+    }
+
+    fn publish(&self, staged: &tempfile::NamedTempFile, dest: &Path) -> Result<()> {
+        let dir = dest.parent().expect("store paths have parents");
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        fs::set_permissions(staged.path(), fs::Permissions::from_mode(0o444))?;
+        fs::rename(staged.path(), dest).with_context(|| format!("renaming into {}", dest.display()))
+    }
+}
+
+/// What `gc` removed and kept.
+#[derive(Debug, Default)]
+pub struct GcReport {
+    pub actions: usize,
+    pub trees: usize,
+    pub blobs: usize,
+    pub scratch: usize,
+    pub freed: u64,
+    pub kept: u64,
+}
+
+impl Store {
+    /// Removes action records older than `max_age` (when given), then every
+    /// tree and blob that no remaining record reaches, and leftover scratch
+    /// directories of killed builds. Holds the store-wide lock exclusively.
+    pub fn gc(&self, max_age: Option<std::time::Duration>) -> Result<GcReport> {
+        let lock = File::create(self.root.join("store.lock")).context("creating the store lock")?;
+        lock.lock().context("locking the store for gc")?;
+        let mut report = GcReport::default();
+        let mut live_trees = std::collections::BTreeSet::new();
+        let mut live_blobs = std::collections::BTreeSet::new();
+        for path in list_files(&self.root.join("actions"))? {
+            let old = max_age.is_some_and(|age| {
+                fs::metadata(&path)
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|e| e > age)
+            });
+            let record = fs::read(&path)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<ActionRecord>(&b).ok());
+            match record {
+                Some(r) if !old => {
+                    for o in r.outputs.values() {
+                        match o {
+                            Output::File { digest, .. } => {
+                                live_blobs.insert(*digest);
+                            }
+                            Output::Tree { digest } => {
+                                live_trees.insert(*digest);
+                                if let Ok(t) = self.tree(digest) {
+                                    live_blobs.extend(t.files().map(|(_, d, _)| *d));
+                                }
+                            }
+                        }
+                    }
+                }
+                _ => report.actions += remove(&path, &mut report.freed),
+            }
+        }
+        for path in list_files(&self.root.join("trees"))? {
+            let live = digest_of_name(&path).is_some_and(|d| live_trees.contains(&d));
+            if !live {
+                report.trees += remove(&path, &mut report.freed);
+            }
+        }
+        for dir in list_files(&self.root.join("blobs"))? {
+            for path in list_files(&dir)? {
+                let live = digest_of_name(&path).is_some_and(|d| live_blobs.contains(&d));
+                if live {
+                    report.kept += fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+                } else {
+                    report.blobs += remove(&path, &mut report.freed);
+                }
+            }
+        }
+        for path in list_files(&self.root.join("tmp"))? {
+            let _ = if path.is_dir() {
+                fs::remove_dir_all(&path)
+            } else {
+                fs::remove_file(&path)
+            };
+            report.scratch += 1;
+        }
+        Ok(report)
+    }
+}
+
+fn list_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+        out.push(e?.path());
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn digest_of_name(path: &Path) -> Option<Digest> {
+    path.file_name()?
+        .to_str()?
+        .trim_end_matches(".json")
+        .parse()
+        .ok()
+}
+
+fn remove(path: &Path, freed: &mut u64) -> usize {
+    let size = fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    match fs::remove_file(path) {
+        Ok(()) => {
+            *freed += size;
+            1
+        }
+        Err(_) => 0,
+    }
+}
+
+/// Released when dropped (the lock is the open file).
+pub struct KeyLock {
+    _file: File,
+}
+
+fn relative_path(base: &Path, path: &Path) -> Result<String> {
+    let rel = path
+        .strip_prefix(base)
+        .with_context(|| format!("{} is not under {}", path.display(), base.display()))?;
+    let s = rel
+        .to_str()
+        .with_context(|| format!("{} is not valid UTF-8", rel.display()))?;
+    Ok(s.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn corrupt_blob_is_reported_removed_and_not_used() {
+        let cache = tempfile::tempdir().unwrap();
+        let store = Store::open(cache.path()).unwrap();
+        let d = store.put_bytes(b"hello").unwrap();
+        let path = store.blob_path(&d);
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        fs::write(&path, b"jello").unwrap();
+        let err = store.read_blob(&d).unwrap_err();
+        assert!(err.downcast_ref::<Corrupt>().is_some(), "{err:#}");
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn action_with_missing_output_is_a_miss() {
+        let cache = tempfile::tempdir().unwrap();
+        let store = Store::open(cache.path()).unwrap();
+        let d = store.put_bytes(b"out").unwrap();
+        let key = Digest::of_bytes(b"key");
+        let mut outputs = BTreeMap::new();
+        outputs.insert("out".to_string(), Output::File { digest: d, size: 3 });
+        let record = ActionRecord {
+            step: "t".into(),
+            components: serde_json::Value::Null,
+            outputs,
+        };
+        store.put_action(&key, &record).unwrap();
+        assert_eq!(store.action(&key).unwrap(), Some(record));
+        fs::remove_file(store.blob_path(&d)).unwrap();
+        assert_eq!(store.action(&key).unwrap(), None);
+        assert!(!store.action_path(&key).exists());
+    }
+
+    #[test]
+    fn trees_round_trip_with_modes_and_symlinks() {
+        let cache = tempfile::tempdir().unwrap();
+        let store = Store::open(cache.path()).unwrap();
+        let src = tempfile::tempdir().unwrap();
+        fs::create_dir(src.path().join("bin")).unwrap();
+        fs::write(src.path().join("bin/tool"), b"#!/bin/sh\n").unwrap();
+        fs::set_permissions(
+            src.path().join("bin/tool"),
+            fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink("tool", src.path().join("bin/alias")).unwrap();
+        let d = store.put_tree(src.path()).unwrap();
+        let out = tempfile::tempdir().unwrap();
+        store
+            .materialize(&store.tree(&d).unwrap(), &out.path().join("t"))
+            .unwrap();
+        let meta = fs::metadata(out.path().join("t/bin/tool")).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o755);
+        assert_eq!(
+            fs::read_link(out.path().join("t/bin/alias")).unwrap(),
+            Path::new("tool")
+        );
+        assert_eq!(store.put_tree(&out.path().join("t")).unwrap(), d);
+    }
+}

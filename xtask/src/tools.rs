@@ -1,0 +1,211 @@
+//! The only place that runs external programs.
+//!
+//! Architecture invariant: no other module spawns a process. Each tool run
+//! here has its output captured to a log file; a failure becomes an error
+//! naming the tool, its exit status, the last lines of output and the log.
+//! `version` gives the string recorded in step keys.
+//!
+//! std::process is used rather than xshell because Kiln needs process
+//! groups (Ctrl-C must stop a whole `make`) and output teed to logs.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+
+use anyhow::{bail, Context, Result};
+
+/// Lines of a failed tool's output shown in the error.
+const TAIL_LINES: usize = 40;
+
+/// One line of `ci/packages.txt`: the single list of host packages, read by
+/// `.ci/run` (to install) and by `doctor` (to report).
+#[derive(Debug, Clone)]
+pub struct HostTool {
+    pub package: String,
+    pub command: String,
+    pub purpose: String,
+}
+
+pub fn host_tools() -> Vec<HostTool> {
+    include_str!("../../ci/packages.txt")
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .filter_map(|l| {
+            let mut parts = l.split_whitespace();
+            let package = parts.next()?.to_string();
+            let command = parts.next()?.to_string();
+            let purpose = parts.collect::<Vec<_>>().join(" ");
+            Some(HostTool {
+                package,
+                command,
+                purpose,
+            })
+        })
+        .collect()
+}
+
+/// Finds a program on PATH, then in the sbin directories root's PATH has.
+pub fn find(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let extra = ["/usr/local/sbin", "/usr/sbin", "/sbin"].map(PathBuf::from);
+    std::env::split_paths(&path)
+        .chain(extra)
+        .map(|dir| dir.join(program))
+        .find(|p| p.is_file())
+}
+
+/// The first line of `program --version`, cached per process. Recorded in
+/// the keys of steps that run the program.
+pub fn version(program: &str) -> Result<String> {
+    static CACHE: OnceLock<Mutex<HashMap<String, String>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some(v) = cache.lock().expect("version cache").get(program) {
+        return Ok(v.clone());
+    }
+    let path = find(program).with_context(|| missing(program))?;
+    let out = Command::new(&path)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {} --version", path.display()))?;
+    let text = String::from_utf8_lossy(if out.stdout.is_empty() {
+        &out.stderr
+    } else {
+        &out.stdout
+    })
+    .into_owned();
+    let line = text.lines().next().unwrap_or("unknown").trim().to_string();
+    cache
+        .lock()
+        .expect("version cache")
+        .insert(program.to_string(), line.clone());
+    Ok(line)
+}
+
+fn missing(program: &str) -> String {
+    match host_tools().into_iter().find(|t| t.command == program) {
+        Some(t) => format!(
+            "`{program}` is not installed: run `apt-get install {}` (see `cargo xtask doctor`)",
+            t.package
+        ),
+        None => format!("`{program}` is not installed (see `cargo xtask doctor`)"),
+    }
+}
+
+/// A command to run: built here so that callers never touch `Command`.
+pub fn command(program: &str) -> Result<Command> {
+    let path = find(program).with_context(|| missing(program))?;
+    let mut cmd = Command::new(path);
+    cmd.stdin(Stdio::null());
+    // Own process group: an interrupt can stop the tool and all its children.
+    cmd.process_group(0);
+    Ok(cmd)
+}
+
+/// A command for a program given by path (e.g. a binary from a step input).
+pub fn command_at(path: &Path) -> Command {
+    let mut cmd = Command::new(path);
+    cmd.stdin(Stdio::null());
+    cmd.process_group(0);
+    cmd
+}
+
+/// Runs `cmd` with stdout and stderr appended to `log`. On failure the error
+/// names the tool, its exit status, the last lines and the log path.
+pub fn run_logged(mut cmd: Command, log: &Path) -> Result<()> {
+    let what = describe(&cmd);
+    if let Some(dir) = log.parent() {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating log directory {}", dir.display()))?;
+    }
+    let file = File::create(log).with_context(|| format!("creating log {}", log.display()))?;
+    let err = file
+        .try_clone()
+        .context("duplicating the log file handle")?;
+    let status = cmd
+        .stdout(file)
+        .stderr(err)
+        .status()
+        .with_context(|| format!("starting {what}"))?;
+    if status.success() {
+        return Ok(());
+    }
+    let tail = tail(log, TAIL_LINES);
+    bail!(
+        "{what} failed ({status}); last {TAIL_LINES} lines:\n{tail}\nfull log: {}",
+        log.display()
+    )
+}
+
+/// Runs `cmd` and returns its stdout; stderr goes into the error on failure.
+pub fn capture(mut cmd: Command) -> Result<String> {
+    let what = describe(&cmd);
+    let out = cmd.output().with_context(|| format!("starting {what}"))?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        bail!("{what} failed ({}): {}", out.status, stderr.trim());
+    }
+    String::from_utf8(out.stdout).with_context(|| format!("{what} printed non-UTF-8 output"))
+}
+
+fn describe(cmd: &Command) -> String {
+    let program = Path::new(cmd.get_program())
+        .file_name()
+        .unwrap_or(cmd.get_program());
+    let args: Vec<_> = cmd
+        .get_args()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    format!("`{} {}`", program.to_string_lossy(), args.join(" ")).replace(" `", "`")
+}
+
+/// Starts `cmd` with stdout piped (stderr inherited) for a caller that
+/// reads it as it comes, such as a serial console.
+pub fn spawn_reading_stdout(mut cmd: Command) -> Result<std::process::Child> {
+    let what = describe(&cmd);
+    cmd.stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {what}"))
+}
+
+/// The last `n` lines of a log file.
+pub fn tail(path: &Path, n: usize) -> String {
+    let Ok(file) = File::open(path) else {
+        return String::new();
+    };
+    let lines: Vec<String> = BufReader::new(file).lines().map_while(Result::ok).collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn package_list_names_a_command_for_every_package() {
+        let tools = host_tools();
+        assert!(tools
+            .iter()
+            .any(|t| t.package == "qemu-system-x86" && t.command == "qemu-system-x86_64"));
+        assert!(tools.iter().all(|t| !t.purpose.is_empty()));
+    }
+
+    #[test]
+    fn failing_tool_error_has_status_tail_and_log_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("t.log");
+        let mut cmd = command("sh").unwrap();
+        cmd.args(["-c", "for i in $(seq 1 50); do echo line$i; done; exit 3"]);
+        let err = format!("{:#}", run_logged(cmd, &log).unwrap_err());
+        assert!(err.contains("exit status: 3"), "{err}");
+        assert!(
+            err.contains("line50") && err.contains("line11") && !err.contains("line10\n"),
+            "{err}"
+        );
+        assert!(err.contains(&log.display().to_string()), "{err}");
+    }
+}

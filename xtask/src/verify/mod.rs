@@ -1,0 +1,3 @@
+//! Proof that artifacts work: boot tests in QEMU (and, later, reproducibility).
+
+pub mod boot;

@@ -1,0 +1,87 @@
+//! Helpers for end-to-end tests: run the real `xtask` binary on a copy of
+//! the repository's recipes and overlays.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// A cache shared by tests that do not need isolation (debs are fetched once).
+pub fn shared_cache() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("kiln-test-cache")
+}
+
+/// Copies `recipes/` and `overlays/` under `dir`, as a fresh checkout would.
+pub fn copy_recipes(dir: &Path) -> PathBuf {
+    for sub in ["recipes", "overlays"] {
+        copy_tree(&workspace().join(sub), &dir.join(sub));
+    }
+    dir.join("recipes")
+}
+
+pub fn copy_tree(src: &Path, dst: &Path) {
+    for entry in walkdir::WalkDir::new(src).sort_by_file_name() {
+        let entry = entry.unwrap();
+        let target = dst.join(entry.path().strip_prefix(src).unwrap());
+        if entry.file_type().is_dir() {
+            std::fs::create_dir_all(&target).unwrap();
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+/// `xtask` with explicit recipes, output and cache directories.
+pub fn kiln(recipes: &Path, output: &Path, cache: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_xtask"));
+    cmd.arg("--recipes")
+        .arg(recipes)
+        .arg("--output")
+        .arg(output)
+        .arg("--cache")
+        .arg(cache);
+    cmd.env_remove("SOURCE_DATE_EPOCH");
+    cmd
+}
+
+pub fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd.output().expect("starting xtask");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+pub fn run_err(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("starting xtask");
+    assert!(!out.status.success(), "{cmd:?} unexpectedly succeeded");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Files under `dir` (relative paths), sorted.
+pub fn files(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = walkdir::WalkDir::new(dir)
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_file())
+        .map(|e| {
+            e.path()
+                .strip_prefix(dir)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    v.sort();
+    v
+}

@@ -1,0 +1,183 @@
+//! End to end: the stage2 recipe builds, caches, survives corruption and
+//! kills, reproduces bit for bit, and boots.
+
+mod common;
+
+use std::path::Path;
+use std::process::Stdio;
+
+use common::*;
+
+const INITRAMFS: &str = "stage2/stage2_initramfs.cpio.gz";
+
+#[test]
+fn second_build_is_all_cached_and_plan_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipes = copy_recipes(dir.path());
+    let (out, cache) = (dir.path().join("output"), dir.path().join("cache"));
+    run_ok(kiln(&recipes, &out, &cache).args(["build", "stage2"]));
+    let plan = run_ok(kiln(&recipes, &out, &cache).args(["plan", "stage2"]));
+    let text = String::from_utf8_lossy(&plan.stdout);
+    assert!(text.contains("3 steps: 3 cached, 0 to run"), "{text}");
+    let second = run_ok(kiln(&recipes, &out, &cache).args(["build", "stage2"]));
+    let text = String::from_utf8_lossy(&second.stdout);
+    assert!(text.contains("0 run, 3 cached"), "{text}");
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    let a = &manifest["artifacts"][0];
+    assert_eq!(a["name"], INITRAMFS);
+    assert_eq!(a["kind"], "initramfs");
+    assert_eq!(manifest["source_date_epoch"], 1700000000);
+    assert!(
+        a["inputs"]["busybox"].is_string() && a["inputs"]["overlay.0"].is_string(),
+        "{a}"
+    );
+}
+
+/// Builds in a fresh directory with its own cache, under `umask` and `tz`.
+fn build_in(dir: &Path, umask: &str, tz: &str) -> Vec<u8> {
+    let root = dir.join("some/deeper/checkout");
+    std::fs::create_dir_all(&root).unwrap();
+    let recipes = copy_recipes(&root);
+    let mut cmd = kiln(&recipes, &root.join("output"), &dir.join("cache"));
+    let program = cmd.get_program().to_owned();
+    let args: Vec<_> = cmd.get_args().map(|a| a.to_owned()).collect();
+    let mut sh = std::process::Command::new("sh");
+    sh.arg("-c")
+        .arg(format!("umask {umask}; exec \"$0\" \"$@\" build stage2"))
+        .arg(program)
+        .args(args)
+        .env("TZ", tz);
+    run_ok(&mut sh);
+    std::fs::read(root.join("output").join(INITRAMFS)).unwrap()
+}
+
+#[test]
+fn builds_in_different_dirs_umasks_and_timezones_are_identical() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let first = build_in(a.path(), "022", "UTC");
+    let second = build_in(b.path(), "077", "Pacific/Kiritimati");
+    assert!(first == second, "initramfs differs between the two builds");
+}
+
+#[test]
+fn checksum_mismatch_names_the_source_and_stores_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipes = copy_recipes(dir.path());
+    let sources = std::fs::read_to_string(recipes.join("sources.toml")).unwrap();
+    let good = "3d3fdbe91d4660c873e14b092c213fe81c1da6362daa236eb25d0171eb108744";
+    let bad = "0000000000000000000000000000000000000000000000000000000000000000";
+    std::fs::write(recipes.join("sources.toml"), sources.replace(good, bad)).unwrap();
+    let (out, cache) = (dir.path().join("output"), dir.path().join("cache"));
+    let err = run_err(kiln(&recipes, &out, &cache).args(["build", "stage2"]));
+    assert!(
+        err.contains("checksum mismatch for source `busybox`"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("expected sha256 {bad}")) && err.contains(&format!("got {good}")),
+        "{err}"
+    );
+    let blob = cache.join("v1/blobs").join(&good[..2]).join(good);
+    assert!(!blob.exists(), "the mismatching download was stored");
+    assert!(!out.join(INITRAMFS).exists());
+}
+
+#[test]
+fn corrupt_store_blob_is_detected_and_rebuilt() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipes = copy_recipes(dir.path());
+    let (out, cache) = (dir.path().join("output"), dir.path().join("cache"));
+    run_ok(kiln(&recipes, &out, &cache).args(["build", "stage2"]));
+    let good = std::fs::read(out.join(INITRAMFS)).unwrap();
+    let hex = kiln::store::Digest::of_bytes(&good).hex();
+    let blob = cache.join("v1/blobs").join(&hex[..2]).join(&hex);
+    std::fs::remove_file(&blob).unwrap();
+    std::fs::write(&blob, b"not an initramfs").unwrap();
+    std::fs::remove_file(out.join(INITRAMFS)).unwrap();
+    let second = run_ok(kiln(&recipes, &out, &cache).args(["build", "stage2"]));
+    let log = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        log.contains("corrupt store entry"),
+        "corruption was not reported:\n{log}"
+    );
+    assert_eq!(std::fs::read(out.join(INITRAMFS)).unwrap(), good);
+    assert_eq!(
+        std::fs::read(&blob).unwrap(),
+        good,
+        "the store was not repaired"
+    );
+}
+
+#[test]
+fn build_killed_mid_step_leaves_last_good_output_and_a_usable_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipes = copy_recipes(dir.path());
+    let (out, cache) = (dir.path().join("output"), dir.path().join("cache"));
+    run_ok(kiln(&recipes, &out, &cache).args(["build", "stage2"]));
+    let last_good = std::fs::read(out.join(INITRAMFS)).unwrap();
+    // A large incompressible overlay file makes the initramfs step slow
+    // enough (xz, level 9) to be killed while it writes.
+    let mut big = vec![0u8; 96 << 20];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom").unwrap(), &mut big).unwrap();
+    std::fs::write(dir.path().join("overlays/stage2/big.bin"), &big).unwrap();
+    let recipe = std::fs::read_to_string(recipes.join("stage2.toml")).unwrap();
+    std::fs::write(
+        recipes.join("stage2.toml"),
+        recipe.replace("compression = \"gz\"", "compression = \"xz\"\nlevel = 9"),
+    )
+    .unwrap();
+    let mut child = kiln(&recipes, &out, &cache)
+        .args(["build", "stage2"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr));
+    assert!(
+        lines.any(|l| l.unwrap().contains("running initramfs")),
+        "the initramfs step never started"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(
+        files(&out)
+            .into_iter()
+            .filter(|f| !f.starts_with("logs/"))
+            .collect::<Vec<_>>(),
+        ["manifest.json", INITRAMFS]
+    );
+    assert_eq!(
+        std::fs::read(out.join(INITRAMFS)).unwrap(),
+        last_good,
+        "the last good output was touched"
+    );
+    std::fs::remove_file(dir.path().join("overlays/stage2/big.bin")).unwrap();
+    std::fs::write(recipes.join("stage2.toml"), recipe).unwrap();
+    let again = run_ok(kiln(&recipes, &out, &cache).args(["build", "stage2"]));
+    assert!(String::from_utf8_lossy(&again.stdout).contains("0 run, 3 cached"));
+    assert_eq!(std::fs::read(out.join(INITRAMFS)).unwrap(), last_good);
+}
+
+#[test]
+fn stage2_initramfs_boots_debian_kernel_in_qemu() {
+    if kiln::tools::find("qemu-system-x86_64").is_none() {
+        println!("SKIPPED: qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let recipes = copy_recipes(dir.path());
+    let out = dir.path().join("output");
+    let result = run_ok(kiln(&recipes, &out, &shared_cache()).args([
+        "boot-test",
+        "stage2-initramfs",
+        "--timeout",
+        "240",
+    ]));
+    let text = String::from_utf8_lossy(&result.stdout);
+    assert!(
+        text.contains("boot test passed") && text.contains("KILN-STAGE2-READY"),
+        "{text}"
+    );
+}

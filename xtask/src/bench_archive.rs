@@ -6,7 +6,7 @@
 use std::fmt::Write as _;
 use std::fs::File;
 use std::io::BufWriter;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
@@ -39,7 +39,7 @@ pub fn run(tree: &Path, work: &Path, threads: usize) -> Result<String> {
         threads,
         gzip_ref,
     )?);
-    for level in [6, 8, 10, 12] {
+    for level in [6, 8, 9, 12] {
         if level != DEFAULT_GZIP_LEVEL {
             rows.push(kiln(
                 tree,
@@ -106,13 +106,7 @@ fn kiln(
     })
 }
 
-fn shell(
-    tree: &Path,
-    out: &PathBuf,
-    name: &str,
-    compressor: &str,
-    reference: usize,
-) -> Result<Row> {
+fn shell(tree: &Path, out: &Path, name: &str, compressor: &str, reference: usize) -> Result<Row> {
     let script = format!(
         "set -e; find . | LC_ALL=C sort | cpio -o -H newc --quiet | {compressor} > '{}'; sync '{}'",
         out.display(),
@@ -150,12 +144,12 @@ fn table(rows: &[Row]) -> String {
         let _ = writeln!(
             s,
             "| {} | {:.1} | {:.1} | {:.2} | {:.4} | {} |",
-            row.tool,
+            row.tool.replace('|', "\\|"),
             row.seconds,
             row.bytes as f64 / 1e6,
             row.seconds / base.seconds,
             row.bytes as f64 / base.bytes as f64,
-            base.tool
+            base.tool.replace('|', "\\|")
         );
     }
     s

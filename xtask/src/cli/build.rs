@@ -32,6 +32,9 @@ pub struct PlanArgs {
 pub struct BootTestArgs {
     /// What to boot: `stage2-initramfs` (Debian's kernel with the stage2 initramfs).
     pub what: String,
+    /// Boot this initramfs instead of building the stage2 one.
+    #[arg(long, value_name = "FILE")]
+    pub initrd: Option<PathBuf>,
     /// Seconds to wait for the serial marker.
     #[arg(long, default_value_t = 180)]
     pub timeout: u64,
@@ -201,8 +204,13 @@ pub fn plan(s: &Settings, a: &PlanArgs) -> Result<ExitCode> {
 pub fn boot_test(s: &Settings, a: &BootTestArgs) -> Result<ExitCode> {
     match a.what.as_str() {
         "stage2-initramfs" => {
-            build_targets(s, &["stage2".to_string()])?;
-            let initrd = s.output_dir.join("stage2/stage2_initramfs.cpio.gz");
+            let initrd = match &a.initrd {
+                Some(path) => path.clone(),
+                None => {
+                    build_targets(s, &["stage2".to_string()])?;
+                    s.output_dir.join("stage2/stage2_initramfs.cpio.gz")
+                }
+            };
             let kernel = debian_kernel(s)?;
             let outcome =
                 verify::boot::boot(&verify::boot::BootSpec::stage2(&kernel, &initrd, a.timeout))?;

@@ -102,19 +102,17 @@ impl Executor<'_> {
         let (tx, rx) = mpsc::channel::<(usize, Result<NodeResult>)>();
         std::thread::scope(|scope| -> Result<()> {
             loop {
-                for i in 0..n {
+                for (i, node) in plan.nodes.iter().enumerate() {
                     if running >= self.jobs.max(1) || started[i] {
                         continue;
                     }
-                    let Some(components) = self.components(&plan.nodes[i], &results)? else {
+                    let Some(components) = self.components(node, &results)? else {
                         continue;
                     };
-                    let inputs = resolve(&plan.nodes[i], &results)
-                        .expect("inputs known when components are");
+                    let inputs = resolve(node, &results).expect("inputs known when components are");
                     started[i] = true;
                     running += 1;
                     let tx = tx.clone();
-                    let node = &plan.nodes[i];
                     scope.spawn(move || {
                         let r = self.run_node(node, components, inputs);
                         let _ = tx.send((i, r));

@@ -4,6 +4,10 @@
 //! error it returns names the file, line and column (see `diag`). After
 //! `load`, the rest of Kiln handles typed values only.
 
+// Located errors carry their source text; they are built only on the cold
+// path of a broken recipe, so their size does not matter.
+#![allow(clippy::result_large_err)]
+
 pub mod diag;
 mod schema;
 pub mod template;

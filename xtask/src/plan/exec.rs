@@ -145,25 +145,20 @@ impl Executor<'_> {
         let label = node.step.label();
         let key = components.key();
         let start = Instant::now();
+        let hit = |record: ActionRecord| NodeResult {
+            key,
+            components: components.clone(),
+            outputs: record.outputs,
+            cached: true,
+            elapsed: start.elapsed(),
+        };
         if let Some(record) = self.store.action(&key)? {
-            return Ok(NodeResult {
-                key,
-                components,
-                outputs: record.outputs,
-                cached: true,
-                elapsed: start.elapsed(),
-            });
+            return Ok(hit(record));
         }
         // Another process may be building the same key: wait for it, then look again.
         let _lock = self.store.lock_key(&key)?;
         if let Some(record) = self.store.action(&key)? {
-            return Ok(NodeResult {
-                key,
-                components,
-                outputs: record.outputs,
-                cached: true,
-                elapsed: start.elapsed(),
-            });
+            return Ok(hit(record));
         }
         if !self.quiet {
             eprintln!("   running {label} [{}]", key.short());

@@ -68,13 +68,7 @@ pub fn plan(
     store: &Store,
     opts: &PlanOptions,
 ) -> Result<Plan> {
-    let mut b = Builder {
-        recipes,
-        store,
-        opts,
-        plan: Plan::default(),
-        sources: BTreeMap::new(),
-    };
+    let mut b = Builder::new(recipes, store, opts);
     for target in targets {
         let recipe = recipes
             .targets
@@ -106,7 +100,17 @@ struct Builder<'a> {
     sources: BTreeMap<(String, &'static str), InputRef>,
 }
 
-impl Builder<'_> {
+impl<'a> Builder<'a> {
+    fn new(recipes: &'a Recipes, store: &'a Store, opts: &'a PlanOptions) -> Builder<'a> {
+        Builder {
+            recipes,
+            store,
+            opts,
+            plan: Plan::default(),
+            sources: BTreeMap::new(),
+        }
+    }
+
     fn push(&mut self, step: impl Step + 'static, inputs: BTreeMap<String, InputRef>) -> usize {
         self.plan.nodes.push(Node {
             step: Box::new(step),
@@ -280,13 +284,7 @@ pub fn plan_deb_tree(
     store: &Store,
     opts: &PlanOptions,
 ) -> Result<Plan> {
-    let mut b = Builder {
-        recipes,
-        store,
-        opts,
-        plan: Plan::default(),
-        sources: BTreeMap::new(),
-    };
+    let mut b = Builder::new(recipes, store, opts);
     b.deb_tree(name)?;
     Ok(b.plan)
 }

@@ -146,15 +146,7 @@ impl Store {
             );
         }
         let (actual, _) = Digest::of_file(&path)?;
-        if actual != *d {
-            let _ = fs::remove_file(&path);
-            return Err(Corrupt {
-                path,
-                expected: *d,
-                actual,
-            }
-            .into());
-        }
+        check_digest(&path, d, actual)?;
         Ok(path)
     }
 
@@ -241,15 +233,7 @@ impl Store {
         let bytes =
             fs::read(&path).with_context(|| format!("reading tree manifest {}", path.display()))?;
         let actual = Digest::of_bytes(&bytes);
-        if actual != *d {
-            let _ = fs::remove_file(&path);
-            return Err(Corrupt {
-                path,
-                expected: *d,
-                actual,
-            }
-            .into());
-        }
+        check_digest(&path, d, actual)?;
         serde_json::from_slice(&bytes)
             .with_context(|| format!("parsing tree manifest {}", path.display()))
     }
@@ -457,6 +441,20 @@ impl Store {
         }
         Ok(report)
     }
+}
+
+/// A store entry whose bytes do not match its name is removed and reported.
+fn check_digest(path: &Path, expected: &Digest, actual: Digest) -> Result<()> {
+    if actual == *expected {
+        return Ok(());
+    }
+    let _ = fs::remove_file(path);
+    Err(Corrupt {
+        path: path.to_path_buf(),
+        expected: *expected,
+        actual,
+    }
+    .into())
 }
 
 fn list_files(dir: &Path) -> Result<Vec<PathBuf>> {

@@ -14,7 +14,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::recipe::{self, Recipe, Recipes, SourceKind};
 use crate::steps::deb::UnpackDeb;
-use crate::steps::fetch::FetchDeb;
+use crate::steps::fetch::{FetchDeb, FetchUrl};
 use crate::steps::initramfs::BuildInitramfs;
 use crate::steps::Step;
 use crate::store::{Modes, Output, Store};
@@ -214,15 +214,39 @@ impl<'a> Builder<'a> {
             InputRef::Value(Output::File { digest, size })
         } else {
             match &source.kind {
-                SourceKind::Deb { package, version, sha256 } => {
-                    let step = FetchDeb { source: name.into(), package: package.clone(), version: version.clone(), sha256: sha256.clone() };
-                    InputRef::Node { node: self.push(step, BTreeMap::new()), output: "file" }
+                SourceKind::Deb {
+                    package,
+                    version,
+                    sha256,
+                } => {
+                    let step = FetchDeb {
+                        source: name.into(),
+                        package: package.clone(),
+                        version: version.clone(),
+                        sha256: sha256.clone(),
+                    };
+                    InputRef::Node {
+                        node: self.push(step, BTreeMap::new()),
+                        output: "file",
+                    }
                 }
                 SourceKind::Path { path } => {
-                    let (digest, size) = self.store.put_file(path).with_context(|| format!("reading source `{name}` at {}", path.display()))?;
+                    let (digest, size) = self.store.put_file(path).with_context(|| {
+                        format!("reading source `{name}` at {}", path.display())
+                    })?;
                     InputRef::Value(Output::File { digest, size })
                 }
-                SourceKind::Url { .. } => bail!("source `{name}`: url sources are not supported yet; give the file with --source {name}=PATH"),
+                SourceKind::Url { url, sha256 } => {
+                    let step = FetchUrl {
+                        source: name.into(),
+                        url: url.clone(),
+                        sha256: sha256.clone(),
+                    };
+                    InputRef::Node {
+                        node: self.push(step, BTreeMap::new()),
+                        output: "file",
+                    }
+                }
             }
         };
         self.sources.insert((name.to_string(), "file"), r.clone());

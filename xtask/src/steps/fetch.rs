@@ -106,3 +106,274 @@ pub fn store_verified(
     let (digest, _) = ctx.store.put_file(file)?;
     Ok(Output::File { digest, size })
 }
+
+/// Attempts per download before giving up (network errors and 5xx).
+const ATTEMPTS: u32 = 4;
+
+/// An HTTP(S) download, resumed from a partial file after an interruption
+/// and verified against the pinned sha256 before anything is stored.
+#[derive(Debug, Clone, Serialize)]
+pub struct FetchUrl {
+    pub source: String,
+    pub url: String,
+    pub sha256: String,
+}
+
+impl Step for FetchUrl {
+    fn kind(&self) -> &'static str {
+        "fetch-url"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn label(&self) -> String {
+        format!("fetch {}", self.url)
+    }
+    fn params(&self) -> serde_json::Value {
+        // Only the content matters: a mirror with the same bytes is the same input.
+        serde_json::json!({ "sha256": self.sha256 })
+    }
+
+    fn run(&self, ctx: &StepContext, _scratch: &Path) -> Result<BTreeMap<String, Output>> {
+        let partial = ctx.store.partial_download(&self.sha256);
+        let mut last_error = None;
+        for attempt in 1..=ATTEMPTS {
+            match download(&self.url, &partial) {
+                Ok(()) => {
+                    last_error = None;
+                    break;
+                }
+                Err(e) if e.retryable && attempt < ATTEMPTS => {
+                    tracing::warn!("{} (attempt {attempt} of {ATTEMPTS}; retrying)", e.error);
+                    std::thread::sleep(std::time::Duration::from_millis(500 << attempt));
+                }
+                Err(e) => {
+                    last_error = Some(e.error);
+                    break;
+                }
+            }
+        }
+        if let Some(e) = last_error {
+            return Err(e.context(format!(
+                "downloading source `{}` from {}",
+                self.source, self.url
+            )));
+        }
+        let result = store_verified(ctx, &partial, &self.source, &self.sha256, &self.url);
+        // A finished download is never resumed: on a mismatch the next try starts over.
+        let _ = std::fs::remove_file(&partial);
+        Ok(BTreeMap::from([("file".to_string(), result?)]))
+    }
+}
+
+struct DownloadError {
+    error: anyhow::Error,
+    retryable: bool,
+}
+
+impl DownloadError {
+    fn retry(error: impl Into<anyhow::Error>) -> Self {
+        DownloadError {
+            error: error.into(),
+            retryable: true,
+        }
+    }
+    fn fatal(error: impl Into<anyhow::Error>) -> Self {
+        DownloadError {
+            error: error.into(),
+            retryable: false,
+        }
+    }
+}
+
+/// Appends to `partial` from where it stops (HTTP Range), or starts over
+/// when the server ignores the range.
+fn download(url: &str, partial: &Path) -> Result<(), DownloadError> {
+    use std::io::Write;
+    let have = std::fs::metadata(partial).map(|m| m.len()).unwrap_or(0);
+    let client = reqwest::blocking::Client::builder()
+        .connect_timeout(std::time::Duration::from_secs(30))
+        .timeout(None)
+        .build()
+        .map_err(DownloadError::fatal)?;
+    let mut request = client.get(url);
+    if have > 0 {
+        request = request.header(reqwest::header::RANGE, format!("bytes={have}-"));
+    }
+    let mut response = request.send().map_err(DownloadError::retry)?;
+    let status = response.status();
+    if status.is_server_error() {
+        return Err(DownloadError::retry(anyhow::anyhow!(
+            "{url}: server answered {status}"
+        )));
+    }
+    if status == reqwest::StatusCode::RANGE_NOT_SATISFIABLE {
+        let _ = std::fs::remove_file(partial);
+        return Err(DownloadError::retry(anyhow::anyhow!(
+            "{url}: partial download is stale; starting over"
+        )));
+    }
+    if !status.is_success() {
+        return Err(DownloadError::fatal(anyhow::anyhow!(
+            "{url}: server answered {status}"
+        )));
+    }
+    let resumed = status == reqwest::StatusCode::PARTIAL_CONTENT;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .append(resumed)
+        .truncate(!resumed)
+        .open(partial)
+        .map_err(|e| {
+            DownloadError::fatal(
+                anyhow::Error::new(e).context(format!("opening {}", partial.display())),
+            )
+        })?;
+    let start = if resumed { have } else { 0 };
+    let bar = progress_bar(response.content_length().map(|n| n + start), start, url);
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = std::io::Read::read(&mut response, &mut buf).map_err(DownloadError::retry)?;
+        if n == 0 {
+            break;
+        }
+        file.write_all(&buf[..n]).map_err(|e| {
+            DownloadError::fatal(anyhow::Error::new(e).context("writing the download"))
+        })?;
+        bar.inc(n as u64);
+    }
+    bar.finish_and_clear();
+    Ok(())
+}
+
+/// Bytes-so-far progress on a terminal; nothing otherwise.
+fn progress_bar(total: Option<u64>, done: u64, url: &str) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    if !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = total.map_or_else(
+        indicatif::ProgressBar::no_length,
+        indicatif::ProgressBar::new,
+    );
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg} {bytes}/{total_bytes} {bar:30} {bytes_per_sec}",
+        )
+        .expect("valid template"),
+    );
+    bar.set_message(url.rsplit('/').next().unwrap_or(url).to_string());
+    bar.set_position(done);
+    bar
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+    use std::io::{BufRead, BufReader, Write};
+    use std::net::TcpListener;
+    use std::sync::{Arc, Mutex};
+
+    /// A minimal HTTP/1.1 server on 127.0.0.1 that honours `Range` and, on
+    /// its first response, sends only half the body and hangs up. Returns
+    /// its URL and the Range headers it saw.
+    fn flaky_server(body: Vec<u8>) -> (String, Arc<Mutex<Vec<Option<String>>>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/file.bin", listener.local_addr().unwrap());
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        std::thread::spawn(move || {
+            for (i, stream) in listener.incoming().take(4).enumerate() {
+                let mut stream = stream.unwrap();
+                let mut range = None;
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap() == 0 || line == "\r\n" {
+                        break;
+                    }
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("range: bytes=") {
+                        range = Some(v.trim().trim_end_matches('-').to_string());
+                    }
+                }
+                log.lock().unwrap().push(range.clone());
+                let from: usize = range.as_deref().map_or(0, |r| r.parse().unwrap());
+                let status = if from > 0 {
+                    "206 Partial Content"
+                } else {
+                    "200 OK"
+                };
+                let rest = &body[from..];
+                let head = format!(
+                    "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    rest.len()
+                );
+                stream.write_all(head.as_bytes()).unwrap();
+                let send = if i == 0 {
+                    &rest[..rest.len() / 2]
+                } else {
+                    rest
+                };
+                let _ = stream.write_all(send);
+            }
+        });
+        (url, seen)
+    }
+
+    fn ctx(store: &Store) -> StepContext<'_> {
+        StepContext {
+            store,
+            inputs: BTreeMap::new(),
+            log_dir: std::env::temp_dir(),
+        }
+    }
+
+    #[test]
+    fn interrupted_download_resumes_with_a_range_request() {
+        let body: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let sha = Digest::of_bytes(&body).hex();
+        let (url, seen) = flaky_server(body.clone());
+        let cache = tempfile::tempdir().unwrap();
+        let store = Store::open(cache.path()).unwrap();
+        let step = FetchUrl {
+            source: "blob".into(),
+            url,
+            sha256: sha,
+        };
+        let out = step.run(&ctx(&store), cache.path()).unwrap();
+        let Output::File { digest, size } = out["file"] else {
+            panic!("not a file")
+        };
+        assert_eq!(size, body.len() as u64);
+        assert_eq!(store.read_blob(&digest).unwrap(), body);
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(
+            seen,
+            [None, Some("150000".to_string())],
+            "second request should resume at the half"
+        );
+    }
+
+    #[test]
+    fn wrong_checksum_names_the_source_and_stores_nothing() {
+        let body = vec![7u8; 10_000];
+        let (url, _) = flaky_server(body.clone());
+        let cache = tempfile::tempdir().unwrap();
+        let store = Store::open(cache.path()).unwrap();
+        let step = FetchUrl {
+            source: "firmware".into(),
+            url,
+            sha256: "ab".repeat(32),
+        };
+        let err = step.run(&ctx(&store), cache.path()).unwrap_err();
+        let mismatch = err
+            .downcast_ref::<ChecksumMismatch>()
+            .expect("a checksum mismatch");
+        assert_eq!(mismatch.source_name, "firmware");
+        assert_eq!(mismatch.actual, Digest::of_bytes(&body).hex());
+        assert!(!store.has_blob(&Digest::of_bytes(&body)));
+        assert!(!store.partial_download(&"ab".repeat(32)).exists());
+    }
+}

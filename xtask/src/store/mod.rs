@@ -80,6 +80,9 @@ pub struct Corrupt {
 
 pub struct Store {
     root: PathBuf,
+    /// Shared lock on `store.lock` for this handle's lifetime; `gc` converts
+    /// it to exclusive, so it never removes what a running build uses.
+    lock: File,
 }
 
 impl Store {
@@ -90,7 +93,12 @@ impl Store {
             fs::create_dir_all(&dir)
                 .with_context(|| format!("creating cache directory {}", dir.display()))?;
         }
-        Ok(Store { root })
+        let lock_path = root.join("store.lock");
+        let lock = File::create(&lock_path)
+            .with_context(|| format!("creating {}", lock_path.display()))?;
+        lock.lock_shared()
+            .with_context(|| format!("locking {}", lock_path.display()))?;
+        Ok(Store { root, lock })
     }
 
     pub fn root(&self) -> &Path {
@@ -103,6 +111,13 @@ impl Store {
             .prefix(&format!("{label}-"))
             .tempdir_in(self.root.join("tmp"))
             .context("creating a scratch directory in the cache")
+    }
+
+    /// Where an unfinished download of the file with this sha256 is kept, so
+    /// that an interrupted fetch resumes. Never read as a blob: the fetch
+    /// verifies it and stores it with `put_file`.
+    pub fn partial_download(&self, sha256: &str) -> PathBuf {
+        self.root.join("tmp").join(format!("partial-{sha256}"))
     }
 
     fn blob_path(&self, d: &Digest) -> PathBuf {
@@ -380,8 +395,8 @@ impl Store {
     /// tree and blob that no remaining record reaches, and leftover scratch
     /// directories of killed builds. Holds the store-wide lock exclusively.
     pub fn gc(&self, max_age: Option<std::time::Duration>) -> Result<GcReport> {
-        let lock = File::create(self.root.join("store.lock")).context("creating the store lock")?;
-        lock.lock().context("locking the store for gc")?;
+        // flock converts this handle's shared lock: waits for other builds.
+        self.lock.lock().context("locking the store for gc")?;
         let mut report = GcReport::default();
         let mut live_trees = std::collections::BTreeSet::new();
         let mut live_blobs = std::collections::BTreeSet::new();

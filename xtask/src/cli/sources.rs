@@ -70,7 +70,9 @@ pub fn run(s: &Settings, c: &SourcesCommand) -> Result<ExitCode> {
         tmp.persist(&file)
             .with_context(|| format!("writing {}", file.display()))?;
         println!("{changes} source(s) re-pinned in {}", file.display());
-    } else if changes == 0 {
+    } else if changes > 0 {
+        println!("--dry-run: {} left unchanged", file.display());
+    } else {
         println!("every source is already pinned to apt's candidate");
     }
     Ok(ExitCode::SUCCESS)

@@ -181,7 +181,7 @@ impl<'a> Builder<'a> {
         if let Some(r) = self.sources.get(&(name.to_string(), "tree")) {
             return Ok(r.clone());
         }
-        let deb = self.source_file(name)?;
+        let deb = self.source_input(name)?;
         let node = self.push(
             UnpackDeb {
                 source: name.to_string(),
@@ -196,8 +196,24 @@ impl<'a> Builder<'a> {
         Ok(r)
     }
 
-    /// A source as a single file: fetched, or the operator's local copy.
-    fn source_file(&mut self, name: &str) -> Result<InputRef> {
+    /// A local file or directory, hashed by content into the store. A tree
+    /// is recorded with git-like modes: an operator's checkout must not
+    /// change a key through its umask.
+    fn local_input(&self, path: &Path) -> Result<Output> {
+        let meta = std::fs::metadata(path)
+            .with_context(|| format!("{} does not exist", path.display()))?;
+        if meta.is_dir() {
+            Ok(Output::Tree {
+                digest: self.store.put_tree_with(path, Modes::GitLike)?,
+            })
+        } else {
+            let (digest, size) = self.store.put_file(path)?;
+            Ok(Output::File { digest, size })
+        }
+    }
+
+    /// A source as a file or tree: fetched, or the operator's local copy.
+    fn source_input(&mut self, name: &str) -> Result<InputRef> {
         if let Some(r) = self.sources.get(&(name.to_string(), "file")) {
             return Ok(r.clone());
         }
@@ -207,11 +223,10 @@ impl<'a> Builder<'a> {
             .get(name)
             .with_context(|| format!("unknown source `{name}`"))?;
         let r = if let Some(path) = self.opts.source_overrides.get(name) {
-            let (digest, size) = self
-                .store
-                .put_file(path)
+            let value = self
+                .local_input(path)
                 .with_context(|| format!("reading --source {name}={}", path.display()))?;
-            InputRef::Value(Output::File { digest, size })
+            InputRef::Value(value)
         } else {
             match &source.kind {
                 SourceKind::Deb {
@@ -231,10 +246,10 @@ impl<'a> Builder<'a> {
                     }
                 }
                 SourceKind::Path { path } => {
-                    let (digest, size) = self.store.put_file(path).with_context(|| {
+                    let value = self.local_input(path).with_context(|| {
                         format!("reading source `{name}` at {}", path.display())
                     })?;
-                    InputRef::Value(Output::File { digest, size })
+                    InputRef::Value(value)
                 }
                 SourceKind::Url { url, sha256 } => {
                     let step = FetchUrl {

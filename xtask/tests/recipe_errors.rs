@@ -56,3 +56,8 @@ fn unknown_variable_in_a_template_names_the_template_line() {
 fn missing_source_names_the_recipe_line() {
     check("missing-source");
 }
+
+#[test]
+fn out_of_range_level_names_the_compressor_and_range() {
+    check("bad-level");
+}

@@ -54,6 +54,29 @@ impl fmt::Display for Compression {
     }
 }
 
+impl Compression {
+    /// Levels the compressor accepts (libdeflate 1-12, zstd 1-22, xz 0-9).
+    pub fn levels(self) -> std::ops::RangeInclusive<i32> {
+        match self {
+            Compression::Gzip => 1..=12,
+            Compression::Zstd => 1..=22,
+            Compression::Xz => 0..=9,
+            Compression::None => 0..=0,
+        }
+    }
+
+    /// The level used when none is given. Steps record the effective level
+    /// in their keys, so changing a default here rebuilds what it affects.
+    pub fn default_level(self) -> Option<i32> {
+        match self {
+            Compression::Gzip => Some(DEFAULT_GZIP_LEVEL),
+            Compression::Zstd => Some(DEFAULT_ZSTD_LEVEL),
+            Compression::Xz => Some(DEFAULT_XZ_PRESET as i32),
+            Compression::None => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CompressOptions {
     /// libdeflate 1-12 for gzip, zstd's levels, xz presets 0-9; `None` means the defaults above.

@@ -152,7 +152,7 @@ impl<'a> Builder<'a> {
         let step = BuildInitramfs {
             name: ir.output.clone(),
             compression: compression_name(ir.compression).to_string(),
-            level: ir.level,
+            level: ir.level.or(ir.compression.default_level()),
             epoch: self.epoch(recipe),
             uid: ir.uid,
             gid: ir.gid,

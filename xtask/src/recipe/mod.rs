@@ -392,6 +392,18 @@ fn initramfs(mut ctx: Ctx, raw: RawInitramfs) -> Option<Initramfs> {
             );
             Compression::None
         });
+    if let Some(level) = &raw.level {
+        let range = compression.levels();
+        if !range.contains(level.get_ref()) {
+            let msg = format!(
+                "`level` {} is out of range for {compression}: use {} to {}",
+                level.get_ref(),
+                range.start(),
+                range.end()
+            );
+            ctx.push(level.span(), msg);
+        }
+    }
     let base = ctx
         .doc
         .file

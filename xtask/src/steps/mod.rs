@@ -40,7 +40,9 @@ impl KeyComponents {
 pub trait Step: Send + Sync {
     /// Stable name of the step kind, part of the key.
     fn kind(&self) -> &'static str;
-    /// Bumped whenever the step's code changes what it produces.
+    /// Bumped whenever the step's code changes what it produces (the format
+    /// writers it calls included): an old cache entry must never stand in
+    /// for new bytes.
     fn version(&self) -> u32;
     /// What an operator sees in plans and progress lines.
     fn label(&self) -> String;

@@ -307,12 +307,25 @@ fn check_templates(recipe: &Recipe, ir: &recipe::Initramfs) -> Result<BTreeMap<S
         .collect())
 }
 
-/// Paths in messages are shown relative to the current directory when possible.
+/// Paths in messages: relative to the current directory when possible, and
+/// without `dir/..` detours.
 fn display_path(p: &Path) -> PathBuf {
+    use std::path::Component;
     let cwd = std::env::current_dir().unwrap_or_default();
-    p.strip_prefix(&cwd)
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|_| p.to_path_buf())
+    let p = p.strip_prefix(&cwd).unwrap_or(p);
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::ParentDir
+                if matches!(out.components().next_back(), Some(Component::Normal(_))) =>
+            {
+                out.pop();
+            }
+            Component::CurDir => {}
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// A plan whose last node unpacks the `deb` source `name` (for boot tests

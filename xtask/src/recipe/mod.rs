@@ -118,11 +118,33 @@ pub fn load(dir: &Path, overrides: &BTreeMap<String, String>) -> Result<Recipes>
         let recipe = load_recipe(&file, &name, &sources, overrides)?;
         targets.insert(name, recipe);
     }
+    check_overrides(&targets, overrides)?;
     Ok(Recipes {
         dir: dir.to_path_buf(),
         sources,
         targets,
     })
+}
+
+/// A `--var` that no recipe declares is a typo, not a no-op.
+fn check_overrides(
+    targets: &BTreeMap<String, Recipe>,
+    overrides: &BTreeMap<String, String>,
+) -> Result<()> {
+    let declared: Vec<&str> = targets
+        .values()
+        .flat_map(|r| r.variables.keys())
+        .map(String::as_str)
+        .collect();
+    for name in overrides.keys() {
+        if !declared.contains(&name.as_str()) {
+            let hint = diag::nearest(name, declared.iter().copied())
+                .map(|n| format!(" (did you mean `{n}`?)"))
+                .unwrap_or_default();
+            anyhow::bail!("--var {name}: no recipe declares a variable `{name}`{hint}");
+        }
+    }
+    Ok(())
 }
 
 fn toml_files(dir: &Path) -> Result<Vec<PathBuf>> {
@@ -523,6 +545,25 @@ mod tests {
         let msg = "unknown field `overlay`, expected one of `output`, `overlays`, `templates`";
         let hint = unknown_field_hint(msg).unwrap();
         assert!(hint.starts_with("did you mean `overlays`?"), "{hint}");
+    }
+
+    #[test]
+    fn var_that_no_recipe_declares_is_an_error() {
+        let overrides = BTreeMap::from([("relase".to_string(), "x".to_string())]);
+        let err = load(Path::new("../recipes"), &overrides)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--var relase") && err.contains("did you mean `release`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn repository_recipes_load() {
+        let recipes = load(Path::new("../recipes"), &BTreeMap::new()).unwrap();
+        assert!(recipes.targets.contains_key("stage2"));
+        assert!(recipes.sources.contains_key("busybox"));
     }
 
     #[test]

@@ -30,7 +30,9 @@ pub struct PlanArgs {
 
 #[derive(Debug, Args)]
 pub struct BootTestArgs {
-    /// What to boot: `stage2-initramfs` (Debian's kernel with the stage2 initramfs).
+    /// What to boot: `stage2-initramfs` (Debian's kernel with the stage2
+    /// initramfs) or `modules` (the same plus modules.cpio.gz as a second
+    /// initrd; modprobe virtio_net must bring up a new interface).
     pub what: String,
     /// Boot this initramfs instead of building the stage2 one.
     #[arg(long, value_name = "FILE")]
@@ -144,6 +146,7 @@ fn install_artifacts(
             recipe: recipe_display(&spec.recipe),
             step_key: r.key,
             inputs: r.components.inputs.clone(),
+            details: details(&sess.store, r, spec.details)?,
         });
     }
     let manifest_path = s.output_dir.join("manifest.json");
@@ -158,6 +161,21 @@ fn install_artifacts(
     manifest.merge(artifacts.clone());
     manifest.write(&manifest_path)?;
     Ok(artifacts)
+}
+
+/// The JSON a step left beside an artifact for the manifest.
+fn details(
+    store: &Store,
+    r: &NodeResult,
+    output: Option<&str>,
+) -> Result<Option<serde_json::Value>> {
+    let Some(name) = output else { return Ok(None) };
+    match r.outputs.get(name) {
+        Some(Output::File { digest, .. }) => {
+            Ok(Some(serde_json::from_slice(&store.read_blob(digest)?)?))
+        }
+        _ => bail!("step produced no `{name}` output"),
+    }
 }
 
 fn already_in_place(dest: &Path, digest: &Digest) -> bool {
@@ -221,8 +239,49 @@ pub fn boot_test(s: &Settings, a: &BootTestArgs) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        other => bail!("unknown boot test `{other}`: try `stage2-initramfs`"),
+        "modules" => {
+            let built = build_targets(s, &["stage2".to_string(), "modules".to_string()])?;
+            let kernel = debian_kernel(s)?;
+            let modules = built
+                .iter()
+                .find(|a| a.kind == "modules" && a.name.ends_with(".gz"))
+                .context("the modules recipe wrote no .gz archive")?;
+            let work = tempfile::tempdir().context("creating a temporary directory")?;
+            let initrd = work.path().join("stage2+modules.cpio.gz");
+            concatenate(
+                &[
+                    s.output_dir.join("stage2/stage2_initramfs.cpio.gz"),
+                    s.output_dir.join(&modules.path),
+                ],
+                &initrd,
+            )?;
+            let spec = verify::boot::BootSpec::modules(
+                &kernel,
+                &initrd,
+                &["virtio_pci", "virtio_net"],
+                a.timeout,
+            );
+            let outcome = verify::boot::boot(&spec)?;
+            println!(
+                "boot test passed in {:.1}s: saw `{}`",
+                outcome.elapsed.as_secs_f64(),
+                outcome.marker
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        other => bail!("unknown boot test `{other}`: try `stage2-initramfs` or `modules`"),
     }
+}
+
+/// Concatenates initrds, as a boot loader loading several does.
+fn concatenate(parts: &[PathBuf], dest: &Path) -> Result<()> {
+    let mut out =
+        std::fs::File::create(dest).with_context(|| format!("creating {}", dest.display()))?;
+    for p in parts {
+        let mut f = std::fs::File::open(p).with_context(|| format!("opening {}", p.display()))?;
+        std::io::copy(&mut f, &mut out).with_context(|| format!("appending {}", p.display()))?;
+    }
+    Ok(())
 }
 
 /// `boot/vmlinuz-*` from the pinned `linux-image` source, as a store path.

@@ -16,6 +16,7 @@ use crate::recipe::{self, Recipe, Recipes, SourceKind};
 use crate::steps::deb::UnpackDeb;
 use crate::steps::fetch::{FetchDeb, FetchUrl};
 use crate::steps::initramfs::BuildInitramfs;
+use crate::steps::modules::step::BuildModules;
 use crate::steps::Step;
 use crate::store::{Modes, Output, Store};
 
@@ -42,6 +43,8 @@ pub struct ArtifactSpec {
     pub epoch: u64,
     pub node: usize,
     pub output: &'static str,
+    /// A JSON output of the same node recorded as the artifact's `details`.
+    pub details: Option<&'static str>,
 }
 
 #[derive(Default)]
@@ -127,6 +130,9 @@ impl<'a> Builder<'a> {
         if let Some(ir) = &recipe.initramfs {
             self.add_initramfs(recipe, ir)?;
         }
+        if let Some(m) = &recipe.modules {
+            self.add_modules(recipe, m)?;
+        }
         if self.plan.artifacts.is_empty() {
             bail!("{}: the recipe names no artifacts", recipe.file.display());
         }
@@ -172,7 +178,45 @@ impl<'a> Builder<'a> {
             epoch: self.epoch(recipe),
             node,
             output: "image",
+            details: None,
         });
+        Ok(())
+    }
+
+    fn add_modules(&mut self, recipe: &Recipe, m: &recipe::Modules) -> Result<()> {
+        let mut inputs = BTreeMap::from([("kernel".to_string(), self.deb_tree(&m.kernel)?)]);
+        for (i, fw) in m.firmware.iter().enumerate() {
+            inputs.insert(format!("firmware.{i}"), self.deb_tree(fw)?);
+        }
+        let compressions: Vec<&'static str> = m
+            .compressions
+            .iter()
+            .map(|c| compression_name(*c))
+            .collect();
+        let step = BuildModules {
+            name: format!("{} {}", recipe.name, m.kernel_release),
+            kernel_release: m.kernel_release.clone(),
+            wanted: m.wanted.clone(),
+            modprobe_d: m.modprobe_d.clone(),
+            firmware: m.firmware.len(),
+            compressions: compressions.iter().map(|c| c.to_string()).collect(),
+            epoch: self.epoch(recipe),
+            origins: m.origins.clone(),
+            threads: self.opts.threads,
+        };
+        let node = self.push(step, inputs);
+        for ext in compressions {
+            self.plan.artifacts.push(ArtifactSpec {
+                name: format!("modules/{}/modules.cpio.{ext}", m.kernel_release),
+                kind: "modules",
+                arch: "x86_64",
+                recipe: recipe.file.clone(),
+                epoch: self.epoch(recipe),
+                node,
+                output: ext,
+                details: Some("details"),
+            });
+        }
         Ok(())
     }
 

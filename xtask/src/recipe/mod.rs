@@ -64,6 +64,41 @@ pub struct Recipe {
     pub epoch: u64,
     pub variables: Vars,
     pub initramfs: Option<Initramfs>,
+    pub modules: Option<Modules>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Modules {
+    pub kernel: String,
+    pub kernel_release: String,
+    pub wanted: Vec<WantedModule>,
+    /// (file as shown in messages, contents)
+    pub modprobe_d: Vec<(String, String)>,
+    pub firmware: Vec<String>,
+    pub compressions: Vec<Compression>,
+    /// Recipe file and the line of each `wanted` item, for errors.
+    pub origins: Vec<String>,
+}
+
+/// A `wanted` entry, classified as modprobe would read it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WantedModule {
+    Name(String),
+    Alias(String),
+    Glob(String),
+}
+
+impl WantedModule {
+    pub fn parse(s: &str) -> WantedModule {
+        if s.contains('/') {
+            WantedModule::Glob(s.to_string())
+        } else if s.contains(':') {
+            WantedModule::Alias(s.to_string())
+        } else {
+            WantedModule::Name(s.to_string())
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -330,6 +365,14 @@ fn load_recipe(
         };
         initramfs(ctx, raw.into_inner())
     });
+    let modules = raw.modules.and_then(|raw| {
+        let ctx = Ctx {
+            doc: &doc,
+            sources,
+            errors: &mut errors,
+        };
+        modules(ctx, raw.into_inner())
+    });
     if !errors.is_empty() {
         return Err(RecipeErrors(errors).into());
     }
@@ -340,6 +383,7 @@ fn load_recipe(
         epoch,
         variables,
         initramfs,
+        modules,
     })
 }
 
@@ -459,6 +503,72 @@ fn initramfs(mut ctx: Ctx, raw: RawInitramfs) -> Option<Initramfs> {
         uid: raw.uid,
         gid: raw.gid,
     })
+}
+
+fn modules(mut ctx: Ctx, raw: RawModules) -> Option<Modules> {
+    let before = ctx.errors.len();
+    let kernel = ctx.deb_source(&raw.kernel);
+    let release = raw.kernel_release.get_ref().clone();
+    if release.is_empty() || release.contains('/') {
+        ctx.push(
+            raw.kernel_release.span(),
+            "`kernel_release` must be a directory name under lib/modules/",
+        );
+    }
+    if raw.wanted.is_empty() {
+        ctx.push(raw.kernel.span(), "`wanted` lists no modules");
+    }
+    let origins = raw
+        .wanted
+        .iter()
+        .map(|w| location(ctx.doc, w.span()))
+        .collect();
+    let wanted = raw
+        .wanted
+        .iter()
+        .map(|w| WantedModule::parse(w.get_ref()))
+        .collect();
+    let base = ctx
+        .doc
+        .file
+        .parent()
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
+    let mut modprobe_d = Vec::new();
+    for f in &raw.modprobe_d {
+        let path = base.join(f.get_ref());
+        match std::fs::read_to_string(&path) {
+            Ok(text) => modprobe_d.push((f.get_ref().clone(), text)),
+            Err(e) => ctx.push(f.span(), format!("cannot read {}: {e}", path.display())),
+        }
+    }
+    let firmware = raw
+        .firmware
+        .iter()
+        .filter_map(|f| ctx.deb_source(f))
+        .collect();
+    let mut compressions = Vec::new();
+    for c in &raw.compressions {
+        match c.get_ref().parse::<Compression>() {
+            Ok(c @ (Compression::Gzip | Compression::Zstd)) => compressions.push(c),
+            _ => ctx.push(c.span(), "module archives are written as \"gz\" or \"zst\""),
+        }
+    }
+    (ctx.errors.len() == before).then(|| Modules {
+        kernel: kernel.unwrap_or_default(),
+        kernel_release: release,
+        wanted,
+        modprobe_d,
+        firmware,
+        compressions,
+        origins,
+    })
+}
+
+/// `file:line:col` of a byte offset in a recipe.
+fn location(doc: &Doc, span: Range<usize>) -> String {
+    let (line, col) = diag::line_col(&doc.text, span.start);
+    format!("{}:{line}:{col}", doc.file.display())
 }
 
 fn output_path(ctx: &mut Ctx, raw: &Spanned<String>) -> String {

@@ -36,6 +36,32 @@ pub struct RawRecipe {
     #[serde(default)]
     pub variables: BTreeMap<String, Spanned<RawVariable>>,
     pub initramfs: Option<Spanned<RawInitramfs>>,
+    pub modules: Option<Spanned<RawModules>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawModules {
+    /// A `deb` source holding `lib/modules/<kernel_release>/` (linux-image-*).
+    pub kernel: Spanned<String>,
+    /// The directory under lib/modules/, e.g. "6.1.0-50-amd64".
+    pub kernel_release: Spanned<String>,
+    /// Module names, modaliases (contain `:`) or path globs (contain `/`).
+    pub wanted: Vec<Spanned<String>>,
+    /// modprobe.d files (relative to the recipe) consulted for softdep,
+    /// alias and blacklist lines.
+    #[serde(default)]
+    pub modprobe_d: Vec<Spanned<String>>,
+    /// `deb` sources holding lib/firmware/ (firmware-* packages).
+    #[serde(default)]
+    pub firmware: Vec<Spanned<String>>,
+    /// Archives to write: "gz" and/or "zst".
+    #[serde(default = "default_module_compressions")]
+    pub compressions: Vec<Spanned<String>>,
+}
+
+fn default_module_compressions() -> Vec<Spanned<String>> {
+    vec![Spanned::new(0..0, "gz".to_string())]
 }
 
 #[derive(Debug, Deserialize)]

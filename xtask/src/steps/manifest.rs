@@ -30,6 +30,9 @@ pub struct Artifact {
     pub recipe: String,
     pub step_key: Digest,
     pub inputs: BTreeMap<String, Digest>,
+    /// Kind-specific facts, e.g. the modules and firmware in a module archive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub details: Option<serde_json::Value>,
 }
 
 impl Manifest {
@@ -101,6 +104,7 @@ mod tests {
             recipe: "recipes/x.toml".into(),
             step_key: Digest::of_bytes(b"k"),
             inputs: BTreeMap::new(),
+            details: None,
         }
     }
 

@@ -10,6 +10,7 @@ pub mod deb;
 pub mod fetch;
 pub mod initramfs;
 pub mod manifest;
+pub mod modules;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -284,6 +284,32 @@ impl Store {
         Ok(())
     }
 
+    /// Writes the entries of `tree` under `prefix` to `dest` (with `prefix`
+    /// stripped), hard-linking verified blobs instead of copying them. For
+    /// steps that only read these files: the links share the blob's inode,
+    /// whose mode stays read-only, so callers take modes from the tree.
+    pub fn link_subtree(&self, tree: &Tree, prefix: &str, dest: &Path) -> Result<()> {
+        let prefix = format!("{}/", prefix.trim_end_matches('/'));
+        fs::create_dir_all(dest).with_context(|| format!("creating {}", dest.display()))?;
+        for e in tree.entries.iter().filter(|e| e.path.starts_with(&prefix)) {
+            let path = dest.join(&e.path[prefix.len()..]);
+            match &e.kind {
+                TreeKind::Dir { .. } => fs::create_dir_all(&path)
+                    .with_context(|| format!("creating {}", path.display()))?,
+                TreeKind::File { digest, .. } => {
+                    let src = self.verified_blob(digest)?;
+                    if fs::hard_link(&src, &path).is_err() {
+                        fs::copy(&src, &path)
+                            .with_context(|| format!("copying to {}", path.display()))?;
+                    }
+                }
+                TreeKind::Symlink { target } => std::os::unix::fs::symlink(target, &path)
+                    .with_context(|| format!("creating symlink {}", path.display()))?,
+            }
+        }
+        Ok(())
+    }
+
     fn action_path(&self, key: &Digest) -> PathBuf {
         self.root
             .join("actions")

@@ -24,6 +24,10 @@ pub struct BootSpec {
     pub initrd: Option<PathBuf>,
     pub append: String,
     pub marker: String,
+    /// Lines that fail the boot at once (the guest said it went wrong).
+    pub failures: Vec<String>,
+    /// More QEMU arguments (devices, netdevs).
+    pub qemu_args: Vec<String>,
     pub timeout: Duration,
     pub memory_mb: u32,
 }
@@ -36,13 +40,41 @@ impl BootSpec {
             initrd: Some(initrd.to_path_buf()),
             append: "console=ttyS0 panic=-1 kiln.test=poweroff".into(),
             marker: STAGE2_MARKER.into(),
+            failures: Vec::new(),
+            qemu_args: Vec::new(),
             timeout: Duration::from_secs(timeout_secs),
             memory_mb: 512,
         }
     }
+
+    /// Stage2 with a module archive appended as a second initrd (`initrd`
+    /// is the concatenation): the guest loads `modules` with modprobe and
+    /// must report a network interface it did not have before.
+    pub fn modules(kernel: &Path, initrd: &Path, modules: &[&str], timeout_secs: u64) -> BootSpec {
+        let mut spec = BootSpec::stage2(kernel, initrd, timeout_secs);
+        spec.append = format!(
+            "console=ttyS0 panic=-1 kiln.modprobe={} kiln.test=poweroff",
+            modules.join(",")
+        );
+        spec.marker = "KILN-MODPROBE-NEW-INTERFACES".into();
+        spec.failures = vec![
+            "KILN-MODPROBE-NO-NEW-INTERFACE".into(),
+            "KILN-MODPROBE-FAILED".into(),
+        ];
+        spec.qemu_args = [
+            "-netdev",
+            "user,id=n0",
+            "-device",
+            "virtio-net-pci,netdev=n0",
+        ]
+        .map(String::from)
+        .to_vec();
+        spec
+    }
 }
 
 pub struct BootOutcome {
+    /// The whole serial line that carried the marker.
     pub marker: String,
     pub elapsed: Duration,
     pub serial: Vec<String>,
@@ -65,6 +97,7 @@ pub fn boot(spec: &BootSpec) -> Result<BootOutcome> {
         cmd.arg("-initrd").arg(initrd);
     }
     cmd.args(["-append", &spec.append]);
+    cmd.args(&spec.qemu_args);
     let mut child = tools::spawn_reading_stdout(cmd)?;
     let stdout = child.stdout.take().context("qemu's stdout")?;
     let (tx, rx) = mpsc::channel();
@@ -97,10 +130,17 @@ fn watch(rx: &mpsc::Receiver<String>, spec: &BootSpec) -> Result<BootOutcome> {
                 serial.push(line.clone());
                 if line.contains(&spec.marker) {
                     return Ok(BootOutcome {
-                        marker: spec.marker.clone(),
+                        marker: line.trim().to_string(),
                         elapsed: start.elapsed(),
                         serial,
                     });
+                }
+                if let Some(f) = spec.failures.iter().find(|f| line.contains(f.as_str())) {
+                    bail!(
+                        "the guest reported `{f}`; last {} lines:\n{}",
+                        tail.len(),
+                        Vec::from(tail).join("\n")
+                    );
                 }
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {

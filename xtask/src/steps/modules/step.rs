@@ -1,0 +1,269 @@
+//! The modules step: from a kernel package's module tree to
+//! `modules.cpio.{gz,zst}` holding exactly the closure kmod would load,
+//! with the subset's depmod indexes regenerated and firmware included.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+
+use super::{parse_modprobe_d, resolve, Closure, ModprobeConfig, ModuleIndex, Wanted};
+use crate::archive::{self, CompressOptions, Compression, TreeOptions};
+use crate::recipe::WantedModule;
+use crate::steps::{Step, StepContext};
+use crate::store::{Output, Tree, TreeKind};
+use crate::tools;
+
+/// Index files copied from the full tree so that depmod on the subset
+/// knows the builtins and the load order.
+const KEPT_INDEXES: &[&str] = &[
+    "modules.builtin",
+    "modules.builtin.modinfo",
+    "modules.order",
+];
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BuildModules {
+    #[serde(skip)]
+    pub name: String,
+    pub kernel_release: String,
+    pub wanted: Vec<WantedModule>,
+    /// (file name, contents) of each modprobe.d snippet.
+    pub modprobe_d: Vec<(String, String)>,
+    /// Inputs `firmware.0` … `firmware.{n-1}` are trees holding lib/firmware.
+    pub firmware: usize,
+    pub compressions: Vec<String>,
+    pub epoch: u64,
+    /// `file:line:col` of each wanted item, for errors only.
+    #[serde(skip)]
+    pub origins: Vec<String>,
+    #[serde(skip)]
+    pub threads: usize,
+}
+
+/// What went into the archive, recorded in the manifest.
+#[derive(Debug, Serialize)]
+pub struct Details {
+    pub kernel_release: String,
+    pub modules: Vec<String>,
+    pub builtin: Vec<String>,
+    pub firmware: Vec<String>,
+    pub firmware_missing: Vec<String>,
+}
+
+impl Step for BuildModules {
+    fn kind(&self) -> &'static str {
+        "modules"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn label(&self) -> String {
+        format!("modules {}", self.name)
+    }
+    fn params(&self) -> serde_json::Value {
+        serde_json::to_value(self).expect("params serialize")
+    }
+    fn tools(&self) -> &'static [&'static str] {
+        &["depmod"]
+    }
+
+    fn run(&self, ctx: &StepContext, scratch: &Path) -> Result<BTreeMap<String, Output>> {
+        let kver = &self.kernel_release;
+        let full = scratch.join("full");
+        let tree = ctx.tree("kernel")?;
+        link_release(ctx, &tree, kver, &full)?;
+        depmod(ctx, &full, kver, "depmod-full")?;
+        let index = ModuleIndex::load(&full, kver)?;
+        let conf = self.config()?;
+        let closure = self.closure(&index, &conf)?;
+        if !closure.unresolved.is_empty() {
+            let names: Vec<&str> = closure.unresolved.iter().map(String::as_str).collect();
+            tracing::warn!("modules {}: softdep/weakdep names that match no module (skipped, as kmod does): {}", self.name, names.join(", "));
+        }
+        let subset = scratch.join("subset");
+        copy_subset(&full, &subset, kver, &closure)?;
+        depmod(ctx, &subset, kver, "depmod-subset")?;
+        let missing = self.add_firmware(ctx, &subset, &closure)?;
+        if !missing.is_empty() {
+            tracing::warn!(
+                "modules {}: firmware not found in the firmware sources: {}",
+                self.name,
+                missing.join(", ")
+            );
+        }
+        let mut outputs = self.write_archives(ctx, &subset, scratch)?;
+        let details = Details {
+            kernel_release: kver.clone(),
+            modules: closure.modules.iter().cloned().collect(),
+            builtin: closure.builtin.iter().cloned().collect(),
+            firmware: closure
+                .firmware
+                .iter()
+                .filter(|f| !missing.contains(f))
+                .cloned()
+                .collect(),
+            firmware_missing: missing,
+        };
+        let bytes = serde_json::to_vec_pretty(&details)?;
+        let digest = ctx.store.put_bytes(&bytes)?;
+        outputs.insert(
+            "details".into(),
+            Output::File {
+                digest,
+                size: bytes.len() as u64,
+            },
+        );
+        Ok(outputs)
+    }
+}
+
+impl BuildModules {
+    fn config(&self) -> Result<ModprobeConfig> {
+        let mut conf = ModprobeConfig::default();
+        for (file, text) in &self.modprobe_d {
+            conf.extend(parse_modprobe_d(text, file)?);
+        }
+        Ok(conf)
+    }
+
+    /// Resolves each item alone first, so an item that matches nothing is
+    /// reported with its recipe line; then the whole set.
+    fn closure(&self, index: &ModuleIndex, conf: &ModprobeConfig) -> Result<Closure> {
+        let wanted: Vec<Wanted> = self.wanted.iter().map(to_wanted).collect();
+        for (i, w) in wanted.iter().enumerate() {
+            if let Err(e) = resolve(index, std::slice::from_ref(w), conf) {
+                let origin = self
+                    .origins
+                    .get(i)
+                    .map(String::as_str)
+                    .unwrap_or("the recipe");
+                return Err(e.context(format!(
+                    "{origin}: wanted module `{}`",
+                    display(&self.wanted[i])
+                )));
+            }
+        }
+        resolve(index, &wanted, conf)
+    }
+
+    fn add_firmware(
+        &self,
+        ctx: &StepContext,
+        subset: &Path,
+        closure: &Closure,
+    ) -> Result<Vec<String>> {
+        let trees: Vec<Tree> = (0..self.firmware)
+            .map(|i| ctx.tree(&format!("firmware.{i}")))
+            .collect::<Result<_>>()?;
+        let mut missing = Vec::new();
+        for name in &closure.firmware {
+            let found = trees.iter().find_map(|t| {
+                ["", ".xz", ".zst"].iter().find_map(|ext| {
+                    let path = format!("lib/firmware/{name}{ext}");
+                    match t.get(&path).map(|e| &e.kind) {
+                        Some(TreeKind::File { digest, .. }) => Some((path, *digest)),
+                        _ => None,
+                    }
+                })
+            });
+            match found {
+                Some((path, digest)) => {
+                    let dest = subset.join(&path);
+                    std::fs::create_dir_all(dest.parent().expect("firmware paths have parents"))?;
+                    std::fs::copy(ctx.store.verified_blob(&digest)?, &dest)
+                        .with_context(|| format!("copying firmware {path}"))?;
+                }
+                None => missing.push(name.clone()),
+            }
+        }
+        Ok(missing)
+    }
+
+    fn write_archives(
+        &self,
+        ctx: &StepContext,
+        subset: &Path,
+        scratch: &Path,
+    ) -> Result<BTreeMap<String, Output>> {
+        let opts = TreeOptions {
+            mtime: self.epoch,
+            uid: Some(0),
+            gid: Some(0),
+            keep_mode: false,
+        };
+        let entries = archive::normalize(archive::from_tree(subset, &opts)?, self.epoch)?;
+        let mut outputs = BTreeMap::new();
+        for name in &self.compressions {
+            let compression: Compression = name.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
+            let path = scratch.join(format!("modules.cpio.{name}"));
+            let mut file = std::io::BufWriter::new(std::fs::File::create(&path)?);
+            let copts = CompressOptions {
+                level: compression.default_level(),
+                threads: self.threads.max(1),
+                ..Default::default()
+            };
+            archive::write_archive(&entries, compression, &copts, &mut file)?;
+            std::io::Write::flush(&mut file)?;
+            drop(file);
+            let (digest, size) = ctx.store.put_file(&path)?;
+            outputs.insert(name.clone(), Output::File { digest, size });
+        }
+        Ok(outputs)
+    }
+}
+
+fn to_wanted(w: &WantedModule) -> Wanted {
+    match w {
+        WantedModule::Name(n) => Wanted::Name(n.clone()),
+        WantedModule::Alias(a) => Wanted::Alias(a.clone()),
+        WantedModule::Glob(g) => Wanted::Glob(g.clone()),
+    }
+}
+
+fn display(w: &WantedModule) -> &str {
+    match w {
+        WantedModule::Name(s) | WantedModule::Alias(s) | WantedModule::Glob(s) => s,
+    }
+}
+
+/// lib/modules/<kver> of the kernel package, hard-linked into `root`.
+fn link_release(ctx: &StepContext, tree: &Tree, kver: &str, root: &Path) -> Result<()> {
+    let prefix = format!("lib/modules/{kver}");
+    if tree.get(&prefix).is_none() {
+        let releases: Vec<&str> = tree
+            .entries
+            .iter()
+            .filter_map(|e| e.path.strip_prefix("lib/modules/"))
+            .filter(|p| !p.contains('/'))
+            .collect();
+        bail!(
+            "the kernel package has no {prefix}/; it has: {}",
+            releases.join(", ")
+        );
+    }
+    ctx.store.link_subtree(tree, &prefix, &root.join(&prefix))
+}
+
+fn depmod(ctx: &StepContext, root: &Path, kver: &str, log: &str) -> Result<()> {
+    let mut cmd = tools::command("depmod")?;
+    cmd.arg("-b").arg(root).arg(kver);
+    tools::run_logged(cmd, &ctx.log(log))
+}
+
+/// The chosen modules plus the kept indexes, under `dest/lib/modules/<kver>`.
+fn copy_subset(full: &Path, dest: &Path, kver: &str, closure: &Closure) -> Result<()> {
+    let from = full.join("lib/modules").join(kver);
+    let to = dest.join("lib/modules").join(kver);
+    let indexes = KEPT_INDEXES
+        .iter()
+        .copied()
+        .filter(|rel| from.join(rel).exists());
+    for rel in closure.modules.iter().map(String::as_str).chain(indexes) {
+        let (src, dst) = (from.join(rel), to.join(rel));
+        std::fs::create_dir_all(dst.parent().expect("module paths have parents"))?;
+        std::fs::copy(&src, &dst).with_context(|| format!("copying {}", src.display()))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,124 @@
+//! End to end: the modules recipe builds an archive of exactly the
+//! closure, recorded in the manifest; bad items name their recipe line; and
+//! the archive, appended to the stage2 initramfs, lets the guest modprobe a
+//! network driver.
+
+mod common;
+
+use common::*;
+
+const ARCHIVE: &str = "modules/6.1.0-50-amd64/modules.cpio.gz";
+
+#[test]
+fn modules_archive_holds_the_closure_and_fresh_depmod_indexes() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipes = copy_recipes(dir.path());
+    let out = dir.path().join("output");
+    run_ok(kiln(&recipes, &out, &shared_cache()).args(["build", "modules"]));
+    let bytes = std::fs::read(out.join(ARCHIVE)).unwrap();
+    let entries =
+        kiln::archive::read_archive(&kiln::archive::decompress_all(&bytes).unwrap()).unwrap();
+    let names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
+    let base = "lib/modules/6.1.0-50-amd64";
+    for wanted in [
+        "kernel/drivers/net/virtio_net.ko",
+        "kernel/drivers/net/net_failover.ko",
+        "kernel/fs/ext4/ext4.ko",
+        "kernel/drivers/net/ethernet/intel/e1000e/e1000e.ko",
+    ] {
+        assert!(
+            names.contains(&format!("{base}/{wanted}").as_str()),
+            "{wanted} missing from {names:?}"
+        );
+    }
+    for index in [
+        "modules.dep",
+        "modules.dep.bin",
+        "modules.alias",
+        "modules.builtin",
+    ] {
+        assert!(
+            names.contains(&format!("{base}/{index}").as_str()),
+            "{index} missing"
+        );
+    }
+    let dep = entries
+        .iter()
+        .find(|e| e.name == format!("{base}/modules.dep"))
+        .unwrap();
+    let modules_in_dep = String::from_utf8_lossy(&dep.data).lines().count();
+    let ko_files = names.iter().filter(|n| n.ends_with(".ko")).count();
+    assert_eq!(
+        modules_in_dep, ko_files,
+        "modules.dep must list exactly the shipped modules"
+    );
+    assert!(
+        ko_files < 60,
+        "the closure of a few drivers should be small, got {ko_files}"
+    );
+
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    let entry = manifest["artifacts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == ARCHIVE)
+        .unwrap();
+    assert_eq!(entry["kind"], "modules");
+    assert_eq!(
+        entry["details"]["modules"].as_array().unwrap().len(),
+        ko_files
+    );
+    assert!(entry["details"]["builtin"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|b| b.as_str().unwrap().contains("af_packet")));
+    assert!(out
+        .join("modules/6.1.0-50-amd64/modules.cpio.zst")
+        .is_file());
+}
+
+#[test]
+fn unknown_module_names_its_recipe_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipes = copy_recipes(dir.path());
+    let recipe = std::fs::read_to_string(recipes.join("modules.toml")).unwrap();
+    std::fs::write(
+        recipes.join("modules.toml"),
+        recipe.replace("\"virtio_blk\"", "\"virtio_blck\""),
+    )
+    .unwrap();
+    let err = run_err(
+        kiln(&recipes, &dir.path().join("output"), &shared_cache()).args(["build", "modules"]),
+    );
+    assert!(
+        err.contains("modules.toml:15:5: wanted module `virtio_blck`"),
+        "{err}"
+    );
+    assert!(!dir.path().join("output").join(ARCHIVE).exists());
+}
+
+#[test]
+fn modprobe_in_the_guest_brings_up_a_new_interface() {
+    if kiln::tools::find("qemu-system-x86_64").is_none() {
+        println!("SKIPPED: qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let recipes = copy_recipes(dir.path());
+    let out = run_ok(
+        kiln(&recipes, &dir.path().join("output"), &shared_cache()).args([
+            "boot-test",
+            "modules",
+            "--timeout",
+            "240",
+        ]),
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("KILN-MODPROBE-NEW-INTERFACES: eth0"),
+        "{text}"
+    );
+}

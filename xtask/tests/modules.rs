@@ -80,24 +80,90 @@ fn modules_archive_holds_the_closure_and_fresh_depmod_indexes() {
         .is_file());
 }
 
-#[test]
-fn unknown_module_names_its_recipe_line() {
+/// Builds the modules recipe with `virtio_blk` (line 15) replaced by `item`.
+fn build_with_item(item: &str) -> (tempfile::TempDir, Result<(), String>) {
     let dir = tempfile::tempdir().unwrap();
     let recipes = copy_recipes(dir.path());
     let recipe = std::fs::read_to_string(recipes.join("modules.toml")).unwrap();
-    std::fs::write(
-        recipes.join("modules.toml"),
-        recipe.replace("\"virtio_blk\"", "\"virtio_blck\""),
-    )
-    .unwrap();
-    let err = run_err(
-        kiln(&recipes, &dir.path().join("output"), &shared_cache()).args(["build", "modules"]),
-    );
+    let recipe = recipe.replace("\"virtio_blk\"", &format!("\"{item}\""));
+    std::fs::write(recipes.join("modules.toml"), recipe).unwrap();
+    let out = kiln(&recipes, &dir.path().join("output"), &shared_cache())
+        .args(["build", "modules"])
+        .output()
+        .unwrap();
+    let result = if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    (dir, result)
+}
+
+#[test]
+fn unknown_module_alias_or_glob_names_its_recipe_line() {
+    for item in [
+        "virtio_blck",
+        "pci:v0000FFFFd0000FFFFsv*sd*bc*sc*i*",
+        "kernel/drivers/no_such_dir/**",
+    ] {
+        let (dir, result) = build_with_item(item);
+        let err = result.expect_err(item);
+        assert!(
+            err.contains(&format!("modules.toml:15:5: wanted module `{item}`")),
+            "{err}"
+        );
+        assert!(!dir.path().join("output").join(ARCHIVE).exists());
+    }
+}
+
+#[test]
+fn firmware_named_by_modules_is_included_or_listed_as_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipes = copy_recipes(dir.path());
+    let recipe = std::fs::read_to_string(recipes.join("modules.toml")).unwrap();
+    let recipe = recipe
+        .replace("\"virtio_blk\"", "\"carl9170\", \"e100\"")
+        .replace(
+            "compressions = ",
+            "firmware = [\"firmware-free\"]\ncompressions = ",
+        );
+    std::fs::write(recipes.join("modules.toml"), recipe).unwrap();
+    let out = dir.path().join("output");
+    let run = run_ok(kiln(&recipes, &out, &shared_cache()).args(["build", "modules"]));
+    let warnings = String::from_utf8_lossy(&run.stderr);
     assert!(
-        err.contains("modules.toml:15:5: wanted module `virtio_blck`"),
-        "{err}"
+        warnings.contains("firmware not found") && warnings.contains("e100/"),
+        "{warnings}"
     );
-    assert!(!dir.path().join("output").join(ARCHIVE).exists());
+    let bytes = std::fs::read(out.join(ARCHIVE)).unwrap();
+    let entries =
+        kiln::archive::read_archive(&kiln::archive::decompress_all(&bytes).unwrap()).unwrap();
+    assert!(entries
+        .iter()
+        .any(|e| e.name == "lib/firmware/carl9170-1.fw" && !e.data.is_empty()));
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    let entry = manifest["artifacts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == ARCHIVE)
+        .unwrap();
+    let missing: Vec<&str> = entry["details"]["firmware_missing"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(
+        missing.iter().any(|m| m.starts_with("e100/")),
+        "{missing:?}"
+    );
+    assert!(entry["details"]["firmware"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|f| f == "carl9170-1.fw"));
 }
 
 #[test]

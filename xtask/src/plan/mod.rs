@@ -16,6 +16,7 @@ use crate::recipe::{self, Recipe, Recipes, SourceKind};
 use crate::steps::deb::UnpackDeb;
 use crate::steps::fetch::{FetchDeb, FetchUrl};
 use crate::steps::initramfs::BuildInitramfs;
+use crate::steps::modules::depmod::DepmodIndexes;
 use crate::steps::modules::step::BuildModules;
 use crate::steps::Step;
 use crate::store::{Modes, Output, Store};
@@ -184,7 +185,24 @@ impl<'a> Builder<'a> {
     }
 
     fn add_modules(&mut self, recipe: &Recipe, m: &recipe::Modules) -> Result<()> {
-        let mut inputs = BTreeMap::from([("kernel".to_string(), self.deb_tree(&m.kernel)?)]);
+        let kernel = self.deb_tree(&m.kernel)?;
+        let depmod = DepmodIndexes {
+            kernel_release: m.kernel_release.clone(),
+        };
+        let indexes = self.push(
+            depmod,
+            BTreeMap::from([("kernel".to_string(), kernel.clone())]),
+        );
+        let mut inputs = BTreeMap::from([
+            ("kernel".to_string(), kernel),
+            (
+                "indexes".to_string(),
+                InputRef::Node {
+                    node: indexes,
+                    output: "indexes",
+                },
+            ),
+        ]);
         for (i, fw) in m.firmware.iter().enumerate() {
             inputs.insert(format!("firmware.{i}"), self.deb_tree(fw)?);
         }

@@ -48,6 +48,14 @@ pub enum Output {
     Tree { digest: Digest },
 }
 
+/// When `link_subtree` checks blob digests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verify {
+    Now,
+    /// The caller verifies the blobs it actually uses.
+    Later,
+}
+
 /// How file modes found on disk are recorded in a tree.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Modes {
@@ -284,12 +292,24 @@ impl Store {
         Ok(())
     }
 
-    /// Writes the entries of `tree` under `prefix` to `dest` (with `prefix`
-    /// stripped), hard-linking verified blobs instead of copying them. For
-    /// steps that only read these files: the links share the blob's inode,
-    /// whose mode stays read-only, so callers take modes from the tree.
-    pub fn link_subtree(&self, tree: &Tree, prefix: &str, dest: &Path) -> Result<()> {
-        let prefix = format!("{}/", prefix.trim_end_matches('/'));
+    /// Writes the entries of `tree` under `prefix` (`""` for all) to `dest`
+    /// with `prefix` stripped, hard-linking blobs instead of copying them.
+    /// For steps that only read these files: the links share the blob's
+    /// inode, whose mode stays read-only, so callers take modes from the
+    /// tree. With `Verify::Later` blobs are linked unread (fast for large
+    /// trees); the caller must then verify every blob whose bytes it passes
+    /// on (`verified_blob`).
+    pub fn link_subtree(
+        &self,
+        tree: &Tree,
+        prefix: &str,
+        dest: &Path,
+        verify: Verify,
+    ) -> Result<()> {
+        let prefix = match prefix.trim_end_matches('/') {
+            "" => String::new(),
+            p => format!("{p}/"),
+        };
         fs::create_dir_all(dest).with_context(|| format!("creating {}", dest.display()))?;
         for e in tree.entries.iter().filter(|e| e.path.starts_with(&prefix)) {
             let path = dest.join(&e.path[prefix.len()..]);
@@ -297,7 +317,12 @@ impl Store {
                 TreeKind::Dir { .. } => fs::create_dir_all(&path)
                     .with_context(|| format!("creating {}", path.display()))?,
                 TreeKind::File { digest, .. } => {
-                    let src = self.verified_blob(digest)?;
+                    let src = match verify {
+                        Verify::Now => self.verified_blob(digest)?,
+                        Verify::Later => self.blob_path(digest),
+                    };
+                    // Never write through an existing name: it may be a link to a blob.
+                    let _ = fs::remove_file(&path);
                     if fs::hard_link(&src, &path).is_err() {
                         fs::copy(&src, &path)
                             .with_context(|| format!("copying to {}", path.display()))?;

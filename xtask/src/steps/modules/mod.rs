@@ -25,6 +25,7 @@
 
 pub mod closure;
 pub mod config;
+pub mod depmod;
 pub mod index;
 pub mod modinfo;
 pub mod step;

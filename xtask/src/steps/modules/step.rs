@@ -8,12 +8,12 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
+use super::depmod::{link_release, run_depmod};
 use super::{parse_modprobe_d, resolve, Closure, ModprobeConfig, ModuleIndex, Wanted};
 use crate::archive::{self, CompressOptions, Compression, TreeOptions};
 use crate::recipe::WantedModule;
 use crate::steps::{Step, StepContext};
-use crate::store::{Output, Tree, TreeKind};
-use crate::tools;
+use crate::store::{Output, Tree, TreeKind, Verify};
 
 /// Index files copied from the full tree so that depmod on the subset
 /// knows the builtins and the load order.
@@ -57,7 +57,8 @@ impl Step for BuildModules {
         "modules"
     }
     fn version(&self) -> u32 {
-        1
+        // 2: full-tree indexes come from the depmod-indexes step.
+        2
     }
     fn label(&self) -> String {
         format!("modules {}", self.name)
@@ -73,8 +74,12 @@ impl Step for BuildModules {
         let kver = &self.kernel_release;
         let full = scratch.join("full");
         let tree = ctx.tree("kernel")?;
-        link_release(ctx, &tree, kver, &full)?;
-        depmod(ctx, &full, kver, "depmod-full")?;
+        // Only the modules that end up in the archive are read for their
+        // bytes; copy_subset verifies exactly those.
+        link_release(ctx, &tree, kver, &full, Verify::Later)?;
+        let dir = full.join("lib/modules").join(kver);
+        ctx.store
+            .link_subtree(&ctx.tree("indexes")?, "", &dir, Verify::Now)?;
         let index = ModuleIndex::load(&full, kver)?;
         let conf = self.config()?;
         let closure = self.closure(&index, &conf)?;
@@ -83,8 +88,8 @@ impl Step for BuildModules {
             tracing::warn!("modules {}: softdep/weakdep names that match no module (skipped, as kmod does): {}", self.name, names.join(", "));
         }
         let subset = scratch.join("subset");
-        copy_subset(&full, &subset, kver, &closure)?;
-        depmod(ctx, &subset, kver, "depmod-subset")?;
+        copy_subset(ctx, &tree, &full, &subset, kver, &closure)?;
+        run_depmod(ctx, &subset, kver, "depmod-subset")?;
         let missing = self.add_firmware(ctx, &subset, &closure)?;
         if !missing.is_empty() {
             tracing::warn!(
@@ -228,42 +233,34 @@ fn display(w: &WantedModule) -> &str {
     }
 }
 
-/// lib/modules/<kver> of the kernel package, hard-linked into `root`.
-fn link_release(ctx: &StepContext, tree: &Tree, kver: &str, root: &Path) -> Result<()> {
-    let prefix = format!("lib/modules/{kver}");
-    if tree.get(&prefix).is_none() {
-        let releases: Vec<&str> = tree
-            .entries
-            .iter()
-            .filter_map(|e| e.path.strip_prefix("lib/modules/"))
-            .filter(|p| !p.contains('/'))
-            .collect();
-        bail!(
-            "the kernel package has no {prefix}/; it has: {}",
-            releases.join(", ")
-        );
-    }
-    ctx.store.link_subtree(tree, &prefix, &root.join(&prefix))
-}
-
-fn depmod(ctx: &StepContext, root: &Path, kver: &str, log: &str) -> Result<()> {
-    let mut cmd = tools::command("depmod")?;
-    cmd.arg("-b").arg(root).arg(kver);
-    tools::run_logged(cmd, &ctx.log(log))
-}
-
-/// The chosen modules plus the kept indexes, under `dest/lib/modules/<kver>`.
-fn copy_subset(full: &Path, dest: &Path, kver: &str, closure: &Closure) -> Result<()> {
+/// The chosen modules (verified against the kernel tree) plus the kept
+/// indexes, under `dest/lib/modules/<kver>`.
+fn copy_subset(
+    ctx: &StepContext,
+    tree: &Tree,
+    full: &Path,
+    dest: &Path,
+    kver: &str,
+    closure: &Closure,
+) -> Result<()> {
     let from = full.join("lib/modules").join(kver);
     let to = dest.join("lib/modules").join(kver);
-    let indexes = KEPT_INDEXES
-        .iter()
-        .copied()
-        .filter(|rel| from.join(rel).exists());
-    for rel in closure.modules.iter().map(String::as_str).chain(indexes) {
-        let (src, dst) = (from.join(rel), to.join(rel));
-        std::fs::create_dir_all(dst.parent().expect("module paths have parents"))?;
-        std::fs::copy(&src, &dst).with_context(|| format!("copying {}", src.display()))?;
+    for rel in &closure.modules {
+        let path = format!("lib/modules/{kver}/{rel}");
+        let src = match tree.get(&path).map(|e| &e.kind) {
+            Some(TreeKind::File { digest, .. }) => ctx.store.verified_blob(digest)?,
+            _ => bail!("module {path} is in the closure but not a file of the kernel package"),
+        };
+        copy_file(&src, &to.join(rel))?;
     }
+    for rel in KEPT_INDEXES.iter().filter(|rel| from.join(rel).exists()) {
+        copy_file(&from.join(rel), &to.join(rel))?;
+    }
+    Ok(())
+}
+
+fn copy_file(src: &Path, dst: &Path) -> Result<()> {
+    std::fs::create_dir_all(dst.parent().expect("module paths have parents"))?;
+    std::fs::copy(src, dst).with_context(|| format!("copying {}", src.display()))?;
     Ok(())
 }

@@ -1,0 +1,95 @@
+//! The depmod step: a kernel package's module tree in, depmod's index
+//! files out. Debian ships no modules.dep (its postinst runs depmod), and
+//! indexing 4,000 modules takes seconds, so it is a step of its own: cached
+//! per kernel package, shared by every module archive built from it.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{bail, Result};
+use serde::Serialize;
+
+use crate::steps::{Step, StepContext};
+use crate::store::{Output, Tree, Verify};
+use crate::tools;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DepmodIndexes {
+    pub kernel_release: String,
+}
+
+impl Step for DepmodIndexes {
+    fn kind(&self) -> &'static str {
+        "depmod-indexes"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn label(&self) -> String {
+        format!("depmod {}", self.kernel_release)
+    }
+    fn params(&self) -> serde_json::Value {
+        serde_json::to_value(self).expect("params serialize")
+    }
+    fn tools(&self) -> &'static [&'static str] {
+        &["depmod"]
+    }
+
+    fn run(&self, ctx: &StepContext, scratch: &Path) -> Result<BTreeMap<String, Output>> {
+        let kver = &self.kernel_release;
+        let root = scratch.join("root");
+        // depmod reads every module, so every blob is verified here.
+        link_release(ctx, &ctx.tree("kernel")?, kver, &root, Verify::Now)?;
+        run_depmod(ctx, &root, kver, "depmod-full")?;
+        let dir = root.join("lib/modules").join(kver);
+        let indexes = scratch.join("indexes");
+        std::fs::create_dir(&indexes)?;
+        for entry in std::fs::read_dir(&dir)? {
+            let path = entry?.path();
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default()
+                .to_string();
+            if name.starts_with("modules.") && path.is_file() {
+                std::fs::copy(&path, indexes.join(&name))?;
+            }
+        }
+        let digest = ctx.store.put_tree(&indexes)?;
+        Ok(BTreeMap::from([(
+            "indexes".to_string(),
+            Output::Tree { digest },
+        )]))
+    }
+}
+
+/// lib/modules/<kver> of the kernel package, hard-linked into `root`.
+pub fn link_release(
+    ctx: &StepContext,
+    tree: &Tree,
+    kver: &str,
+    root: &Path,
+    verify: Verify,
+) -> Result<()> {
+    let prefix = format!("lib/modules/{kver}");
+    if tree.get(&prefix).is_none() {
+        let releases: Vec<&str> = tree
+            .entries
+            .iter()
+            .filter_map(|e| e.path.strip_prefix("lib/modules/"))
+            .filter(|p| !p.contains('/'))
+            .collect();
+        bail!(
+            "the kernel package has no {prefix}/; it has: {}",
+            releases.join(", ")
+        );
+    }
+    ctx.store
+        .link_subtree(tree, &prefix, &root.join(&prefix), verify)
+}
+
+pub fn run_depmod(ctx: &StepContext, root: &Path, kver: &str, log: &str) -> Result<()> {
+    let mut cmd = tools::command("depmod")?;
+    cmd.arg("-b").arg(root).arg(kver);
+    tools::run_logged(cmd, &ctx.log(log))
+}

@@ -5,7 +5,7 @@
 //! `plan` and `verify` proving artifacts after a build.
 
 pub mod archive;
-pub mod bench_archive;
+pub mod bench;
 pub mod cli;
 pub mod plan;
 pub mod recipe;

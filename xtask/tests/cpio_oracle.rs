@@ -591,7 +591,7 @@ fn benchmark_module_tree() {
     let tree = std::env::var("KILN_BENCH_TREE").unwrap_or_else(|_| "/tmp/kmod-tree".into());
     let work = tempfile::tempdir().unwrap();
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let table = kiln::bench_archive::run(Path::new(&tree), work.path(), threads).unwrap();
+    let table = kiln::bench::archive::run(Path::new(&tree), work.path(), threads).unwrap();
     println!("{table}");
 }
 

@@ -132,7 +132,7 @@ fn firmware_named_by_modules_is_included_or_listed_as_missing() {
     let run = run_ok(kiln(&recipes, &out, &shared_cache()).args(["build", "modules"]));
     let warnings = String::from_utf8_lossy(&run.stderr);
     assert!(
-        warnings.contains("firmware not found") && warnings.contains("e100/"),
+        warnings.contains("not found in the firmware sources") && warnings.contains("e100/"),
         "{warnings}"
     );
     let bytes = std::fs::read(out.join(ARCHIVE)).unwrap();

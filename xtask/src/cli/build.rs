@@ -46,6 +46,8 @@ pub struct BootTestArgs {
 pub enum BenchCommand {
     /// Pack the Debian kernel's module tree with Kiln vs cpio | gzip -9, pigz -9, zstd.
     Archive,
+    /// The modules step on the whole module tree and a 20-driver subset vs cpio | gzip -9 / pigz -9.
+    Modules,
 }
 
 /// The loaded recipes, the store and the plan for some targets.
@@ -148,6 +150,7 @@ fn install_artifacts(
             inputs: r.components.inputs.clone(),
             details: details(&sess.store, r, spec.details)?,
         });
+        warn_missing_firmware(artifacts.last().expect("just pushed"));
     }
     let manifest_path = s.output_dir.join("manifest.json");
     let mut manifest = Manifest::read_or_empty(&manifest_path);
@@ -161,6 +164,32 @@ fn install_artifacts(
     manifest.merge(artifacts.clone());
     manifest.write(&manifest_path)?;
     Ok(artifacts)
+}
+
+/// Said on every build, cached or not: the manifest keeps the full list.
+fn warn_missing_firmware(a: &Artifact) {
+    let Some(missing) = a
+        .details
+        .as_ref()
+        .and_then(|d| d["firmware_missing"].as_array())
+    else {
+        return;
+    };
+    if missing.is_empty() {
+        return;
+    }
+    let names: Vec<&str> = missing.iter().filter_map(|m| m.as_str()).collect();
+    let shown = names.iter().take(8).copied().collect::<Vec<_>>().join(", ");
+    let more = if names.len() > 8 {
+        format!(" and {} more", names.len() - 8)
+    } else {
+        String::new()
+    };
+    eprintln!(
+        "warning: {}: {} firmware file(s) not found in the firmware sources (all listed in the manifest): {shown}{more}",
+        a.name,
+        names.len()
+    );
 }
 
 /// The JSON a step left beside an artifact for the manifest.
@@ -301,6 +330,11 @@ pub fn debian_kernel(s: &Settings) -> Result<PathBuf> {
 
 /// The unpacked tree of a `deb` source, fetched and cached as a build would.
 pub fn deb_tree(s: &Settings, source: &str) -> Result<crate::store::Tree> {
+    let (store, digest) = deb_tree_digest(s, source)?;
+    store.tree(&digest)
+}
+
+fn deb_tree_digest(s: &Settings, source: &str) -> Result<(Store, Digest)> {
     let recipes = recipe::load(&s.recipes_dir, &s.vars)?;
     let store = Store::open(&s.cache_dir)?;
     let opts = PlanOptions {
@@ -311,26 +345,42 @@ pub fn deb_tree(s: &Settings, source: &str) -> Result<crate::store::Tree> {
     let plan = plan::plan_deb_tree(&recipes, source, &store, &opts)?;
     let results = executor(s, &store, s.jobs).run(&plan)?;
     match results.last().and_then(|r| r.outputs.get("tree")) {
-        Some(Output::Tree { digest }) => store.tree(digest),
+        Some(Output::Tree { digest }) => Ok((store, *digest)),
         _ => bail!("unpacking source `{source}` produced no tree"),
     }
 }
 
 pub fn bench(s: &Settings, c: &BenchCommand) -> Result<ExitCode> {
-    match c {
-        BenchCommand::Archive => {
-            let tree = deb_tree(s, "linux-image")?;
-            let store = Store::open(&s.cache_dir)?;
-            let work = store.scratch("bench")?;
-            let root = work.path().join("tree");
-            eprintln!(
-                "materializing the linux-image tree ({} entries)…",
-                tree.entries.len()
-            );
-            store.materialize(&tree, &root)?;
-            let table = crate::bench_archive::run(&root, work.path(), s.jobs)?;
-            println!("{table}");
-            Ok(ExitCode::SUCCESS)
+    let (store, digest) = deb_tree_digest(s, "linux-image")?;
+    let tree = store.tree(&digest)?;
+    let work = store.scratch("bench")?;
+    let root = work.path().join("tree");
+    eprintln!(
+        "materializing the linux-image tree ({} entries)…",
+        tree.entries.len()
+    );
+    store.materialize(&tree, &root)?;
+    let table = match c {
+        BenchCommand::Archive => crate::bench::archive::run(&root, work.path(), s.jobs)?,
+        BenchCommand::Modules => {
+            let release = tree
+                .entries
+                .iter()
+                .filter_map(|e| e.path.strip_prefix("lib/modules/"))
+                .find(|p| !p.contains('/'))
+                .context("the linux-image source has no lib/modules/<release>")?
+                .to_string();
+            let input = crate::bench::modules::Input {
+                store: &store,
+                kernel: Output::Tree { digest },
+                package_root: &root,
+                kernel_release: &release,
+                work: work.path(),
+                threads: s.jobs,
+            };
+            crate::bench::modules::run(&input)?
         }
-    }
+    };
+    println!("{table}");
+    Ok(ExitCode::SUCCESS)
 }

@@ -91,13 +91,6 @@ impl Step for BuildModules {
         copy_subset(ctx, &tree, &full, &subset, kver, &closure)?;
         run_depmod(ctx, &subset, kver, "depmod-subset")?;
         let missing = self.add_firmware(ctx, &subset, &closure)?;
-        if !missing.is_empty() {
-            tracing::warn!(
-                "modules {}: firmware not found in the firmware sources: {}",
-                self.name,
-                missing.join(", ")
-            );
-        }
         let mut outputs = self.write_archives(ctx, &subset, scratch)?;
         let details = Details {
             kernel_release: kver.clone(),

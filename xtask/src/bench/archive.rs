@@ -3,27 +3,17 @@
 //! Developer tooling, not a build step: it spawns `sh`, `cpio`, `gzip`, `pigz` and `zstd`
 //! directly because its whole point is to time those programs.
 
-use std::fmt::Write as _;
 use std::fs::File;
 use std::io::BufWriter;
 use std::path::Path;
-use std::process::Command;
 use std::time::Instant;
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{Context, Result};
 
+use super::{shell, size_of, table, Row};
 use crate::archive::{
     from_tree, write_archive, CompressOptions, Compression, TreeOptions, DEFAULT_GZIP_LEVEL,
 };
-
-/// One measured way of packing the tree.
-struct Row {
-    tool: String,
-    seconds: f64,
-    bytes: u64,
-    /// Index of the Kiln row this one is compared with.
-    reference: usize,
-}
 
 /// Pack `tree` with Kiln (gzip at several libdeflate levels, zstd 3 and 19) and with shell
 /// pipelines, writing outputs under `work`; return a Markdown table.
@@ -63,7 +53,7 @@ pub fn run(tree: &Path, work: &Path, threads: usize) -> Result<String> {
     ];
     for (i, (name, compressor, reference)) in pipelines.into_iter().enumerate() {
         let out = work.join(format!("shell-{i}.cpio"));
-        rows.push(shell(tree, &out, name, compressor, reference)?);
+        rows.push(shell(tree, "find .", &out, name, compressor, reference)?);
     }
     Ok(table(&rows))
 }
@@ -104,53 +94,4 @@ fn kiln(
         bytes: size_of(&path)?,
         reference,
     })
-}
-
-fn shell(tree: &Path, out: &Path, name: &str, compressor: &str, reference: usize) -> Result<Row> {
-    let script = format!(
-        "set -e; find . | LC_ALL=C sort | cpio -o -H newc --quiet | {compressor} > '{}'; sync '{}'",
-        out.display(),
-        out.display()
-    );
-    let start = Instant::now();
-    let status = Command::new("sh")
-        .arg("-c")
-        .arg(&script)
-        .current_dir(tree)
-        .status()
-        .with_context(|| format!("running {script}"))?;
-    let seconds = start.elapsed().as_secs_f64();
-    ensure!(status.success(), "{script} failed: {status}");
-    Ok(Row {
-        tool: name.to_string(),
-        seconds,
-        bytes: size_of(out)?,
-        reference,
-    })
-}
-
-fn size_of(path: &Path) -> Result<u64> {
-    Ok(std::fs::metadata(path)
-        .with_context(|| format!("stat {}", path.display()))?
-        .len())
-}
-
-fn table(rows: &[Row]) -> String {
-    let mut s = String::from(
-        "| tool | seconds | MB | time / Kiln | size / Kiln | compared with |\n|---|---:|---:|---:|---:|---|\n",
-    );
-    for row in rows {
-        let base = &rows[row.reference];
-        let _ = writeln!(
-            s,
-            "| {} | {:.1} | {:.1} | {:.2} | {:.4} | {} |",
-            row.tool.replace('|', "\\|"),
-            row.seconds,
-            row.bytes as f64 / 1e6,
-            row.seconds / base.seconds,
-            row.bytes as f64 / base.bytes as f64,
-            base.tool.replace('|', "\\|")
-        );
-    }
-    s
 }

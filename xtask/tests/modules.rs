@@ -20,26 +20,21 @@ fn modules_archive_holds_the_closure_and_fresh_depmod_indexes() {
         kiln::archive::read_archive(&kiln::archive::decompress_all(&bytes).unwrap()).unwrap();
     let names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
     let base = "lib/modules/6.1.0-50-amd64";
-    for wanted in [
+    let expected = [
         "kernel/drivers/net/virtio_net.ko",
         "kernel/drivers/net/net_failover.ko",
         "kernel/fs/ext4/ext4.ko",
         "kernel/drivers/net/ethernet/intel/e1000e/e1000e.ko",
-    ] {
-        assert!(
-            names.contains(&format!("{base}/{wanted}").as_str()),
-            "{wanted} missing from {names:?}"
-        );
-    }
-    for index in [
         "modules.dep",
         "modules.dep.bin",
         "modules.alias",
         "modules.builtin",
-    ] {
+    ];
+    for file in expected {
+        let path = format!("{base}/{file}");
         assert!(
-            names.contains(&format!("{base}/{index}").as_str()),
-            "{index} missing"
+            names.contains(&path.as_str()),
+            "{file} missing from {names:?}"
         );
     }
     let dep = entries
@@ -168,8 +163,7 @@ fn firmware_named_by_modules_is_included_or_listed_as_missing() {
 
 #[test]
 fn modprobe_in_the_guest_brings_up_a_new_interface() {
-    if kiln::tools::find("qemu-system-x86_64").is_none() {
-        println!("SKIPPED: qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)");
+    if !qemu_available() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -162,8 +162,7 @@ fn build_killed_mid_step_leaves_last_good_output_and_a_usable_store() {
 
 #[test]
 fn stage2_initramfs_boots_debian_kernel_in_qemu() {
-    if kiln::tools::find("qemu-system-x86_64").is_none() {
-        println!("SKIPPED: qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)");
+    if !qemu_available() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -218,8 +217,7 @@ fn records(entries: &[kiln::archive::ReadEntry]) -> Vec<kiln::archive::Entry> {
 
 #[test]
 fn multi_member_gzip_initramfs_is_read_by_zcat_and_boots() {
-    if kiln::tools::find("qemu-system-x86_64").is_none() {
-        println!("SKIPPED: qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)");
+    if !qemu_available() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

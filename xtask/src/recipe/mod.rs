@@ -357,22 +357,17 @@ fn load_recipe(
         }
     };
     let variables = variables(raw.variables, overrides);
-    let initramfs = raw.initramfs.and_then(|raw| {
-        let ctx = Ctx {
-            doc: &doc,
-            sources,
-            errors: &mut errors,
-        };
-        initramfs(ctx, raw.into_inner())
-    });
-    let modules = raw.modules.and_then(|raw| {
-        let ctx = Ctx {
-            doc: &doc,
-            sources,
-            errors: &mut errors,
-        };
-        modules(ctx, raw.into_inner())
-    });
+    let mut ctx = Ctx {
+        doc: &doc,
+        sources,
+        errors: &mut errors,
+    };
+    let initramfs = raw
+        .initramfs
+        .and_then(|raw| initramfs(&mut ctx, raw.into_inner()));
+    let modules = raw
+        .modules
+        .and_then(|raw| modules(&mut ctx, raw.into_inner()));
     if !errors.is_empty() {
         return Err(RecipeErrors(errors).into());
     }
@@ -444,9 +439,9 @@ impl Ctx<'_> {
     }
 }
 
-fn initramfs(mut ctx: Ctx, raw: RawInitramfs) -> Option<Initramfs> {
+fn initramfs(ctx: &mut Ctx, raw: RawInitramfs) -> Option<Initramfs> {
     let before = ctx.errors.len();
-    let output = output_path(&mut ctx, &raw.output);
+    let output = output_path(ctx, &raw.output);
     let compression = raw
         .compression
         .get_ref()
@@ -479,19 +474,15 @@ fn initramfs(mut ctx: Ctx, raw: RawInitramfs) -> Option<Initramfs> {
     let overlays = raw
         .overlays
         .iter()
-        .filter_map(|o| overlay_dir(&mut ctx, &base, o))
+        .filter_map(|o| overlay_dir(ctx, &base, o))
         .collect();
     let templates = raw
         .templates
         .iter()
-        .filter_map(|t| image_path(&mut ctx, t))
+        .filter_map(|t| image_path(ctx, t))
         .collect();
     let busybox = raw.busybox.as_ref().and_then(|b| ctx.deb_source(b));
-    let devices = raw
-        .devices
-        .iter()
-        .filter_map(|d| device(&mut ctx, d))
-        .collect();
+    let devices = raw.devices.iter().filter_map(|d| device(ctx, d)).collect();
     (ctx.errors.len() == before).then(|| Initramfs {
         output,
         compression,
@@ -505,7 +496,7 @@ fn initramfs(mut ctx: Ctx, raw: RawInitramfs) -> Option<Initramfs> {
     })
 }
 
-fn modules(mut ctx: Ctx, raw: RawModules) -> Option<Modules> {
+fn modules(ctx: &mut Ctx, raw: RawModules) -> Option<Modules> {
     let before = ctx.errors.len();
     let kernel = ctx.deb_source(&raw.kernel);
     let release = raw.kernel_release.get_ref().clone();

@@ -17,6 +17,15 @@ pub fn shared_cache() -> PathBuf {
     Path::new(env!("CARGO_TARGET_TMPDIR")).join("kiln-test-cache")
 }
 
+/// Whether QEMU is installed; prints why a boot test is skipped when not.
+pub fn qemu_available() -> bool {
+    let found = kiln::tools::find("qemu-system-x86_64").is_some();
+    if !found {
+        println!("SKIPPED: qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)");
+    }
+    found
+}
+
 /// Copies `recipes/` and `overlays/` under `dir`, as a fresh checkout would.
 pub fn copy_recipes(dir: &Path) -> PathBuf {
     for sub in ["recipes", "overlays"] {

@@ -182,3 +182,66 @@ fn modprobe_in_the_guest_brings_up_a_new_interface() {
         "{text}"
     );
 }
+
+#[test]
+fn two_runs_of_the_modules_step_in_different_scratch_dirs_are_identical() {
+    use kiln::steps::modules::depmod::DepmodIndexes;
+    use kiln::steps::modules::step::BuildModules;
+    use kiln::steps::{Step, StepContext};
+    use kiln::store::Output;
+    use std::collections::BTreeMap;
+
+    let recipes = kiln::recipe::load(&workspace().join("recipes"), &BTreeMap::new()).unwrap();
+    let store = kiln::store::Store::open(&shared_cache()).unwrap();
+    let opts = kiln::plan::PlanOptions {
+        threads: 2,
+        ..Default::default()
+    };
+    let plan = kiln::plan::plan_deb_tree(&recipes, "linux-image", &store, &opts).unwrap();
+    let exec = kiln::plan::exec::Executor {
+        store: &store,
+        jobs: 2,
+        log_dir: std::env::temp_dir(),
+        quiet: true,
+    };
+    let kernel = exec.run(&plan).unwrap().last().unwrap().outputs["tree"];
+    let run = |step: &dyn Step, inputs: &BTreeMap<String, Output>| {
+        let scratch = tempfile::tempdir().unwrap();
+        let ctx = StepContext {
+            store: &store,
+            inputs: inputs.clone(),
+            log_dir: std::env::temp_dir(),
+        };
+        step.run(&ctx, scratch.path()).unwrap()
+    };
+    let mut inputs = BTreeMap::from([("kernel".to_string(), kernel)]);
+    let indexes = run(
+        &DepmodIndexes {
+            kernel_release: "6.1.0-50-amd64".into(),
+        },
+        &inputs,
+    );
+    inputs.insert("indexes".into(), indexes["indexes"]);
+    let wanted = [
+        "virtio_net",
+        "e1000e",
+        "fs-ext4",
+        "kernel/drivers/net/ethernet/intel/**",
+    ];
+    let step = BuildModules {
+        name: "repro".into(),
+        kernel_release: "6.1.0-50-amd64".into(),
+        wanted: wanted
+            .iter()
+            .map(|w| kiln::recipe::WantedModule::parse(w))
+            .collect(),
+        modprobe_d: Vec::new(),
+        firmware: 0,
+        compressions: vec!["gz".into(), "zst".into()],
+        epoch: 1_700_000_000,
+        origins: wanted.iter().map(|_| "test".to_string()).collect(),
+        threads: 2,
+    };
+    let (first, second) = (run(&step, &inputs), run(&step, &inputs));
+    assert_eq!(first, second, "the modules step is not deterministic");
+}

@@ -15,9 +15,7 @@ fn modules_archive_holds_the_closure_and_fresh_depmod_indexes() {
     let recipes = copy_recipes(dir.path());
     let out = dir.path().join("output");
     run_ok(kiln(&recipes, &out, &shared_cache()).args(["build", "modules"]));
-    let bytes = std::fs::read(out.join(ARCHIVE)).unwrap();
-    let entries =
-        kiln::archive::read_archive(&kiln::archive::decompress_all(&bytes).unwrap()).unwrap();
+    let entries = archive_entries(&out.join(ARCHIVE));
     let names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
     let base = "lib/modules/6.1.0-50-amd64";
     let expected = [
@@ -52,14 +50,7 @@ fn modules_archive_holds_the_closure_and_fresh_depmod_indexes() {
         "the closure of a few drivers should be small, got {ko_files}"
     );
 
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
-    let entry = manifest["artifacts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|a| a["name"] == ARCHIVE)
-        .unwrap();
+    let entry = manifest_entry(&out, ARCHIVE);
     assert_eq!(entry["kind"], "modules");
     assert_eq!(
         entry["details"]["modules"].as_array().unwrap().len(),
@@ -130,20 +121,11 @@ fn firmware_named_by_modules_is_included_or_listed_as_missing() {
         warnings.contains("not found in the firmware sources") && warnings.contains("e100/"),
         "{warnings}"
     );
-    let bytes = std::fs::read(out.join(ARCHIVE)).unwrap();
-    let entries =
-        kiln::archive::read_archive(&kiln::archive::decompress_all(&bytes).unwrap()).unwrap();
+    let entries = archive_entries(&out.join(ARCHIVE));
     assert!(entries
         .iter()
         .any(|e| e.name == "lib/firmware/carl9170-1.fw" && !e.data.is_empty()));
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
-    let entry = manifest["artifacts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|a| a["name"] == ARCHIVE)
-        .unwrap();
+    let entry = manifest_entry(&out, ARCHIVE);
     let missing: Vec<&str> = entry["details"]["firmware_missing"]
         .as_array()
         .unwrap()

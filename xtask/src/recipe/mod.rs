@@ -222,6 +222,11 @@ impl Doc {
         SourceError::new(&self.file, &self.text, span, message)
     }
 
+    /// The directory relative paths in this file are resolved against.
+    fn dir(&self) -> PathBuf {
+        self.file.parent().unwrap_or(Path::new(".")).to_path_buf()
+    }
+
     /// The key of a `key = value` line whose value starts at `offset`.
     fn key_at(&self, offset: usize) -> Option<String> {
         let line_start = self.text[..offset.min(self.text.len())]
@@ -465,12 +470,7 @@ fn initramfs(ctx: &mut Ctx, raw: RawInitramfs) -> Option<Initramfs> {
             ctx.push(level.span(), msg);
         }
     }
-    let base = ctx
-        .doc
-        .file
-        .parent()
-        .unwrap_or(Path::new("."))
-        .to_path_buf();
+    let base = ctx.doc.dir();
     let overlays = raw
         .overlays
         .iter()
@@ -519,12 +519,7 @@ fn modules(ctx: &mut Ctx, raw: RawModules) -> Option<Modules> {
         .iter()
         .map(|w| WantedModule::parse(w.get_ref()))
         .collect();
-    let base = ctx
-        .doc
-        .file
-        .parent()
-        .unwrap_or(Path::new("."))
-        .to_path_buf();
+    let base = ctx.doc.dir();
     let mut modprobe_d = Vec::new();
     for f in &raw.modprobe_d {
         let path = base.join(f.get_ref());

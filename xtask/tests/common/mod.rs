@@ -94,3 +94,23 @@ pub fn files(dir: &Path) -> Vec<String> {
     v.sort();
     v
 }
+
+/// The manifest entry of artifact `name` under output directory `out`.
+pub fn manifest_entry(out: &Path, name: &str) -> serde_json::Value {
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    let entry = manifest["artifacts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == name);
+    entry
+        .unwrap_or_else(|| panic!("{name} is not in the manifest"))
+        .clone()
+}
+
+/// Every entry of a (possibly compressed) newc image.
+pub fn archive_entries(path: &Path) -> Vec<kiln::archive::ReadEntry> {
+    let bytes = std::fs::read(path).unwrap();
+    kiln::archive::read_archive(&kiln::archive::decompress_all(&bytes).unwrap()).unwrap()
+}

@@ -26,6 +26,10 @@ pub struct BuildArgs {
 pub struct PlanArgs {
     #[arg(required = true)]
     pub targets: Vec<String>,
+    /// For every step that will run, say why: what changed since its last
+    /// build (an input file, a parameter, a tool version), or "never built".
+    #[arg(long)]
+    pub explain: bool,
 }
 
 #[derive(Debug, Args)]
@@ -226,26 +230,55 @@ fn recipe_display(p: &Path) -> String {
 pub fn plan(s: &Settings, a: &PlanArgs) -> Result<ExitCode> {
     let sess = session(s, &a.targets)?;
     let statuses = executor(s, &sess.store, sess.executor_jobs).status(&sess.plan)?;
-    let (mut hits, mut misses) = (0, 0);
-    for (node, status) in sess.plan.nodes.iter().zip(&statuses) {
-        let (word, key) = match status {
-            Status::Hit(k) => {
-                hits += 1;
-                ("hit ", k.short())
+    let hits = statuses
+        .iter()
+        .filter(|st| matches!(st, Status::Hit(_)))
+        .count();
+    for (i, (node, status)) in sess.plan.nodes.iter().zip(&statuses).enumerate() {
+        let (word, key, why) = match status {
+            Status::Hit(k) => ("hit ", k.short(), None),
+            Status::Miss(k, components) => {
+                let why =
+                    crate::plan::explain::explain(&sess.store, &node.step.identity(), components);
+                ("miss", k.short(), Some(why))
             }
-            Status::Miss(k) => {
-                misses += 1;
-                ("miss", k.short())
-            }
-            Status::Pending => {
-                misses += 1;
-                ("miss", "(after inputs)".to_string())
-            }
+            Status::Pending => (
+                "miss",
+                "(after inputs)".to_string(),
+                Some(waits_on(&sess.plan, &statuses, i)),
+            ),
         };
         println!("{word}  {key:<14}  {}", node.step.label());
+        if let (true, Some(why)) = (a.explain, why) {
+            println!("      why: {why}");
+        }
     }
-    println!("{} steps: {hits} cached, {misses} to run", statuses.len());
+    println!(
+        "{} steps: {hits} cached, {} to run",
+        statuses.len(),
+        statuses.len() - hits
+    );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Why a step's key is not known yet: the steps it waits for.
+fn waits_on(plan: &Plan, statuses: &[Status], i: usize) -> String {
+    let upstream: Vec<String> = plan.nodes[i]
+        .inputs
+        .values()
+        .filter_map(|r| match r {
+            crate::plan::InputRef::Node { node, .. }
+                if !matches!(statuses[*node], Status::Hit(_)) =>
+            {
+                Some(plan.nodes[*node].step.label())
+            }
+            _ => None,
+        })
+        .collect();
+    format!(
+        "its inputs come from steps that will run first: {}",
+        upstream.join(", ")
+    )
 }
 
 pub fn boot_test(s: &Settings, a: &BootTestArgs) -> Result<ExitCode> {

@@ -34,7 +34,7 @@ pub struct Executor<'a> {
 /// How a node stands before anything runs (for `plan`).
 pub enum Status {
     Hit(Digest),
-    Miss(Digest),
+    Miss(Digest, KeyComponents),
     /// Waits on nodes whose outputs are not known yet.
     Pending,
 }
@@ -87,7 +87,7 @@ impl Executor<'_> {
                     });
                     statuses.push(Status::Hit(key));
                 }
-                None => statuses.push(Status::Miss(key)),
+                None => statuses.push(Status::Miss(key, components)),
             }
         }
         Ok(statuses)
@@ -123,7 +123,11 @@ impl Executor<'_> {
                 }
                 let (i, r) = rx.recv().expect("a running step reports back");
                 running -= 1;
-                results[i] = Some(r?);
+                let r = r?;
+                let components = serde_json::to_value(&r.components)?;
+                self.store
+                    .put_last(&plan.nodes[i].step.identity(), &components)?;
+                results[i] = Some(r);
             }
             Ok(())
         })?;

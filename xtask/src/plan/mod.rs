@@ -6,6 +6,7 @@
 //! may hash local inputs into the store. Execution lives in `exec`.
 
 pub mod exec;
+pub mod explain;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

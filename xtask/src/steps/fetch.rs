@@ -40,6 +40,9 @@ impl Step for FetchDeb {
     fn label(&self) -> String {
         format!("fetch {}={}", self.package, self.version)
     }
+    fn identity(&self) -> String {
+        format!("fetch source {}", self.source)
+    }
     fn params(&self) -> serde_json::Value {
         // The source's name is for messages only: renaming it must not refetch.
         serde_json::json!({ "package": self.package, "version": self.version, "sha256": self.sha256 })
@@ -128,6 +131,9 @@ impl Step for FetchUrl {
     }
     fn label(&self) -> String {
         format!("fetch {}", self.url)
+    }
+    fn identity(&self) -> String {
+        format!("fetch source {}", self.source)
     }
     fn params(&self) -> serde_json::Value {
         // Only the content matters: a mirror with the same bytes is the same input.

@@ -47,6 +47,12 @@ pub trait Step: Send + Sync {
     fn version(&self) -> u32;
     /// What an operator sees in plans and progress lines.
     fn label(&self) -> String;
+    /// A name that stays the same across builds of "the same" step (a
+    /// source's fetch, an artifact's build) while its key changes; used to
+    /// find the previous build for `--explain`.
+    fn identity(&self) -> String {
+        self.label()
+    }
     /// The step's parameters, serialized into the key.
     fn params(&self) -> serde_json::Value;
     /// External programs whose versions enter the key.

@@ -10,6 +10,7 @@
 //! blobs/<2 hex>/<64 hex>    file contents, named by sha256
 //! trees/<64 hex>.json       tree manifests (see `tree`)
 //! actions/<64 hex>.json     step key -> outputs, plus the key's components
+//! last/<64 hex>.json        the key components a step identity last had
 //! locks/                    per-key build locks; `store.lock` for gc
 //! tmp/                      staging for atomic writes and step scratch dirs
 //! ```
@@ -96,7 +97,7 @@ pub struct Store {
 impl Store {
     pub fn open(cache_dir: &Path) -> Result<Store> {
         let root = cache_dir.join("v1");
-        for sub in ["blobs", "trees", "actions", "locks", "tmp"] {
+        for sub in ["blobs", "trees", "actions", "last", "locks", "tmp"] {
             let dir = root.join(sub);
             fs::create_dir_all(&dir)
                 .with_context(|| format!("creating cache directory {}", dir.display()))?;
@@ -386,6 +387,33 @@ impl Store {
             }
         }
         Ok(())
+    }
+
+    /// Remembers the key components `identity` (a step's stable name) had
+    /// in its latest build, so the next plan can say what changed.
+    pub fn put_last(&self, identity: &str, components: &serde_json::Value) -> Result<()> {
+        let path = self.last_path(identity);
+        if fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .as_ref()
+            == Some(components)
+        {
+            return Ok(());
+        }
+        let staged = self.stage_bytes(&serde_json::to_vec(components)?)?;
+        self.publish(&staged, &path)
+    }
+
+    pub fn last(&self, identity: &str) -> Option<serde_json::Value> {
+        serde_json::from_slice(&fs::read(self.last_path(identity)).ok()?).ok()
+    }
+
+    fn last_path(&self, identity: &str) -> PathBuf {
+        self.root.join("last").join(format!(
+            "{}.json",
+            Digest::of_bytes(identity.as_bytes()).hex()
+        ))
     }
 
     pub fn put_action(&self, key: &Digest, record: &ActionRecord) -> Result<()> {

@@ -36,6 +36,9 @@ fn explain_names_the_changed_overlay_file_and_recipe_param() {
     assert_eq!(why(&plan(&[]), "fetch busybox-static"), "why: never built");
     run_ok(kiln(&recipes, &out, &cache).args(["build", "stage2"]));
 
+    let line = why(&plan(&["--var", "release=r2"]), "initramfs stage2/");
+    assert_eq!(line, "why: param vars.release \"stage2\" → \"r2\"");
+
     let init = dir.path().join("overlays/stage2/init");
     let before = std::fs::read(&init).unwrap();
     let mut after = before.clone();
@@ -47,10 +50,22 @@ fn explain_names_the_changed_overlay_file_and_recipe_param() {
         short(&after)
     );
     assert_eq!(why(&plan(&[]), "initramfs stage2/"), expected);
-
-    std::fs::write(&init, &before).unwrap();
-    let line = why(&plan(&["--var", "release=r2"]), "initramfs stage2/");
-    assert_eq!(line, "why: param vars.release \"stage2\" → \"r2\"");
+    let json = run_ok(kiln(&recipes, &out, &cache).args(["plan", "stage2", "--json"])).stdout;
+    let steps: serde_json::Value = serde_json::from_slice(&json).unwrap();
+    let step = steps
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["status"] == "miss")
+        .unwrap();
+    assert_eq!(format!("why: {}", step["why"].as_str().unwrap()), expected);
+    let build = run_ok(kiln(&recipes, &out, &cache).args(["build", "stage2", "--explain"])).stdout;
+    let reason = expected.trim_start_matches("why: ");
+    let said = format!("initramfs stage2/stage2_initramfs.cpio.gz: {reason}");
+    assert!(
+        String::from_utf8_lossy(&build).contains(&said),
+        "build --explain did not say `{said}`"
+    );
 }
 
 #[test]

@@ -20,6 +20,9 @@ pub struct BuildArgs {
     /// Recipe names (files in the recipes directory without `.toml`), e.g. `stage2`.
     #[arg(required = true)]
     pub targets: Vec<String>,
+    /// Before building, say why each step that will run must run.
+    #[arg(long)]
+    pub explain: bool,
 }
 
 #[derive(Debug, Args)]
@@ -30,6 +33,9 @@ pub struct PlanArgs {
     /// build (an input file, a parameter, a tool version), or "never built".
     #[arg(long)]
     pub explain: bool,
+    /// Print the plan as JSON (one object per step, with `why`).
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -98,6 +104,12 @@ fn executor<'a>(s: &Settings, store: &'a Store, jobs: usize) -> Executor<'a> {
 }
 
 pub fn build(s: &Settings, a: &BuildArgs) -> Result<ExitCode> {
+    if a.explain {
+        let sess = session(s, &a.targets)?;
+        for line in plan_lines(s, &sess)?.iter().filter(|l| l.status != "hit") {
+            println!("{}: {}", line.step, line.why.as_deref().unwrap_or_default());
+        }
+    }
     build_targets(s, &a.targets)?;
     Ok(ExitCode::SUCCESS)
 }
@@ -227,36 +239,71 @@ fn recipe_display(p: &Path) -> String {
     format!("recipes/{name}")
 }
 
+/// One step of a plan as `plan` shows it.
+#[derive(Debug, serde::Serialize)]
+pub struct PlanLine {
+    pub step: String,
+    /// `hit`, `miss`, or `pending` (its key waits on steps that will run).
+    pub status: &'static str,
+    pub key: Option<String>,
+    /// Why a step that is not a hit will run.
+    pub why: Option<String>,
+}
+
+fn plan_lines(s: &Settings, sess: &Session) -> Result<Vec<PlanLine>> {
+    let statuses = executor(s, &sess.store, sess.executor_jobs).status(&sess.plan)?;
+    let lines = sess
+        .plan
+        .nodes
+        .iter()
+        .zip(&statuses)
+        .enumerate()
+        .map(|(i, (node, status))| {
+            let (status, key, why) = match status {
+                Status::Hit(k) => ("hit", Some(k.hex()), None),
+                Status::Miss(k, components) => {
+                    let why = crate::plan::explain::explain(
+                        &sess.store,
+                        &node.step.identity(),
+                        components,
+                    );
+                    ("miss", Some(k.hex()), Some(why))
+                }
+                Status::Pending => ("pending", None, Some(waits_on(&sess.plan, &statuses, i))),
+            };
+            PlanLine {
+                step: node.step.label(),
+                status,
+                key,
+                why,
+            }
+        });
+    Ok(lines.collect())
+}
+
 pub fn plan(s: &Settings, a: &PlanArgs) -> Result<ExitCode> {
     let sess = session(s, &a.targets)?;
-    let statuses = executor(s, &sess.store, sess.executor_jobs).status(&sess.plan)?;
-    let hits = statuses
-        .iter()
-        .filter(|st| matches!(st, Status::Hit(_)))
-        .count();
-    for (i, (node, status)) in sess.plan.nodes.iter().zip(&statuses).enumerate() {
-        let (word, key, why) = match status {
-            Status::Hit(k) => ("hit ", k.short(), None),
-            Status::Miss(k, components) => {
-                let why =
-                    crate::plan::explain::explain(&sess.store, &node.step.identity(), components);
-                ("miss", k.short(), Some(why))
-            }
-            Status::Pending => (
-                "miss",
-                "(after inputs)".to_string(),
-                Some(waits_on(&sess.plan, &statuses, i)),
-            ),
-        };
-        println!("{word}  {key:<14}  {}", node.step.label());
-        if let (true, Some(why)) = (a.explain, why) {
+    let lines = plan_lines(s, &sess)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&lines)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    for line in &lines {
+        let word = if line.status == "hit" { "hit " } else { "miss" };
+        let key = line
+            .key
+            .as_deref()
+            .map_or("(after inputs)".to_string(), |k| k[..12].to_string());
+        println!("{word}  {key:<14}  {}", line.step);
+        if let (true, Some(why)) = (a.explain, &line.why) {
             println!("      why: {why}");
         }
     }
+    let hits = lines.iter().filter(|l| l.status == "hit").count();
     println!(
         "{} steps: {hits} cached, {} to run",
-        statuses.len(),
-        statuses.len() - hits
+        lines.len(),
+        lines.len() - hits
     );
     Ok(ExitCode::SUCCESS)
 }

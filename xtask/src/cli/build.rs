@@ -395,8 +395,8 @@ fn concatenate(parts: &[PathBuf], dest: &Path) -> Result<()> {
 
 /// `boot/vmlinuz-*` from the pinned `linux-image` source, as a store path.
 pub fn debian_kernel(s: &Settings) -> Result<PathBuf> {
-    let tree = deb_tree(s, "linux-image")?;
-    let store = Store::open(&s.cache_dir)?;
+    let (store, digest) = deb_tree_digest(s, "linux-image")?;
+    let tree = store.tree(&digest)?;
     let entry = tree
         .entries
         .iter()
@@ -408,12 +408,8 @@ pub fn debian_kernel(s: &Settings) -> Result<PathBuf> {
     }
 }
 
-/// The unpacked tree of a `deb` source, fetched and cached as a build would.
-pub fn deb_tree(s: &Settings, source: &str) -> Result<crate::store::Tree> {
-    let (store, digest) = deb_tree_digest(s, source)?;
-    store.tree(&digest)
-}
-
+/// The unpacked tree of a `deb` source, fetched and cached as a build
+/// would: the store it lives in and the tree's digest.
 fn deb_tree_digest(s: &Settings, source: &str) -> Result<(Store, Digest)> {
     let recipes = recipe::load(&s.recipes_dir, &s.vars)?;
     let store = Store::open(&s.cache_dir)?;

@@ -60,25 +60,48 @@ fn flatten(prefix: &str, v: &serde_json::Value, out: &mut BTreeMap<String, Strin
     }
 }
 
+/// How one key of a map differs between two builds.
+enum Change<'a, T> {
+    Added(&'a T),
+    Changed(&'a T, &'a T),
+    Removed,
+}
+
+/// The keys that differ between `old` and `new`: changed and added in key
+/// order, then removed. The one walk behind params, inputs, tools and trees.
+fn diff<'a, T: PartialEq>(
+    old: &'a BTreeMap<String, T>,
+    new: &'a BTreeMap<String, T>,
+) -> Vec<(&'a str, Change<'a, T>)> {
+    let mut out: Vec<_> = new
+        .iter()
+        .filter_map(|(k, v)| match old.get(k) {
+            None => Some((k.as_str(), Change::Added(v))),
+            Some(o) if o != v => Some((k.as_str(), Change::Changed(o, v))),
+            _ => None,
+        })
+        .collect();
+    out.extend(
+        old.keys()
+            .filter(|k| !new.contains_key(*k))
+            .map(|k| (k.as_str(), Change::Removed)),
+    );
+    out
+}
+
 fn changed_map(
     what: &str,
     old: &BTreeMap<String, String>,
     new: &BTreeMap<String, String>,
 ) -> Vec<String> {
-    let mut out = Vec::new();
-    for (k, v) in new {
-        match old.get(k) {
-            None => out.push(format!("{what} {k}={v} added")),
-            Some(o) if o != v => out.push(format!("{what} {k} {o} → {v}")),
-            _ => {}
-        }
-    }
-    out.extend(
-        old.keys()
-            .filter(|k| !new.contains_key(*k))
-            .map(|k| format!("{what} {k} removed")),
-    );
-    out
+    diff(old, new)
+        .into_iter()
+        .map(|(k, change)| match change {
+            Change::Added(v) => format!("{what} {k}={v} added"),
+            Change::Changed(o, v) => format!("{what} {k} {o} → {v}"),
+            Change::Removed => format!("{what} {k} removed"),
+        })
+        .collect()
 }
 
 fn inputs(
@@ -86,23 +109,16 @@ fn inputs(
     old: &BTreeMap<String, Digest>,
     new: &BTreeMap<String, Digest>,
 ) -> Vec<String> {
-    let mut out = Vec::new();
-    for (name, d) in new {
-        match old.get(name) {
-            None => out.push(format!("input {name} added")),
-            Some(o) if o != d => out.push(format!(
-                "input {name} changed ({})",
-                input_change(store, o, d)
-            )),
-            _ => {}
-        }
-    }
-    out.extend(
-        old.keys()
-            .filter(|k| !new.contains_key(*k))
-            .map(|k| format!("input {k} removed")),
-    );
-    out
+    diff(old, new)
+        .into_iter()
+        .map(|(name, change)| match change {
+            Change::Added(_) => format!("input {name} added"),
+            Change::Changed(o, d) => {
+                format!("input {name} changed ({})", input_change(store, o, d))
+            }
+            Change::Removed => format!("input {name} removed"),
+        })
+        .collect()
 }
 
 /// For two trees, the files that differ; otherwise the digests.
@@ -135,27 +151,15 @@ fn tree_changes(old: &Tree, new: &Tree) -> Vec<String> {
             .collect::<BTreeMap<_, _>>()
     };
     let (a, b) = (map(old), map(new));
-    let mut out = Vec::new();
-    for (path, kind) in &b {
-        match (a.get(path), kind) {
-            (None, _) => out.push(format!("{path} added")),
-            (Some(TreeKind::File { digest: x, .. }), TreeKind::File { digest: y, .. })
-                if x != y =>
-            {
-                out.push(format!(
-                    "{path} sha256 {}…→{}…",
-                    &x.hex()[..8],
-                    &y.hex()[..8]
-                ))
+    diff(&a, &b)
+        .into_iter()
+        .map(|(path, change)| match change {
+            Change::Added(_) => format!("{path} added"),
+            Change::Changed(TreeKind::File { digest: x, .. }, TreeKind::File { digest: y, .. }) => {
+                format!("{path} sha256 {}…→{}…", &x.hex()[..8], &y.hex()[..8])
             }
-            (Some(k), _) if k != kind => out.push(format!("{path} changed")),
-            _ => {}
-        }
-    }
-    out.extend(
-        a.keys()
-            .filter(|p| !b.contains_key(*p))
-            .map(|p| format!("{p} removed")),
-    );
-    out
+            Change::Changed(..) => format!("{path} changed"),
+            Change::Removed => format!("{path} removed"),
+        })
+        .collect()
 }

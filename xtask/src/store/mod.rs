@@ -138,7 +138,7 @@ impl Store {
         self.blob_path(d).is_file()
     }
 
-    /// Moves (or copies, across filesystems) `path` into the store.
+    /// Copies `path` into the store (the caller's file is left in place).
     pub fn put_file(&self, path: &Path) -> Result<(Digest, u64)> {
         let (digest, size) = Digest::of_file(path)?;
         let dest = self.blob_path(&digest);

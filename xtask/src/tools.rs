@@ -49,7 +49,12 @@ pub fn host_tools() -> Vec<HostTool> {
 }
 
 /// Finds a program on PATH, then in the sbin directories root's PATH has.
+/// An absolute path (a header a build needs, in `ci/packages.txt`) is found
+/// when the file exists.
 pub fn find(program: &str) -> Option<PathBuf> {
+    if program.starts_with('/') {
+        return Some(PathBuf::from(program)).filter(|p| p.is_file());
+    }
     let path = std::env::var_os("PATH").unwrap_or_default();
     let extra = ["/usr/local/sbin", "/usr/sbin", "/sbin"].map(PathBuf::from);
     std::env::split_paths(&path)
@@ -67,6 +72,9 @@ pub fn version(program: &str) -> Result<String> {
         return Ok(v.clone());
     }
     let path = find(program).with_context(|| missing(program))?;
+    if program.starts_with('/') {
+        return Ok("present".to_string());
+    }
     let out = Command::new(&path)
         .arg("--version")
         .stdin(Stdio::null())

@@ -4,6 +4,8 @@ mod common;
 
 use common::*;
 
+const INITRAMFS: &str = "stage2/stage2_initramfs.cpio.gz";
+
 /// The `why:` line printed under the step whose label starts with `label`.
 fn why(output: &[u8], label: &str) -> String {
     let text = String::from_utf8_lossy(output);
@@ -29,12 +31,12 @@ fn explain_names_the_changed_overlay_file_and_recipe_param() {
         run_ok(
             kiln(&recipes, &out, &cache)
                 .args(extra)
-                .args(["plan", "stage2", "--explain"]),
+                .args(["plan", INITRAMFS, "--explain"]),
         )
         .stdout
     };
     assert_eq!(why(&plan(&[]), "fetch busybox-static"), "why: never built");
-    run_ok(kiln(&recipes, &out, &cache).args(["build", "stage2"]));
+    run_ok(kiln(&recipes, &out, &cache).args(["build", INITRAMFS]));
 
     let line = why(&plan(&["--var", "release=r2"]), "initramfs stage2/");
     assert_eq!(line, "why: param vars.release \"stage2\" → \"r2\"");
@@ -50,7 +52,7 @@ fn explain_names_the_changed_overlay_file_and_recipe_param() {
         short(&after)
     );
     assert_eq!(why(&plan(&[]), "initramfs stage2/"), expected);
-    let json = run_ok(kiln(&recipes, &out, &cache).args(["plan", "stage2", "--json"])).stdout;
+    let json = run_ok(kiln(&recipes, &out, &cache).args(["plan", INITRAMFS, "--json"])).stdout;
     let steps: serde_json::Value = serde_json::from_slice(&json).unwrap();
     let step = steps
         .as_array()
@@ -59,7 +61,7 @@ fn explain_names_the_changed_overlay_file_and_recipe_param() {
         .find(|s| s["status"] == "miss")
         .unwrap();
     assert_eq!(format!("why: {}", step["why"].as_str().unwrap()), expected);
-    let build = run_ok(kiln(&recipes, &out, &cache).args(["build", "stage2", "--explain"])).stdout;
+    let build = run_ok(kiln(&recipes, &out, &cache).args(["build", INITRAMFS, "--explain"])).stdout;
     let reason = expected.trim_start_matches("why: ");
     let said = format!("initramfs stage2/stage2_initramfs.cpio.gz: {reason}");
     assert!(
@@ -73,7 +75,7 @@ fn explain_names_a_repinned_source() {
     let dir = tempfile::tempdir().unwrap();
     let recipes = copy_recipes(dir.path());
     let (out, cache) = (dir.path().join("output"), dir.path().join("cache"));
-    run_ok(kiln(&recipes, &out, &cache).args(["build", "stage2"]));
+    run_ok(kiln(&recipes, &out, &cache).args(["build", INITRAMFS]));
     let sources = std::fs::read_to_string(recipes.join("sources.toml")).unwrap();
     let old = "3d3fdbe91d4660c873e14b092c213fe81c1da6362daa236eb25d0171eb108744";
     let new = "1111111111111111111111111111111111111111111111111111111111111111";
@@ -81,7 +83,7 @@ fn explain_names_a_repinned_source() {
         .replace("1:1.35.0-4+deb12u1+b1", "1:1.36.1-9")
         .replace(old, new);
     std::fs::write(recipes.join("sources.toml"), repinned).unwrap();
-    let plan = run_ok(kiln(&recipes, &out, &cache).args(["plan", "stage2", "--explain"])).stdout;
+    let plan = run_ok(kiln(&recipes, &out, &cache).args(["plan", INITRAMFS, "--explain"])).stdout;
     let expected = format!("why: param sha256 \"{old}\" → \"{new}\"; param version \"1:1.35.0-4+deb12u1+b1\" → \"1:1.36.1-9\"");
     assert_eq!(why(&plan, "fetch busybox-static"), expected);
 }

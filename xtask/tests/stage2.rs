@@ -15,11 +15,11 @@ fn second_build_is_all_cached_and_plan_says_so() {
     let dir = tempfile::tempdir().unwrap();
     let recipes = copy_recipes(dir.path());
     let (out, cache) = (dir.path().join("output"), dir.path().join("cache"));
-    run_ok(kiln(&recipes, &out, &cache).args(["build", "stage2"]));
-    let plan = run_ok(kiln(&recipes, &out, &cache).args(["plan", "stage2"]));
+    run_ok(kiln(&recipes, &out, &cache).args(["build", INITRAMFS]));
+    let plan = run_ok(kiln(&recipes, &out, &cache).args(["plan", INITRAMFS]));
     let text = String::from_utf8_lossy(&plan.stdout);
     assert!(text.contains("3 steps: 3 cached, 0 to run"), "{text}");
-    let second = run_ok(kiln(&recipes, &out, &cache).args(["build", "stage2"]));
+    let second = run_ok(kiln(&recipes, &out, &cache).args(["build", INITRAMFS]));
     let text = String::from_utf8_lossy(&second.stdout);
     assert!(text.contains("0 run, 3 cached"), "{text}");
     let manifest: serde_json::Value =
@@ -44,7 +44,9 @@ fn build_in(dir: &Path, umask: &str, tz: &str) -> Vec<u8> {
     let args: Vec<_> = cmd.get_args().map(|a| a.to_owned()).collect();
     let mut sh = std::process::Command::new("sh");
     sh.arg("-c")
-        .arg(format!("umask {umask}; exec \"$0\" \"$@\" build stage2"))
+        .arg(format!(
+            "umask {umask}; exec \"$0\" \"$@\" build {INITRAMFS}"
+        ))
         .arg(program)
         .args(args)
         .env("TZ", tz);
@@ -69,7 +71,7 @@ fn checksum_mismatch_names_the_source_and_stores_nothing() {
     let bad = "0000000000000000000000000000000000000000000000000000000000000000";
     std::fs::write(recipes.join("sources.toml"), sources.replace(good, bad)).unwrap();
     let (out, cache) = (dir.path().join("output"), dir.path().join("cache"));
-    let err = run_err(kiln(&recipes, &out, &cache).args(["build", "stage2"]));
+    let err = run_err(kiln(&recipes, &out, &cache).args(["build", INITRAMFS]));
     assert!(
         err.contains("checksum mismatch for source `busybox`"),
         "{err}"
@@ -88,14 +90,14 @@ fn corrupt_store_blob_is_detected_and_rebuilt() {
     let dir = tempfile::tempdir().unwrap();
     let recipes = copy_recipes(dir.path());
     let (out, cache) = (dir.path().join("output"), dir.path().join("cache"));
-    run_ok(kiln(&recipes, &out, &cache).args(["build", "stage2"]));
+    run_ok(kiln(&recipes, &out, &cache).args(["build", INITRAMFS]));
     let good = std::fs::read(out.join(INITRAMFS)).unwrap();
     let hex = kiln::store::Digest::of_bytes(&good).hex();
     let blob = cache.join("v1/blobs").join(&hex[..2]).join(&hex);
     std::fs::remove_file(&blob).unwrap();
     std::fs::write(&blob, b"not an initramfs").unwrap();
     std::fs::remove_file(out.join(INITRAMFS)).unwrap();
-    let second = run_ok(kiln(&recipes, &out, &cache).args(["build", "stage2"]));
+    let second = run_ok(kiln(&recipes, &out, &cache).args(["build", INITRAMFS]));
     let log = String::from_utf8_lossy(&second.stderr);
     assert!(
         log.contains("corrupt store entry"),
@@ -114,7 +116,7 @@ fn build_killed_mid_step_leaves_last_good_output_and_a_usable_store() {
     let dir = tempfile::tempdir().unwrap();
     let recipes = copy_recipes(dir.path());
     let (out, cache) = (dir.path().join("output"), dir.path().join("cache"));
-    run_ok(kiln(&recipes, &out, &cache).args(["build", "stage2"]));
+    run_ok(kiln(&recipes, &out, &cache).args(["build", INITRAMFS]));
     let last_good = std::fs::read(out.join(INITRAMFS)).unwrap();
     // A large incompressible overlay file makes the initramfs step slow
     // enough (xz, level 9) to be killed while it writes.
@@ -128,7 +130,7 @@ fn build_killed_mid_step_leaves_last_good_output_and_a_usable_store() {
     )
     .unwrap();
     let mut child = kiln(&recipes, &out, &cache)
-        .args(["build", "stage2"])
+        .args(["build", INITRAMFS])
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -155,7 +157,7 @@ fn build_killed_mid_step_leaves_last_good_output_and_a_usable_store() {
     );
     std::fs::remove_file(dir.path().join("overlays/stage2/big.bin")).unwrap();
     std::fs::write(recipes.join("stage2.toml"), recipe).unwrap();
-    let again = run_ok(kiln(&recipes, &out, &cache).args(["build", "stage2"]));
+    let again = run_ok(kiln(&recipes, &out, &cache).args(["build", INITRAMFS]));
     assert!(String::from_utf8_lossy(&again.stdout).contains("0 run, 3 cached"));
     assert_eq!(std::fs::read(out.join(INITRAMFS)).unwrap(), last_good);
 }
@@ -223,7 +225,7 @@ fn multi_member_gzip_initramfs_is_read_by_zcat_and_boots() {
     let dir = tempfile::tempdir().unwrap();
     let recipes = copy_recipes(dir.path());
     let out = dir.path().join("output");
-    run_ok(kiln(&recipes, &out, &shared_cache()).args(["build", "stage2"]));
+    run_ok(kiln(&recipes, &out, &shared_cache()).args(["build", INITRAMFS]));
     let entries = records(&archive_entries(&out.join(INITRAMFS)));
     // 16 KiB segments: busybox (2 MB) alone in one member, its ~400 applet
     // links and the overlay spread over several more.

@@ -17,7 +17,9 @@ use crate::verify;
 
 #[derive(Debug, Args)]
 pub struct BuildArgs {
-    /// Recipe names (files in the recipes directory without `.toml`), e.g. `stage2`.
+    /// Recipe names (files in the recipes directory without `.toml`), e.g.
+    /// `stage2`, or single artifacts as `<recipe>/<file>`, e.g.
+    /// `stage2/stage2_initramfs.cpio.gz` (only the steps it needs run).
     #[arg(required = true)]
     pub targets: Vec<String>,
     /// Before building, say why each step that will run must run.
@@ -27,6 +29,7 @@ pub struct BuildArgs {
 
 #[derive(Debug, Args)]
 pub struct PlanArgs {
+    /// Recipe names or `<recipe>/<file>` artifacts, as for `build`.
     #[arg(required = true)]
     pub targets: Vec<String>,
     /// For every step that will run, say why: what changed since its last
@@ -40,9 +43,11 @@ pub struct PlanArgs {
 
 #[derive(Debug, Args)]
 pub struct BootTestArgs {
-    /// What to boot: `stage2-initramfs` (Debian's kernel with the stage2
-    /// initramfs) or `modules` (the same plus modules.cpio.gz as a second
-    /// initrd; modprobe virtio_net must bring up a new interface).
+    /// What to boot: `stage2` (the stage2 kernel with its embedded
+    /// initramfs, no -initrd, virtio-net and e1000 cards that must both come
+    /// up), `stage2-initramfs` (Debian's kernel with the stage2 initramfs)
+    /// or `modules` (the same plus modules.cpio.gz as a second initrd;
+    /// modprobe virtio_net must bring up a new interface).
     pub what: String,
     /// Boot this initramfs instead of building the stage2 one.
     #[arg(long, value_name = "FILE")]
@@ -58,6 +63,9 @@ pub enum BenchCommand {
     Archive,
     /// The modules step on the whole module tree and a 20-driver subset vs cpio | gzip -9 / pigz -9.
     Modules,
+    /// The stage2 kernel: full build from an empty cache vs relink after an
+    /// initramfs-only change vs a no-op rebuild.
+    Kernel,
 }
 
 /// The loaded recipes, the store and the plan for some targets.
@@ -328,14 +336,45 @@ fn waits_on(plan: &Plan, statuses: &[Status], i: usize) -> String {
     )
 }
 
+const STAGE2_INITRAMFS: &str = "stage2/stage2_initramfs.cpio.gz";
+
 pub fn boot_test(s: &Settings, a: &BootTestArgs) -> Result<ExitCode> {
     match a.what.as_str() {
+        "stage2" => {
+            if a.initrd.is_some() {
+                bail!(
+                    "`--initrd` is for `stage2-initramfs`: the stage2 kernel embeds its initramfs"
+                );
+            }
+            build_targets(s, &["stage2".to_string()])?;
+            let kernel = s.output_dir.join("stage2/stage2_vmlinuz");
+            let outcome = verify::boot::boot(&verify::boot::BootSpec::kernel(&kernel, a.timeout))?;
+            let nics = verify::boot::interfaces(&outcome.serial);
+            if !(nics.contains(&"eth0") && nics.contains(&"eth1")) {
+                bail!(
+                    "the stage2 kernel booted but did not bring up both network cards \
+                     (virtio-net, e1000): it reported {nics:?}"
+                );
+            }
+            let banner = outcome
+                .serial
+                .iter()
+                .find(|l| l.contains(" Kiln "))
+                .map_or("", |l| l.trim());
+            println!(
+                "boot test passed in {:.1}s: saw `{}`; banner `{banner}`; interfaces {}",
+                outcome.elapsed.as_secs_f64(),
+                outcome.marker,
+                nics.join(" ")
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         "stage2-initramfs" => {
             let initrd = match &a.initrd {
                 Some(path) => path.clone(),
                 None => {
-                    build_targets(s, &["stage2".to_string()])?;
-                    s.output_dir.join("stage2/stage2_initramfs.cpio.gz")
+                    build_targets(s, &[STAGE2_INITRAMFS.to_string()])?;
+                    s.output_dir.join(STAGE2_INITRAMFS)
                 }
             };
             let kernel = debian_kernel(s)?;
@@ -349,7 +388,7 @@ pub fn boot_test(s: &Settings, a: &BootTestArgs) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         "modules" => {
-            let built = build_targets(s, &["stage2".to_string(), "modules".to_string()])?;
+            let built = build_targets(s, &[STAGE2_INITRAMFS.to_string(), "modules".to_string()])?;
             let kernel = debian_kernel(s)?;
             let modules = built
                 .iter()
@@ -359,7 +398,7 @@ pub fn boot_test(s: &Settings, a: &BootTestArgs) -> Result<ExitCode> {
             let initrd = work.path().join("stage2+modules.cpio.gz");
             concatenate(
                 &[
-                    s.output_dir.join("stage2/stage2_initramfs.cpio.gz"),
+                    s.output_dir.join(STAGE2_INITRAMFS),
                     s.output_dir.join(&modules.path),
                 ],
                 &initrd,
@@ -378,7 +417,9 @@ pub fn boot_test(s: &Settings, a: &BootTestArgs) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        other => bail!("unknown boot test `{other}`: try `stage2-initramfs` or `modules`"),
+        other => {
+            bail!("unknown boot test `{other}`: try `stage2`, `stage2-initramfs` or `modules`")
+        }
     }
 }
 
@@ -427,19 +468,23 @@ fn deb_tree_digest(s: &Settings, source: &str) -> Result<(Store, Digest)> {
 }
 
 pub fn bench(s: &Settings, c: &BenchCommand) -> Result<ExitCode> {
-    let (store, digest) = deb_tree_digest(s, "linux-image")?;
-    let tree = store.tree(&digest)?;
-    let work = store.scratch("bench")?;
-    let root = work.path().join("tree");
-    eprintln!(
-        "materializing the linux-image tree ({} entries)…",
-        tree.entries.len()
-    );
-    store.materialize(&tree, &root)?;
     let table = match c {
-        BenchCommand::Archive => crate::bench::archive::run(&root, work.path(), s.jobs)?,
+        BenchCommand::Kernel => {
+            // Its own empty cache: the full build must start from nothing.
+            let work = tempfile::Builder::new()
+                .prefix("kiln-bench-kernel-")
+                .tempdir_in(std::env::temp_dir())
+                .context("creating a bench directory")?;
+            crate::bench::kernel::run(&s.recipes_dir, work.path(), s.jobs)?
+        }
+        BenchCommand::Archive => {
+            let (_store, _digest, root, work) = linux_image_tree(s)?;
+            crate::bench::archive::run(&root, work.path(), s.jobs)?
+        }
         BenchCommand::Modules => {
-            let release = tree
+            let (store, digest, root, work) = linux_image_tree(s)?;
+            let release = store
+                .tree(&digest)?
                 .entries
                 .iter()
                 .filter_map(|e| e.path.strip_prefix("lib/modules/"))
@@ -459,4 +504,20 @@ pub fn bench(s: &Settings, c: &BenchCommand) -> Result<ExitCode> {
     };
     println!("{table}");
     Ok(ExitCode::SUCCESS)
+}
+
+/// The pinned linux-image package unpacked into a scratch directory (the
+/// archive and modules benchmarks work on it): store, tree digest, the
+/// unpacked root, and the scratch directory that holds it.
+fn linux_image_tree(s: &Settings) -> Result<(Store, Digest, PathBuf, tempfile::TempDir)> {
+    let (store, digest) = deb_tree_digest(s, "linux-image")?;
+    let tree = store.tree(&digest)?;
+    let work = store.scratch("bench")?;
+    let root = work.path().join("tree");
+    eprintln!(
+        "materializing the linux-image tree ({} entries)…",
+        tree.entries.len()
+    );
+    store.materialize(&tree, &root)?;
+    Ok((store, digest, root, work))
 }

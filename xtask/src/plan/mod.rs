@@ -17,8 +17,13 @@ use crate::recipe::{self, Recipe, Recipes, SourceKind};
 use crate::steps::deb::UnpackDeb;
 use crate::steps::fetch::{FetchDeb, FetchUrl};
 use crate::steps::initramfs::BuildInitramfs;
+use crate::steps::kernel::compile::CompileKernel;
+use crate::steps::kernel::config::KernelConfig;
+use crate::steps::kernel::link::LinkKernel;
+use crate::steps::kernel::INITRAMFS_NAME;
 use crate::steps::modules::depmod::DepmodIndexes;
 use crate::steps::modules::step::BuildModules;
+use crate::steps::tarball::UnpackTarball;
 use crate::steps::Step;
 use crate::store::{Modes, Output, Store};
 
@@ -74,14 +79,93 @@ pub fn plan(
     opts: &PlanOptions,
 ) -> Result<Plan> {
     let mut b = Builder::new(recipes, store, opts);
+    let mut wanted = Vec::new();
     for target in targets {
-        let recipe = recipes
-            .targets
-            .get(target)
-            .with_context(|| unknown_target(recipes, target))?;
-        b.add_recipe(recipe)?;
+        // `stage2/stage2_initramfs.cpio.gz`: one artifact of a recipe.
+        let recipe_name = match target.split_once('/') {
+            Some(_) => {
+                wanted.push(target.clone());
+                artifact_recipe(recipes, target)?
+            }
+            None => target.as_str(),
+        };
+        if b.added.insert(recipe_name.to_string()) {
+            let recipe = recipes
+                .targets
+                .get(recipe_name)
+                .with_context(|| unknown_target(recipes, target))?;
+            b.add_recipe(recipe)?;
+        }
     }
-    Ok(b.plan)
+    let whole: Vec<&String> = targets.iter().filter(|t| !t.contains('/')).collect();
+    let plan = b.plan;
+    if wanted.is_empty() {
+        return Ok(plan);
+    }
+    let keep = |a: &ArtifactSpec| {
+        wanted.contains(&a.name)
+            || whole
+                .iter()
+                .any(|t| a.recipe.file_stem().is_some_and(|s| s == t.as_str()))
+    };
+    if let Some(missing) = wanted
+        .iter()
+        .find(|w| !plan.artifacts.iter().any(|a| &&a.name == w))
+    {
+        bail!("no recipe builds the artifact `{missing}`");
+    }
+    Ok(prune(plan, keep))
+}
+
+/// The recipe named by an artifact path's first component (`stage2/…`).
+fn artifact_recipe<'r>(recipes: &Recipes, artifact: &'r str) -> Result<&'r str> {
+    let (first, _) = artifact.split_once('/').expect("artifact paths have a /");
+    if recipes.targets.contains_key(first) {
+        Ok(first)
+    } else {
+        bail!(
+            "unknown artifact `{artifact}`: artifacts are named <recipe>/<file>, and there is no recipe `{first}`"
+        )
+    }
+}
+
+/// Keeps the artifacts `keep` selects and only the nodes they need.
+fn prune(plan: Plan, keep: impl Fn(&ArtifactSpec) -> bool) -> Plan {
+    let artifacts: Vec<ArtifactSpec> = plan.artifacts.into_iter().filter(|a| keep(a)).collect();
+    let mut needed = vec![false; plan.nodes.len()];
+    let mut stack: Vec<usize> = artifacts.iter().map(|a| a.node).collect();
+    while let Some(n) = stack.pop() {
+        if std::mem::replace(&mut needed[n], true) {
+            continue;
+        }
+        for input in plan.nodes[n].inputs.values() {
+            if let InputRef::Node { node, .. } = input {
+                stack.push(*node);
+            }
+        }
+    }
+    let mut index = vec![usize::MAX; plan.nodes.len()];
+    let mut nodes = Vec::new();
+    for (i, mut node) in plan.nodes.into_iter().enumerate() {
+        if !needed[i] {
+            continue;
+        }
+        for input in node.inputs.values_mut() {
+            if let InputRef::Node { node: n, .. } = input {
+                *n = index[*n];
+            }
+        }
+        index[i] = nodes.len();
+        nodes.push(node);
+    }
+    let artifacts = artifacts
+        .into_iter()
+        .map(|mut a| {
+            a.node = index[a.node];
+            a
+        })
+        .collect();
+    Plan { nodes, artifacts }
 }
 
 fn unknown_target(recipes: &Recipes, target: &str) -> String {
@@ -103,6 +187,8 @@ struct Builder<'a> {
     plan: Plan,
     /// Source name → its input (deduplicated across recipes).
     sources: BTreeMap<(String, &'static str), InputRef>,
+    /// Recipes already expanded.
+    added: std::collections::BTreeSet<String>,
 }
 
 impl<'a> Builder<'a> {
@@ -113,6 +199,7 @@ impl<'a> Builder<'a> {
             opts,
             plan: Plan::default(),
             sources: BTreeMap::new(),
+            added: Default::default(),
         }
     }
 
@@ -129,11 +216,16 @@ impl<'a> Builder<'a> {
     }
 
     fn add_recipe(&mut self, recipe: &Recipe) -> Result<()> {
+        let mut initramfs = None;
         if let Some(ir) = &recipe.initramfs {
-            self.add_initramfs(recipe, ir)?;
+            initramfs = Some((self.add_initramfs(recipe, ir)?, ir.compression));
         }
         if let Some(m) = &recipe.modules {
             self.add_modules(recipe, m)?;
+        }
+        if let Some(k) = &recipe.kernel {
+            let embedded = initramfs.filter(|_| k.embed_initramfs);
+            self.add_kernel(recipe, k, embedded)?;
         }
         if self.plan.artifacts.is_empty() {
             bail!("{}: the recipe names no artifacts", recipe.file.display());
@@ -141,7 +233,154 @@ impl<'a> Builder<'a> {
         Ok(())
     }
 
-    fn add_initramfs(&mut self, recipe: &Recipe, ir: &recipe::Initramfs) -> Result<()> {
+    /// Config, compile and link steps; the link step embeds `initramfs`
+    /// (a node whose output `image` is the archive) when given.
+    fn add_kernel(
+        &mut self,
+        recipe: &Recipe,
+        k: &recipe::Kernel,
+        initramfs: Option<(usize, crate::archive::Compression)>,
+    ) -> Result<()> {
+        let source = self.kernel_source(&k.source)?;
+        let mut inputs = BTreeMap::from([("source".to_string(), source.clone())]);
+        let base = match &k.config {
+            recipe::KernelConfigFrom::Base(b) => Some(b.clone()),
+            recipe::KernelConfigFrom::File(f) => {
+                let value = self.local_input(f)?;
+                inputs.insert("config".into(), InputRef::Value(value));
+                None
+            }
+        };
+        for (i, (_, path)) in k.fragments.iter().enumerate() {
+            let value = self
+                .local_input(path)
+                .with_context(|| format!("hashing fragment {}", path.display()))?;
+            inputs.insert(format!("fragment.{i}"), InputRef::Value(value));
+        }
+        let mut required = Vec::new();
+        if let Some((_, compression)) = initramfs {
+            required.push("CONFIG_BLK_DEV_INITRD=y".to_string());
+            required.push(format!("CONFIG_INITRAMFS_SOURCE=\"{INITRAMFS_NAME}\""));
+            if let Some(rd) = decompressor_option(compression) {
+                required.push(format!("{rd}=y"));
+            }
+        }
+        let epoch = self.epoch(recipe);
+        let config = self.push(
+            KernelConfig {
+                name: k.output.clone(),
+                arch: k.arch.clone(),
+                base,
+                fragments: k
+                    .fragments
+                    .iter()
+                    .map(|(_, p)| display_path(p).display().to_string())
+                    .collect(),
+                required,
+                epoch,
+                threads: self.opts.threads,
+            },
+            inputs,
+        );
+        let config = InputRef::Node {
+            node: config,
+            output: "config",
+        };
+        let compile = self.push(
+            CompileKernel {
+                name: k.output.clone(),
+                arch: k.arch.clone(),
+                epoch,
+                threads: self.opts.threads,
+            },
+            BTreeMap::from([
+                ("source".to_string(), source.clone()),
+                ("config".to_string(), config.clone()),
+            ]),
+        );
+        let mut inputs = BTreeMap::from([
+            ("source".to_string(), source),
+            ("config".to_string(), config),
+            (
+                "objtree".to_string(),
+                InputRef::Node {
+                    node: compile,
+                    output: "objtree",
+                },
+            ),
+        ]);
+        if let Some((node, _)) = initramfs {
+            inputs.insert(
+                "initramfs".into(),
+                InputRef::Node {
+                    node,
+                    output: "image",
+                },
+            );
+        }
+        let link = self.push(
+            LinkKernel {
+                name: k.output.clone(),
+                arch: k.arch.clone(),
+                epoch,
+                initramfs: initramfs.is_some(),
+                threads: self.opts.threads,
+            },
+            inputs,
+        );
+        self.plan.artifacts.push(ArtifactSpec {
+            name: k.output.clone(),
+            kind: "kernel",
+            arch: "x86_64",
+            recipe: recipe.file.clone(),
+            epoch,
+            node: link,
+            output: "bzImage",
+            details: None,
+        });
+        Ok(())
+    }
+
+    /// A kernel source as a tree: a linux-source deb's tarball, a `url`
+    /// tarball, or a local tarball or tree, unpacked once and cached.
+    fn kernel_source(&mut self, name: &str) -> Result<InputRef> {
+        if let Some(r) = self.sources.get(&(name.to_string(), "kernel")) {
+            return Ok(r.clone());
+        }
+        let is_deb = matches!(
+            self.recipes.sources.get(name).map(|s| &s.kind),
+            Some(SourceKind::Deb { .. })
+        ) && !self.opts.source_overrides.contains_key(name);
+        let (archive, member) = if is_deb {
+            let tree = self.deb_tree(name)?;
+            (tree, Some("usr/src/linux-source-*.tar.xz".to_string()))
+        } else {
+            match self.source_input(name)? {
+                // An unpacked tree (a checkout given with --source) is used as is.
+                tree @ InputRef::Value(Output::Tree { .. }) => {
+                    self.sources
+                        .insert((name.to_string(), "kernel"), tree.clone());
+                    return Ok(tree);
+                }
+                file => (file, None),
+            }
+        };
+        let node = self.push(
+            UnpackTarball {
+                source: name.to_string(),
+                member,
+            },
+            BTreeMap::from([("archive".to_string(), archive)]),
+        );
+        let r = InputRef::Node {
+            node,
+            output: "tree",
+        };
+        self.sources.insert((name.to_string(), "kernel"), r.clone());
+        Ok(r)
+    }
+
+    fn add_initramfs(&mut self, recipe: &Recipe, ir: &recipe::Initramfs) -> Result<usize> {
         let mut inputs = BTreeMap::new();
         if let Some(bb) = &ir.busybox {
             inputs.insert("busybox".to_string(), self.deb_tree(bb)?);
@@ -182,7 +421,7 @@ impl<'a> Builder<'a> {
             output: "image",
             details: None,
         });
-        Ok(())
+        Ok(node)
     }
 
     fn add_modules(&mut self, recipe: &Recipe, m: &recipe::Modules) -> Result<()> {
@@ -329,6 +568,17 @@ impl<'a> Builder<'a> {
         };
         self.sources.insert((name.to_string(), "file"), r.clone());
         Ok(r)
+    }
+}
+
+/// The kernel option that lets it unpack an initramfs compressed with `c`.
+fn decompressor_option(c: crate::archive::Compression) -> Option<&'static str> {
+    use crate::archive::Compression::*;
+    match c {
+        Gzip => Some("CONFIG_RD_GZIP"),
+        Zstd => Some("CONFIG_RD_ZSTD"),
+        Xz => Some("CONFIG_RD_XZ"),
+        None => Option::None,
     }
 }
 

@@ -65,7 +65,31 @@ pub struct Recipe {
     pub variables: Vars,
     pub initramfs: Option<Initramfs>,
     pub modules: Option<Modules>,
+    pub kernel: Option<Kernel>,
 }
+
+/// A kernel built from source (`[kernel]`).
+#[derive(Debug, Clone)]
+pub struct Kernel {
+    pub output: String,
+    pub source: String,
+    pub arch: String,
+    pub config: KernelConfigFrom,
+    /// (name as written in the recipe, resolved path)
+    pub fragments: Vec<(String, PathBuf)>,
+    pub embed_initramfs: bool,
+}
+
+#[derive(Debug, Clone)]
+pub enum KernelConfigFrom {
+    /// A `make` config target such as `tinyconfig`.
+    Base(String),
+    /// A full config file.
+    File(PathBuf),
+}
+
+/// Config targets a recipe may start from.
+pub const KERNEL_BASES: &[&str] = &["tinyconfig", "defconfig", "allnoconfig"];
 
 #[derive(Debug, Clone)]
 pub struct Modules {
@@ -373,6 +397,10 @@ fn load_recipe(
     let modules = raw
         .modules
         .and_then(|raw| modules(&mut ctx, raw.into_inner()));
+    let has_initramfs = initramfs.is_some();
+    let kernel = raw
+        .kernel
+        .and_then(|raw| kernel(&mut ctx, raw, has_initramfs));
     if !errors.is_empty() {
         return Err(RecipeErrors(errors).into());
     }
@@ -384,6 +412,7 @@ fn load_recipe(
         variables,
         initramfs,
         modules,
+        kernel,
     })
 }
 
@@ -549,6 +578,84 @@ fn modules(ctx: &mut Ctx, raw: RawModules) -> Option<Modules> {
         compressions,
         origins,
     })
+}
+
+fn kernel(ctx: &mut Ctx, raw: Spanned<RawKernel>, has_initramfs: bool) -> Option<Kernel> {
+    let span = raw.span();
+    let raw = raw.into_inner();
+    let before = ctx.errors.len();
+    let output = output_path(ctx, &raw.output);
+    if !ctx.sources.contains_key(raw.source.get_ref()) {
+        let hint = diag::nearest(raw.source.get_ref(), ctx.sources.keys().map(String::as_str))
+            .map(|n| format!(" (did you mean `{n}`?)"))
+            .unwrap_or_default();
+        let msg = format!(
+            "unknown source `{}`: not in sources.toml{hint}",
+            raw.source.get_ref()
+        );
+        ctx.push(raw.source.span(), msg);
+    }
+    if raw.arch.get_ref() != "x86_64" {
+        ctx.push(raw.arch.span(), "kernels are built for `x86_64` only");
+    }
+    let base = ctx.doc.dir();
+    let config = match (&raw.base, &raw.config) {
+        (Some(b), None) if KERNEL_BASES.contains(&b.get_ref().as_str()) => {
+            Some(KernelConfigFrom::Base(b.get_ref().clone()))
+        }
+        (Some(b), None) => {
+            let msg = format!("unknown `base`: use one of {}", KERNEL_BASES.join(", "));
+            ctx.push(b.span(), msg);
+            None
+        }
+        (None, Some(c)) => recipe_file(ctx, &base, c).map(KernelConfigFrom::File),
+        (Some(_), Some(c)) => {
+            ctx.push(c.span(), "give either `base` or `config`, not both");
+            None
+        }
+        (None, None) => {
+            ctx.push(
+                span.clone(),
+                "[kernel] needs `base` (e.g. \"tinyconfig\") or `config`",
+            );
+            None
+        }
+    };
+    let fragments = raw
+        .fragments
+        .iter()
+        .filter_map(|f| Some((f.get_ref().clone(), recipe_file(ctx, &base, f)?)))
+        .collect();
+    let embed = match &raw.embed_initramfs {
+        Some(e) if *e.get_ref() && !has_initramfs => {
+            ctx.push(
+                e.span(),
+                "`embed_initramfs` needs an [initramfs] in this recipe",
+            );
+            false
+        }
+        Some(e) => *e.get_ref(),
+        None => has_initramfs,
+    };
+    (ctx.errors.len() == before).then(|| Kernel {
+        output,
+        source: raw.source.into_inner(),
+        arch: raw.arch.into_inner(),
+        config: config.expect("checked above"),
+        fragments,
+        embed_initramfs: embed,
+    })
+}
+
+/// A file named relative to the recipe, which must exist.
+fn recipe_file(ctx: &mut Ctx, base: &Path, raw: &Spanned<String>) -> Option<PathBuf> {
+    let path = base.join(raw.get_ref());
+    if path.is_file() {
+        Some(path)
+    } else {
+        ctx.push(raw.span(), format!("{} is not a file", path.display()));
+        None
+    }
 }
 
 /// `file:line:col` of a byte offset in a recipe.

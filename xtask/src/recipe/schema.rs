@@ -37,6 +37,33 @@ pub struct RawRecipe {
     pub variables: BTreeMap<String, Spanned<RawVariable>>,
     pub initramfs: Option<Spanned<RawInitramfs>>,
     pub modules: Option<Spanned<RawModules>>,
+    pub kernel: Option<Spanned<RawKernel>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKernel {
+    /// Path of the bzImage under the output directory.
+    pub output: Spanned<String>,
+    /// A source holding the kernel tree: a linux-source-* `deb`, a `url`
+    /// tarball, or a `path` (tarball or unpacked tree).
+    pub source: Spanned<String>,
+    #[serde(default = "default_arch")]
+    pub arch: Spanned<String>,
+    /// `tinyconfig`, `defconfig` or `allnoconfig` (or give `config`).
+    pub base: Option<Spanned<String>>,
+    /// A full config file, relative to the recipe (instead of `base`).
+    pub config: Option<Spanned<String>>,
+    /// Config fragments, relative to the recipe, merged in order.
+    #[serde(default)]
+    pub fragments: Vec<Spanned<String>>,
+    /// Compile the recipe's initramfs into the kernel (default: when the
+    /// recipe has one).
+    pub embed_initramfs: Option<Spanned<bool>>,
+}
+
+fn default_arch() -> Spanned<String> {
+    Spanned::new(0..0, "x86_64".to_string())
 }
 
 #[derive(Debug, Deserialize)]

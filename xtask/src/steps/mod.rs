@@ -9,8 +9,10 @@
 pub mod deb;
 pub mod fetch;
 pub mod initramfs;
+pub mod kernel;
 pub mod manifest;
 pub mod modules;
+pub mod tarball;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -149,6 +149,22 @@ impl Store {
         Ok((digest, size))
     }
 
+    /// Moves `path` into the store (same filesystem: a rename).
+    fn move_file(&self, path: &Path) -> Result<(Digest, u64)> {
+        let (digest, size) = Digest::of_file(path)?;
+        let dest = self.blob_path(&digest);
+        if !dest.is_file() {
+            let dir = dest.parent().expect("store paths have parents");
+            fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            fs::set_permissions(path, fs::Permissions::from_mode(0o444))?;
+            // A file with several names moves once; later names find the blob.
+            if fs::rename(path, &dest).is_err() {
+                return self.put_file(path);
+            }
+        }
+        Ok((digest, size))
+    }
+
     pub fn put_bytes(&self, bytes: &[u8]) -> Result<Digest> {
         let digest = Digest::of_bytes(bytes);
         let dest = self.blob_path(&digest);
@@ -200,6 +216,17 @@ impl Store {
 
     /// Records a directory as a tree with the given mode policy.
     pub fn put_tree_with(&self, dir: &Path, modes: Modes) -> Result<Digest> {
+        self.record_tree(dir, modes, false)
+    }
+
+    /// Records a step's scratch directory as a tree, moving its files into
+    /// the store instead of copying them (the directory is consumed). For
+    /// large outputs such as an unpacked kernel source or a compiled tree.
+    pub fn put_tree_owned(&self, dir: &Path) -> Result<Digest> {
+        self.record_tree(dir, Modes::AsOnDisk, true)
+    }
+
+    fn record_tree(&self, dir: &Path, modes: Modes, consume: bool) -> Result<Digest> {
         let mut entries = Vec::new();
         for entry in walkdir::WalkDir::new(dir)
             .min_depth(1)
@@ -220,7 +247,11 @@ impl Store {
             } else if meta.is_dir() {
                 TreeKind::Dir { mode }
             } else if meta.is_file() {
-                let (digest, size) = self.put_file(entry.path())?;
+                let (digest, size) = if consume {
+                    self.move_file(entry.path())?
+                } else {
+                    self.put_file(entry.path())?
+                };
                 TreeKind::File { digest, size, mode }
             } else {
                 bail!(
@@ -331,6 +362,36 @@ impl Store {
                 }
                 TreeKind::Symlink { target } => std::os::unix::fs::symlink(target, &path)
                     .with_context(|| format!("creating symlink {}", path.display()))?,
+            }
+        }
+        Ok(())
+    }
+
+    /// A read-only working copy of `tree` at `dest` for a tool that reads a
+    /// large tree (a kernel source): files are hard links to their blobs,
+    /// except executables, which are copied (with the blob's mtime) so that
+    /// their mode bits apply.
+    /// Blobs are linked unread (`Verify::Later`): the tree's files were
+    /// digest-checked when it was recorded and the copy is never stored.
+    pub fn checkout(&self, tree: &Tree, dest: &Path) -> Result<()> {
+        self.link_subtree(tree, "", dest, Verify::Later)?;
+        for e in &tree.entries {
+            if let TreeKind::File { digest, mode, .. } = &e.kind {
+                if mode & 0o111 != 0 {
+                    let path = dest.join(&e.path);
+                    let blob = self.blob_path(digest);
+                    fs::remove_file(&path)?;
+                    fs::copy(&blob, &path)
+                        .with_context(|| format!("copying to {}", path.display()))?;
+                    fs::set_permissions(&path, fs::Permissions::from_mode(*mode))?;
+                    // The copy keeps the blob's mtime like the links do: tools
+                    // that compare mtimes (make) see one consistent source tree.
+                    let mtime = fs::metadata(&blob)?.modified()?;
+                    File::options()
+                        .write(true)
+                        .open(&path)?
+                        .set_modified(mtime)?;
+                }
             }
         }
         Ok(())

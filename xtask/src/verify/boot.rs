@@ -47,6 +47,27 @@ impl BootSpec {
         }
     }
 
+    /// A kernel with its initramfs compiled in (no -initrd), with a
+    /// virtio-net and an e1000 card whose drivers it must have built in.
+    pub fn kernel(kernel: &Path, timeout_secs: u64) -> BootSpec {
+        BootSpec {
+            initrd: None,
+            qemu_args: [
+                "-netdev",
+                "user,id=n0",
+                "-device",
+                "virtio-net-pci,netdev=n0",
+                "-netdev",
+                "user,id=n1",
+                "-device",
+                "e1000,netdev=n1",
+            ]
+            .map(String::from)
+            .to_vec(),
+            ..BootSpec::stage2(kernel, Path::new(""), timeout_secs)
+        }
+    }
+
     /// Stage2 with a module archive appended as a second initrd (`initrd`
     /// is the concatenation): the guest loads `modules` with modprobe and
     /// must report a network interface it did not have before.
@@ -71,6 +92,15 @@ impl BootSpec {
         .to_vec();
         spec
     }
+}
+
+/// The interfaces stage2's /init listed (`KILN-NET-INTERFACES: lo eth0 …`).
+pub fn interfaces(serial: &[String]) -> Vec<&str> {
+    serial
+        .iter()
+        .find_map(|l| l.split_once("KILN-NET-INTERFACES:"))
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default()
 }
 
 pub struct BootOutcome {

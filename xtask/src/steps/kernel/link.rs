@@ -1,0 +1,94 @@
+//! The kernel link step: restores the compiled object tree into scratch,
+//! drops the real initramfs in and runs `make bzImage`. kbuild then finds
+//! every object up to date and only regenerates the `usr/` archive, relinks
+//! vmlinux and recompresses the image: seconds instead of a full build.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use super::{make, rebind, BUILD_DIR, INITRAMFS_NAME, KBUILD_TOOLS};
+use crate::steps::{Step, StepContext};
+use crate::store::Output;
+use crate::tools;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LinkKernel {
+    /// The artifact (messages only).
+    #[serde(skip)]
+    pub name: String,
+    pub arch: String,
+    pub epoch: u64,
+    /// Whether input `initramfs` is embedded (else the placeholder stays).
+    pub initramfs: bool,
+    #[serde(skip)]
+    pub threads: usize,
+}
+
+impl Step for LinkKernel {
+    fn kind(&self) -> &'static str {
+        "kernel-link"
+    }
+    fn version(&self) -> u32 {
+        2
+    }
+    fn label(&self) -> String {
+        format!("kernel link {}", self.name)
+    }
+    fn params(&self) -> serde_json::Value {
+        serde_json::to_value(self).expect("params serialize")
+    }
+    fn tools(&self) -> &'static [&'static str] {
+        KBUILD_TOOLS
+    }
+
+    fn run(&self, ctx: &StepContext, scratch: &Path) -> Result<BTreeMap<String, Output>> {
+        // Canonical: kbuild records the real path, which unbind/rebind match.
+        let src = scratch.canonicalize()?.join("src");
+        ctx.store.checkout(&ctx.tree("source")?, &src)?;
+        let obj = src.join(BUILD_DIR);
+        ctx.store.materialize(&ctx.tree("objtree")?, &obj)?;
+        rebind(&obj, &src)?;
+        // make compares mtimes: give every restored file one time, after the
+        // sources (linked from older blobs) and before the new initramfs,
+        // so that exactly what depends on the initramfs is out of date.
+        let now = SystemTime::now();
+        set_mtimes(&obj, now - Duration::from_secs(60))?;
+        if self.initramfs {
+            let dest = obj.join(INITRAMFS_NAME);
+            std::fs::remove_file(&dest).ok();
+            std::fs::copy(ctx.file("initramfs")?, &dest)?;
+            File::options().write(true).open(&dest)?.set_modified(now)?;
+        }
+        let mut cmd = make(&src, &self.arch, self.epoch, self.threads)?;
+        cmd.arg("bzImage");
+        tools::run_logged(cmd, &ctx.log("kernel-link"))
+            .with_context(|| format!("relinking the kernel for {}", self.name))?;
+        let image = obj.join("arch/x86/boot/bzImage");
+        let (digest, size) = ctx
+            .store
+            .put_file(&image)
+            .with_context(|| format!("make did not produce {}", image.display()))?;
+        Ok(BTreeMap::from([(
+            "bzImage".to_string(),
+            Output::File { digest, size },
+        )]))
+    }
+}
+
+fn set_mtimes(dir: &Path, time: SystemTime) -> Result<()> {
+    for entry in walkdir::WalkDir::new(dir) {
+        let entry = entry?;
+        if entry.file_type().is_symlink() {
+            continue;
+        }
+        File::open(entry.path())
+            .and_then(|f| f.set_modified(time))
+            .with_context(|| format!("setting the mtime of {}", entry.path().display()))?;
+    }
+    Ok(())
+}

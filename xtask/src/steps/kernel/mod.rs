@@ -1,0 +1,161 @@
+//! Building a Linux kernel from source in three cached steps:
+//!
+//! 1. `config`  — base (`tinyconfig`, …) or a full file, recipe fragments
+//!    merged in order, `olddefconfig`, then a check that Kconfig kept every
+//!    option the fragments asked for;
+//! 2. `compile` — a full `make` with a placeholder initramfs; the output is
+//!    the compiled object tree itself, keyed by source + config + toolchain;
+//! 3. `link`    — the object tree restored into scratch with the real
+//!    initramfs dropped in, and `make bzImage`, which only regenerates the
+//!    `usr/` archive and relinks. An initramfs-only change costs this step.
+//!
+//! The object tree is `kiln-build/`, a direct subdirectory of the source
+//! tree: kbuild then names sources `../…` (srctree = `..`), so no absolute
+//! path reaches a command line, a `.cmd` file or the kernel image, and a
+//! compiled tree restored under another scratch path is still up to date.
+
+pub mod compile;
+pub mod config;
+pub mod link;
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{Context, Result};
+
+use crate::tools;
+
+/// The object tree, relative to the source tree.
+pub const BUILD_DIR: &str = "kiln-build";
+
+/// The initramfs file name in the object tree, as `CONFIG_INITRAMFS_SOURCE`
+/// names it. The `.cpio.` infix makes kbuild embed it as is, whatever its
+/// compression (usr/Makefile), so one compiled tree serves any initramfs.
+pub const INITRAMFS_NAME: &str = "kiln-initramfs.cpio.img";
+
+/// Stands for the absolute source path in kbuild's dependency records.
+const SRCTREE_TOKEN: &str = "@KILN_SRCTREE@";
+
+/// kbuild proper names sources relatively, but the tools it builds with
+/// their own make (objtool) record absolute paths in their `.cmd`/`.d`
+/// dependency files. A compiled tree restored elsewhere would find those
+/// paths missing, rebuild objtool, and then every object objtool checked.
+/// `unbind` replaces the scratch path with a token before the tree is
+/// stored; `rebind` puts the new scratch path in after it is restored.
+pub fn unbind(obj: &Path, src: &Path) -> Result<()> {
+    rewrite_dep_files(obj, &src.to_string_lossy(), SRCTREE_TOKEN)
+}
+
+pub fn rebind(obj: &Path, src: &Path) -> Result<()> {
+    rewrite_dep_files(obj, SRCTREE_TOKEN, &src.to_string_lossy())
+}
+
+fn rewrite_dep_files(obj: &Path, from: &str, to: &str) -> Result<()> {
+    for entry in walkdir::WalkDir::new(obj) {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy();
+        let dep_file = name.starts_with('.') && (name.ends_with(".cmd") || name.ends_with(".d"));
+        if !dep_file || !entry.file_type().is_file() {
+            continue;
+        }
+        let bytes = std::fs::read(entry.path())?;
+        let text = String::from_utf8_lossy(&bytes);
+        if text.contains(from) {
+            // Write a new file: restored files may be links into the store.
+            let path = entry.path();
+            std::fs::remove_file(path)?;
+            std::fs::write(path, text.replace(from, to))
+                .with_context(|| format!("rewriting {}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Tools every kernel step runs; their versions are in the keys. gcc and
+/// the Kconfig parser generator are already in the config (CC_VERSION_TEXT).
+pub const KBUILD_TOOLS: &[&str] = &["make", "gcc", "ld", "flex", "bison", "bc"];
+
+/// `make -C <src> O=kiln-build ARCH=<arch> -j<jobs> <targets>` with a clean
+/// environment: only PATH survives from the caller, every build-identity
+/// variable is fixed and time comes from `epoch`.
+pub fn make(src: &Path, arch: &str, epoch: u64, jobs: usize) -> Result<Command> {
+    let mut cmd = tools::command("make")?;
+    cmd.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", src)
+        .env("LC_ALL", "C")
+        .env("TZ", "UTC")
+        .env("SOURCE_DATE_EPOCH", epoch.to_string())
+        .env("KBUILD_BUILD_TIMESTAMP", kbuild_timestamp(epoch))
+        .env("KBUILD_BUILD_USER", "kiln")
+        .env("KBUILD_BUILD_HOST", "kiln")
+        .env("KBUILD_BUILD_VERSION", "1")
+        .arg("-C")
+        .arg(src)
+        .arg(format!("O={BUILD_DIR}"))
+        .arg(format!("ARCH={}", kernel_arch(arch)))
+        .arg(format!("-j{}", jobs.max(1)));
+    Ok(cmd)
+}
+
+/// The kernel's name for a Kiln arch.
+fn kernel_arch(arch: &str) -> &str {
+    match arch {
+        "x86_64" => "x86_64",
+        "arm64" | "aarch64" => "arm64",
+        other => other,
+    }
+}
+
+/// `epoch` as `date -u` prints it ("Tue Nov 14 22:13:20 UTC 2023"): the
+/// form the kernel shows in `uname -v` and parses back with `date -d`.
+pub fn kbuild_timestamp(epoch: u64) -> String {
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let days = epoch / 86_400;
+    let secs = epoch % 86_400;
+    let (y, m, d) = civil_from_days(days as i64);
+    format!(
+        "{} {} {d:2} {:02}:{:02}:{:02} UTC {y}",
+        DAYS[(days % 7) as usize],
+        MONTHS[m as usize - 1],
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day), after Howard Hinnant's
+/// `civil_from_days`.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamp_is_what_date_prints() {
+        assert_eq!(
+            kbuild_timestamp(1_700_000_000),
+            "Tue Nov 14 22:13:20 UTC 2023"
+        );
+        assert_eq!(kbuild_timestamp(0), "Thu Jan  1 00:00:00 UTC 1970");
+        assert_eq!(
+            kbuild_timestamp(951_782_400),
+            "Tue Feb 29 00:00:00 UTC 2000"
+        );
+    }
+}

@@ -1,0 +1,232 @@
+//! The stage2 kernel: built from the pinned Debian kernel source with the
+//! stage2 initramfs compiled in, booted in QEMU without -initrd, relinked
+//! (not rebuilt) when only the initramfs changes, and reproducible.
+//!
+//! A full kernel build takes minutes: these tests share one cache so that
+//! it happens once per run, except the reproducibility test, which must
+//! build from nothing.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+
+const KERNEL: &str = "stage2/stage2_vmlinuz";
+
+fn stdout(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn stage2_kernel_boots_in_qemu_without_an_initrd() {
+    if !qemu_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let recipes = copy_recipes(dir.path());
+    let out = dir.path().join("output");
+    let boot = run_ok(kiln(&recipes, &out, &shared_cache()).args([
+        "boot-test",
+        "stage2",
+        "--timeout",
+        "240",
+    ]));
+    let text = stdout(&boot);
+    assert!(text.contains("boot test passed"), "{text}");
+    assert!(text.contains("interfaces eth0 eth1"), "both NICs: {text}");
+    let entry = manifest_entry(&out, KERNEL);
+    assert_eq!(entry["kind"], "kernel");
+    for input in ["source", "config", "initramfs"] {
+        assert!(entry["inputs"][input].is_string(), "{input}: {entry}");
+    }
+    // The embedded initramfs is the one the recipe builds.
+    let initramfs = std::fs::read(out.join("stage2/stage2_initramfs.cpio.gz")).unwrap();
+    assert_eq!(
+        entry["inputs"]["initramfs"],
+        kiln::store::Digest::of_bytes(&initramfs).hex()
+    );
+}
+
+#[test]
+fn an_initramfs_change_relinks_without_recompiling() {
+    if !qemu_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let recipes = copy_recipes(dir.path());
+    let out = dir.path().join("output");
+    run_ok(kiln(&recipes, &out, &shared_cache()).args(["build", KERNEL]));
+    let before = std::fs::read(out.join(KERNEL)).unwrap();
+    // New on every run: the shared cache must not have seen it.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let release = &format!("relinked-{}-{nanos}", std::process::id());
+    let plan = stdout(&run_ok(
+        kiln(&recipes, &out, &shared_cache())
+            .args(["--var", &format!("release={release}")])
+            .args(["plan", KERNEL]),
+    ));
+    let misses: Vec<&str> = plan
+        .lines()
+        .filter(|l| l.starts_with("miss"))
+        .map(|l| l[22..].trim())
+        .collect();
+    assert_eq!(
+        misses,
+        [
+            "initramfs stage2/stage2_initramfs.cpio.gz",
+            "kernel link stage2/stage2_vmlinuz"
+        ],
+        "{plan}"
+    );
+    let boot = stdout(&run_ok(
+        kiln(&recipes, &out, &shared_cache())
+            .args(["--var", &format!("release={release}")])
+            .args(["boot-test", "stage2", "--timeout", "240"]),
+    ));
+    assert!(
+        boot.contains(&format!("banner `Kiln {release} initramfs`")),
+        "the relinked kernel did not boot the new initramfs: {boot}"
+    );
+    assert_ne!(std::fs::read(out.join(KERNEL)).unwrap(), before);
+}
+
+#[test]
+fn a_fragment_option_kconfig_drops_fails_the_build_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipes = copy_recipes(dir.path());
+    let fragment = recipes.join("configs/stage2-x86_64.config");
+    let mut text = std::fs::read_to_string(&fragment).unwrap();
+    let line = text.lines().count() + 1;
+    // ext4 depends on the block layer, which tinyconfig leaves out.
+    text.push_str("CONFIG_EXT4_FS=y\n");
+    std::fs::write(&fragment, text).unwrap();
+    let out = dir.path().join("output");
+    let err = run_err(kiln(&recipes, &out, &shared_cache()).args(["build", KERNEL]));
+    let expected = format!(
+        "stage2-x86_64.config:{line}): now is not set; depends on BLOCK (BLOCK is not set)"
+    );
+    assert!(err.contains("CONFIG_EXT4_FS=y ("), "{err}");
+    assert!(err.contains(&expected), "expected `{expected}` in:\n{err}");
+    assert!(!out.join(KERNEL).exists());
+}
+
+/// A clean build (its own empty cache) in a deeper directory, under another
+/// umask and time zone, gives the same bzImage as the shared-cache build.
+#[test]
+fn clean_kernel_builds_in_different_dirs_are_identical() {
+    let dir = tempfile::tempdir().unwrap();
+    let shared_out = dir.path().join("shared-output");
+    let recipes = copy_recipes(dir.path());
+    run_ok(kiln(&recipes, &shared_out, &shared_cache()).args(["build", KERNEL]));
+
+    let root = dir.path().join("elsewhere/a/much/deeper/checkout");
+    std::fs::create_dir_all(&root).unwrap();
+    let recipes2 = copy_recipes(&root);
+    let out2 = root.join("output");
+    let cmd = kiln(&recipes2, &out2, &root.join("cache"));
+    let mut sh = std::process::Command::new("sh");
+    sh.arg("-c")
+        .arg("umask 077; exec \"$0\" \"$@\" build stage2/stage2_vmlinuz")
+        .arg(cmd.get_program())
+        .args(cmd.get_args())
+        .env("TZ", "Pacific/Kiritimati")
+        .env("LC_ALL", "C.UTF-8");
+    run_ok(&mut sh);
+    let a = std::fs::read(shared_out.join(KERNEL)).unwrap();
+    let b = std::fs::read(out2.join(KERNEL)).unwrap();
+    assert!(a == b, "{}", first_difference(&a, &b));
+    assert_clean_scratch(&root.join("cache"));
+}
+
+fn first_difference(a: &[u8], b: &[u8]) -> String {
+    match a.iter().zip(b).position(|(x, y)| x != y) {
+        Some(i) => format!(
+            "bzImage differs at offset {i:#x} (sizes {} and {})",
+            a.len(),
+            b.len()
+        ),
+        None => format!("bzImage sizes differ: {} and {}", a.len(), b.len()),
+    }
+}
+
+/// Nothing of a finished build is left in the store's scratch area.
+fn assert_clean_scratch(cache: &Path) {
+    let left: Vec<_> = std::fs::read_dir(cache.join("v1/tmp"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "scratch left behind: {left:?}");
+}
+
+/// Serves `body` over HTTP/1.1 on 127.0.0.1 (every request gets the whole
+/// file) and returns its URL.
+fn serve(body: Vec<u8>, name: &str) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/{name}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let mut stream = stream.unwrap();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            while reader.read_line(&mut line).unwrap_or(0) > 0 && line != "\r\n" {
+                line.clear();
+            }
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = stream.write_all(head.as_bytes());
+            let _ = stream.write_all(&body);
+        }
+    });
+    url
+}
+
+/// A kernel tarball from a `url` source (as from kernel.org) unpacks to the
+/// same tree as the deb's, so config, compile and link are all cache hits
+/// and the kernel is the same file.
+#[test]
+fn a_url_tarball_source_gives_the_same_tree_and_kernel() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipes = copy_recipes(dir.path());
+    let out = dir.path().join("output");
+    run_ok(kiln(&recipes, &out, &shared_cache()).args(["build", KERNEL]));
+    let from_deb = std::fs::read(out.join(KERNEL)).unwrap();
+
+    let sources: toml::Table =
+        toml::from_str(&std::fs::read_to_string(recipes.join("sources.toml")).unwrap()).unwrap();
+    let deb_sha = sources["linux-source"]["sha256"].as_str().unwrap();
+    let deb = shared_cache()
+        .join("v1/blobs")
+        .join(&deb_sha[..2])
+        .join(deb_sha);
+    let unpacked = dir.path().join("deb");
+    kiln::steps::deb::unpack(&deb, &unpacked).unwrap();
+    let tarball = std::fs::read(unpacked.join("usr/src/linux-source-6.1.tar.xz")).unwrap();
+    let sha = kiln::store::Digest::of_bytes(&tarball).hex();
+    let url = serve(tarball, "linux-6.1.tar.xz");
+
+    let mut text = std::fs::read_to_string(recipes.join("sources.toml")).unwrap();
+    text.push_str(&format!(
+        "\n[kernel-org]\nurl = \"{url}\"\nsha256 = \"{sha}\"\n"
+    ));
+    std::fs::write(recipes.join("sources.toml"), text).unwrap();
+    let stage2 = std::fs::read_to_string(recipes.join("stage2.toml")).unwrap();
+    let stage2 = stage2.replace("source = \"linux-source\"", "source = \"kernel-org\"");
+    std::fs::write(recipes.join("stage2.toml"), stage2).unwrap();
+
+    let build = run_ok(kiln(&recipes, &out, &shared_cache()).args(["build", KERNEL]));
+    let log = String::from_utf8_lossy(&build.stderr);
+    assert!(log.contains("running unpack kernel-org tarball"), "{log}");
+    assert!(
+        !log.contains("running kernel compile"),
+        "recompiled:\n{log}"
+    );
+    assert_eq!(std::fs::read(out.join(KERNEL)).unwrap(), from_deb);
+}

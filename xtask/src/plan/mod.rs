@@ -328,6 +328,9 @@ impl<'a> Builder<'a> {
             },
             inputs,
         );
+        if !k.modules.is_empty() {
+            self.add_kernel_modules(recipe, k, compile);
+        }
         self.plan.artifacts.push(ArtifactSpec {
             name: k.output.clone(),
             kind: "kernel",
@@ -339,6 +342,58 @@ impl<'a> Builder<'a> {
             details: None,
         });
         Ok(())
+    }
+
+    /// `modules.cpio.gz` beside the kernel: the closure of `k.modules` among
+    /// the `=m` modules the compile step installed. The release is only
+    /// known after compiling, so the steps read it from the tree.
+    fn add_kernel_modules(&mut self, recipe: &Recipe, k: &recipe::Kernel, compile: usize) {
+        let kernel = InputRef::Node {
+            node: compile,
+            output: "modules",
+        };
+        let indexes = self.push(
+            DepmodIndexes {
+                kernel_release: String::new(),
+            },
+            BTreeMap::from([("kernel".to_string(), kernel.clone())]),
+        );
+        let inputs = BTreeMap::from([
+            ("kernel".to_string(), kernel),
+            (
+                "indexes".to_string(),
+                InputRef::Node {
+                    node: indexes,
+                    output: "indexes",
+                },
+            ),
+        ]);
+        let name = match k.output.rsplit_once('/') {
+            Some((dir, _)) => format!("{dir}/modules.cpio.gz"),
+            None => "modules.cpio.gz".to_string(),
+        };
+        let step = BuildModules {
+            name: name.clone(),
+            kernel_release: String::new(),
+            wanted: k.modules.clone(),
+            modprobe_d: Vec::new(),
+            firmware: 0,
+            compressions: vec!["gz".to_string()],
+            epoch: self.epoch(recipe),
+            origins: k.module_origins.clone(),
+            threads: self.opts.threads,
+        };
+        let node = self.push(step, inputs);
+        self.plan.artifacts.push(ArtifactSpec {
+            name,
+            kind: "modules",
+            arch: "x86_64",
+            recipe: recipe.file.clone(),
+            epoch: self.epoch(recipe),
+            node,
+            output: "gz",
+            details: Some("details"),
+        });
     }
 
     /// A kernel source as a tree: a linux-source deb's tarball, a `url`

@@ -78,6 +78,10 @@ pub struct Kernel {
     /// (name as written in the recipe, resolved path)
     pub fragments: Vec<(String, PathBuf)>,
     pub embed_initramfs: bool,
+    /// Wanted modules from the kernel's own `=m` modules (empty: none).
+    pub modules: Vec<WantedModule>,
+    /// Recipe file and line of each `modules` item, for errors.
+    pub module_origins: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -637,6 +641,16 @@ fn kernel(ctx: &mut Ctx, raw: Spanned<RawKernel>, has_initramfs: bool) -> Option
         Some(e) => *e.get_ref(),
         None => has_initramfs,
     };
+    let module_origins = raw
+        .modules
+        .iter()
+        .map(|w| location(ctx.doc, w.span()))
+        .collect();
+    let modules = raw
+        .modules
+        .iter()
+        .map(|w| WantedModule::parse(w.get_ref()))
+        .collect();
     (ctx.errors.len() == before).then(|| Kernel {
         output,
         source: raw.source.into_inner(),
@@ -644,6 +658,8 @@ fn kernel(ctx: &mut Ctx, raw: Spanned<RawKernel>, has_initramfs: bool) -> Option
         config: config.expect("checked above"),
         fragments,
         embed_initramfs: embed,
+        modules,
+        module_origins,
     })
 }
 

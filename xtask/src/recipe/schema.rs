@@ -60,6 +60,11 @@ pub struct RawKernel {
     /// Compile the recipe's initramfs into the kernel (default: when the
     /// recipe has one).
     pub embed_initramfs: Option<Spanned<bool>>,
+    /// Modules (names, aliases, globs as in `[modules] wanted`) to pack
+    /// from the ones this kernel builds (`=m`) into `modules.cpio.gz`
+    /// beside the kernel.
+    #[serde(default)]
+    pub modules: Vec<Spanned<String>>,
 }
 
 fn default_arch() -> Spanned<String> {

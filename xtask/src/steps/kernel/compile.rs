@@ -1,6 +1,8 @@
 //! The kernel compile step: a full `make` of the configured source with a
-//! placeholder initramfs. Its output is the object tree (`kiln-build/`),
-//! which the link step restores to relink with the real initramfs.
+//! placeholder initramfs. Its outputs are the object tree (`kiln-build/`),
+//! which the link step restores to relink with the real initramfs, and the
+//! `=m` modules as `make modules_install` lays them out (`lib/modules/<release>/`,
+//! empty when the config builds none) for the modules step.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -30,7 +32,7 @@ impl Step for CompileKernel {
         "kernel-compile"
     }
     fn version(&self) -> u32 {
-        2
+        3
     }
     fn label(&self) -> String {
         format!("kernel compile {}", self.name)
@@ -56,11 +58,38 @@ impl Step for CompileKernel {
         cmd.arg("all");
         tools::run_logged(cmd, &ctx.log("kernel-compile"))
             .with_context(|| format!("compiling the kernel for {}", self.name))?;
+        let modroot = scratch.join("modules");
+        std::fs::create_dir(&modroot)?;
+        if has_modules(&obj.join(".config"))? {
+            let mut cmd = make(&src, &self.arch, self.epoch, self.threads)?;
+            cmd.arg(format!("INSTALL_MOD_PATH={}", modroot.display()))
+                .arg("DEPMOD=true")
+                .arg("modules_install");
+            tools::run_logged(cmd, &ctx.log("kernel-modules-install"))
+                .with_context(|| format!("installing the kernel modules for {}", self.name))?;
+            // `build` and `source` point at this scratch directory.
+            for entry in std::fs::read_dir(modroot.join("lib/modules"))? {
+                let release = entry?.path();
+                for link in ["build", "source"] {
+                    std::fs::remove_file(release.join(link)).ok();
+                }
+            }
+        }
         unbind(&obj, &src)?;
-        let digest = ctx.store.put_tree_owned(&obj)?;
-        Ok(BTreeMap::from([(
-            "objtree".to_string(),
-            Output::Tree { digest },
-        )]))
+        let objtree = ctx.store.put_tree_owned(&obj)?;
+        let modules = ctx.store.put_tree_owned(&modroot)?;
+        Ok(BTreeMap::from([
+            ("objtree".to_string(), Output::Tree { digest: objtree }),
+            ("modules".to_string(), Output::Tree { digest: modules }),
+        ]))
     }
+}
+
+/// Whether the config builds any loadable module.
+fn has_modules(config: &Path) -> Result<bool> {
+    let text =
+        std::fs::read_to_string(config).with_context(|| format!("reading {}", config.display()))?;
+    Ok(text
+        .lines()
+        .any(|l| l.starts_with("CONFIG_") && l.ends_with("=m")))
 }

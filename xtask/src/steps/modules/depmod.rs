@@ -15,6 +15,7 @@ use crate::tools;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct DepmodIndexes {
+    /// Empty for a kernel Kiln builds: the one release in the tree.
     pub kernel_release: String,
 }
 
@@ -26,7 +27,10 @@ impl Step for DepmodIndexes {
         1
     }
     fn label(&self) -> String {
-        format!("depmod {}", self.kernel_release)
+        match self.kernel_release.as_str() {
+            "" => "depmod built kernel".to_string(),
+            release => format!("depmod {release}"),
+        }
     }
     fn params(&self) -> serde_json::Value {
         serde_json::to_value(self).expect("params serialize")
@@ -36,10 +40,11 @@ impl Step for DepmodIndexes {
     }
 
     fn run(&self, ctx: &StepContext, scratch: &Path) -> Result<BTreeMap<String, Output>> {
-        let kver = &self.kernel_release;
+        let tree = ctx.tree("kernel")?;
+        let kver = &resolve_release(&self.kernel_release, &tree)?;
         let root = scratch.join("root");
         // depmod reads every module, so every blob is verified here.
-        link_release(ctx, &ctx.tree("kernel")?, kver, &root, Verify::Now)?;
+        link_release(ctx, &tree, kver, &root, Verify::Now)?;
         run_depmod(ctx, &root, kver, "depmod-full")?;
         let dir = root.join("lib/modules").join(kver);
         let indexes = scratch.join("indexes");
@@ -60,6 +65,28 @@ impl Step for DepmodIndexes {
             "indexes".to_string(),
             Output::Tree { digest },
         )]))
+    }
+}
+
+/// The release a step works on: `kernel_release` as the recipe gives it,
+/// or, when empty (a kernel Kiln built, whose release is only known once
+/// it is compiled), the one directory under lib/modules/.
+pub fn resolve_release(kernel_release: &str, tree: &Tree) -> Result<String> {
+    if !kernel_release.is_empty() {
+        return Ok(kernel_release.to_string());
+    }
+    let releases: Vec<&str> = tree
+        .entries
+        .iter()
+        .filter_map(|e| e.path.strip_prefix("lib/modules/"))
+        .filter(|p| !p.contains('/'))
+        .collect();
+    match releases[..] {
+        [one] => Ok(one.to_string()),
+        [] => bail!(
+            "the kernel built no modules: set the options you want as modules to `m` in a config fragment"
+        ),
+        _ => bail!("several releases under lib/modules/: {}", releases.join(", ")),
     }
 }
 

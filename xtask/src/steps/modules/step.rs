@@ -8,7 +8,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
-use super::depmod::{link_release, run_depmod};
+use super::depmod::{link_release, resolve_release, run_depmod};
 use super::{parse_modprobe_d, resolve, Closure, ModprobeConfig, ModuleIndex, Wanted};
 use crate::archive::{self, CompressOptions, Compression, TreeOptions};
 use crate::recipe::WantedModule;
@@ -71,9 +71,9 @@ impl Step for BuildModules {
     }
 
     fn run(&self, ctx: &StepContext, scratch: &Path) -> Result<BTreeMap<String, Output>> {
-        let kver = &self.kernel_release;
-        let full = scratch.join("full");
         let tree = ctx.tree("kernel")?;
+        let kver = &resolve_release(&self.kernel_release, &tree)?;
+        let full = scratch.join("full");
         // Only the modules that end up in the archive are read for their
         // bytes; copy_subset verifies exactly those.
         link_release(ctx, &tree, kver, &full, Verify::Later)?;

@@ -288,3 +288,29 @@ fn kernel_built_modules_load_from_a_second_initrd() {
     let outcome = kiln::verify::boot::boot(&spec).unwrap();
     assert!(outcome.marker.contains("eth0"), "{}", outcome.marker);
 }
+
+/// A full config file instead of base + fragments: the config the default
+/// recipe produced, given back as `config`, yields the same config and so
+/// the same (cached) kernel.
+#[test]
+fn a_full_config_file_reproduces_the_fragment_built_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipes = copy_recipes(dir.path());
+    let out = dir.path().join("output");
+    run_ok(kiln(&recipes, &out, &shared_cache()).args(["build", KERNEL]));
+    let first = manifest_entry(&out, KERNEL);
+    let config = first["inputs"]["config"].as_str().unwrap();
+    let blob = shared_cache().join("v1/blobs").join(&config[..2]).join(config);
+    std::fs::copy(blob, recipes.join("configs/full.config")).unwrap();
+    let stage2 = std::fs::read_to_string(recipes.join("stage2.toml")).unwrap();
+    let stage2 = stage2
+        .replace("base = \"tinyconfig\"\n", "config = \"configs/full.config\"\n")
+        .replace("fragments = [\"configs/stage2-x86_64.config\"]\n", "");
+    std::fs::write(recipes.join("stage2.toml"), stage2).unwrap();
+    let build = run_ok(kiln(&recipes, &out, &shared_cache()).args(["build", KERNEL]));
+    let log = String::from_utf8_lossy(&build.stderr);
+    assert!(!log.contains("running kernel compile"), "recompiled:\n{log}");
+    let second = manifest_entry(&out, KERNEL);
+    assert_eq!(second["inputs"]["config"], first["inputs"]["config"]);
+    assert_eq!(second["sha256"], first["sha256"]);
+}

@@ -122,6 +122,89 @@ pub fn command_at(path: &Path) -> Command {
     cmd
 }
 
+/// Ctrl-C (SIGINT) or SIGTERM while tools run: every running tool's process
+/// group is stopped, the step fails with `Interrupted`, no further step
+/// starts, and the error path removes scratch directories as usual. With no
+/// tool running (Rust-only work) or on a second signal, Kiln exits at once:
+/// the store is consistent at every instant (temp file + rename), and `gc`
+/// removes any scratch directory left behind.
+pub mod interrupt {
+    use std::sync::atomic::{AtomicBool, AtomicI32, Ordering::SeqCst};
+
+    /// Process groups of running tools (0 = free slot). A fixed array of
+    /// atomics, because the signal handler may only touch such memory.
+    static GROUPS: [AtomicI32; 64] = [const { AtomicI32::new(0) }; 64];
+    static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+    /// The step was stopped by an interrupt.
+    #[derive(Debug, thiserror::Error)]
+    #[error("interrupted")]
+    pub struct Interrupted;
+
+    pub fn install() {
+        let handler = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        // SAFETY: `on_signal` only uses async-signal-safe calls (kill,
+        // write, _exit) and atomics.
+        unsafe {
+            libc::signal(libc::SIGINT, handler);
+            libc::signal(libc::SIGTERM, handler);
+        }
+    }
+
+    pub fn interrupted() -> bool {
+        INTERRUPTED.load(SeqCst)
+    }
+
+    extern "C" fn on_signal(_: libc::c_int) {
+        let say = |msg: &str| {
+            // SAFETY: write(2) on stderr with a valid buffer.
+            unsafe { libc::write(2, msg.as_ptr().cast(), msg.len()) };
+        };
+        if INTERRUPTED.swap(true, SeqCst) {
+            say("\ninterrupted again: exiting now\n");
+            // SAFETY: _exit is async-signal-safe.
+            unsafe { libc::_exit(130) };
+        }
+        let mut stopped = 0;
+        for group in &GROUPS {
+            let pgid = group.load(SeqCst);
+            if pgid > 0 {
+                // SAFETY: kill(2) with a negative pid signals that group.
+                unsafe { libc::kill(-pgid, libc::SIGTERM) };
+                stopped += 1;
+            }
+        }
+        if stopped == 0 {
+            say("\ninterrupted: no tool was running; output/ and the cache keep the last good build (`cargo xtask gc` removes leftover scratch)\n");
+            // SAFETY: as above.
+            unsafe { libc::_exit(130) };
+        }
+        say("\ninterrupted: stopping the running tools…\n");
+    }
+
+    /// Records a tool's process group (its pid: tools run in their own
+    /// group) until the returned guard drops.
+    pub fn track(pid: u32) -> Tracked {
+        let pid = i32::try_from(pid).unwrap_or(0);
+        let slot = GROUPS
+            .iter()
+            .position(|g| g.compare_exchange(0, pid, SeqCst, SeqCst).is_ok());
+        Tracked { slot }
+    }
+
+    pub struct Tracked {
+        slot: Option<usize>,
+    }
+
+    impl Drop for Tracked {
+        fn drop(&mut self) {
+            if let Some(i) = self.slot {
+                GROUPS[i].store(0, SeqCst);
+            }
+        }
+    }
+}
+
 /// Runs `cmd` with stdout and stderr appended to `log`. On failure the error
 /// names the tool, its exit status, the last lines and the log path.
 pub fn run_logged(mut cmd: Command, log: &Path) -> Result<()> {
@@ -134,11 +217,21 @@ pub fn run_logged(mut cmd: Command, log: &Path) -> Result<()> {
     let err = file
         .try_clone()
         .context("duplicating the log file handle")?;
-    let status = cmd
+    if interrupt::interrupted() {
+        return Err(interrupt::Interrupted.into());
+    }
+    let mut child = cmd
         .stdout(file)
         .stderr(err)
-        .status()
+        .spawn()
         .with_context(|| format!("starting {what}"))?;
+    let tracked = interrupt::track(child.id());
+    let status = child.wait().with_context(|| format!("waiting for {what}"));
+    drop(tracked);
+    if interrupt::interrupted() {
+        return Err(interrupt::Interrupted.into());
+    }
+    let status = status?;
     if status.success() {
         return Ok(());
     }
@@ -173,11 +266,15 @@ fn describe(cmd: &Command) -> String {
 
 /// Starts `cmd` with stdout piped (stderr inherited) for a caller that
 /// reads it as it comes, such as a serial console.
-pub fn spawn_reading_stdout(mut cmd: Command) -> Result<std::process::Child> {
+/// The child is tracked for interrupts until the guard drops.
+pub fn spawn_reading_stdout(mut cmd: Command) -> Result<(std::process::Child, interrupt::Tracked)> {
     let what = describe(&cmd);
-    cmd.stdout(Stdio::piped())
+    let child = cmd
+        .stdout(Stdio::piped())
         .spawn()
-        .with_context(|| format!("starting {what}"))
+        .with_context(|| format!("starting {what}"))?;
+    let tracked = interrupt::track(child.id());
+    Ok((child, tracked))
 }
 
 /// The last `n` lines of a log file.

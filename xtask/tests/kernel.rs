@@ -300,17 +300,108 @@ fn a_full_config_file_reproduces_the_fragment_built_config() {
     run_ok(kiln(&recipes, &out, &shared_cache()).args(["build", KERNEL]));
     let first = manifest_entry(&out, KERNEL);
     let config = first["inputs"]["config"].as_str().unwrap();
-    let blob = shared_cache().join("v1/blobs").join(&config[..2]).join(config);
+    let blob = shared_cache()
+        .join("v1/blobs")
+        .join(&config[..2])
+        .join(config);
     std::fs::copy(blob, recipes.join("configs/full.config")).unwrap();
     let stage2 = std::fs::read_to_string(recipes.join("stage2.toml")).unwrap();
     let stage2 = stage2
-        .replace("base = \"tinyconfig\"\n", "config = \"configs/full.config\"\n")
+        .replace(
+            "base = \"tinyconfig\"\n",
+            "config = \"configs/full.config\"\n",
+        )
         .replace("fragments = [\"configs/stage2-x86_64.config\"]\n", "");
     std::fs::write(recipes.join("stage2.toml"), stage2).unwrap();
     let build = run_ok(kiln(&recipes, &out, &shared_cache()).args(["build", KERNEL]));
     let log = String::from_utf8_lossy(&build.stderr);
-    assert!(!log.contains("running kernel compile"), "recompiled:\n{log}");
+    assert!(
+        !log.contains("running kernel compile"),
+        "recompiled:\n{log}"
+    );
     let second = manifest_entry(&out, KERNEL);
     assert_eq!(second["inputs"]["config"], first["inputs"]["config"]);
     assert_eq!(second["sha256"], first["sha256"]);
+}
+
+/// Every process whose command line mentions `needle`.
+fn processes_mentioning(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().filter_map(Result::ok) {
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains(needle) {
+            found.push(cmdline);
+        }
+    }
+    found
+}
+
+/// Ctrl-C while `make` runs stops make and everything it started, removes
+/// the scratch directory, and leaves output/ as the last good build.
+#[test]
+fn ctrl_c_during_make_stops_the_tools_and_keeps_the_last_good_output() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let recipes = copy_recipes(dir.path());
+    let (out, cache) = (dir.path().join("output"), dir.path().join("cache"));
+    let initramfs = "stage2/stage2_initramfs.cpio.gz";
+    run_ok(kiln(&recipes, &out, &cache).args(["build", initramfs]));
+    let good = std::fs::read(out.join(initramfs)).unwrap();
+    let manifest = std::fs::read(out.join("manifest.json")).unwrap();
+
+    let mut child = kiln(&recipes, &out, &cache)
+        .args(["build", "stage2"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "build ended first:\n{seen}"
+        );
+        seen.push_str(&line);
+        if line.contains("running kernel config") {
+            break;
+        }
+    }
+    // The step links the source tree into scratch, then runs make, which
+    // builds the Kconfig tools for several seconds: wait for make.
+    let tmp = cache.join("v1/tmp");
+    let needle = tmp.to_string_lossy().into_owned();
+    let start = std::time::Instant::now();
+    while processes_mentioning(&needle).is_empty() {
+        assert!(
+            start.elapsed().as_secs() < 60,
+            "no tool ran in {needle}:\n{seen}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = child.wait().unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    assert_eq!(status.code(), Some(130), "{seen}{rest}");
+    assert!(
+        rest.contains("output/ and the cache keep the last good build"),
+        "{rest}"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(
+        processes_mentioning(&needle),
+        Vec::<String>::new(),
+        "tools survived"
+    );
+    assert_eq!(std::fs::read(out.join(initramfs)).unwrap(), good);
+    assert_eq!(std::fs::read(out.join("manifest.json")).unwrap(), manifest);
+    assert!(!out.join(KERNEL).exists());
+    assert_clean_scratch(&cache);
 }

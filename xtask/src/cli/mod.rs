@@ -98,8 +98,15 @@ pub fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .without_time()
         .init();
+    crate::tools::interrupt::install();
     match run(cli) {
         Ok(code) => code,
+        Err(_) if crate::tools::interrupt::interrupted() => {
+            eprintln!(
+                "interrupted: the running tools were stopped; output/ and the cache keep the last good build"
+            );
+            ExitCode::from(130)
+        }
         Err(e) => {
             eprintln!("error: {}", format_error(&e));
             ExitCode::FAILURE

@@ -103,6 +103,9 @@ impl Executor<'_> {
         std::thread::scope(|scope| -> Result<()> {
             loop {
                 for (i, node) in plan.nodes.iter().enumerate() {
+                    if crate::tools::interrupt::interrupted() {
+                        break;
+                    }
                     if running >= self.jobs.max(1) || started[i] {
                         continue;
                     }
@@ -119,6 +122,9 @@ impl Executor<'_> {
                     });
                 }
                 if running == 0 {
+                    if crate::tools::interrupt::interrupted() {
+                        return Err(crate::tools::interrupt::Interrupted.into());
+                    }
                     break;
                 }
                 let (i, r) = rx.recv().expect("a running step reports back");

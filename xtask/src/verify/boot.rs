@@ -128,7 +128,7 @@ pub fn boot(spec: &BootSpec) -> Result<BootOutcome> {
     }
     cmd.args(["-append", &spec.append]);
     cmd.args(&spec.qemu_args);
-    let mut child = tools::spawn_reading_stdout(cmd)?;
+    let (mut child, _tracked) = tools::spawn_reading_stdout(cmd)?;
     let stdout = child.stdout.take().context("qemu's stdout")?;
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {

@@ -242,6 +242,59 @@ pub fn run_logged(mut cmd: Command, log: &Path) -> Result<()> {
     )
 }
 
+static QUIET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// `--quiet`: no spinners, only errors and summaries.
+pub fn set_quiet(quiet: bool) {
+    QUIET.store(quiet, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// `run_logged` for long tools (make): on a terminal, a spinner shows
+/// `label` and the tool's latest output line, read back from the log; on a
+/// pipe or with `--quiet` it is exactly `run_logged`.
+pub fn run_logged_with_progress(cmd: Command, log: &Path, label: &str) -> Result<()> {
+    use std::io::IsTerminal;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    if QUIET.load(Ordering::Relaxed) || !std::io::stderr().is_terminal() {
+        return run_logged(cmd, log);
+    }
+    let spinner = indicatif::ProgressBar::new_spinner();
+    if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner} {elapsed} {wide_msg}") {
+        // wide_msg is cut to the terminal's width: one line, never wrapped.
+        spinner.set_style(style);
+    }
+    spinner.set_message(label.to_string());
+    let done = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            while !done.load(Ordering::Relaxed) {
+                if let Some(line) = last_line(log) {
+                    spinner.set_message(format!("{label}: {line}"));
+                }
+                spinner.tick();
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+        });
+        let result = run_logged(cmd, log);
+        done.store(true, Ordering::Relaxed);
+        spinner.finish_and_clear();
+        result
+    })
+}
+
+/// The last non-empty line of a log (read from its last 4 KiB).
+fn last_line(path: &Path) -> Option<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = File::open(path).ok()?;
+    let len = file.metadata().ok()?.len();
+    file.seek(SeekFrom::Start(len.saturating_sub(4096))).ok()?;
+    let mut tail = Vec::new();
+    file.read_to_end(&mut tail).ok()?;
+    let text = String::from_utf8_lossy(&tail);
+    let line = text.lines().rev().find(|l| !l.trim().is_empty())?;
+    Some(line.trim().chars().take(100).collect())
+}
+
 /// Runs `cmd` and returns its stdout; stderr goes into the error on failure.
 pub fn capture(mut cmd: Command) -> Result<String> {
     let what = describe(&cmd);

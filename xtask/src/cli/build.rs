@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
@@ -134,13 +134,29 @@ pub fn build_targets(s: &Settings, targets: &[String]) -> Result<Vec<Artifact>> 
         println!("{}  {}", a.sha256.short(), a.path);
     }
     println!(
-        "built {} in {:.2}s: {} steps, {ran} run, {} cached; manifest {}",
+        "built {} in {:.2}s: {} steps, {ran} run, {} cached; {} artifact(s); manifest {}",
         targets.join(" "),
         start.elapsed().as_secs_f64(),
         results.len(),
         results.len() - ran,
+        artifacts.len(),
         s.output_dir.join("manifest.json").display()
     );
+    let mut slow: Vec<(Duration, String)> = results
+        .iter()
+        .zip(&sess.plan.nodes)
+        .filter(|(r, _)| !r.cached && r.elapsed >= Duration::from_secs(1))
+        .map(|(r, n)| (r.elapsed, n.step.label()))
+        .collect();
+    slow.sort_by_key(|s| std::cmp::Reverse(s.0));
+    if !slow.is_empty() {
+        let shown: Vec<String> = slow
+            .iter()
+            .take(5)
+            .map(|(t, label)| format!("{label} {:.1}s", t.as_secs_f64()))
+            .collect();
+        println!("slowest steps: {}", shown.join(", "));
+    }
     Ok(artifacts)
 }
 

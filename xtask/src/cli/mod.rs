@@ -154,6 +154,7 @@ impl Settings {
             Some(c) => c.clone(),
             None => home_cache()?,
         };
+        crate::tools::set_quiet(g.quiet);
         let mut source_overrides: BTreeMap<String, PathBuf> = env_source_overrides();
         source_overrides.extend(g.sources.iter().map(|(k, v)| (k.clone(), PathBuf::from(v))));
         let jobs = g.jobs.unwrap_or_else(|| {

@@ -56,7 +56,7 @@ impl Step for CompileKernel {
         std::fs::write(obj.join(INITRAMFS_NAME), newc::archive_bytes(&[])?)?;
         let mut cmd = make(&src, &self.arch, self.epoch, self.threads)?;
         cmd.arg("all");
-        tools::run_logged(cmd, &ctx.log("kernel-compile"))
+        tools::run_logged_with_progress(cmd, &ctx.log("kernel-compile"), &self.label())
             .with_context(|| format!("compiling the kernel for {}", self.name))?;
         let modroot = scratch.join("modules");
         std::fs::create_dir(&modroot)?;

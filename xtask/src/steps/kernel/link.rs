@@ -66,7 +66,7 @@ impl Step for LinkKernel {
         }
         let mut cmd = make(&src, &self.arch, self.epoch, self.threads)?;
         cmd.arg("bzImage");
-        tools::run_logged(cmd, &ctx.log("kernel-link"))
+        tools::run_logged_with_progress(cmd, &ctx.log("kernel-link"), &self.label())
             .with_context(|| format!("relinking the kernel for {}", self.name))?;
         let image = obj.join("arch/x86/boot/bzImage");
         let (digest, size) = ctx

@@ -349,7 +349,18 @@ impl KconfigIndex {
 
     fn why(&self, sym: &str, values: &BTreeMap<String, Value>) -> String {
         let Some(defs) = self.symbols.get(sym) else {
-            return "; no such option in this kernel".to_string();
+            let nearest = self
+                .symbols
+                .keys()
+                .map(|k| (strsim::levenshtein(k, sym), k))
+                .filter(|(d, _)| *d <= 2)
+                .min();
+            return match nearest {
+                Some((_, k)) => {
+                    format!("; no such option in this kernel (did you mean CONFIG_{k}?)")
+                }
+                None => "; no such option in this kernel".to_string(),
+            };
         };
         let mut out = String::new();
         for def in defs {
@@ -442,10 +453,11 @@ mod tests {
             want("HIDDEN", 4),
             want("NOPE", 5),
             want("EXT4_FS", 6),
+            want("NETT", 7),
         ]);
         let values = parse("CONFIG_NET=y\n# CONFIG_PCI is not set\n");
         let err = format!("{:#}", check(&requested, &values, dir.path()).unwrap_err());
-        assert!(err.contains("4 option(s)"), "{err}");
+        assert!(err.contains("5 option(s)"), "{err}");
         assert!(
             err.contains(
                 "CONFIG_EXT4_FS=y (f:6): now is not set; depends on BLOCK (BLOCK is not set)"
@@ -463,7 +475,11 @@ mod tests {
             "{err}"
         );
         assert!(
-            err.contains("CONFIG_NOPE=y (f:5): now is not set; no such option"),
+            err.ends_with("CONFIG_NOPE=y (f:5): now is not set; no such option in this kernel"),
+            "{err}"
+        );
+        assert!(
+            err.contains("CONFIG_NETT=y (f:7): now is not set; no such option in this kernel (did you mean CONFIG_NET?)\n"),
             "{err}"
         );
         assert!(!err.contains("CONFIG_NET="), "{err}");

@@ -12,7 +12,7 @@ use crate::plan::exec::{Executor, NodeResult, Status};
 use crate::plan::{self, Plan, PlanOptions};
 use crate::recipe;
 use crate::steps::manifest::{Artifact, Manifest};
-use crate::store::{Digest, Output, Store, TreeKind};
+use crate::store::{Digest, Output, Store, Tree, TreeKind};
 use crate::verify;
 
 #[derive(Debug, Args)]
@@ -494,19 +494,13 @@ pub fn bench(s: &Settings, c: &BenchCommand) -> Result<ExitCode> {
             crate::bench::kernel::run(&s.recipes_dir, work.path(), s.jobs)?
         }
         BenchCommand::Archive => {
-            let (_store, _digest, root, work) = linux_image_tree(s)?;
+            let (_store, _tree, _digest, root, work) = linux_image_tree(s)?;
             crate::bench::archive::run(&root, work.path(), s.jobs)?
         }
         BenchCommand::Modules => {
-            let (store, digest, root, work) = linux_image_tree(s)?;
-            let release = store
-                .tree(&digest)?
-                .entries
-                .iter()
-                .filter_map(|e| e.path.strip_prefix("lib/modules/"))
-                .find(|p| !p.contains('/'))
-                .context("the linux-image source has no lib/modules/<release>")?
-                .to_string();
+            let (store, tree, digest, root, work) = linux_image_tree(s)?;
+            let release = crate::steps::modules::depmod::resolve_release("", &tree)
+                .context("the linux-image source has no single lib/modules/<release>")?;
             let input = crate::bench::modules::Input {
                 store: &store,
                 kernel: Output::Tree { digest },
@@ -523,9 +517,11 @@ pub fn bench(s: &Settings, c: &BenchCommand) -> Result<ExitCode> {
 }
 
 /// The pinned linux-image package unpacked into a scratch directory (the
-/// archive and modules benchmarks work on it): store, tree digest, the
-/// unpacked root, and the scratch directory that holds it.
-fn linux_image_tree(s: &Settings) -> Result<(Store, Digest, PathBuf, tempfile::TempDir)> {
+/// archive and modules benchmarks work on it): store, tree and its digest,
+/// the unpacked root, and the scratch directory that holds it.
+type PackageTree = (Store, Tree, Digest, PathBuf, tempfile::TempDir);
+
+fn linux_image_tree(s: &Settings) -> Result<PackageTree> {
     let (store, digest) = deb_tree_digest(s, "linux-image")?;
     let tree = store.tree(&digest)?;
     let work = store.scratch("bench")?;
@@ -535,5 +531,5 @@ fn linux_image_tree(s: &Settings) -> Result<(Store, Digest, PathBuf, tempfile::T
         tree.entries.len()
     );
     store.materialize(&tree, &root)?;
-    Ok((store, digest, root, work))
+    Ok((store, tree, digest, root, work))
 }

@@ -352,22 +352,7 @@ impl<'a> Builder<'a> {
             node: compile,
             output: "modules",
         };
-        let indexes = self.push(
-            DepmodIndexes {
-                kernel_release: String::new(),
-            },
-            BTreeMap::from([("kernel".to_string(), kernel.clone())]),
-        );
-        let inputs = BTreeMap::from([
-            ("kernel".to_string(), kernel),
-            (
-                "indexes".to_string(),
-                InputRef::Node {
-                    node: indexes,
-                    output: "indexes",
-                },
-            ),
-        ]);
+        let inputs = self.module_inputs(kernel, "");
         let name = match k.output.rsplit_once('/') {
             Some((dir, _)) => format!("{dir}/modules.cpio.gz"),
             None => "modules.cpio.gz".to_string(),
@@ -479,16 +464,18 @@ impl<'a> Builder<'a> {
         Ok(node)
     }
 
-    fn add_modules(&mut self, recipe: &Recipe, m: &recipe::Modules) -> Result<()> {
-        let kernel = self.deb_tree(&m.kernel)?;
+    /// The inputs of a modules step over the module tree `kernel`: the tree
+    /// and its full depmod indexes (a step of their own, cached per kernel).
+    /// An empty `release` means the one release the tree holds.
+    fn module_inputs(&mut self, kernel: InputRef, release: &str) -> BTreeMap<String, InputRef> {
         let depmod = DepmodIndexes {
-            kernel_release: m.kernel_release.clone(),
+            kernel_release: release.to_string(),
         };
         let indexes = self.push(
             depmod,
             BTreeMap::from([("kernel".to_string(), kernel.clone())]),
         );
-        let mut inputs = BTreeMap::from([
+        BTreeMap::from([
             ("kernel".to_string(), kernel),
             (
                 "indexes".to_string(),
@@ -497,7 +484,12 @@ impl<'a> Builder<'a> {
                     output: "indexes",
                 },
             ),
-        ]);
+        ])
+    }
+
+    fn add_modules(&mut self, recipe: &Recipe, m: &recipe::Modules) -> Result<()> {
+        let kernel = self.deb_tree(&m.kernel)?;
+        let mut inputs = self.module_inputs(kernel, &m.kernel_release);
         for (i, fw) in m.firmware.iter().enumerate() {
             inputs.insert(format!("firmware.{i}"), self.deb_tree(fw)?);
         }

@@ -444,33 +444,40 @@ struct Ctx<'a> {
     errors: &'a mut Vec<SourceError>,
 }
 
-impl Ctx<'_> {
+impl<'a> Ctx<'a> {
     fn push(&mut self, span: Range<usize>, message: impl Into<String>) {
         self.errors.push(self.doc.error(span, message));
     }
 
+    /// A source named in a recipe; an unknown name is reported with the
+    /// nearest known one.
+    fn source(&mut self, name: &Spanned<String>) -> Option<&'a Source> {
+        let sources = self.sources;
+        let found = sources.get(name.get_ref());
+        if found.is_none() {
+            let hint = diag::nearest(name.get_ref(), sources.keys().map(String::as_str))
+                .map(|n| format!(" (did you mean `{n}`?)"))
+                .unwrap_or_default();
+            let msg = format!(
+                "unknown source `{}`: not in sources.toml{hint}",
+                name.get_ref()
+            );
+            self.push(name.span(), msg);
+        }
+        found
+    }
+
     fn deb_source(&mut self, name: &Spanned<String>) -> Option<String> {
-        match self.sources.get(name.get_ref()) {
-            Some(Source {
+        match self.source(name)? {
+            Source {
                 kind: SourceKind::Deb { .. },
                 ..
-            }) => Some(name.get_ref().clone()),
-            Some(_) => {
+            } => Some(name.get_ref().clone()),
+            _ => {
                 self.push(
                     name.span(),
                     format!("source `{}` is not a `deb` source", name.get_ref()),
                 );
-                None
-            }
-            None => {
-                let hint = diag::nearest(name.get_ref(), self.sources.keys().map(String::as_str))
-                    .map(|n| format!(" (did you mean `{n}`?)"))
-                    .unwrap_or_default();
-                let msg = format!(
-                    "unknown source `{}`: not in sources.toml{hint}",
-                    name.get_ref()
-                );
-                self.push(name.span(), msg);
                 None
             }
         }
@@ -589,16 +596,7 @@ fn kernel(ctx: &mut Ctx, raw: Spanned<RawKernel>, has_initramfs: bool) -> Option
     let raw = raw.into_inner();
     let before = ctx.errors.len();
     let output = output_path(ctx, &raw.output);
-    if !ctx.sources.contains_key(raw.source.get_ref()) {
-        let hint = diag::nearest(raw.source.get_ref(), ctx.sources.keys().map(String::as_str))
-            .map(|n| format!(" (did you mean `{n}`?)"))
-            .unwrap_or_default();
-        let msg = format!(
-            "unknown source `{}`: not in sources.toml{hint}",
-            raw.source.get_ref()
-        );
-        ctx.push(raw.source.span(), msg);
-    }
+    ctx.source(&raw.source);
     if raw.arch.get_ref() != "x86_64" {
         ctx.push(raw.arch.span(), "kernels are built for `x86_64` only");
     }

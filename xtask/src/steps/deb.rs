@@ -72,7 +72,9 @@ fn decompressor<'a>(suffix: &str, r: impl Read + 'a) -> Result<Box<dyn Read + 'a
     })
 }
 
-fn untar(reader: impl Read, dest: &Path) -> Result<()> {
+/// Extracts a tar stream into `dest`: modes kept; owners, mtimes and
+/// xattrs not (they must not reach a tree).
+pub fn untar(reader: impl Read, dest: &Path) -> Result<()> {
     let mut tar = tar::Archive::new(reader);
     tar.set_preserve_permissions(true);
     tar.set_preserve_ownerships(false);

@@ -99,13 +99,7 @@ pub fn unpack(archive: &Path, dest: &Path) -> Result<()> {
         [0x1f, 0x8b, ..] => Box::new(flate2::read::MultiGzDecoder::new(file)),
         _ => Box::new(file),
     };
-    let mut tar = tar::Archive::new(reader);
-    tar.set_preserve_permissions(true);
-    tar.set_preserve_ownerships(false);
-    tar.set_preserve_mtime(false);
-    tar.set_unpack_xattrs(false);
-    tar.unpack(dest)
-        .with_context(|| format!("extracting into {}", dest.display()))
+    super::deb::untar(reader, dest)
 }
 
 /// `Some(dir)` when `root` holds exactly one entry and it is a directory.

@@ -10,7 +10,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use super::{make, unbind, BUILD_DIR, INITRAMFS_NAME, KBUILD_TOOLS};
+use super::{checkout_source, make, unbind, BUILD_DIR, INITRAMFS_NAME, KBUILD_TOOLS};
 use crate::archive::newc;
 use crate::steps::{Step, StepContext};
 use crate::store::Output;
@@ -45,9 +45,7 @@ impl Step for CompileKernel {
     }
 
     fn run(&self, ctx: &StepContext, scratch: &Path) -> Result<BTreeMap<String, Output>> {
-        // Canonical: kbuild records the real path, which unbind/rebind match.
-        let src = scratch.canonicalize()?.join("src");
-        ctx.store.checkout(&ctx.tree("source")?, &src)?;
+        let src = checkout_source(ctx, scratch)?;
         let obj = src.join(BUILD_DIR);
         std::fs::create_dir_all(&obj)?;
         std::fs::copy(ctx.file("config")?, obj.join(".config"))?;
@@ -89,7 +87,6 @@ impl Step for CompileKernel {
 fn has_modules(config: &Path) -> Result<bool> {
     let text =
         std::fs::read_to_string(config).with_context(|| format!("reading {}", config.display()))?;
-    Ok(text
-        .lines()
-        .any(|l| l.starts_with("CONFIG_") && l.ends_with("=m")))
+    let module = super::config::Value::Set("m".into());
+    Ok(super::config::parse(&text).values().any(|v| *v == module))
 }

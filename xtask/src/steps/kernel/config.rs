@@ -12,7 +12,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
-use super::{make, BUILD_DIR};
+use super::{checkout_source, make, BUILD_DIR};
 use crate::steps::{Step, StepContext};
 use crate::store::Output;
 use crate::tools;
@@ -54,8 +54,7 @@ impl Step for KernelConfig {
     }
 
     fn run(&self, ctx: &StepContext, scratch: &Path) -> Result<BTreeMap<String, Output>> {
-        let src = scratch.join("src");
-        ctx.store.checkout(&ctx.tree("source")?, &src)?;
+        let src = checkout_source(ctx, scratch)?;
         let obj = src.join(BUILD_DIR);
         std::fs::create_dir_all(&obj)?;
         let dot_config = obj.join(".config");
@@ -191,7 +190,7 @@ fn check(
     if dropped.is_empty() {
         return Ok(());
     }
-    let kconfig = KconfigIndex::read(src)?;
+    let kconfig = KconfigIndex::read(src);
     let mut msg = format!(
         "Kconfig did not keep {} option(s) the fragments ask for:",
         dropped.len()
@@ -240,12 +239,12 @@ impl KconfigIndex {
     /// Follows `source` lines from the top-level `Kconfig`, as Kconfig does,
     /// so that each symbol also carries the `if` and `menu … depends on`
     /// conditions around it.
-    fn read(src: &Path) -> Result<KconfigIndex> {
+    fn read(src: &Path) -> KconfigIndex {
         let mut index = KconfigIndex {
             symbols: BTreeMap::new(),
         };
         index.walk(src, "Kconfig", &mut Vec::new(), 0);
-        Ok(index)
+        index
     }
 
     fn walk(&mut self, src: &Path, rel: &str, conds: &mut Vec<String>, depth: usize) {

@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use super::{make, rebind, BUILD_DIR, INITRAMFS_NAME, KBUILD_TOOLS};
+use super::{checkout_source, make, rebind, BUILD_DIR, INITRAMFS_NAME, KBUILD_TOOLS};
 use crate::steps::{Step, StepContext};
 use crate::store::Output;
 use crate::tools;
@@ -47,9 +47,7 @@ impl Step for LinkKernel {
     }
 
     fn run(&self, ctx: &StepContext, scratch: &Path) -> Result<BTreeMap<String, Output>> {
-        // Canonical: kbuild records the real path, which unbind/rebind match.
-        let src = scratch.canonicalize()?.join("src");
-        ctx.store.checkout(&ctx.tree("source")?, &src)?;
+        let src = checkout_source(ctx, scratch)?;
         let obj = src.join(BUILD_DIR);
         ctx.store.materialize(&ctx.tree("objtree")?, &obj)?;
         rebind(&obj, &src)?;

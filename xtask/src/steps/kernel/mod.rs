@@ -18,11 +18,12 @@ pub mod compile;
 pub mod config;
 pub mod link;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result};
 
+use crate::steps::StepContext;
 use crate::tools;
 
 /// The object tree, relative to the source tree.
@@ -32,6 +33,15 @@ pub const BUILD_DIR: &str = "kiln-build";
 /// names it. The `.cpio.` infix makes kbuild embed it as is, whatever its
 /// compression (usr/Makefile), so one compiled tree serves any initramfs.
 pub const INITRAMFS_NAME: &str = "kiln-initramfs.cpio.img";
+
+/// Links the kernel source (input `source`) read-only into `scratch/src`
+/// and returns that path, canonical: kbuild records real paths, which
+/// `unbind`/`rebind` must match. The object tree goes in `src/kiln-build`.
+pub fn checkout_source(ctx: &StepContext, scratch: &Path) -> Result<PathBuf> {
+    let src = scratch.canonicalize()?.join("src");
+    ctx.store.checkout(&ctx.tree("source")?, &src)?;
+    Ok(src)
+}
 
 /// Stands for the absolute source path in kbuild's dependency records.
 const SRCTREE_TOKEN: &str = "@KILN_SRCTREE@";

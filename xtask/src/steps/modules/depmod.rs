@@ -68,6 +68,15 @@ impl Step for DepmodIndexes {
     }
 }
 
+/// The directories under lib/modules/ of a kernel tree.
+fn releases(tree: &Tree) -> Vec<&str> {
+    tree.entries
+        .iter()
+        .filter_map(|e| e.path.strip_prefix("lib/modules/"))
+        .filter(|p| !p.contains('/'))
+        .collect()
+}
+
 /// The release a step works on: `kernel_release` as the recipe gives it,
 /// or, when empty (a kernel Kiln built, whose release is only known once
 /// it is compiled), the one directory under lib/modules/.
@@ -75,12 +84,7 @@ pub fn resolve_release(kernel_release: &str, tree: &Tree) -> Result<String> {
     if !kernel_release.is_empty() {
         return Ok(kernel_release.to_string());
     }
-    let releases: Vec<&str> = tree
-        .entries
-        .iter()
-        .filter_map(|e| e.path.strip_prefix("lib/modules/"))
-        .filter(|p| !p.contains('/'))
-        .collect();
+    let releases = releases(tree);
     match releases[..] {
         [one] => Ok(one.to_string()),
         [] => bail!(
@@ -100,15 +104,9 @@ pub fn link_release(
 ) -> Result<()> {
     let prefix = format!("lib/modules/{kver}");
     if tree.get(&prefix).is_none() {
-        let releases: Vec<&str> = tree
-            .entries
-            .iter()
-            .filter_map(|e| e.path.strip_prefix("lib/modules/"))
-            .filter(|p| !p.contains('/'))
-            .collect();
         bail!(
             "the kernel package has no {prefix}/; it has: {}",
-            releases.join(", ")
+            releases(tree).join(", ")
         );
     }
     ctx.store

@@ -22,8 +22,10 @@
 
 pub mod compress;
 pub mod entry;
+pub mod fat;
 pub mod gzip;
 pub mod newc;
+pub mod pe;
 pub mod tree;
 
 pub use compress::{

@@ -1,0 +1,1 @@
+//! FAT images (being written).

@@ -1,0 +1,1 @@
+//! PE images (being written).

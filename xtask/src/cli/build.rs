@@ -45,16 +45,44 @@ pub struct PlanArgs {
 pub struct BootTestArgs {
     /// What to boot: `stage2` (the stage2 kernel with its embedded
     /// initramfs, no -initrd, virtio-net and e1000 cards that must both come
-    /// up), `stage2-initramfs` (Debian's kernel with the stage2 initramfs)
-    /// or `modules` (the same plus modules.cpio.gz as a second initrd;
-    /// modprobe virtio_net must bring up a new interface).
+    /// up), `stage2-initramfs` (Debian's kernel with the stage2 initramfs),
+    /// `modules` (the same plus modules.cpio.gz as a second initrd;
+    /// modprobe virtio_net must bring up a new interface), `stage2-iso`
+    /// (the hybrid ISO through isolinux or its EFI image; see --firmware,
+    /// --usb, --host) or `stage2-uki` (the UKI on a FAT drive, UEFI). Media
+    /// tests check that the guest got the kernel arguments baked in.
     pub what: String,
+    /// Firmware for media tests: `bios` (SeaBIOS; the ISO's default) or
+    /// `uefi` (OVMF from the pinned `ovmf` deb; the UKI's only choice).
+    #[arg(long, value_enum)]
+    pub firmware: Option<Firmware>,
+    /// Attach the ISO as a USB stick instead of a CD.
+    #[arg(long)]
+    pub usb: bool,
+    /// Boot this inventory host's ISO (`stage2/hosts/<HOST>/stage2.iso`).
+    #[arg(long, value_name = "HOST")]
+    pub host: Option<String>,
     /// Boot this initramfs instead of building the stage2 one.
     #[arg(long, value_name = "FILE")]
     pub initrd: Option<PathBuf>,
     /// Seconds to wait for the serial marker.
     #[arg(long, default_value_t = 180)]
     pub timeout: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Firmware {
+    Bios,
+    Uefi,
+}
+
+impl std::fmt::Display for Firmware {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Firmware::Bios => "SeaBIOS",
+            Firmware::Uefi => "OVMF",
+        })
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -355,7 +383,12 @@ fn waits_on(plan: &Plan, statuses: &[Status], i: usize) -> String {
 const STAGE2_INITRAMFS: &str = "stage2/stage2_initramfs.cpio.gz";
 
 pub fn boot_test(s: &Settings, a: &BootTestArgs) -> Result<ExitCode> {
+    let media_only = a.firmware.is_some() || a.usb || a.host.is_some();
+    if media_only && a.what != "stage2-iso" && a.what != "stage2-uki" {
+        bail!("`--firmware`, `--usb` and `--host` are for `stage2-iso` and `stage2-uki`");
+    }
     match a.what.as_str() {
+        "stage2-iso" | "stage2-uki" => super::boot::boot_media(s, a),
         "stage2" => {
             if a.initrd.is_some() {
                 bail!(
@@ -434,7 +467,7 @@ pub fn boot_test(s: &Settings, a: &BootTestArgs) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         other => {
-            bail!("unknown boot test `{other}`: try `stage2`, `stage2-initramfs` or `modules`")
+            bail!("unknown boot test `{other}`: try `stage2`, `stage2-initramfs`, `modules`, `stage2-iso` or `stage2-uki`")
         }
     }
 }
@@ -451,6 +484,16 @@ fn concatenate(parts: &[PathBuf], dest: &Path) -> Result<()> {
 }
 
 /// `boot/vmlinuz-*` from the pinned `linux-image` source, as a store path.
+/// A file inside a `deb` source, fetched and unpacked as a build would.
+pub fn deb_source_file(s: &Settings, source: &str, path: &str) -> Result<PathBuf> {
+    let (store, digest) = deb_tree_digest(s, source)?;
+    let tree = store.tree(&digest)?;
+    match tree.get(path).map(|e| &e.kind) {
+        Some(TreeKind::File { digest, .. }) => store.verified_blob(digest),
+        _ => bail!("the `{source}` source has no file {path}"),
+    }
+}
+
 pub fn debian_kernel(s: &Settings) -> Result<PathBuf> {
     let (store, digest) = deb_tree_digest(s, "linux-image")?;
     let tree = store.tree(&digest)?;

@@ -1,6 +1,7 @@
 //! `cargo xtask …`: argument parsing and the commands. Each command calls
 //! into the layers below and prints results; no build logic lives here.
 
+mod boot;
 mod build;
 mod doctor;
 mod gc;

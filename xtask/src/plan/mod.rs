@@ -7,6 +7,9 @@
 
 pub mod exec;
 pub mod explain;
+mod media;
+
+pub use media::host_artifact;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -225,7 +228,8 @@ impl<'a> Builder<'a> {
         }
         if let Some(k) = &recipe.kernel {
             let embedded = initramfs.filter(|_| k.embed_initramfs);
-            self.add_kernel(recipe, k, embedded)?;
+            let kernel = self.add_kernel(recipe, k, embedded)?;
+            self.add_media(recipe, kernel, initramfs.map(|(node, _)| node))?;
         }
         if self.plan.artifacts.is_empty() {
             bail!("{}: the recipe names no artifacts", recipe.file.display());
@@ -234,13 +238,14 @@ impl<'a> Builder<'a> {
     }
 
     /// Config, compile and link steps; the link step embeds `initramfs`
-    /// (a node whose output `image` is the archive) when given.
+    /// (a node whose output `image` is the archive) when given. Returns the
+    /// link node (output `bzImage`).
     fn add_kernel(
         &mut self,
         recipe: &Recipe,
         k: &recipe::Kernel,
         initramfs: Option<(usize, crate::archive::Compression)>,
-    ) -> Result<()> {
+    ) -> Result<usize> {
         let source = self.kernel_source(&k.source)?;
         let mut inputs = BTreeMap::from([("source".to_string(), source.clone())]);
         let base = match &k.config {
@@ -341,7 +346,7 @@ impl<'a> Builder<'a> {
             output: "bzImage",
             details: None,
         });
-        Ok(())
+        Ok(link)
     }
 
     /// `modules.cpio.gz` beside the kernel: the closure of `k.modules` among
@@ -525,12 +530,17 @@ impl<'a> Builder<'a> {
         Ok(())
     }
 
-    /// The unpacked tree of a `deb` source (or of its `--source` override).
+    /// The unpacked tree of a `deb` source, or of its `--source` override:
+    /// a `.deb` file is unpacked, a directory is taken as the unpacked tree.
     pub fn deb_tree(&mut self, name: &str) -> Result<InputRef> {
         if let Some(r) = self.sources.get(&(name.to_string(), "tree")) {
             return Ok(r.clone());
         }
         let deb = self.source_input(name)?;
+        if let InputRef::Value(Output::Tree { .. }) = deb {
+            self.sources.insert((name.to_string(), "tree"), deb.clone());
+            return Ok(deb);
+        }
         let node = self.push(
             UnpackDeb {
                 source: name.to_string(),

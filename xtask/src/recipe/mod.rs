@@ -9,6 +9,8 @@
 #![allow(clippy::result_large_err)]
 
 pub mod diag;
+pub mod hosts;
+pub mod media;
 mod schema;
 pub mod template;
 
@@ -22,6 +24,7 @@ use toml::Spanned;
 
 use crate::archive::Compression;
 pub use diag::{RecipeErrors, SourceError};
+pub use media::{HostMedia, Iso, Media, Script, Uki};
 use schema::*;
 pub use template::Vars;
 
@@ -66,6 +69,8 @@ pub struct Recipe {
     pub initramfs: Option<Initramfs>,
     pub modules: Option<Modules>,
     pub kernel: Option<Kernel>,
+    /// ISO, UKI, per-host ISOs and the chain script (all boot `kernel`).
+    pub media: Media,
 }
 
 /// A kernel built from source (`[kernel]`).
@@ -160,8 +165,9 @@ pub enum DeviceKind {
     Fifo,
 }
 
-/// Files in the recipes directory that are not build targets.
-const NOT_TARGETS: &[&str] = &["sources"];
+/// Files in the recipes directory that are not build targets: the pinned
+/// sources and the host inventory.
+const NOT_TARGETS: &[&str] = &["sources", "hosts"];
 
 /// Loads `sources.toml` and every `<target>.toml` in `dir`. `overrides` are
 /// `--var NAME=VALUE` values (they must name declared variables).
@@ -380,7 +386,7 @@ fn load_recipe(
     overrides: &BTreeMap<String, String>,
 ) -> Result<Recipe> {
     let doc = Doc::read(file)?;
-    let raw: RawRecipe = doc.parse()?;
+    let mut raw: RawRecipe = doc.parse()?;
     let mut errors = Vec::new();
     let epoch = match u64::try_from(*raw.epoch.get_ref()) {
         Ok(e) => e,
@@ -389,7 +395,7 @@ fn load_recipe(
             0
         }
     };
-    let variables = variables(raw.variables, overrides);
+    let variables = variables(std::mem::take(&mut raw.variables), overrides);
     let mut ctx = Ctx {
         doc: &doc,
         sources,
@@ -397,26 +403,32 @@ fn load_recipe(
     };
     let initramfs = raw
         .initramfs
+        .take()
         .and_then(|raw| initramfs(&mut ctx, raw.into_inner()));
     let modules = raw
         .modules
+        .take()
         .and_then(|raw| modules(&mut ctx, raw.into_inner()));
     let has_initramfs = initramfs.is_some();
     let kernel = raw
         .kernel
+        .take()
         .and_then(|raw| kernel(&mut ctx, raw, has_initramfs));
+    let kernel_output = kernel.as_ref().map(|k| k.output.as_str());
+    let media = media::media(&mut ctx, &mut raw, &variables, kernel_output);
     if !errors.is_empty() {
         return Err(RecipeErrors(errors).into());
     }
     Ok(Recipe {
         name: name.to_string(),
         file: file.to_path_buf(),
-        description: raw.description,
+        description: raw.description.take(),
         epoch,
         variables,
         initramfs,
         modules,
         kernel,
+        media,
     })
 }
 

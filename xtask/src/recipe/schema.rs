@@ -38,6 +38,79 @@ pub struct RawRecipe {
     pub initramfs: Option<Spanned<RawInitramfs>>,
     pub modules: Option<Spanned<RawModules>>,
     pub kernel: Option<Spanned<RawKernel>>,
+    /// Kernel arguments baked into every boot medium of this recipe (the
+    /// ISO's isolinux entry, the UKI's `.cmdline`, `stage1to2.ipxe`).
+    pub cmdline: Option<Spanned<String>>,
+    pub uki: Option<Spanned<RawUki>>,
+    pub iso: Option<Spanned<RawIso>>,
+    pub hosts: Option<Spanned<RawHosts>>,
+    pub script: Option<Spanned<RawScript>>,
+}
+
+/// `[uki]`: the kernel, initramfs and cmdline in one EFI application.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUki {
+    /// Path of the `.efi` under the output directory.
+    pub output: Spanned<String>,
+    /// A `deb` source holding `usr/lib/systemd/boot/efi/linuxx64.efi.stub`.
+    pub stub: Spanned<String>,
+}
+
+/// `[iso]`: a hybrid ISO (CD and USB disk; BIOS via isolinux, UEFI via
+/// the UKI in an El Torito EFI image).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIso {
+    pub output: Spanned<String>,
+    /// A `deb` source holding `usr/lib/ISOLINUX/{isolinux.bin,isohdpfx.bin}`.
+    pub isolinux: Spanned<String>,
+    /// A `deb` source holding `usr/lib/syslinux/modules/bios/ldlinux.c32`.
+    pub syslinux: Spanned<String>,
+    /// ISO 9660 volume id: up to 32 of A-Z, 0-9 and `_`.
+    pub volume_id: Option<Spanned<String>>,
+}
+
+/// `[hosts]`: one ISO per host of an inventory, with per-host kernel
+/// arguments appended to `cmdline`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHosts {
+    /// The inventory file, relative to the recipe.
+    pub inventory: Spanned<String>,
+    /// Appended to `cmdline` for each host; `{{hostname}}`, `{{ipv4_address}}`…
+    pub cmdline: Spanned<String>,
+}
+
+/// `[script]`: a text file rendered from a template (stage1to2.ipxe).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawScript {
+    pub output: Spanned<String>,
+    /// The template, relative to the recipe.
+    pub template: Spanned<String>,
+}
+
+/// An inventory file (`recipes/hosts.toml`): `[[host]]` tables.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawInventory {
+    #[serde(default)]
+    pub host: Vec<Spanned<RawHost>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHost {
+    pub hostname: Option<Spanned<String>>,
+    /// `address/prefix`, e.g. "192.0.2.10/26".
+    pub ipv4: Option<Spanned<String>>,
+    pub gateway: Option<Spanned<String>>,
+    #[serde(default)]
+    pub dns: Vec<Spanned<String>>,
+    /// `address/prefix`, e.g. "2001:db8::10/64".
+    pub ipv6: Option<Spanned<String>>,
+    pub ipv6_gateway: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -9,10 +9,13 @@
 pub mod deb;
 pub mod fetch;
 pub mod initramfs;
+pub mod iso;
 pub mod kernel;
 pub mod manifest;
 pub mod modules;
+pub mod script;
 pub mod tarball;
+pub mod uki;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -93,9 +96,35 @@ impl StepContext<'_> {
         }
     }
 
+    /// The bytes of `path` inside the tree input `input`; `what` says what
+    /// the tree should have been when the file is missing.
+    pub fn tree_file(&self, input: &str, path: &str, what: &str) -> Result<Vec<u8>> {
+        let tree = self.tree(input)?;
+        match tree.get(path).map(|e| &e.kind) {
+            Some(crate::store::TreeKind::File { digest, .. }) => self.store.read_blob(digest),
+            _ => bail!("the `{input}` input has no {path}: is it {what}?"),
+        }
+    }
+
     pub fn log(&self, name: &str) -> PathBuf {
         self.log_dir.join(format!("{name}.log"))
     }
+}
+
+/// Sets the mtime of everything under `dir` (symlinks excluded) to `time`:
+/// tools that record mtimes (xorriso, make's up-to-date checks) then see
+/// one fixed value.
+pub fn set_mtimes(dir: &Path, time: std::time::SystemTime) -> Result<()> {
+    for entry in walkdir::WalkDir::new(dir) {
+        let entry = entry?;
+        if entry.file_type().is_symlink() {
+            continue;
+        }
+        std::fs::File::open(entry.path())
+            .and_then(|f| f.set_modified(time))
+            .with_context(|| format!("setting the mtime of {}", entry.path().display()))?;
+    }
+    Ok(())
 }
 
 /// The digest an input contributes to a key.

@@ -19,10 +19,27 @@ pub const STAGE2_MARKER: &str = "KILN-STAGE2-READY";
 /// Serial lines shown when a boot fails.
 const TAIL: usize = 40;
 
+/// What QEMU boots from.
+#[derive(Debug, Clone)]
+pub enum Medium {
+    /// QEMU's direct Linux boot: `-kernel`, `-initrd`, `-append`.
+    Kernel {
+        kernel: PathBuf,
+        initrd: Option<PathBuf>,
+        append: String,
+    },
+    /// A disc image in the CD-ROM drive.
+    Cdrom(PathBuf),
+    /// A disk image as a USB stick (xHCI, usb-storage).
+    Usb(PathBuf),
+    /// A disk image as the first hard disk.
+    Disk(PathBuf),
+}
+
 pub struct BootSpec {
-    pub kernel: PathBuf,
-    pub initrd: Option<PathBuf>,
-    pub append: String,
+    pub medium: Medium,
+    /// UEFI firmware (OVMF.fd) given as `-bios`; SeaBIOS when `None`.
+    pub firmware: Option<PathBuf>,
     pub marker: String,
     /// Lines that fail the boot at once (the guest said it went wrong).
     pub failures: Vec<String>,
@@ -36,9 +53,12 @@ impl BootSpec {
     /// A kernel plus the stage2 initramfs, powering off after the marker.
     pub fn stage2(kernel: &Path, initrd: &Path, timeout_secs: u64) -> BootSpec {
         BootSpec {
-            kernel: kernel.to_path_buf(),
-            initrd: Some(initrd.to_path_buf()),
-            append: "console=ttyS0 panic=-1 kiln.test=poweroff".into(),
+            medium: Medium::Kernel {
+                kernel: kernel.to_path_buf(),
+                initrd: Some(initrd.to_path_buf()),
+                append: TEST_APPEND.into(),
+            },
+            firmware: None,
             marker: STAGE2_MARKER.into(),
             failures: Vec::new(),
             qemu_args: Vec::new(),
@@ -51,20 +71,27 @@ impl BootSpec {
     /// virtio-net and an e1000 card whose drivers it must have built in.
     pub fn kernel(kernel: &Path, timeout_secs: u64) -> BootSpec {
         BootSpec {
-            initrd: None,
-            qemu_args: [
-                "-netdev",
-                "user,id=n0",
-                "-device",
-                "virtio-net-pci,netdev=n0",
-                "-netdev",
-                "user,id=n1",
-                "-device",
-                "e1000,netdev=n1",
-            ]
-            .map(String::from)
-            .to_vec(),
+            medium: Medium::Kernel {
+                kernel: kernel.to_path_buf(),
+                initrd: None,
+                append: TEST_APPEND.into(),
+            },
+            qemu_args: two_nics(),
             ..BootSpec::stage2(kernel, Path::new(""), timeout_secs)
+        }
+    }
+
+    /// Boot media built by Kiln (an ISO, an ESP image): the medium's own
+    /// boot loader and kernel arguments, SeaBIOS or the UEFI `firmware`.
+    pub fn media(medium: Medium, firmware: Option<&Path>, timeout_secs: u64) -> BootSpec {
+        BootSpec {
+            medium,
+            firmware: firmware.map(Path::to_path_buf),
+            marker: STAGE2_MARKER.into(),
+            failures: Vec::new(),
+            qemu_args: two_nics(),
+            timeout: Duration::from_secs(timeout_secs),
+            memory_mb: 512,
         }
     }
 
@@ -73,10 +100,14 @@ impl BootSpec {
     /// must report a network interface it did not have before.
     pub fn modules(kernel: &Path, initrd: &Path, modules: &[&str], timeout_secs: u64) -> BootSpec {
         let mut spec = BootSpec::stage2(kernel, initrd, timeout_secs);
-        spec.append = format!(
-            "console=ttyS0 panic=-1 kiln.modprobe={} kiln.test=poweroff",
-            modules.join(",")
-        );
+        spec.medium = Medium::Kernel {
+            kernel: kernel.to_path_buf(),
+            initrd: Some(initrd.to_path_buf()),
+            append: format!(
+                "console=ttyS0 panic=-1 kiln.modprobe={} kiln.test=poweroff",
+                modules.join(",")
+            ),
+        };
         spec.marker = "KILN-MODPROBE-NEW-INTERFACES".into();
         spec.failures = vec![
             "KILN-MODPROBE-NO-NEW-INTERFACE".into(),
@@ -92,6 +123,76 @@ impl BootSpec {
         .to_vec();
         spec
     }
+}
+
+/// Kernel arguments of direct-boot tests: serial console, power off after
+/// the marker.
+const TEST_APPEND: &str = "console=ttyS0 panic=-1 kiln.test=poweroff";
+
+/// A virtio-net and an e1000 card, whose drivers stage2 has built in.
+fn two_nics() -> Vec<String> {
+    [
+        "-netdev",
+        "user,id=n0",
+        "-device",
+        "virtio-net-pci,netdev=n0",
+        "-netdev",
+        "user,id=n1",
+        "-device",
+        "e1000,netdev=n1",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// The kernel command line the guest's /init printed (` cmdline: …`).
+pub fn guest_cmdline(serial: &[String]) -> Option<&str> {
+    serial
+        .iter()
+        .find_map(|l| l.split_once(" cmdline: "))
+        .map(|(_, rest)| rest.trim())
+}
+
+/// QEMU arguments that attach `medium`; images are opened read-only or as
+/// snapshots, so a boot never writes to an artifact.
+fn medium_args(medium: &Medium) -> Vec<String> {
+    let drive =
+        |p: &Path, extra: &str| format!("if=none,id=boot,format=raw,file={},{extra}", p.display());
+    let args: Vec<String> = match medium {
+        Medium::Kernel {
+            kernel,
+            initrd,
+            append,
+        } => {
+            let mut a = vec!["-kernel".into(), kernel.display().to_string()];
+            if let Some(i) = initrd {
+                a.extend(["-initrd".into(), i.display().to_string()]);
+            }
+            a.extend(["-append".into(), append.clone()]);
+            a
+        }
+        Medium::Cdrom(p) => vec![
+            "-drive".into(),
+            drive(p, "media=cdrom,readonly=on"),
+            "-device".into(),
+            "ide-cd,drive=boot,bootindex=0".into(),
+        ],
+        Medium::Usb(p) => vec![
+            "-device".into(),
+            "qemu-xhci".into(),
+            "-drive".into(),
+            drive(p, "snapshot=on"),
+            "-device".into(),
+            "usb-storage,drive=boot,bootindex=0".into(),
+        ],
+        Medium::Disk(p) => vec![
+            "-drive".into(),
+            drive(p, "snapshot=on"),
+            "-device".into(),
+            "ide-hd,drive=boot,bootindex=0".into(),
+        ],
+    };
+    args
 }
 
 /// The interfaces stage2's /init listed (`KILN-NET-INTERFACES: lo eth0 …`).
@@ -122,11 +223,11 @@ pub fn boot(spec: &BootSpec) -> Result<BootOutcome> {
         "-no-reboot",
         "-nodefaults",
     ]);
-    cmd.args(["-serial", "stdio", "-kernel"]).arg(&spec.kernel);
-    if let Some(initrd) = &spec.initrd {
-        cmd.arg("-initrd").arg(initrd);
+    cmd.args(["-serial", "stdio"]);
+    if let Some(fw) = &spec.firmware {
+        cmd.arg("-bios").arg(fw);
     }
-    cmd.args(["-append", &spec.append]);
+    cmd.args(medium_args(&spec.medium));
     cmd.args(&spec.qemu_args);
     let (mut child, _tracked) = tools::spawn_reading_stdout(cmd)?;
     let stdout = child.stdout.take().context("qemu's stdout")?;

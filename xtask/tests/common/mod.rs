@@ -26,9 +26,10 @@ pub fn qemu_available() -> bool {
     found
 }
 
-/// Copies `recipes/` and `overlays/` under `dir`, as a fresh checkout would.
+/// Copies `recipes/`, `overlays/` and `ipxe/` under `dir`, as a fresh
+/// checkout would.
 pub fn copy_recipes(dir: &Path) -> PathBuf {
-    for sub in ["recipes", "overlays"] {
+    for sub in ["recipes", "overlays", "ipxe"] {
         copy_tree(&workspace().join(sub), &dir.join(sub));
     }
     dir.join("recipes")

@@ -12,7 +12,7 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use super::{checkout_source, make, rebind, BUILD_DIR, INITRAMFS_NAME, KBUILD_TOOLS};
-use crate::steps::{Step, StepContext};
+use crate::steps::{set_mtimes, Step, StepContext};
 use crate::store::Output;
 use crate::tools;
 
@@ -76,17 +76,4 @@ impl Step for LinkKernel {
             Output::File { digest, size },
         )]))
     }
-}
-
-fn set_mtimes(dir: &Path, time: SystemTime) -> Result<()> {
-    for entry in walkdir::WalkDir::new(dir) {
-        let entry = entry?;
-        if entry.file_type().is_symlink() {
-            continue;
-        }
-        File::open(entry.path())
-            .and_then(|f| f.set_modified(time))
-            .with_context(|| format!("setting the mtime of {}", entry.path().display()))?;
-    }
-    Ok(())
 }

@@ -1,0 +1,165 @@
+//! Boot media in the plan: the UKI and ISO over the recipe's kernel, one
+//! UKI + ISO pair per inventory host (only these small steps run per host;
+//! the kernel is shared), and the chain script.
+
+use std::collections::BTreeMap;
+
+use anyhow::Result;
+
+use super::{ArtifactSpec, Builder, InputRef};
+use crate::recipe::{self, Recipe};
+use crate::steps::iso::BuildIso;
+use crate::steps::script::WriteScript;
+use crate::steps::uki::{os_release, AssembleUki};
+
+impl Builder<'_> {
+    /// `kernel` is the link node (output `bzImage`); `initramfs` the node
+    /// whose `image` goes into the UKI's `.initrd`.
+    pub(super) fn add_media(
+        &mut self,
+        recipe: &Recipe,
+        kernel: usize,
+        initramfs: Option<usize>,
+    ) -> Result<()> {
+        let m = &recipe.media;
+        if let Some(uki) = &m.uki {
+            let node = self.add_uki(recipe, uki, &m.cmdline, kernel, initramfs, &uki.output)?;
+            self.artifact(recipe, &uki.output, "uki", node, "efi");
+            if let Some(iso) = &m.iso {
+                let iso_node = self.add_iso(recipe, iso, &m.cmdline, kernel, node, &iso.output)?;
+                self.artifact(recipe, &iso.output, "iso", iso_node, "iso");
+                for host in &m.hosts {
+                    self.add_host(recipe, uki, iso, host, kernel, initramfs)?;
+                }
+            }
+        }
+        if let Some(script) = &m.script {
+            let node = self.push(
+                WriteScript {
+                    name: script.output.clone(),
+                    text: script.text.clone(),
+                },
+                BTreeMap::new(),
+            );
+            self.artifact(recipe, &script.output, "script", node, "file");
+        }
+        Ok(())
+    }
+
+    /// `output/<iso dir>/hosts/<hostname>/<iso file>` with the host's cmdline.
+    fn add_host(
+        &mut self,
+        recipe: &Recipe,
+        uki: &recipe::Uki,
+        iso: &recipe::Iso,
+        host: &recipe::HostMedia,
+        kernel: usize,
+        initramfs: Option<usize>,
+    ) -> Result<()> {
+        let name = host_artifact(&iso.output, &host.hostname);
+        let label = format!("{} ({})", uki.output, host.hostname);
+        let uki_node = self.add_uki(recipe, uki, &host.cmdline, kernel, initramfs, &label)?;
+        let iso_node = self.add_iso(recipe, iso, &host.cmdline, kernel, uki_node, &name)?;
+        self.artifact(recipe, &name, "iso", iso_node, "iso");
+        Ok(())
+    }
+
+    fn add_uki(
+        &mut self,
+        recipe: &Recipe,
+        uki: &recipe::Uki,
+        cmdline: &str,
+        kernel: usize,
+        initramfs: Option<usize>,
+        name: &str,
+    ) -> Result<usize> {
+        let mut inputs = BTreeMap::from([
+            ("stub".to_string(), self.deb_tree(&uki.stub)?),
+            (
+                "kernel".to_string(),
+                InputRef::Node {
+                    node: kernel,
+                    output: "bzImage",
+                },
+            ),
+        ]);
+        if let Some(node) = initramfs {
+            let image = InputRef::Node {
+                node,
+                output: "image",
+            };
+            inputs.insert("initrd".to_string(), image);
+        }
+        let step = AssembleUki {
+            name: name.to_string(),
+            cmdline: cmdline.to_string(),
+            os_release: os_release(&recipe.name, recipe.description.as_deref()),
+            initrd: initramfs.is_some(),
+        };
+        Ok(self.push(step, inputs))
+    }
+
+    fn add_iso(
+        &mut self,
+        recipe: &Recipe,
+        iso: &recipe::Iso,
+        cmdline: &str,
+        kernel: usize,
+        uki: usize,
+        name: &str,
+    ) -> Result<usize> {
+        let inputs = BTreeMap::from([
+            ("isolinux".to_string(), self.deb_tree(&iso.isolinux)?),
+            ("syslinux".to_string(), self.deb_tree(&iso.syslinux)?),
+            (
+                "kernel".to_string(),
+                InputRef::Node {
+                    node: kernel,
+                    output: "bzImage",
+                },
+            ),
+            (
+                "uki".to_string(),
+                InputRef::Node {
+                    node: uki,
+                    output: "efi",
+                },
+            ),
+        ]);
+        let step = BuildIso {
+            name: name.to_string(),
+            cmdline: cmdline.to_string(),
+            volume_id: iso.volume_id.clone(),
+            epoch: self.epoch(recipe),
+        };
+        Ok(self.push(step, inputs))
+    }
+
+    fn artifact(
+        &mut self,
+        recipe: &Recipe,
+        name: &str,
+        kind: &'static str,
+        node: usize,
+        output: &'static str,
+    ) {
+        self.plan.artifacts.push(ArtifactSpec {
+            name: name.to_string(),
+            kind,
+            arch: "x86_64",
+            recipe: recipe.file.clone(),
+            epoch: self.epoch(recipe),
+            node,
+            output,
+            details: None,
+        });
+    }
+}
+
+/// `stage2/stage2.iso` → `stage2/hosts/<hostname>/stage2.iso`.
+pub fn host_artifact(output: &str, hostname: &str) -> String {
+    match output.rsplit_once('/') {
+        Some((dir, file)) => format!("{dir}/hosts/{hostname}/{file}"),
+        None => format!("hosts/{hostname}/{output}"),
+    }
+}

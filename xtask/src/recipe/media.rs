@@ -1,0 +1,300 @@
+//! Boot media sections of a recipe: `cmdline`, `[uki]`, `[iso]`,
+//! `[hosts]` and `[script]`, validated into [`Media`]. Per-host kernel
+//! arguments and the script are rendered here, so that a missing host field
+//! or an unknown variable is reported at load time with its location.
+
+use std::path::PathBuf;
+
+use toml::Spanned;
+
+use super::hosts::{self, Host, HOST_VARIABLES};
+use super::schema::{RawHosts, RawIso, RawRecipe, RawScript, RawUki};
+use super::{image_path, recipe_file, template, Ctx, RecipeErrors, SourceError, Vars};
+
+/// The kernel's `COMMAND_LINE_SIZE` on x86 is 2048 bytes with the NUL, and
+/// isolinux prepends `BOOT_IMAGE=/boot/vmlinuz `.
+pub const MAX_CMDLINE: usize = 2047 - "BOOT_IMAGE=/boot/vmlinuz ".len();
+
+/// Default ISO 9660 volume id.
+const DEFAULT_VOLUME_ID: &str = "KILN";
+
+#[derive(Debug, Clone, Default)]
+pub struct Media {
+    /// Kernel arguments for every medium (may be empty).
+    pub cmdline: String,
+    pub uki: Option<Uki>,
+    pub iso: Option<Iso>,
+    /// One ISO per host (needs `iso`).
+    pub hosts: Vec<HostMedia>,
+    pub script: Option<Script>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Uki {
+    pub output: String,
+    /// A `deb` source with the systemd EFI stub.
+    pub stub: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Iso {
+    pub output: String,
+    pub isolinux: String,
+    pub syslinux: String,
+    pub volume_id: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct HostMedia {
+    pub hostname: String,
+    /// The recipe's cmdline followed by the host's rendered arguments.
+    pub cmdline: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Script {
+    pub output: String,
+    pub template: PathBuf,
+    /// The rendered text.
+    pub text: String,
+}
+
+/// The media sections of `raw`. `kernel_output` is the recipe's kernel
+/// artifact (media boot it); `None` when the recipe builds no kernel.
+pub(super) fn media(
+    ctx: &mut Ctx,
+    raw: &mut RawRecipe,
+    vars: &Vars,
+    kernel_output: Option<&str>,
+) -> Media {
+    let cmdline = raw
+        .cmdline
+        .as_ref()
+        .map(|c| checked_cmdline(ctx, c.span(), c.get_ref().trim().to_string(), None))
+        .unwrap_or_default();
+    let mut media = Media {
+        cmdline,
+        ..Media::default()
+    };
+    let needs_kernel = [
+        raw.uki.as_ref().map(|u| ("[uki]", u.span())),
+        raw.iso.as_ref().map(|i| ("[iso]", i.span())),
+        raw.script.as_ref().map(|s| ("[script]", s.span())),
+    ];
+    if kernel_output.is_none() {
+        for (section, span) in needs_kernel.into_iter().flatten() {
+            ctx.push(
+                span,
+                format!("{section} boots this recipe's kernel: add a [kernel] section"),
+            );
+        }
+        return media;
+    }
+    media.uki = raw.uki.take().and_then(|u| uki(ctx, u.into_inner()));
+    if let Some(iso_raw) = raw.iso.take() {
+        if raw_uki_missing(&media) {
+            ctx.push(
+                iso_raw.span(),
+                "[iso] boots UEFI machines through the UKI: add a [uki] section",
+            );
+        }
+        media.iso = iso(ctx, iso_raw.into_inner());
+    }
+    if let Some(h) = raw.hosts.take() {
+        if media.iso.is_none() {
+            ctx.push(
+                h.span(),
+                "[hosts] makes one ISO per host: add an [iso] section",
+            );
+        }
+        media.hosts = host_media(ctx, h.into_inner(), &media.cmdline, vars);
+    }
+    if let Some(s) = raw.script.take() {
+        let kernel = kernel_output.unwrap_or_default();
+        media.script = script(ctx, s.into_inner(), vars, &media.cmdline, kernel);
+    }
+    media
+}
+
+fn raw_uki_missing(media: &Media) -> bool {
+    media.uki.is_none()
+}
+
+fn uki(ctx: &mut Ctx, raw: RawUki) -> Option<Uki> {
+    let output = image_path(ctx, &raw.output)?;
+    let stub = ctx.deb_source(&raw.stub)?;
+    Some(Uki { output, stub })
+}
+
+fn iso(ctx: &mut Ctx, raw: RawIso) -> Option<Iso> {
+    let output = image_path(ctx, &raw.output);
+    let isolinux = ctx.deb_source(&raw.isolinux);
+    let syslinux = ctx.deb_source(&raw.syslinux);
+    let volume_id = match &raw.volume_id {
+        Some(v) if valid_volume_id(v.get_ref()) => v.get_ref().clone(),
+        Some(v) => {
+            ctx.push(v.span(), "`volume_id` must be 1 to 32 of A-Z, 0-9 and `_`");
+            return None;
+        }
+        None => DEFAULT_VOLUME_ID.to_string(),
+    };
+    Some(Iso {
+        output: output?,
+        isolinux: isolinux?,
+        syslinux: syslinux?,
+        volume_id,
+    })
+}
+
+/// ISO 9660 d-characters, which every firmware and OS shows the same way.
+fn valid_volume_id(v: &str) -> bool {
+    (1..=32).contains(&v.len())
+        && v.bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+}
+
+/// A cmdline must be one line of printable text that fits the kernel's
+/// buffer; `host` names the host whose arguments made it too long.
+fn checked_cmdline(
+    ctx: &mut Ctx,
+    span: std::ops::Range<usize>,
+    cmdline: String,
+    host: Option<&str>,
+) -> String {
+    let whose = host.map(|h| format!("host `{h}`: ")).unwrap_or_default();
+    if cmdline.bytes().any(|b| b.is_ascii_control()) {
+        ctx.push(
+            span,
+            format!("{whose}the cmdline must be one line of printable text"),
+        );
+    } else if cmdline.len() > MAX_CMDLINE {
+        ctx.push(
+            span,
+            format!(
+                "{whose}the cmdline is {} bytes; the kernel takes at most {MAX_CMDLINE} from a boot medium",
+                cmdline.len()
+            ),
+        );
+    }
+    cmdline
+}
+
+fn host_media(ctx: &mut Ctx, raw: RawHosts, base: &str, vars: &Vars) -> Vec<HostMedia> {
+    let base_dir = ctx.doc.dir();
+    let Some(file) = recipe_file(ctx, &base_dir, &raw.inventory) else {
+        return Vec::new();
+    };
+    let hosts = match hosts::load(&file) {
+        Ok(h) => h,
+        Err(e) => {
+            match e.downcast::<RecipeErrors>() {
+                Ok(located) => ctx.errors.extend(located.0),
+                Err(e) => ctx.push(raw.inventory.span(), format!("{e:#}")),
+            }
+            return Vec::new();
+        }
+    };
+    hosts
+        .iter()
+        .filter_map(|h| {
+            let args = render_for_host(ctx, &raw.cmdline, h, vars)?;
+            let full = [base, args.trim()].join(" ").trim().to_string();
+            let cmdline = checked_cmdline(ctx, raw.cmdline.span(), full, Some(&h.hostname));
+            Some(HostMedia {
+                hostname: h.hostname.clone(),
+                cmdline,
+            })
+        })
+        .collect()
+}
+
+/// `[hosts] cmdline` for one host: recipe variables plus the host's fields.
+/// A host field the host does not have names the host; anything else is
+/// an unknown variable, located in the recipe.
+fn render_for_host(
+    ctx: &mut Ctx,
+    text: &Spanned<String>,
+    host: &Host,
+    vars: &Vars,
+) -> Option<String> {
+    let mut all = vars.clone();
+    all.extend(
+        HOST_VARIABLES
+            .iter()
+            .map(|v| (v.to_string(), host.vars.get(*v).cloned())),
+    );
+    match template::render(text.get_ref(), &all) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            let name = text.get_ref()[e.span.clone()]
+                .trim_matches(|c| c == '{' || c == '}')
+                .trim();
+            let start = text.span().start + 1 + e.span.start;
+            let span = start..text.span().start + 1 + e.span.end;
+            let msg = if HOST_VARIABLES.contains(&name) {
+                let field = host_field(name);
+                format!(
+                    "host `{}` ({}) has no `{field}`, which `{{{{{name}}}}}` needs",
+                    host.hostname, host.origin
+                )
+            } else {
+                e.message
+            };
+            ctx.push(span, msg);
+            None
+        }
+    }
+}
+
+/// The inventory field a host variable comes from.
+fn host_field(var: &str) -> &str {
+    match var {
+        "dns1" | "dns2" => "dns",
+        "ipv6_gateway" => "ipv6_gateway",
+        v if v.starts_with("ipv6") => "ipv6",
+        "ipv4_gateway" => "gateway",
+        v if v.starts_with("ipv4") => "ipv4",
+        v => v,
+    }
+}
+
+/// The script rendered with the recipe's variables plus `cmdline` and
+/// `kernel` (the kernel artifact's file name).
+fn script(
+    ctx: &mut Ctx,
+    raw: RawScript,
+    vars: &Vars,
+    cmdline: &str,
+    kernel: &str,
+) -> Option<Script> {
+    let output = image_path(ctx, &raw.output);
+    let base_dir = ctx.doc.dir();
+    let template = recipe_file(ctx, &base_dir, &raw.template)?;
+    let text = match std::fs::read_to_string(&template) {
+        Ok(t) => t,
+        Err(e) => {
+            ctx.push(
+                raw.template.span(),
+                format!("cannot read {}: {e}", template.display()),
+            );
+            return None;
+        }
+    };
+    let mut all = vars.clone();
+    all.insert("cmdline".into(), Some(cmdline.to_string()));
+    let file_name = kernel.rsplit('/').next().unwrap_or(kernel);
+    all.insert("kernel".into(), Some(file_name.to_string()));
+    match template::render(&text, &all) {
+        Ok(rendered) => Some(Script {
+            output: output?,
+            template,
+            text: rendered,
+        }),
+        Err(e) => {
+            let err =
+                SourceError::new(&template, &text, e.span, e.message).label("in this template");
+            ctx.errors.push(err);
+            None
+        }
+    }
+}

@@ -1,0 +1,190 @@
+//! The ISO step: a hybrid ISO 9660 image that boots as a CD and as a USB
+//! disk, on BIOS (isolinux → the kernel) and UEFI (an El Torito EFI image,
+//! a FAT file system Kiln writes itself, holding the UKI as
+//! `EFI/BOOT/BOOTX64.EFI`). `xorriso` lays out the ISO.
+//!
+//! Determinism: the staging tree has fixed modes and every mtime at the
+//! epoch, and xorriso runs with `SOURCE_DATE_EPOCH`, which (xorriso(1),
+//! ENVIRONMENT) fixes the volume dates and UUID, derives the GPT disk GUID
+//! from them and sets every file date to its mtime. `-r` records uid/gid 0
+//! and normalized permissions, so neither the user nor the umask shows.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use super::{set_mtimes, Step, StepContext};
+use crate::archive::fat::{self, FatOptions};
+use crate::store::Output;
+use crate::tools;
+
+const ISOLINUX_BIN: &str = "usr/lib/ISOLINUX/isolinux.bin";
+const ISOHDPFX_BIN: &str = "usr/lib/ISOLINUX/isohdpfx.bin";
+const LDLINUX_C32: &str = "usr/lib/syslinux/modules/bios/ldlinux.c32";
+
+/// Where the kernel sits on the ISO; isolinux passes it as `BOOT_IMAGE=`
+/// (see `recipe::media::MAX_CMDLINE`).
+pub const KERNEL_PATH: &str = "boot/vmlinuz";
+/// The El Torito EFI image on the ISO.
+pub const EFI_IMAGE_PATH: &str = "boot/efiboot.img";
+/// The UEFI removable-media boot path (UEFI 2.10, 3.5.1.1).
+pub const EFI_BOOT_FILE: &str = "EFI/BOOT/BOOTX64.EFI";
+/// The ESP's serial number: fixed, where mkfs.fat would pick one from the
+/// clock ("KILN" in ASCII).
+pub const ESP_VOLUME_ID: u32 = 0x4b49_4c4e;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BuildIso {
+    #[serde(skip)]
+    pub name: String,
+    pub cmdline: String,
+    pub volume_id: String,
+    pub epoch: u64,
+}
+
+impl Step for BuildIso {
+    fn kind(&self) -> &'static str {
+        "iso"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn label(&self) -> String {
+        format!("iso {}", self.name)
+    }
+    fn params(&self) -> serde_json::Value {
+        serde_json::to_value(self).expect("params serialize")
+    }
+    fn tools(&self) -> &'static [&'static str] {
+        &["xorriso"]
+    }
+
+    fn run(&self, ctx: &StepContext, scratch: &Path) -> Result<BTreeMap<String, Output>> {
+        let root = scratch.join("iso-root");
+        self.stage(ctx, &root)?;
+        let mbr = scratch.join("isohdpfx.bin");
+        let mbr_bytes = ctx.tree_file("isolinux", ISOHDPFX_BIN, "the isolinux package")?;
+        write(&mbr, &mbr_bytes, 0o644)?;
+        let out = scratch.join("image.iso");
+        let mut cmd = tools::command("xorriso")?;
+        cmd.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("SOURCE_DATE_EPOCH", self.epoch.to_string())
+            .env("LC_ALL", "C")
+            .env("TZ", "UTC")
+            .current_dir(scratch)
+            .args(self.xorriso_args());
+        // Per-host ISOs build in parallel: one log each.
+        let log = ctx.log(&format!("iso-{}", self.name.replace('/', "_")));
+        tools::run_logged(cmd, &log)?;
+        let (digest, size) = ctx
+            .store
+            .put_file(&out)
+            .context("xorriso did not write the ISO")?;
+        Ok(BTreeMap::from([(
+            "iso".to_string(),
+            Output::File { digest, size },
+        )]))
+    }
+}
+
+impl BuildIso {
+    /// `xorriso -as mkisofs` as Debian's live images call it: isolinux as
+    /// the BIOS El Torito entry and MBR, the FAT image as the EFI entry and
+    /// as a GPT partition so firmware finds it on a USB disk too.
+    fn xorriso_args(&self) -> Vec<String> {
+        [
+            "-as",
+            "mkisofs",
+            "-o",
+            "image.iso",
+            "-r",
+            "-J",
+            "-V",
+            &self.volume_id,
+            "-isohybrid-mbr",
+            "isohdpfx.bin",
+            "-b",
+            "isolinux/isolinux.bin",
+            "-c",
+            "isolinux/boot.cat",
+            "-no-emul-boot",
+            "-boot-load-size",
+            "4",
+            "-boot-info-table",
+            "-eltorito-alt-boot",
+            "-e",
+            EFI_IMAGE_PATH,
+            "-no-emul-boot",
+            "-isohybrid-gpt-basdat",
+            "iso-root",
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+
+    /// The ISO's file tree: isolinux and its config, the kernel, the EFI
+    /// image; fixed modes, every mtime at the epoch.
+    fn stage(&self, ctx: &StepContext, root: &Path) -> Result<()> {
+        let isolinux = ctx.tree_file("isolinux", ISOLINUX_BIN, "the isolinux package")?;
+        let ldlinux = ctx.tree_file("syslinux", LDLINUX_C32, "the syslinux-common package")?;
+        let kernel = std::fs::read(ctx.file("kernel")?).context("reading the kernel")?;
+        let uki = std::fs::read(ctx.file("uki")?).context("reading the UKI")?;
+        let esp = fat::write_image(
+            &BTreeMap::from([(EFI_BOOT_FILE.to_string(), uki)]),
+            &FatOptions {
+                volume_label: "KILN_EFI".into(),
+                volume_id: ESP_VOLUME_ID,
+                epoch: self.epoch,
+            },
+        )
+        .context("writing the EFI boot image")?;
+        write(&root.join("isolinux/isolinux.bin"), &isolinux, 0o644)?;
+        write(&root.join("isolinux/ldlinux.c32"), &ldlinux, 0o644)?;
+        write(
+            &root.join("isolinux/isolinux.cfg"),
+            isolinux_cfg(&self.cmdline).as_bytes(),
+            0o644,
+        )?;
+        write(&root.join(KERNEL_PATH), &kernel, 0o644)?;
+        write(&root.join(EFI_IMAGE_PATH), &esp, 0o644)?;
+        set_mtimes(
+            root,
+            SystemTime::UNIX_EPOCH + Duration::from_secs(self.epoch),
+        )
+    }
+}
+
+/// Boots the kernel at once, on the first serial port and the screen.
+/// `SERIAL` must be the first directive (syslinux.cfg(5)).
+fn isolinux_cfg(cmdline: &str) -> String {
+    format!(
+        "SERIAL 0 115200\nDEFAULT stage2\nPROMPT 0\nTIMEOUT 0\nLABEL stage2\n  KERNEL /{KERNEL_PATH}\n  APPEND {cmdline}\n"
+    )
+}
+
+fn write(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+    }
+    std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("setting the mode of {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn isolinux_config_starts_with_the_serial_directive() {
+        let cfg = isolinux_cfg("console=ttyS0 epoxy.ip=x");
+        assert!(cfg.starts_with("SERIAL 0 115200\n"));
+        assert!(cfg.contains("  KERNEL /boot/vmlinuz\n  APPEND console=ttyS0 epoxy.ip=x\n"));
+    }
+}

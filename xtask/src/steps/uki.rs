@@ -1,0 +1,132 @@
+//! The UKI step: systemd's EFI stub plus `.osrel`, `.cmdline`, `.uname`,
+//! `.initrd` and `.linux` sections, assembled natively (`archive::pe`), as
+//! the UAPI Group's Unified Kernel Image specification lays them out.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+
+use super::{Step, StepContext};
+use crate::archive::pe;
+use crate::store::Output;
+
+/// Where Debian's systemd-boot-efi puts the x86_64 stub.
+pub const STUB_X86_64: &str = "usr/lib/systemd/boot/efi/linuxx64.efi.stub";
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AssembleUki {
+    #[serde(skip)]
+    pub name: String,
+    pub cmdline: String,
+    /// The `.osrel` section: os-release lines.
+    pub os_release: String,
+    /// Input `initrd` is present and goes into `.initrd`.
+    pub initrd: bool,
+}
+
+impl Step for AssembleUki {
+    fn kind(&self) -> &'static str {
+        "uki"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn label(&self) -> String {
+        format!("uki {}", self.name)
+    }
+    fn params(&self) -> serde_json::Value {
+        serde_json::to_value(self).expect("params serialize")
+    }
+
+    fn run(&self, ctx: &StepContext, scratch: &Path) -> Result<BTreeMap<String, Output>> {
+        let stub = ctx.tree_file("stub", STUB_X86_64, "the systemd-boot-efi package")?;
+        let linux = std::fs::read(ctx.file("kernel")?).context("reading the kernel")?;
+        let uname = kernel_release(&linux)?;
+        let initrd = match self.initrd {
+            true => Some(std::fs::read(ctx.file("initrd")?).context("reading the initrd")?),
+            false => None,
+        };
+        // The specification's order, as ukify writes it: small metadata
+        // first, the kernel last.
+        let mut sections: Vec<(&str, &[u8])> = vec![
+            (".osrel", self.os_release.as_bytes()),
+            (".cmdline", self.cmdline.as_bytes()),
+            (".uname", uname.as_bytes()),
+        ];
+        if let Some(initrd) = &initrd {
+            sections.push((".initrd", initrd));
+        }
+        sections.push((".linux", &linux));
+        // Debian 12's stub still carries a COFF symbol table after its
+        // sections; ukify drops it too before appending.
+        let stub =
+            pe::strip_coff_symbols(&stub).with_context(|| format!("reading {STUB_X86_64}"))?;
+        let image = pe::append_sections(&stub, &sections)
+            .with_context(|| format!("adding sections to {STUB_X86_64}"))?;
+        let out = scratch.join("uki.efi");
+        std::fs::write(&out, image).with_context(|| format!("writing {}", out.display()))?;
+        let (digest, size) = ctx.store.put_file(&out)?;
+        Ok(BTreeMap::from([(
+            "efi".to_string(),
+            Output::File { digest, size },
+        )]))
+    }
+}
+
+/// The release a bzImage reports (`uname -r`): the x86 boot protocol's
+/// `kernel_version` field (offset 0x20e) points, relative to 0x200, at
+/// "6.1.176 (kiln@kiln) #1 …" (Documentation/x86/boot.rst).
+pub fn kernel_release(bzimage: &[u8]) -> Result<String> {
+    if bzimage.get(0x202..0x206) != Some(b"HdrS") {
+        bail!("the kernel is not an x86 bzImage (no `HdrS` setup header)");
+    }
+    let field = u16::from_le_bytes([bzimage[0x20e], bzimage[0x20f]]);
+    let start = 0x200 + usize::from(field);
+    let text = bzimage
+        .get(start..)
+        .and_then(|rest| rest.split(|b| *b == 0).next())
+        .filter(|_| field != 0)
+        .context("the bzImage's kernel_version field points outside the file")?;
+    let text = std::str::from_utf8(text).context("the bzImage's version string is not text")?;
+    let release = text.split_whitespace().next().unwrap_or_default();
+    if release.is_empty() {
+        bail!("the bzImage's version string is empty");
+    }
+    Ok(release.to_string())
+}
+
+/// os-release lines for `.osrel`: what systemd-boot shows in its menu.
+pub fn os_release(recipe: &str, description: Option<&str>) -> String {
+    let pretty = description.unwrap_or(recipe).replace('"', "'");
+    format!("NAME=\"Kiln\"\nID=kiln\nIMAGE_ID=\"{recipe}\"\nPRETTY_NAME=\"{pretty}\"\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fake_bzimage(version: &str) -> Vec<u8> {
+        let mut b = vec![0u8; 0x400];
+        b[0x202..0x206].copy_from_slice(b"HdrS");
+        b[0x20e..0x210].copy_from_slice(&0x100u16.to_le_bytes());
+        b[0x300..0x300 + version.len()].copy_from_slice(version.as_bytes());
+        b
+    }
+
+    #[test]
+    fn kernel_release_is_read_from_the_setup_header() {
+        let b = fake_bzimage("6.1.176 (kiln@kiln) #1 SMP");
+        assert_eq!(kernel_release(&b).unwrap(), "6.1.176");
+    }
+
+    #[test]
+    fn a_file_without_setup_header_is_refused() {
+        let err = kernel_release(&[0u8; 0x400]).unwrap_err().to_string();
+        assert!(err.contains("not an x86 bzImage"), "{err}");
+        let mut b = fake_bzimage("x");
+        b[0x20e..0x210].copy_from_slice(&0xfff0u16.to_le_bytes());
+        assert!(kernel_release(&b).is_err());
+    }
+}

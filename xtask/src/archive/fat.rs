@@ -273,7 +273,8 @@ fn fixed_time(epoch: u64) -> &'static FixedTime {
 fn dos_datetime(epoch: u64) -> DateTime {
     const FAT_START: u64 = 315_532_800; // 1980-01-01T00:00:00Z
     let epoch = epoch.max(FAT_START);
-    let (year, month, day) = civil_from_days(epoch / 86_400);
+    let (year, month, day) = super::time::civil_from_days(epoch / 86_400);
+    let (month, day) = (month as u16, day as u16);
     let s = epoch % 86_400;
     let ((year, month, day), (hour, min, sec)) = match u16::try_from(year) {
         Ok(year) if year <= 2107 => ((year, month, day), (s / 3600, s / 60 % 60, s % 60 / 2 * 2)),
@@ -289,19 +290,6 @@ fn dos_datetime(epoch: u64) -> DateTime {
             millis: 0,
         },
     }
-}
-
-/// Howard Hinnant's civil_from_days for days since 1970-01-01, unsigned: callers clamp to 1980.
-fn civil_from_days(days: u64) -> (u64, u16, u16) {
-    let z = days + 719_468;
-    let (era, doe) = (z / 146_097, z % 146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = era * 400 + yoe + u64::from(month <= 2);
-    (year, month as u16, day as u16)
 }
 
 /// Where a FAT's parts lie, from the boot sector; just enough to walk directories by hand.

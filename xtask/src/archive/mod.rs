@@ -26,6 +26,7 @@ pub mod fat;
 pub mod gzip;
 pub mod newc;
 pub mod pe;
+pub mod time;
 pub mod tree;
 
 pub use compress::{

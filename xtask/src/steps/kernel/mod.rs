@@ -126,7 +126,7 @@ pub fn kbuild_timestamp(epoch: u64) -> String {
     ];
     let days = epoch / 86_400;
     let secs = epoch % 86_400;
-    let (y, m, d) = civil_from_days(days as i64);
+    let (y, m, d) = crate::archive::time::civil_from_days(days);
     format!(
         "{} {} {d:2} {:02}:{:02}:{:02} UTC {y}",
         DAYS[(days % 7) as usize],
@@ -135,21 +135,6 @@ pub fn kbuild_timestamp(epoch: u64) -> String {
         secs / 60 % 60,
         secs % 60
     )
-}
-
-/// Days since 1970-01-01 to (year, month, day), after Howard Hinnant's
-/// `civil_from_days`.
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
 }
 
 #[cfg(test)]

@@ -26,8 +26,10 @@ pub struct KernelConfig {
     /// `tinyconfig`, `defconfig` or `allnoconfig`; `None` when the input
     /// `config` is a full config file.
     pub base: Option<String>,
-    /// Fragment names as the recipe gives them, for messages; the files are
-    /// inputs `fragment.0`, `fragment.1`, …
+    /// Fragment paths as messages show them (relative to where Kiln runs,
+    /// so not part of the key: a checkout elsewhere must hit the same
+    /// cache); the files are inputs `fragment.0`, `fragment.1`, …
+    #[serde(skip)]
     pub fragments: Vec<String>,
     /// Options Kiln itself needs (the embedded initramfs), merged last.
     pub required: Vec<String>,

@@ -14,7 +14,8 @@ use super::Settings;
 use crate::archive::fat::{self, FatOptions};
 use crate::recipe::{self, Media};
 use crate::steps::iso::{EFI_BOOT_FILE, ESP_VOLUME_ID};
-use crate::verify::boot::{self, BootSpec, Medium};
+use crate::verify::boot::{self, BootSpec, Medium, BOOT_SERVER};
+use crate::verify::http;
 
 /// The recipe whose media the boot tests use.
 const RECIPE: &str = "stage2";
@@ -96,18 +97,7 @@ fn uki_medium(
         .as_ref()
         .with_context(|| format!("the `{RECIPE}` recipe has no [uki]"))?;
     build_targets(s, std::slice::from_ref(&uki.output))?;
-    let efi = std::fs::read(s.output_dir.join(&uki.output))
-        .with_context(|| format!("reading {}", uki.output))?;
-    let image = fat::write_image(
-        &BTreeMap::from([(EFI_BOOT_FILE.to_string(), efi)]),
-        &FatOptions {
-            volume_label: "KILN_ESP".into(),
-            volume_id: ESP_VOLUME_ID,
-            epoch: 0,
-        },
-    )?;
-    let path: PathBuf = work.join("esp.img");
-    std::fs::write(&path, image).with_context(|| format!("writing {}", path.display()))?;
+    let path = esp_with(&s.output_dir.join(&uki.output), work)?;
     Ok((Medium::Disk(path), Firmware::Uefi, media.cmdline.clone()))
 }
 
@@ -117,4 +107,72 @@ fn unknown_host(media: &Media, name: &str) -> String {
         .map(|n| format!(" (did you mean `{n}`?)"))
         .unwrap_or_default();
     format!("no host `{name}` in the `{RECIPE}` recipe's inventory{hint}")
+}
+
+/// `stage1-lkrn`, `stage1-efi`, `stage1-rom`: the whole chain. Kiln serves
+/// a build of stage1 and stage2 (made with `stage2_url` pointing at the
+/// test server, in a temporary output directory so `output/` keeps the
+/// operator's URLs) over HTTP; the guest runs iPXE, which does DHCP,
+/// chains `stage1to2.ipxe` and boots `stage2_vmlinuz`.
+pub fn boot_stage1(s: &Settings, a: &BootTestArgs) -> Result<ExitCode> {
+    let work = tempfile::tempdir().context("creating a temporary directory")?;
+    let mut t = s.clone();
+    t.output_dir = work.path().join("output");
+    t.vars
+        .insert("stage2_url".into(), format!("http://{BOOT_SERVER}/stage2"));
+    let (file, firmware) = match a.what.as_str() {
+        "stage1-lkrn" => ("ipxe.lkrn", None),
+        "stage1-efi" => ("ipxe.efi", Some(deb_source_file(s, "ovmf", OVMF_FD)?)),
+        "stage1-rom" => ("1af41000.rom", None),
+        other => bail!("unknown boot test `{other}`"),
+    };
+    let stage1 = crate::plan::ipxe_artifact("stage1", "x86_64", file);
+    let targets = [
+        "stage2/stage2_vmlinuz".to_string(),
+        "stage2/stage1to2.ipxe".to_string(),
+        stage1.clone(),
+    ];
+    build_targets(&t, &targets)?;
+    let server = http::serve(&t.output_dir)?;
+    let binary = t.output_dir.join(&stage1);
+    let (medium, romfile) = match file {
+        "ipxe.lkrn" => (
+            Medium::Kernel {
+                kernel: binary,
+                initrd: None,
+                append: String::new(),
+            },
+            None,
+        ),
+        "ipxe.efi" => (Medium::Disk(esp_with(&binary, work.path())?), None),
+        _ => (Medium::Network, Some(binary.as_path())),
+    };
+    let mut spec = BootSpec::media(medium, firmware.as_deref(), a.timeout);
+    let relay = std::env::current_exe().context("locating the xtask binary")?;
+    spec.qemu_args = boot::chain_nic(server.port, &relay, romfile);
+    let outcome = boot::boot(&spec);
+    let served = server.log.lock().map(|l| l.join(", ")).unwrap_or_default();
+    let outcome = outcome.with_context(|| format!("HTTP requests served: [{served}]"))?;
+    println!(
+        "boot test passed in {:.1}s: {file} -> DHCP -> stage1to2.ipxe -> stage2_vmlinuz; saw `{}`; served [{served}]",
+        outcome.elapsed.as_secs_f64(),
+        outcome.marker
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A FAT drive whose removable-media boot file is `efi`.
+fn esp_with(efi: &Path, work: &Path) -> Result<PathBuf> {
+    let bytes = std::fs::read(efi).with_context(|| format!("reading {}", efi.display()))?;
+    let image = fat::write_image(
+        &BTreeMap::from([(EFI_BOOT_FILE.to_string(), bytes)]),
+        &FatOptions {
+            volume_label: "KILN_ESP".into(),
+            volume_id: ESP_VOLUME_ID,
+            epoch: 0,
+        },
+    )?;
+    let path = work.join("esp.img");
+    std::fs::write(&path, image).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
 }

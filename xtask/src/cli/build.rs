@@ -51,6 +51,10 @@ pub struct BootTestArgs {
     /// (the hybrid ISO through isolinux or its EFI image; see --firmware,
     /// --usb, --host) or `stage2-uki` (the UKI on a FAT drive, UEFI). Media
     /// tests check that the guest got the kernel arguments baked in.
+    /// `stage1-lkrn`, `stage1-efi` (OVMF, from a FAT drive) and `stage1-rom`
+    /// (virtio-net option ROM) boot iPXE, which must DHCP, chain
+    /// stage1to2.ipxe from Kiln's HTTP server and boot stage2 (needs an iPXE
+    /// tree: `--source ipxe=PATH`).
     pub what: String,
     /// Firmware for media tests: `bios` (SeaBIOS; the ISO's default) or
     /// `uefi` (OVMF from the pinned `ovmf` deb; the UKI's only choice).
@@ -198,7 +202,7 @@ fn install_artifacts(
     let mut artifacts = Vec::new();
     for spec in &sess.plan.artifacts {
         let r = &results[spec.node];
-        let (digest, size) = match r.outputs.get(spec.output) {
+        let (digest, size) = match r.outputs.get(&spec.output) {
             Some(Output::File { digest, size }) => (*digest, *size),
             _ => bail!("step for {} produced no file `{}`", spec.name, spec.output),
         };
@@ -389,6 +393,7 @@ pub fn boot_test(s: &Settings, a: &BootTestArgs) -> Result<ExitCode> {
     }
     match a.what.as_str() {
         "stage2-iso" | "stage2-uki" => super::boot::boot_media(s, a),
+        "stage1-lkrn" | "stage1-efi" | "stage1-rom" => super::boot::boot_stage1(s, a),
         "stage2" => {
             if a.initrd.is_some() {
                 bail!(
@@ -467,7 +472,7 @@ pub fn boot_test(s: &Settings, a: &BootTestArgs) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         other => {
-            bail!("unknown boot test `{other}`: try `stage2`, `stage2-initramfs`, `modules`, `stage2-iso` or `stage2-uki`")
+            bail!("unknown boot test `{other}`: try `stage2`, `stage2-initramfs`, `modules`, `stage2-iso`, `stage2-uki`, `stage1-lkrn`, `stage1-efi` or `stage1-rom`")
         }
     }
 }

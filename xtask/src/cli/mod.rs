@@ -5,6 +5,7 @@ mod boot;
 mod build;
 mod doctor;
 mod gc;
+mod ipxe;
 mod sources;
 
 use std::collections::BTreeMap;
@@ -78,6 +79,14 @@ pub enum Command {
         #[command(subcommand)]
         command: build::BenchCommand,
     },
+    /// Build stage1 iPXE binaries and ROMs for one architecture
+    /// (`output/stage1/<arch>/<file>`); needs the iPXE source (pinned URL,
+    /// or a checkout with `--source ipxe=PATH`).
+    Ipxe(ipxe::IpxeArgs),
+    /// Copy stdin/stdout to a TCP address: QEMU runs this for each guest
+    /// connection to the chain-boot test server (`guestfwd=…-cmd:`).
+    #[command(hide = true)]
+    Relay { addr: String },
 }
 
 fn parse_pair(s: &str) -> Result<(String, String), String> {
@@ -125,6 +134,10 @@ pub fn format_error(e: &anyhow::Error) -> String {
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
+    if let Command::Relay { addr } = &cli.command {
+        crate::verify::http::relay(addr)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let ctx = Settings::new(&cli.global)?;
     match cli.command {
         Command::Build(a) => build::build(&ctx, &a),
@@ -134,10 +147,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Sources { command } => sources::run(&ctx, &command),
         Command::Gc(a) => gc::gc(&ctx, &a),
         Command::Bench { command } => build::bench(&ctx, &command),
+        Command::Ipxe(a) => ipxe::ipxe(&ctx, &a),
+        Command::Relay { .. } => unreachable!("handled before settings"),
     }
 }
 
 /// Resolved global settings shared by the commands.
+#[derive(Debug, Clone)]
 pub struct Settings {
     pub recipes_dir: PathBuf,
     pub output_dir: PathBuf,

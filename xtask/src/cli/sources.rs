@@ -19,10 +19,20 @@ pub enum SourcesCommand {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Print the `tree_sha256` pin of an unpacked source tree (a checkout:
+    /// modes as git records them, `.git` left out), to pin a `url` tarball
+    /// whose bytes the server may regenerate.
+    Digest {
+        /// The tree's top directory.
+        dir: std::path::PathBuf,
+    },
 }
 
 pub fn run(s: &Settings, c: &SourcesCommand) -> Result<ExitCode> {
-    let SourcesCommand::Update { names, dry_run } = c;
+    let (names, dry_run) = match c {
+        SourcesCommand::Update { names, dry_run } => (names, dry_run),
+        SourcesCommand::Digest { dir } => return print_digest(s, dir),
+    };
     let file = s.recipes_dir.join("sources.toml");
     let text =
         std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
@@ -90,4 +100,14 @@ fn candidate(package: &str) -> Result<(String, String)> {
             .with_context(|| format!("`apt-cache show {package}` printed no {name} line"))
     };
     Ok((field("Version:")?, field("SHA256:")?))
+}
+
+fn print_digest(s: &Settings, dir: &std::path::Path) -> Result<ExitCode> {
+    if !dir.is_dir() {
+        anyhow::bail!("{} is not a directory", dir.display());
+    }
+    let store = crate::store::Store::open(&s.cache_dir)?;
+    let digest = store.put_tree_with(dir, crate::store::Modes::GitLike)?;
+    println!("tree_sha256 = \"{}\"", digest.hex());
+    Ok(ExitCode::SUCCESS)
 }

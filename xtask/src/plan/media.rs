@@ -150,7 +150,7 @@ impl Builder<'_> {
             recipe: recipe.file.clone(),
             epoch: self.epoch(recipe),
             node,
-            output,
+            output: output.into(),
             details: None,
         });
     }

@@ -7,8 +7,10 @@
 
 pub mod exec;
 pub mod explain;
+mod ipxe;
 mod media;
 
+pub use ipxe::artifact_name as ipxe_artifact;
 pub use media::host_artifact;
 
 use std::collections::BTreeMap;
@@ -18,7 +20,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::recipe::{self, Recipe, Recipes, SourceKind};
 use crate::steps::deb::UnpackDeb;
-use crate::steps::fetch::{FetchDeb, FetchUrl};
+use crate::steps::fetch::{FetchDeb, FetchTree, FetchUrl};
 use crate::steps::initramfs::BuildInitramfs;
 use crate::steps::kernel::compile::CompileKernel;
 use crate::steps::kernel::config::KernelConfig;
@@ -52,7 +54,9 @@ pub struct ArtifactSpec {
     pub recipe: PathBuf,
     pub epoch: u64,
     pub node: usize,
-    pub output: &'static str,
+    /// The node's output name (a step may name outputs at run time, e.g.
+    /// one per iPXE make target).
+    pub output: String,
     /// A JSON output of the same node recorded as the artifact's `details`.
     pub details: Option<&'static str>,
 }
@@ -231,6 +235,9 @@ impl<'a> Builder<'a> {
             let kernel = self.add_kernel(recipe, k, embedded)?;
             self.add_media(recipe, kernel, initramfs.map(|(node, _)| node))?;
         }
+        if let Some(i) = &recipe.ipxe {
+            self.add_ipxe(recipe, i)?;
+        }
         if self.plan.artifacts.is_empty() {
             bail!("{}: the recipe names no artifacts", recipe.file.display());
         }
@@ -343,7 +350,7 @@ impl<'a> Builder<'a> {
             recipe: recipe.file.clone(),
             epoch,
             node: link,
-            output: "bzImage",
+            output: "bzImage".into(),
             details: None,
         });
         Ok(link)
@@ -381,7 +388,7 @@ impl<'a> Builder<'a> {
             recipe: recipe.file.clone(),
             epoch: self.epoch(recipe),
             node,
-            output: "gz",
+            output: "gz".into(),
             details: Some("details"),
         });
     }
@@ -389,26 +396,34 @@ impl<'a> Builder<'a> {
     /// A kernel source as a tree: a linux-source deb's tarball, a `url`
     /// tarball, or a local tarball or tree, unpacked once and cached.
     fn kernel_source(&mut self, name: &str) -> Result<InputRef> {
-        if let Some(r) = self.sources.get(&(name.to_string(), "kernel")) {
+        self.source_tree(name, Some("usr/src/linux-source-*.tar.xz"))
+    }
+
+    /// A source as a tree: a `deb` source's tarball member `deb_member`, a
+    /// `url` or `path` tarball (unpacked once, cached), or a local tree
+    /// (a checkout given with `--source`) as is.
+    fn source_tree(&mut self, name: &str, deb_member: Option<&str>) -> Result<InputRef> {
+        if let Some(r) = self.sources.get(&(name.to_string(), "unpacked")) {
             return Ok(r.clone());
         }
         let is_deb = matches!(
             self.recipes.sources.get(name).map(|s| &s.kind),
             Some(SourceKind::Deb { .. })
         ) && !self.opts.source_overrides.contains_key(name);
-        let (archive, member) = if is_deb {
-            let tree = self.deb_tree(name)?;
-            (tree, Some("usr/src/linux-source-*.tar.xz".to_string()))
-        } else {
-            match self.source_input(name)? {
-                // An unpacked tree (a checkout given with --source) is used as is.
-                tree @ InputRef::Value(Output::Tree { .. }) => {
+        let (archive, member) = match (is_deb, deb_member) {
+            (true, Some(member)) => (self.deb_tree(name)?, Some(member.to_string())),
+            (true, None) => {
+                bail!("source `{name}` is a `deb`; give a tarball (`url`, `path`) or a tree")
+            }
+            (false, _) => match self.source_input(name)? {
+                tree @ (InputRef::Value(Output::Tree { .. })
+                | InputRef::Node { output: "tree", .. }) => {
                     self.sources
-                        .insert((name.to_string(), "kernel"), tree.clone());
+                        .insert((name.to_string(), "unpacked"), tree.clone());
                     return Ok(tree);
                 }
                 file => (file, None),
-            }
+            },
         };
         let node = self.push(
             UnpackTarball {
@@ -421,7 +436,8 @@ impl<'a> Builder<'a> {
             node,
             output: "tree",
         };
-        self.sources.insert((name.to_string(), "kernel"), r.clone());
+        self.sources
+            .insert((name.to_string(), "unpacked"), r.clone());
         Ok(r)
     }
 
@@ -463,7 +479,7 @@ impl<'a> Builder<'a> {
             recipe: recipe.file.clone(),
             epoch: self.epoch(recipe),
             node,
-            output: "image",
+            output: "image".into(),
             details: None,
         });
         Ok(node)
@@ -523,7 +539,7 @@ impl<'a> Builder<'a> {
                 recipe: recipe.file.clone(),
                 epoch: self.epoch(recipe),
                 node,
-                output: ext,
+                output: ext.into(),
                 details: Some("details"),
             });
         }
@@ -610,6 +626,17 @@ impl<'a> Builder<'a> {
                     })?;
                     InputRef::Value(value)
                 }
+                SourceKind::UrlTree { url, tree_sha256 } => {
+                    let step = FetchTree {
+                        source: name.into(),
+                        url: url.clone(),
+                        tree_sha256: tree_sha256.clone(),
+                    };
+                    InputRef::Node {
+                        node: self.push(step, BTreeMap::new()),
+                        output: "tree",
+                    }
+                }
                 SourceKind::Url { url, sha256 } => {
                     let step = FetchUrl {
                         source: name.into(),
@@ -651,8 +678,10 @@ fn compression_name(c: crate::archive::Compression) -> &'static str {
 
 /// Renders every template once at plan time so that an unknown or unset
 /// variable is reported with the template's file, line and column before
-/// anything runs. Returns the variables the step needs.
+/// anything runs. Returns the variables the templates use: a variable no
+/// template names must not change the image's key.
 fn check_templates(recipe: &Recipe, ir: &recipe::Initramfs) -> Result<BTreeMap<String, String>> {
+    let mut used = std::collections::BTreeSet::new();
     for t in &ir.templates {
         let file = ir
             .overlays
@@ -669,10 +698,12 @@ fn check_templates(recipe: &Recipe, ir: &recipe::Initramfs) -> Result<BTreeMap<S
         let text = std::fs::read_to_string(&file)
             .with_context(|| format!("reading template {}", file.display()))?;
         recipe::check_template(&display_path(&file), &text, &recipe.variables)?;
+        used.extend(recipe::template::referenced(&text));
     }
     Ok(recipe
         .variables
         .iter()
+        .filter(|(k, _)| used.contains(*k))
         .filter_map(|(k, v)| v.clone().map(|v| (k.clone(), v)))
         .collect())
 }

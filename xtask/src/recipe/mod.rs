@@ -10,6 +10,7 @@
 
 pub mod diag;
 pub mod hosts;
+pub mod ipxe;
 pub mod media;
 mod schema;
 pub mod template;
@@ -24,6 +25,7 @@ use toml::Spanned;
 
 use crate::archive::Compression;
 pub use diag::{RecipeErrors, SourceError};
+pub use ipxe::{Ipxe, IpxeTarget};
 pub use media::{HostMedia, Iso, Media, Script, Uki};
 use schema::*;
 pub use template::Vars;
@@ -48,6 +50,11 @@ pub enum SourceKind {
         url: String,
         sha256: String,
     },
+    /// A tarball pinned by the digest of its unpacked tree.
+    UrlTree {
+        url: String,
+        tree_sha256: String,
+    },
     Path {
         path: PathBuf,
     },
@@ -71,6 +78,7 @@ pub struct Recipe {
     pub kernel: Option<Kernel>,
     /// ISO, UKI, per-host ISOs and the chain script (all boot `kernel`).
     pub media: Media,
+    pub ipxe: Option<Ipxe>,
 }
 
 /// A kernel built from source (`[kernel]`).
@@ -343,6 +351,22 @@ fn source_kind(doc: &Doc, base: &Path, raw: Spanned<RawSource>) -> Result<Source
             path: base.join(path.into_inner()),
         });
     }
+    if let (Some(url), Some(tree)) = (&raw.url, &raw.tree_sha256) {
+        if raw.sha256.is_some() {
+            return Err(doc.error(
+                span,
+                "give `sha256` (of the file) or `tree_sha256`, not both",
+            ));
+        }
+        check_sha256(doc, tree)?;
+        return Ok(SourceKind::UrlTree {
+            url: url.get_ref().clone(),
+            tree_sha256: tree.get_ref().to_ascii_lowercase(),
+        });
+    }
+    if let Some(tree) = &raw.tree_sha256 {
+        return Err(doc.error(tree.span(), "`tree_sha256` pins a `url` tarball"));
+    }
     let sha256 = required(doc, span.clone(), raw.sha256, "sha256")?;
     check_sha256(doc, &sha256)?;
     let sha256 = sha256.into_inner().to_ascii_lowercase();
@@ -375,7 +399,7 @@ fn check_sha256(doc: &Doc, value: &Spanned<String>) -> Result<(), SourceError> {
     if v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit()) {
         Ok(())
     } else {
-        Err(doc.error(value.span(), "`sha256` must be 64 hexadecimal digits"))
+        Err(doc.error(value.span(), "a sha256 must be 64 hexadecimal digits"))
     }
 }
 
@@ -416,6 +440,10 @@ fn load_recipe(
         .and_then(|raw| kernel(&mut ctx, raw, has_initramfs));
     let kernel_output = kernel.as_ref().map(|k| k.output.as_str());
     let media = media::media(&mut ctx, &mut raw, &variables, kernel_output);
+    let ipxe = raw
+        .ipxe
+        .take()
+        .and_then(|i| ipxe::ipxe(&mut ctx, i.into_inner(), &variables));
     if !errors.is_empty() {
         return Err(RecipeErrors(errors).into());
     }
@@ -429,6 +457,7 @@ fn load_recipe(
         modules,
         kernel,
         media,
+        ipxe,
     })
 }
 

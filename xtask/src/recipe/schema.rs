@@ -24,6 +24,10 @@ pub struct RawSource {
     pub version: Option<Spanned<String>>,
     /// Expected sha256 of the downloaded file (with `url` and `deb`).
     pub sha256: Option<Spanned<String>>,
+    /// With `url` instead of `sha256`: the digest of the unpacked tree
+    /// (`cargo xtask sources digest DIR`), for archives a server may
+    /// regenerate with other bytes (GitHub's commit archives).
+    pub tree_sha256: Option<Spanned<String>>,
 }
 
 /// `recipes/<target>.toml`.
@@ -45,6 +49,31 @@ pub struct RawRecipe {
     pub iso: Option<Spanned<RawIso>>,
     pub hosts: Option<Spanned<RawHosts>>,
     pub script: Option<Spanned<RawScript>>,
+    pub ipxe: Option<Spanned<RawIpxe>>,
+}
+
+/// `[ipxe]`: iPXE binaries and NIC ROMs built from upstream source with an
+/// embedded script.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIpxe {
+    /// A source holding the iPXE tree (with `src/Makefile`).
+    pub source: Spanned<String>,
+    /// The embedded script's template, relative to the recipe.
+    pub script: Spanned<String>,
+    /// A directory of `config/local/*.h` overrides, relative to the recipe.
+    pub config: Option<Spanned<String>>,
+    /// A directory of patches applied in file-name order (`patch -p1`).
+    pub patches: Option<Spanned<String>>,
+    /// CA certificates (PEM) iPXE trusts (`TRUST=`), relative to the recipe.
+    #[serde(default)]
+    pub trust: Vec<Spanned<String>>,
+    /// Certificates embedded for chain building (`CERT=`).
+    #[serde(default)]
+    pub certs: Vec<Spanned<String>>,
+    /// Per architecture (`x86_64`, `arm64`), the make targets to build, e.g.
+    /// `bin/ipxe.lkrn`, `bin-x86_64-efi/ipxe.efi`, `bin/1af41000.rom`.
+    pub targets: BTreeMap<String, Spanned<Vec<Spanned<String>>>>,
 }
 
 /// `[uki]`: the kernel, initramfs and cmdline in one EFI application.

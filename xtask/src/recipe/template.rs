@@ -37,6 +37,19 @@ pub fn render(template: &str, vars: &Vars) -> Result<String, TemplateError> {
     Ok(out)
 }
 
+/// The variable names a template refers to (well-formed `{{name}}` only).
+pub fn referenced(template: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    let mut rest = template;
+    while let Some(open) = rest.find("{{") {
+        let after = &rest[open + 2..];
+        let Some(close) = after.find("}}") else { break };
+        names.insert(after[..close].trim().to_string());
+        rest = &after[close + 2..];
+    }
+    names
+}
+
 fn lookup<'a>(name: &str, vars: &'a Vars, span: Range<usize>) -> Result<&'a str, TemplateError> {
     match vars.get(name) {
         Some(Some(value)) => Ok(value),
@@ -92,6 +105,12 @@ mod tests {
         let v = vars(&[("ip", None)]);
         let err = render("ip={{ip}}", &v).unwrap_err();
         assert!(err.message.contains("--var ip=VALUE"), "{}", err.message);
+    }
+
+    #[test]
+    fn referenced_lists_each_variable_once() {
+        let names = referenced("{{a}} x {{ b }} {{a}} {{unclosed");
+        assert_eq!(names.into_iter().collect::<Vec<_>>(), ["a", "b"]);
     }
 
     #[test]

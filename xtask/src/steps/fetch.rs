@@ -142,33 +142,83 @@ impl Step for FetchUrl {
 
     fn run(&self, ctx: &StepContext, _scratch: &Path) -> Result<BTreeMap<String, Output>> {
         let partial = ctx.store.partial_download(&self.sha256);
-        let mut last_error = None;
-        for attempt in 1..=ATTEMPTS {
-            match download(&self.url, &partial) {
-                Ok(()) => {
-                    last_error = None;
-                    break;
-                }
-                Err(e) if e.retryable && attempt < ATTEMPTS => {
-                    tracing::warn!("{} (attempt {attempt} of {ATTEMPTS}; retrying)", e.error);
-                    std::thread::sleep(std::time::Duration::from_millis(500 << attempt));
-                }
-                Err(e) => {
-                    last_error = Some(e.error);
-                    break;
-                }
-            }
-        }
-        if let Some(e) = last_error {
-            return Err(e.context(format!(
-                "downloading source `{}` from {}",
-                self.source, self.url
-            )));
-        }
+        download_with_retries(&self.url, &partial, &self.source)?;
         let result = store_verified(ctx, &partial, &self.source, &self.sha256, &self.url);
         // A finished download is never resumed: on a mismatch the next try starts over.
         let _ = std::fs::remove_file(&partial);
         Ok(BTreeMap::from([("file".to_string(), result?)]))
+    }
+}
+
+/// A tarball pinned by the digest of its unpacked tree (modes as git
+/// records them, as for a checkout given with `--source`): downloaded,
+/// unpacked with its top directory stripped, verified, stored as a tree.
+#[derive(Debug, Clone, Serialize)]
+pub struct FetchTree {
+    pub source: String,
+    pub url: String,
+    pub tree_sha256: String,
+}
+
+impl Step for FetchTree {
+    fn kind(&self) -> &'static str {
+        "fetch-tree"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn label(&self) -> String {
+        format!("fetch {}", self.url)
+    }
+    fn identity(&self) -> String {
+        format!("fetch source {}", self.source)
+    }
+    fn params(&self) -> serde_json::Value {
+        serde_json::json!({ "tree_sha256": self.tree_sha256 })
+    }
+
+    fn run(&self, ctx: &StepContext, scratch: &Path) -> Result<BTreeMap<String, Output>> {
+        let partial = ctx.store.partial_download(&self.tree_sha256);
+        download_with_retries(&self.url, &partial, &self.source)?;
+        let top = super::tarball::unpack_stripped(&partial, scratch);
+        let _ = std::fs::remove_file(&partial);
+        let top =
+            top.with_context(|| format!("unpacking source `{}` from {}", self.source, self.url))?;
+        let digest = ctx
+            .store
+            .put_tree_owned_with(&top, crate::store::Modes::GitLike)?;
+        if digest.hex() != self.tree_sha256 {
+            return Err(ChecksumMismatch {
+                source_name: self.source.clone(),
+                what: format!("unpacked tree of {}", self.url),
+                expected: self.tree_sha256.clone(),
+                actual: digest.hex(),
+            }
+            .into());
+        }
+        Ok(BTreeMap::from([(
+            "tree".to_string(),
+            Output::Tree { digest },
+        )]))
+    }
+}
+
+fn download_with_retries(url: &str, partial: &Path, source: &str) -> Result<()> {
+    let mut attempt = 1;
+    loop {
+        match download(url, partial) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.retryable && attempt < ATTEMPTS => {
+                tracing::warn!("{} (attempt {attempt} of {ATTEMPTS}; retrying)", e.error);
+                std::thread::sleep(std::time::Duration::from_millis(500 << attempt));
+                attempt += 1;
+            }
+            Err(e) => {
+                return Err(e
+                    .error
+                    .context(format!("downloading source `{source}` from {url}")))
+            }
+        }
     }
 }
 

@@ -9,6 +9,7 @@
 pub mod deb;
 pub mod fetch;
 pub mod initramfs;
+pub mod ipxe;
 pub mod iso;
 pub mod kernel;
 pub mod manifest;

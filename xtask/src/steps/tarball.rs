@@ -54,11 +54,8 @@ impl Step for UnpackTarball {
             }
             _ => (ctx.file("archive")?, self.source.clone()),
         };
-        let root = scratch.join("root");
-        std::fs::create_dir(&root)?;
-        unpack(&archive, &root)
+        let top = unpack_stripped(&archive, scratch)
             .with_context(|| format!("unpacking {name} of source `{}`", self.source))?;
-        let top = single_top_dir(&root)?.unwrap_or(root);
         let digest = ctx.store.put_tree_owned(&top)?;
         Ok(BTreeMap::from([(
             "tree".to_string(),
@@ -100,6 +97,16 @@ pub fn unpack(archive: &Path, dest: &Path) -> Result<()> {
         _ => Box::new(file),
     };
     super::deb::untar(reader, dest)
+}
+
+/// Unpacks `archive` under `scratch` and returns the tree's root: the
+/// archive's single top directory (`linux-6.1/`, `ipxe-<commit>/`) when it
+/// has one.
+pub fn unpack_stripped(archive: &Path, scratch: &Path) -> Result<std::path::PathBuf> {
+    let root = scratch.join("root");
+    std::fs::create_dir(&root)?;
+    unpack(archive, &root)?;
+    Ok(single_top_dir(&root)?.unwrap_or(root))
 }
 
 /// `Some(dir)` when `root` holds exactly one entry and it is a directory.

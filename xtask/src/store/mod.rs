@@ -63,8 +63,10 @@ pub enum Modes {
     /// Exactly as on disk (unpacked packages, step outputs).
     AsOnDisk,
     /// As git records them: 0755 for directories and executables, 0644
-    /// otherwise. For trees checked out from the repository (overlays), so
-    /// that the checkout's umask cannot change a key or an artifact.
+    /// otherwise. For trees checked out from the repository (overlays) or
+    /// given by the operator (`--source ipxe=PATH`), so that the checkout's
+    /// umask cannot change a key or an artifact. `.git` is not content:
+    /// it is skipped, so `git status` never changes a key.
     GitLike,
 }
 
@@ -226,11 +228,19 @@ impl Store {
         self.record_tree(dir, Modes::AsOnDisk, true)
     }
 
+    /// `put_tree_owned` with modes recorded as `modes` says.
+    pub fn put_tree_owned_with(&self, dir: &Path, modes: Modes) -> Result<Digest> {
+        self.record_tree(dir, modes, true)
+    }
+
     fn record_tree(&self, dir: &Path, modes: Modes, consume: bool) -> Result<Digest> {
         let mut entries = Vec::new();
+        let skip_vcs = modes == Modes::GitLike;
         for entry in walkdir::WalkDir::new(dir)
             .min_depth(1)
             .sort_by(|a, b| a.file_name().cmp(b.file_name()))
+            .into_iter()
+            .filter_entry(|e| !(skip_vcs && e.file_name() == ".git"))
         {
             let entry = entry.with_context(|| format!("walking {}", dir.display()))?;
             let rel = relative_path(dir, entry.path())?;

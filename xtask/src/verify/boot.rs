@@ -34,6 +34,9 @@ pub enum Medium {
     Usb(PathBuf),
     /// A disk image as the first hard disk.
     Disk(PathBuf),
+    /// No disk: the firmware boots from a NIC's option ROM (`qemu_args`
+    /// give the NIC, with `romfile=` and `bootindex=0`).
+    Network,
 }
 
 pub struct BootSpec {
@@ -145,6 +148,30 @@ fn two_nics() -> Vec<String> {
     .to_vec()
 }
 
+/// Where chain-boot tests' guests find the boot server: QEMU's user
+/// network forwards this address's port 80 to the test's HTTP server
+/// (`guestfwd`), so URLs baked into stage1 never name a changing port.
+pub const BOOT_SERVER: &str = "10.0.2.100";
+
+/// A virtio-net card on a user network whose `BOOT_SERVER:80` is the host's
+/// 127.0.0.1:`port`, through `relay` (a program QEMU runs per connection;
+/// Kiln's own `relay` command); `romfile` makes it boot from that ROM.
+pub fn chain_nic(port: u16, relay: &Path, romfile: Option<&Path>) -> Vec<String> {
+    let mut device = "virtio-net-pci,netdev=n0".to_string();
+    if let Some(rom) = romfile {
+        device.push_str(&format!(",romfile={},bootindex=0", rom.display()));
+    }
+    vec![
+        "-netdev".into(),
+        format!(
+            "user,id=n0,guestfwd=tcp:{BOOT_SERVER}:80-cmd:{} relay 127.0.0.1:{port}",
+            relay.display()
+        ),
+        "-device".into(),
+        device,
+    ]
+}
+
 /// The kernel command line the guest's /init printed (` cmdline: …`).
 pub fn guest_cmdline(serial: &[String]) -> Option<&str> {
     serial
@@ -191,6 +218,7 @@ fn medium_args(medium: &Medium) -> Vec<String> {
             "-device".into(),
             "ide-hd,drive=boot,bootindex=0".into(),
         ],
+        Medium::Network => Vec::new(),
     };
     args
 }

@@ -76,7 +76,7 @@ pub fn version(program: &str) -> Result<String> {
         return Ok("present".to_string());
     }
     let out = Command::new(&path)
-        .arg("--version")
+        .arg(version_arg(program))
         .stdin(Stdio::null())
         .output()
         .with_context(|| format!("running {} --version", path.display()))?;
@@ -86,12 +86,26 @@ pub fn version(program: &str) -> Result<String> {
         &out.stdout
     })
     .into_owned();
-    let line = text.lines().next().unwrap_or("unknown").trim().to_string();
+    // perl starts with an empty line.
+    let line = text
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("unknown")
+        .to_string();
     cache
         .lock()
         .expect("version cache")
         .insert(program.to_string(), line.clone());
     Ok(line)
+}
+
+/// The argument that makes `program` print its version.
+fn version_arg(program: &str) -> &'static str {
+    match program {
+        "openssl" => "version",
+        _ => "--version",
+    }
 }
 
 fn missing(program: &str) -> String {

@@ -113,7 +113,9 @@ fn unknown_host(media: &Media, name: &str) -> String {
 /// a build of stage1 and stage2 (made with `stage2_url` pointing at the
 /// test server, in a temporary output directory so `output/` keeps the
 /// operator's URLs) over HTTP; the guest runs iPXE, which does DHCP,
-/// chains `stage1to2.ipxe` and boots `stage2_vmlinuz`.
+/// chains `stage1to2.ipxe` and boots `stage2_vmlinuz`. `--var
+/// ipv4_address=…` (and netmask, gateway, dns1) makes stage1 use static
+/// settings instead of DHCP.
 pub fn boot_stage1(s: &Settings, a: &BootTestArgs) -> Result<ExitCode> {
     let work = tempfile::tempdir().context("creating a temporary directory")?;
     let mut t = s.clone();
@@ -153,8 +155,9 @@ pub fn boot_stage1(s: &Settings, a: &BootTestArgs) -> Result<ExitCode> {
     let outcome = boot::boot(&spec);
     let served = server.log.lock().map(|l| l.join(", ")).unwrap_or_default();
     let outcome = outcome.with_context(|| format!("HTTP requests served: [{served}]"))?;
+    let guest = boot::guest_cmdline(&outcome.serial).unwrap_or_default();
     println!(
-        "boot test passed in {:.1}s: {file} -> DHCP -> stage1to2.ipxe -> stage2_vmlinuz; saw `{}`; served [{served}]",
+        "boot test passed in {:.1}s: {file} -> network -> stage1to2.ipxe -> stage2_vmlinuz; saw `{}`; served [{served}]; guest cmdline `{guest}`",
         outcome.elapsed.as_secs_f64(),
         outcome.marker
     );

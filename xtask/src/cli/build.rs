@@ -98,6 +98,9 @@ pub enum BenchCommand {
     /// The stage2 kernel: full build from an empty cache vs relink after an
     /// initramfs-only change vs a no-op rebuild.
     Kernel,
+    /// stage1's x86_64 iPXE targets, Kiln vs upstream's `make`: cold, after
+    /// an embedded-script change, no-op. Needs `--source ipxe=PATH`.
+    Ipxe,
 }
 
 /// The loaded recipes, the store and the plan for some targets.
@@ -220,7 +223,7 @@ fn install_artifacts(
             recipe: recipe_display(&spec.recipe),
             step_key: r.key,
             inputs: r.components.inputs.clone(),
-            details: details(&sess.store, r, spec.details)?,
+            details: with_facts(details(&sess.store, r, spec.details)?, &spec.facts),
         });
         warn_missing_firmware(artifacts.last().expect("just pushed"));
     }
@@ -276,6 +279,21 @@ fn details(
             Ok(Some(serde_json::from_slice(&store.read_blob(digest)?)?))
         }
         _ => bail!("step produced no `{name}` output"),
+    }
+}
+
+/// `details` with plan-time `facts` added (facts win on a name clash).
+fn with_facts(
+    details: Option<serde_json::Value>,
+    facts: &Option<serde_json::Value>,
+) -> Option<serde_json::Value> {
+    match (details, facts) {
+        (Some(serde_json::Value::Object(mut d)), Some(serde_json::Value::Object(f))) => {
+            d.extend(f.clone());
+            Some(serde_json::Value::Object(d))
+        }
+        (d, None) => d,
+        (_, f) => f.clone(),
     }
 }
 
@@ -541,6 +559,7 @@ pub fn bench(s: &Settings, c: &BenchCommand) -> Result<ExitCode> {
                 .context("creating a bench directory")?;
             crate::bench::kernel::run(&s.recipes_dir, work.path(), s.jobs)?
         }
+        BenchCommand::Ipxe => bench_ipxe(s)?,
         BenchCommand::Archive => {
             let (_store, _tree, _digest, root, work) = linux_image_tree(s)?;
             crate::bench::archive::run(&root, work.path(), s.jobs)?
@@ -562,6 +581,33 @@ pub fn bench(s: &Settings, c: &BenchCommand) -> Result<ExitCode> {
     };
     println!("{table}");
     Ok(ExitCode::SUCCESS)
+}
+
+fn bench_ipxe(s: &Settings) -> Result<String> {
+    let tree = s.source_overrides.get("ipxe").context(
+        "bench ipxe times make on a checkout: give one with --source ipxe=PATH or KILN_SOURCE_IPXE",
+    )?;
+    let recipes = recipe::load(&s.recipes_dir, &s.vars)?;
+    let targets = recipes
+        .targets
+        .get("stage1")
+        .and_then(|r| r.ipxe.as_ref())
+        .and_then(|i| i.targets.get("x86_64"))
+        .context("no x86_64 targets in the stage1 recipe's [ipxe]")?
+        .iter()
+        .map(|t| t.make_target())
+        .collect();
+    let work = tempfile::Builder::new()
+        .prefix("kiln-bench-ipxe-")
+        .tempdir_in(std::env::temp_dir())
+        .context("creating a bench directory")?;
+    let setup = crate::bench::ipxe::Setup {
+        recipes: &s.recipes_dir,
+        tree,
+        targets,
+        jobs: s.jobs,
+    };
+    crate::bench::ipxe::run(&setup, work.path())
 }
 
 /// The pinned linux-image package unpacked into a scratch directory (the

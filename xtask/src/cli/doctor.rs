@@ -46,6 +46,13 @@ pub fn doctor(s: &Settings) -> Result<ExitCode> {
     for (name, path) in &s.source_overrides {
         println!("source override: {name} = {}", path.display());
     }
+    if !s.source_overrides.contains_key("ipxe") {
+        println!(
+            "ipxe:    the pinned upstream archive is downloaded on first use; without internet, \
+             give a checkout of ipxe/ipxe: --source ipxe=PATH or KILN_SOURCE_IPXE=PATH \
+             (stage1 tests skip without one)"
+        );
+    }
     missing.sort();
     missing.dedup();
     if missing.is_empty() {

@@ -8,12 +8,13 @@ use std::path::Path;
 use anyhow::{Context, Result};
 
 use super::{ArtifactSpec, Builder, InputRef};
-use crate::recipe::{self, ipxe::cross_prefix, IpxeTarget, Recipe};
+use crate::recipe::{self, ipxe::cross_prefix, IpxeTarget, Recipe, SourceKind};
 use crate::steps::ipxe::BuildIpxe;
 
 impl Builder<'_> {
     pub(super) fn add_ipxe(&mut self, recipe: &Recipe, ipxe: &recipe::Ipxe) -> Result<()> {
         let shared = self.ipxe_inputs(ipxe)?;
+        let commit = self.source_commit(&ipxe.source);
         for (arch, targets) in &ipxe.targets {
             let mut platforms: BTreeMap<&str, Vec<&IpxeTarget>> = BTreeMap::new();
             for t in targets {
@@ -26,7 +27,16 @@ impl Builder<'_> {
                     files: targets.iter().map(|t| t.file.clone()).collect(),
                     cross: cross_prefix(arch).map(str::to_string),
                     script: ipxe.script.clone(),
-                    patches: ipxe.patches.len(),
+                    patches: ipxe
+                        .patches
+                        .iter()
+                        .map(|p| {
+                            p.file_name()
+                                .unwrap_or_default()
+                                .to_string_lossy()
+                                .into_owned()
+                        })
+                        .collect(),
                     trust: ipxe.trust.len(),
                     certs: ipxe.certs.len(),
                     config: ipxe.config.is_some(),
@@ -44,6 +54,11 @@ impl Builder<'_> {
                         node,
                         output: t.make_target(),
                         details: None,
+                        facts: Some(serde_json::json!({
+                            "make_target": t.make_target(),
+                            "source": ipxe.source,
+                            "source_commit": commit,
+                        })),
                     });
                 }
             }
@@ -72,12 +87,47 @@ impl Builder<'_> {
         Ok(inputs)
     }
 
+    /// The upstream commit a source tree is: a checkout's `.git/HEAD`, or
+    /// the 40-hex-digit commit in a pinned archive URL. `None` if unknown.
+    fn source_commit(&self, name: &str) -> Option<String> {
+        if let Some(path) = self.opts.source_overrides.get(name) {
+            return git_head(path);
+        }
+        let url = match &self.recipes.sources.get(name)?.kind {
+            SourceKind::Url { url, .. } | SourceKind::UrlTree { url, .. } => url,
+            _ => return None,
+        };
+        url.split(|c: char| !c.is_ascii_hexdigit())
+            .find(|part| part.len() == 40)
+            .map(str::to_string)
+    }
+
     fn local_value(&self, path: &Path) -> Result<InputRef> {
         let value = self
             .local_input(path)
             .with_context(|| format!("hashing {}", path.display()))?;
         Ok(InputRef::Value(value))
     }
+}
+
+/// The commit `HEAD` names in a git checkout (a detached head, a branch
+/// in `refs/heads/`, or one in `packed-refs`), read without git.
+fn git_head(checkout: &Path) -> Option<String> {
+    let git = checkout.join(".git");
+    let head = std::fs::read_to_string(git.join("HEAD")).ok()?;
+    let head = head.trim();
+    let Some(reference) = head.strip_prefix("ref: ") else {
+        return Some(head.to_string());
+    };
+    if let Ok(commit) = std::fs::read_to_string(git.join(reference)) {
+        return Some(commit.trim().to_string());
+    }
+    let packed = std::fs::read_to_string(git.join("packed-refs")).ok()?;
+    packed
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .find(|(_, name)| *name == reference)
+        .map(|(commit, _)| commit.to_string())
 }
 
 /// `stage1/x86_64/ipxe.lkrn`.

@@ -152,6 +152,7 @@ impl Builder<'_> {
             node,
             output: output.into(),
             details: None,
+            facts: None,
         });
     }
 }

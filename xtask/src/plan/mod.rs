@@ -59,6 +59,9 @@ pub struct ArtifactSpec {
     pub output: String,
     /// A JSON output of the same node recorded as the artifact's `details`.
     pub details: Option<&'static str>,
+    /// Facts known at plan time, merged into `details` (not part of any key),
+    /// e.g. the commit an iPXE source tree came from.
+    pub facts: Option<serde_json::Value>,
 }
 
 #[derive(Default)]
@@ -352,6 +355,7 @@ impl<'a> Builder<'a> {
             node: link,
             output: "bzImage".into(),
             details: None,
+            facts: None,
         });
         Ok(link)
     }
@@ -390,6 +394,7 @@ impl<'a> Builder<'a> {
             node,
             output: "gz".into(),
             details: Some("details"),
+            facts: None,
         });
     }
 
@@ -481,6 +486,7 @@ impl<'a> Builder<'a> {
             node,
             output: "image".into(),
             details: None,
+            facts: None,
         });
         Ok(node)
     }
@@ -541,6 +547,7 @@ impl<'a> Builder<'a> {
                 node,
                 output: ext.into(),
                 details: Some("details"),
+                facts: None,
             });
         }
         Ok(())

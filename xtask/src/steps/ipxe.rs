@@ -48,8 +48,8 @@ pub struct BuildIpxe {
     pub cross: Option<String>,
     /// The rendered embedded script.
     pub script: String,
-    /// Inputs `patch.0` … in order.
-    pub patches: usize,
+    /// Patch file names (inputs `patch.0` … in this order).
+    pub patches: Vec<String>,
     /// Inputs `trust.0` …, `cert.0` ….
     pub trust: usize,
     pub certs: usize,
@@ -111,7 +111,7 @@ impl BuildIpxe {
     /// `patch -p1` each patch in order; the first that does not apply fails
     /// the step by name.
     fn apply_patches(&self, ctx: &StepContext, root: &Path) -> Result<()> {
-        for i in 0..self.patches {
+        for (i, name) in self.patches.iter().enumerate() {
             let file = ctx.file(&format!("patch.{i}"))?;
             let mut cmd = tools::command("patch")?;
             cmd.args([
@@ -126,7 +126,7 @@ impl BuildIpxe {
             .arg(&file);
             let log = ctx.log(&format!("ipxe-patch-{i}"));
             tools::run_logged(cmd, &log)
-                .with_context(|| format!("patch {} (input patch.{i}) no longer applies", i + 1))?;
+                .with_context(|| format!("patch {} ({name}) no longer applies", i + 1))?;
         }
         Ok(())
     }

@@ -1,0 +1,327 @@
+//! Stage1 end to end: iPXE built from an upstream tree (given with
+//! `KILN_SOURCE_IPXE=PATH`; skipped with a printed reason without one),
+//! reproducible across directories, pinned by tree digest, and proven by
+//! full chain boots: iPXE → DHCP → stage1to2.ipxe → stage2's kernel.
+//! Recipe errors need no tree and always run.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use common::*;
+
+/// QEMU under TCG gets a core to itself (see media.rs).
+static QEMU: Mutex<()> = Mutex::new(());
+
+/// The iPXE checkout to build, or `None` after saying why the test skips.
+fn ipxe_tree() -> Option<PathBuf> {
+    match std::env::var_os("KILN_SOURCE_IPXE") {
+        Some(p) if Path::new(&p).join("src/Makefile").is_file() => Some(PathBuf::from(p)),
+        Some(p) => panic!("KILN_SOURCE_IPXE={p:?} has no src/Makefile"),
+        None => {
+            println!(
+                "SKIPPED: no iPXE tree; set KILN_SOURCE_IPXE to a checkout of ipxe/ipxe (e.g. commit 0ab2277) to run it"
+            );
+            None
+        }
+    }
+}
+
+/// `xtask` on a fresh copy of the recipes, output in `dir`, shared cache.
+fn kiln_in(dir: &Path) -> std::process::Command {
+    let recipes = copy_recipes(dir);
+    kiln(&recipes, &dir.join("output"), &shared_cache())
+}
+
+fn machine(pe: &[u8]) -> u16 {
+    kiln::archive::pe::PeImage::parse(pe)
+        .unwrap()
+        .headers
+        .machine
+}
+
+#[test]
+fn every_target_builds_and_each_efi_is_for_its_architecture() {
+    let Some(_tree) = ipxe_tree() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("output");
+    run_ok(kiln_in(dir.path()).args(["build", "stage1"]));
+    for file in [
+        "ipxe.efi",
+        "snponly.efi",
+        "undionly.kpxe",
+        "ipxe.lkrn",
+        "1af41000.rom",
+        "808610d3.rom",
+        "15b31003.mrom",
+    ] {
+        assert!(
+            out.join("stage1/x86_64").join(file).is_file(),
+            "{file} missing"
+        );
+    }
+    let x86 = std::fs::read(out.join("stage1/x86_64/ipxe.efi")).unwrap();
+    assert_eq!(
+        machine(&x86),
+        0x8664,
+        "x86_64 ipxe.efi is not an AMD64 image"
+    );
+    let arm = std::fs::read(out.join("stage1/arm64/ipxe.efi")).unwrap();
+    assert_eq!(
+        machine(&arm),
+        0xaa64,
+        "arm64 ipxe.efi is not an AArch64 image"
+    );
+    let rom = std::fs::read(out.join("stage1/x86_64/1af41000.rom")).unwrap();
+    assert_eq!(&rom[..2], &[0x55, 0xaa], "not a PCI option ROM");
+    let checksum = rom[..usize::from(rom[2]) * 512]
+        .iter()
+        .fold(0u8, |a, b| a.wrapping_add(*b));
+    assert_eq!(checksum, 0, "the ROM's bytes do not sum to zero");
+    assert_eq!(
+        manifest_entry(&out, "stage1/x86_64/1af41000.rom")["kind"],
+        "rom"
+    );
+    assert_eq!(
+        manifest_entry(&out, "stage1/arm64/ipxe.efi")["kind"],
+        "ipxe"
+    );
+    assert_eq!(
+        manifest_entry(&out, "stage1/arm64/ipxe.efi")["arch"],
+        "arm64"
+    );
+}
+
+/// `cargo xtask ipxe --arch x86_64` in `root` (deep), its own cache, under
+/// `umask` and `tz`; returns every output file's bytes.
+fn build_x86_in(root: &Path, umask: &str, tz: &str) -> Vec<(String, Vec<u8>)> {
+    let deep = root.join("a/much/deeper/checkout");
+    std::fs::create_dir_all(&deep).unwrap();
+    let recipes = copy_recipes(&deep);
+    let cmd = kiln(&recipes, &deep.join("output"), &root.join("cache"));
+    let mut sh = std::process::Command::new("sh");
+    sh.arg("-c")
+        .arg(format!(
+            "umask {umask}; exec \"$0\" \"$@\" ipxe --arch x86_64"
+        ))
+        .arg(cmd.get_program())
+        .args(cmd.get_args())
+        .env("TZ", tz);
+    run_ok(&mut sh);
+    let dir = deep.join("output/stage1/x86_64");
+    files(&dir)
+        .into_iter()
+        .map(|f| (f.clone(), std::fs::read(dir.join(&f)).unwrap()))
+        .collect()
+}
+
+#[test]
+fn clean_builds_in_different_directories_are_byte_identical() {
+    let Some(_tree) = ipxe_tree() else { return };
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let first = build_x86_in(a.path(), "022", "UTC");
+    let second = build_x86_in(b.path(), "077", "Asia/Tokyo");
+    assert_eq!(first.len(), 7);
+    for ((name, x), (_, y)) in first.iter().zip(&second) {
+        assert!(x == y, "{name} differs between two clean builds");
+    }
+}
+
+#[test]
+fn a_url_tarball_pinned_by_tree_digest_builds_what_the_checkout_builds() {
+    let Some(tree) = ipxe_tree() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let tarball = dir.path().join("serve/ipxe.tar.gz");
+    std::fs::create_dir_all(tarball.parent().unwrap()).unwrap();
+    let status = std::process::Command::new("tar")
+        .args(["-czf"])
+        .arg(&tarball)
+        .args(["--exclude=.git", "--transform=s,^\\.,ipxe-pinned,", "-C"])
+        .arg(&tree)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let server = kiln::verify::http::serve(&dir.path().join("serve")).unwrap();
+    let digest = run_ok(
+        kiln_in(&dir.path().join("a"))
+            .args(["sources", "digest"])
+            .arg(&tree),
+    );
+    let pin = String::from_utf8_lossy(&digest.stdout).trim().to_string();
+    let recipes = dir.path().join("a/recipes");
+    let sources = std::fs::read_to_string(recipes.join("sources.toml")).unwrap();
+    let start = sources.find("[ipxe]").unwrap();
+    let pinned = format!(
+        "{}[ipxe]\nurl = \"http://127.0.0.1:{}/ipxe.tar.gz\"\n{pin}\n",
+        &sources[..start],
+        server.port
+    );
+    std::fs::write(recipes.join("sources.toml"), pinned).unwrap();
+    let out = dir.path().join("a/output");
+    let mut from_url = kiln(&recipes, &out, &dir.path().join("cache"));
+    from_url
+        .env_remove("KILN_SOURCE_IPXE")
+        .args(["ipxe", "--target", "ipxe.lkrn"]);
+    run_ok(&mut from_url);
+    let checkout = dir.path().join("b");
+    run_ok(kiln_in(&checkout).args(["ipxe", "--target", "ipxe.lkrn"]));
+    let lkrn = "stage1/x86_64/ipxe.lkrn";
+    assert_eq!(
+        std::fs::read(out.join(lkrn)).unwrap(),
+        std::fs::read(checkout.join("output").join(lkrn)).unwrap()
+    );
+    let served = server.log.lock().unwrap().join(", ");
+    assert!(served.contains("GET /ipxe.tar.gz 200"), "{served}");
+}
+
+/// `boot-test what` with more global `args`; returns its stdout.
+fn chain_boot(what: &str, args: &[&str]) -> String {
+    let _one_at_a_time = QEMU.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = kiln_in(dir.path());
+    cmd.args(args).args(["boot-test", what, "--timeout", "300"]);
+    String::from_utf8_lossy(&run_ok(&mut cmd).stdout).into_owned()
+}
+
+fn assert_chained(text: &str, file: &str) {
+    assert!(
+        text.contains("boot test passed")
+            && text.contains(&format!(
+                "{file} -> DHCP -> stage1to2.ipxe -> stage2_vmlinuz"
+            ))
+            && text.contains("GET /stage2/stage1to2.ipxe 200, GET /stage2/stage2_vmlinuz 200"),
+        "{text}"
+    );
+}
+
+#[test]
+fn ipxe_lkrn_chains_to_stage2_over_http() {
+    if ipxe_tree().is_some() && qemu_available() {
+        let text = chain_boot("stage1-lkrn", &[]);
+        assert_chained(&text, "ipxe.lkrn");
+        assert!(
+            text.contains("epoxy.ip=10.0.2.15::10.0.2.2:255.255.255.0:"),
+            "not QEMU's DHCP lease: {text}"
+        );
+    }
+}
+
+#[test]
+fn a_static_address_from_the_recipe_replaces_dhcp() {
+    if ipxe_tree().is_some() && qemu_available() {
+        let vars = [
+            "--var",
+            "ipv4_address=10.0.2.42",
+            "--var",
+            "ipv4_netmask=255.255.255.0",
+            "--var",
+            "ipv4_gateway=10.0.2.2",
+            "--var",
+            "dns1=10.0.2.3",
+        ];
+        let text = chain_boot("stage1-lkrn", &vars);
+        assert_chained(&text, "ipxe.lkrn");
+        assert!(
+            text.contains("epoxy.ip=10.0.2.42::10.0.2.2:255.255.255.0:"),
+            "{text}"
+        );
+    }
+}
+
+#[test]
+fn ipxe_efi_on_a_fat_drive_chains_to_stage2_under_ovmf() {
+    if ipxe_tree().is_some() && qemu_available() {
+        assert_chained(&chain_boot("stage1-efi", &[]), "ipxe.efi");
+    }
+}
+
+#[test]
+fn a_virtio_net_option_rom_chains_to_stage2() {
+    if ipxe_tree().is_some() && qemu_available() {
+        assert_chained(&chain_boot("stage1-rom", &[]), "1af41000.rom");
+    }
+}
+
+#[test]
+fn a_patch_that_no_longer_applies_fails_by_name() {
+    let Some(_tree) = ipxe_tree() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = kiln_in(dir.path());
+    let recipes = dir.path().join("recipes");
+    let patches = dir.path().join("ipxe/patches");
+    std::fs::create_dir_all(&patches).unwrap();
+    std::fs::write(
+        patches.join("0001-stale.patch"),
+        "--- a/src/Makefile\n+++ b/src/Makefile\n@@ -1,1 +1,1 @@\n-this line is not in the Makefile\n+neither is this\n",
+    )
+    .unwrap();
+    let stage1 = recipes.join("stage1.toml");
+    let text = std::fs::read_to_string(&stage1).unwrap();
+    let text = text.replace(
+        "config = \"../ipxe/config\"",
+        "config = \"../ipxe/config\"\npatches = \"../ipxe/patches\"",
+    );
+    std::fs::write(&stage1, text).unwrap();
+    let err = run_err(cmd.args(["ipxe", "--target", "ipxe.lkrn"]));
+    assert!(
+        err.contains("patch 1 (0001-stale.patch) no longer applies"),
+        "{err}"
+    );
+    assert!(
+        err.contains("FAILED") || err.contains("hunk"),
+        "patch's output is not shown: {err}"
+    );
+}
+
+#[test]
+fn a_script_variable_nobody_declares_fails_pointing_into_the_script() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = kiln_in(dir.path());
+    let script = dir.path().join("ipxe/stage1.ipxe");
+    let text = std::fs::read_to_string(&script)
+        .unwrap()
+        .replace("{{stage2_url}}/stage1to2", "{{stage2_ur}}/stage1to2");
+    std::fs::write(&script, text).unwrap();
+    let err = run_err(cmd.args(["plan", "stage1"]));
+    assert!(
+        err.contains("stage1.ipxe:")
+            && err.contains("unknown variable `stage2_ur`")
+            && err.contains("did you mean `stage2_url`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_missing_trust_certificate_fails_naming_the_recipe_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = kiln_in(dir.path());
+    let stage1 = dir.path().join("recipes/stage1.toml");
+    let text = std::fs::read_to_string(&stage1).unwrap().replace(
+        "config = \"../ipxe/config\"",
+        "config = \"../ipxe/config\"\ntrust = [\"../ipxe/certs/missing-ca.pem\"]",
+    );
+    std::fs::write(&stage1, text).unwrap();
+    let err = run_err(cmd.args(["plan", "stage1"]));
+    assert!(
+        err.contains("stage1.toml:") && err.contains("missing-ca.pem is not a file"),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_unknown_architecture_or_target_is_refused_with_the_choices() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = run_err(kiln_in(dir.path()).args(["ipxe", "--arch", "riscv64"]));
+    assert!(
+        err.contains("builds no `riscv64` targets; it has arm64, x86_64"),
+        "{err}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let err = run_err(kiln_in(dir.path()).args(["ipxe", "--target", "ipxe.usb"]));
+    assert!(
+        err.contains("`ipxe.usb` is not a x86_64 target") && err.contains("bin/ipxe.lkrn"),
+        "{err}"
+    );
+}

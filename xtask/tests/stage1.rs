@@ -93,23 +93,21 @@ fn every_target_builds_and_each_efi_is_for_its_architecture() {
     );
 }
 
-/// `cargo xtask ipxe --arch x86_64` in `root` (deep), its own cache, under
+/// `cargo xtask build stage1` in `root` (deep), its own cache, under
 /// `umask` and `tz`; returns every output file's bytes.
-fn build_x86_in(root: &Path, umask: &str, tz: &str) -> Vec<(String, Vec<u8>)> {
+fn build_stage1_in(root: &Path, umask: &str, tz: &str) -> Vec<(String, Vec<u8>)> {
     let deep = root.join("a/much/deeper/checkout");
     std::fs::create_dir_all(&deep).unwrap();
     let recipes = copy_recipes(&deep);
     let cmd = kiln(&recipes, &deep.join("output"), &root.join("cache"));
     let mut sh = std::process::Command::new("sh");
     sh.arg("-c")
-        .arg(format!(
-            "umask {umask}; exec \"$0\" \"$@\" ipxe --arch x86_64"
-        ))
+        .arg(format!("umask {umask}; exec \"$0\" \"$@\" build stage1"))
         .arg(cmd.get_program())
         .args(cmd.get_args())
         .env("TZ", tz);
     run_ok(&mut sh);
-    let dir = deep.join("output/stage1/x86_64");
+    let dir = deep.join("output/stage1");
     files(&dir)
         .into_iter()
         .map(|f| (f.clone(), std::fs::read(dir.join(&f)).unwrap()))
@@ -120,9 +118,9 @@ fn build_x86_in(root: &Path, umask: &str, tz: &str) -> Vec<(String, Vec<u8>)> {
 fn clean_builds_in_different_directories_are_byte_identical() {
     let Some(_tree) = ipxe_tree() else { return };
     let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let first = build_x86_in(a.path(), "022", "UTC");
-    let second = build_x86_in(b.path(), "077", "Asia/Tokyo");
-    assert_eq!(first.len(), 7);
+    let first = build_stage1_in(a.path(), "022", "UTC");
+    let second = build_stage1_in(b.path(), "077", "Asia/Tokyo");
+    assert_eq!(first.len(), 9, "x86_64 and arm64 targets");
     for ((name, x), (_, y)) in first.iter().zip(&second) {
         assert!(x == y, "{name} differs between two clean builds");
     }
@@ -189,7 +187,7 @@ fn assert_chained(text: &str, file: &str) {
     assert!(
         text.contains("boot test passed")
             && text.contains(&format!(
-                "{file} -> DHCP -> stage1to2.ipxe -> stage2_vmlinuz"
+                "{file} -> network -> stage1to2.ipxe -> stage2_vmlinuz"
             ))
             && text.contains("GET /stage2/stage1to2.ipxe 200, GET /stage2/stage2_vmlinuz 200"),
         "{text}"
@@ -273,6 +271,62 @@ fn a_patch_that_no_longer_applies_fails_by_name() {
         err.contains("FAILED") || err.contains("hunk"),
         "patch's output is not shown: {err}"
     );
+}
+
+#[test]
+fn a_patch_applies_to_the_copy_and_never_to_the_checkout_or_the_cache() {
+    let Some(tree) = ipxe_tree() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let recipes = copy_recipes(dir.path());
+    let cache = dir.path().join("cache");
+    // A patch made against this tree: a comment line before the Makefile's first line.
+    let first: Vec<String> = std::fs::read_to_string(tree.join("src/Makefile"))
+        .unwrap()
+        .lines()
+        .take(3)
+        .map(str::to_string)
+        .collect();
+    let mut patch = String::from(
+        "--- a/src/Makefile\n+++ b/src/Makefile\n@@ -1,3 +1,4 @@\n+# patched by a Kiln test\n",
+    );
+    for l in &first {
+        patch.push_str(&format!(" {l}\n"));
+    }
+    std::fs::create_dir_all(dir.path().join("ipxe/patches")).unwrap();
+    std::fs::write(dir.path().join("ipxe/patches/0001-comment.patch"), patch).unwrap();
+    let stage1 = recipes.join("stage1.toml");
+    let text = std::fs::read_to_string(&stage1).unwrap().replace(
+        "config = \"../ipxe/config\"",
+        "config = \"../ipxe/config\"\npatches = \"../ipxe/patches\"",
+    );
+    std::fs::write(&stage1, text).unwrap();
+    let digest = |cmd: &mut std::process::Command| String::from_utf8(run_ok(cmd).stdout).unwrap();
+    let before = digest(
+        kiln(&recipes, &dir.path().join("out"), &cache)
+            .args(["sources", "digest"])
+            .arg(&tree),
+    );
+    let build = |url: &str| {
+        let mut cmd = kiln(&recipes, &dir.path().join("out"), &cache);
+        cmd.args([
+            "--var",
+            &format!("stage2_url={url}"),
+            "ipxe",
+            "--target",
+            "ipxe.lkrn",
+        ]);
+        String::from_utf8(run_ok(&mut cmd).stdout).unwrap()
+    };
+    assert!(build("http://a.example/stage2").contains("1 run"));
+    let after = digest(
+        kiln(&recipes, &dir.path().join("out"), &cache)
+            .args(["sources", "digest"])
+            .arg(&tree),
+    );
+    assert_eq!(before, after, "the build changed the operator's checkout");
+    // A second build from the cached tree must find it pristine: `--forward`
+    // refuses a patch that is already applied.
+    assert!(build("http://b.example/stage2").contains("1 run"));
 }
 
 #[test]

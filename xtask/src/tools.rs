@@ -128,6 +128,21 @@ pub fn command(program: &str) -> Result<Command> {
     Ok(cmd)
 }
 
+/// `command(program)` with a clean environment for build tools whose output
+/// must not depend on the caller: only PATH survives, HOME is `home` (a
+/// scratch directory, so no user startup file is read), the locale is C,
+/// the zone UTC, and `SOURCE_DATE_EPOCH` is the only time.
+pub fn clean_command(program: &str, home: &Path, epoch: u64) -> Result<Command> {
+    let mut cmd = command(program)?;
+    cmd.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", home)
+        .env("LC_ALL", "C")
+        .env("TZ", "UTC")
+        .env("SOURCE_DATE_EPOCH", epoch.to_string());
+    Ok(cmd)
+}
+
 /// A command for a program given by path (e.g. a binary from a step input).
 pub fn command_at(path: &Path) -> Command {
     let mut cmd = Command::new(path);

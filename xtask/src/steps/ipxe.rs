@@ -190,14 +190,8 @@ impl BuildIpxe {
     }
 
     fn make(&self, root: &Path, args: &[String]) -> Result<std::process::Command> {
-        let mut cmd = tools::command("make")?;
-        cmd.env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("HOME", root)
-            .env("LC_ALL", "C")
-            .env("TZ", "UTC")
-            .env("SOURCE_DATE_EPOCH", self.epoch.to_string())
-            .arg("-C")
+        let mut cmd = tools::clean_command("make", root, self.epoch)?;
+        cmd.arg("-C")
             .arg(root.join("src"))
             .arg(format!("-j{}", self.threads.max(1)))
             .arg(format!("SOURCE_DATE_EPOCH={}", self.epoch))

@@ -70,14 +70,8 @@ impl Step for BuildIso {
         let mbr_bytes = ctx.tree_file("isolinux", ISOHDPFX_BIN, "the isolinux package")?;
         write(&mbr, &mbr_bytes, 0o644)?;
         let out = scratch.join("image.iso");
-        let mut cmd = tools::command("xorriso")?;
-        cmd.env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("SOURCE_DATE_EPOCH", self.epoch.to_string())
-            .env("LC_ALL", "C")
-            .env("TZ", "UTC")
-            .current_dir(scratch)
-            .args(self.xorriso_args());
+        let mut cmd = tools::clean_command("xorriso", scratch, self.epoch)?;
+        cmd.current_dir(scratch).args(self.xorriso_args());
         // Per-host ISOs build in parallel: one log each.
         let log = ctx.log(&format!("iso-{}", self.name.replace('/', "_")));
         tools::run_logged(cmd, &log)?;

@@ -89,14 +89,8 @@ pub const KBUILD_TOOLS: &[&str] = &["make", "gcc", "ld", "flex", "bison", "bc"];
 /// environment: only PATH survives from the caller, every build-identity
 /// variable is fixed and time comes from `epoch`.
 pub fn make(src: &Path, arch: &str, epoch: u64, jobs: usize) -> Result<Command> {
-    let mut cmd = tools::command("make")?;
-    cmd.env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("HOME", src)
-        .env("LC_ALL", "C")
-        .env("TZ", "UTC")
-        .env("SOURCE_DATE_EPOCH", epoch.to_string())
-        .env("KBUILD_BUILD_TIMESTAMP", kbuild_timestamp(epoch))
+    let mut cmd = tools::clean_command("make", src, epoch)?;
+    cmd.env("KBUILD_BUILD_TIMESTAMP", kbuild_timestamp(epoch))
         .env("KBUILD_BUILD_USER", "kiln")
         .env("KBUILD_BUILD_HOST", "kiln")
         .env("KBUILD_BUILD_VERSION", "1")

@@ -3,7 +3,6 @@
 //! the pinned `ovmf` deb), and check that the guest got the kernel
 //! arguments the recipe baked in.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -11,9 +10,8 @@ use anyhow::{bail, Context, Result};
 
 use super::build::{build_targets, deb_source_file, BootTestArgs, Firmware};
 use super::Settings;
-use crate::archive::fat::{self, FatOptions};
 use crate::recipe::{self, Media};
-use crate::steps::iso::{EFI_BOOT_FILE, ESP_VOLUME_ID};
+use crate::steps::iso::esp_image;
 use crate::verify::boot::{self, BootSpec, Medium, BOOT_SERVER};
 use crate::verify::http;
 
@@ -167,14 +165,7 @@ pub fn boot_stage1(s: &Settings, a: &BootTestArgs) -> Result<ExitCode> {
 /// A FAT drive whose removable-media boot file is `efi`.
 fn esp_with(efi: &Path, work: &Path) -> Result<PathBuf> {
     let bytes = std::fs::read(efi).with_context(|| format!("reading {}", efi.display()))?;
-    let image = fat::write_image(
-        &BTreeMap::from([(EFI_BOOT_FILE.to_string(), bytes)]),
-        &FatOptions {
-            volume_label: "KILN_ESP".into(),
-            volume_id: ESP_VOLUME_ID,
-            epoch: 0,
-        },
-    )?;
+    let image = esp_image(bytes, 0)?;
     let path = work.join("esp.img");
     std::fs::write(&path, image).with_context(|| format!("writing {}", path.display()))?;
     Ok(path)

@@ -128,15 +128,7 @@ impl BuildIso {
         let ldlinux = ctx.tree_file("syslinux", LDLINUX_C32, "the syslinux-common package")?;
         let kernel = std::fs::read(ctx.file("kernel")?).context("reading the kernel")?;
         let uki = std::fs::read(ctx.file("uki")?).context("reading the UKI")?;
-        let esp = fat::write_image(
-            &BTreeMap::from([(EFI_BOOT_FILE.to_string(), uki)]),
-            &FatOptions {
-                volume_label: "KILN_EFI".into(),
-                volume_id: ESP_VOLUME_ID,
-                epoch: self.epoch,
-            },
-        )
-        .context("writing the EFI boot image")?;
+        let esp = esp_image(uki, self.epoch).context("writing the EFI boot image")?;
         write(&root.join("isolinux/isolinux.bin"), &isolinux, 0o644)?;
         write(&root.join("isolinux/ldlinux.c32"), &ldlinux, 0o644)?;
         write(
@@ -151,6 +143,19 @@ impl BuildIso {
             SystemTime::UNIX_EPOCH + Duration::from_secs(self.epoch),
         )
     }
+}
+
+/// A FAT file system whose removable-media boot file (`EFI/BOOT/BOOTX64.EFI`)
+/// is `efi`: an ISO's El Torito EFI image, or a drive for a boot test.
+pub fn esp_image(efi: Vec<u8>, epoch: u64) -> Result<Vec<u8>> {
+    fat::write_image(
+        &BTreeMap::from([(EFI_BOOT_FILE.to_string(), efi)]),
+        &FatOptions {
+            volume_label: "KILN_EFI".into(),
+            volume_id: ESP_VOLUME_ID,
+            epoch,
+        },
+    )
 }
 
 /// Boots the kernel at once, on the first serial port and the screen.

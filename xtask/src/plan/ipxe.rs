@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 use super::{ArtifactSpec, Builder, InputRef};
 use crate::recipe::{self, ipxe::cross_prefix, IpxeTarget, Recipe, SourceKind};
@@ -100,13 +100,6 @@ impl Builder<'_> {
         url.split(|c: char| !c.is_ascii_hexdigit())
             .find(|part| part.len() == 40)
             .map(str::to_string)
-    }
-
-    fn local_value(&self, path: &Path) -> Result<InputRef> {
-        let value = self
-            .local_input(path)
-            .with_context(|| format!("hashing {}", path.display()))?;
-        Ok(InputRef::Value(value))
     }
 }
 

@@ -261,16 +261,12 @@ impl<'a> Builder<'a> {
         let base = match &k.config {
             recipe::KernelConfigFrom::Base(b) => Some(b.clone()),
             recipe::KernelConfigFrom::File(f) => {
-                let value = self.local_input(f)?;
-                inputs.insert("config".into(), InputRef::Value(value));
+                inputs.insert("config".into(), self.local_value(f)?);
                 None
             }
         };
         for (i, (_, path)) in k.fragments.iter().enumerate() {
-            let value = self
-                .local_input(path)
-                .with_context(|| format!("hashing fragment {}", path.display()))?;
-            inputs.insert(format!("fragment.{i}"), InputRef::Value(value));
+            inputs.insert(format!("fragment.{i}"), self.local_value(path)?);
         }
         let mut required = Vec::new();
         if let Some((_, compression)) = initramfs {
@@ -592,6 +588,14 @@ impl<'a> Builder<'a> {
             let (digest, size) = self.store.put_file(path)?;
             Ok(Output::File { digest, size })
         }
+    }
+
+    /// `local_input` as a plan input, the path named if hashing fails.
+    fn local_value(&self, path: &Path) -> Result<InputRef> {
+        let value = self
+            .local_input(path)
+            .with_context(|| format!("hashing {}", path.display()))?;
+        Ok(InputRef::Value(value))
     }
 
     /// A source as a file or tree: fetched, or the operator's local copy.

@@ -53,17 +53,13 @@ pub fn load(file: &Path) -> Result<Vec<Host>> {
         }
     }
     check_unique(&doc, &hosts, &mut errors);
-    if raw_is_empty(&hosts, &errors) {
+    if hosts.is_empty() && errors.is_empty() {
         errors.push(doc.error(0..0, "the inventory lists no `[[host]]`"));
     }
     if !errors.is_empty() {
         return Err(RecipeErrors(errors).into());
     }
     Ok(hosts.into_iter().map(|(_, h)| h).collect())
-}
-
-fn raw_is_empty(hosts: &[(Range<usize>, Host)], errors: &[SourceError]) -> bool {
-    hosts.is_empty() && errors.is_empty()
 }
 
 fn host(doc: &Doc, span: Range<usize>, raw: RawHost) -> Result<Host, SourceError> {

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use toml::Spanned;
 
 use super::schema::RawIpxe;
-use super::{recipe_file, template, Ctx, SourceError, Vars};
+use super::{recipe_dir, recipe_file, render_file, Ctx, Vars};
 
 /// Platforms (iPXE's `bin-<arch>-<platform>` build directories) each
 /// architecture may build, and the cross compiler prefix it needs.
@@ -77,12 +77,17 @@ pub(super) fn ipxe(ctx: &mut Ctx, raw: RawIpxe, vars: &Vars) -> Option<Ipxe> {
     let base = ctx.doc.dir();
     ctx.source(&raw.source);
     let script_template = recipe_file(ctx, &base, &raw.script);
-    let script = script_template.as_ref().and_then(|t| render(ctx, t, vars));
-    let config = raw.config.as_ref().and_then(|c| directory(ctx, &base, c));
+    let script = script_template
+        .as_ref()
+        .and_then(|t| render_file(ctx, t, raw.script.span(), vars));
+    let config = raw
+        .config
+        .as_ref()
+        .and_then(|c| recipe_dir(ctx, &base, c, "config directory"));
     let patches = raw
         .patches
         .as_ref()
-        .and_then(|p| directory(ctx, &base, p))
+        .and_then(|p| recipe_dir(ctx, &base, p, "patch directory"))
         .map(|dir| patch_files(ctx, &dir, raw.patches.as_ref().map(Spanned::span)))
         .unwrap_or_default();
     let trust = raw
@@ -111,35 +116,6 @@ pub(super) fn ipxe(ctx: &mut Ctx, raw: RawIpxe, vars: &Vars) -> Option<Ipxe> {
         certs,
         targets,
     })
-}
-
-fn render(ctx: &mut Ctx, file: &Path, vars: &Vars) -> Option<String> {
-    let text = match std::fs::read_to_string(file) {
-        Ok(t) => t,
-        Err(e) => {
-            let err = SourceError::new(file, "", 0..0, format!("cannot read the script: {e}"));
-            ctx.errors.push(err);
-            return None;
-        }
-    };
-    match template::render(&text, vars) {
-        Ok(s) => Some(s),
-        Err(e) => {
-            let err = SourceError::new(file, &text, e.span, e.message).label("in this script");
-            ctx.errors.push(err);
-            None
-        }
-    }
-}
-
-fn directory(ctx: &mut Ctx, base: &Path, raw: &Spanned<String>) -> Option<PathBuf> {
-    let dir = base.join(raw.get_ref());
-    if dir.is_dir() {
-        Some(dir)
-    } else {
-        ctx.push(raw.span(), format!("{} is not a directory", dir.display()));
-        None
-    }
 }
 
 /// Files of the patch directory in byte order of their names (`0001-…`).

@@ -9,7 +9,7 @@ use toml::Spanned;
 
 use super::hosts::{self, Host, HOST_VARIABLES};
 use super::schema::{RawHosts, RawIso, RawRecipe, RawScript, RawUki};
-use super::{image_path, recipe_file, template, Ctx, RecipeErrors, SourceError, Vars};
+use super::{image_path, recipe_file, render_file, template, Ctx, RecipeErrors, Vars};
 
 /// The kernel's `COMMAND_LINE_SIZE` on x86 is 2048 bytes with the NUL, and
 /// isolinux prepends `BOOT_IMAGE=/boot/vmlinuz `.
@@ -92,7 +92,7 @@ pub(super) fn media(
     }
     media.uki = raw.uki.take().and_then(|u| uki(ctx, u.into_inner()));
     if let Some(iso_raw) = raw.iso.take() {
-        if raw_uki_missing(&media) {
+        if media.uki.is_none() {
             ctx.push(
                 iso_raw.span(),
                 "[iso] boots UEFI machines through the UKI: add a [uki] section",
@@ -114,10 +114,6 @@ pub(super) fn media(
         media.script = script(ctx, s.into_inner(), vars, &media.cmdline, kernel);
     }
     media
-}
-
-fn raw_uki_missing(media: &Media) -> bool {
-    media.uki.is_none()
 }
 
 fn uki(ctx: &mut Ctx, raw: RawUki) -> Option<Uki> {
@@ -270,31 +266,14 @@ fn script(
     let output = image_path(ctx, &raw.output);
     let base_dir = ctx.doc.dir();
     let template = recipe_file(ctx, &base_dir, &raw.template)?;
-    let text = match std::fs::read_to_string(&template) {
-        Ok(t) => t,
-        Err(e) => {
-            ctx.push(
-                raw.template.span(),
-                format!("cannot read {}: {e}", template.display()),
-            );
-            return None;
-        }
-    };
     let mut all = vars.clone();
     all.insert("cmdline".into(), Some(cmdline.to_string()));
     let file_name = kernel.rsplit('/').next().unwrap_or(kernel);
     all.insert("kernel".into(), Some(file_name.to_string()));
-    match template::render(&text, &all) {
-        Ok(rendered) => Some(Script {
-            output: output?,
-            template,
-            text: rendered,
-        }),
-        Err(e) => {
-            let err =
-                SourceError::new(&template, &text, e.span, e.message).label("in this template");
-            ctx.errors.push(err);
-            None
-        }
-    }
+    let text = render_file(ctx, &template, raw.template.span(), &all)?;
+    Some(Script {
+        output: output?,
+        template,
+        text,
+    })
 }

@@ -555,7 +555,7 @@ fn initramfs(ctx: &mut Ctx, raw: RawInitramfs) -> Option<Initramfs> {
     let overlays = raw
         .overlays
         .iter()
-        .filter_map(|o| overlay_dir(ctx, &base, o))
+        .filter_map(|o| recipe_dir(ctx, &base, o, "overlay directory"))
         .collect();
     let templates = raw
         .templates
@@ -737,16 +737,39 @@ fn image_path(ctx: &mut Ctx, raw: &Spanned<String>) -> Option<String> {
     Some(p.to_string())
 }
 
-fn overlay_dir(ctx: &mut Ctx, base: &Path, raw: &Spanned<String>) -> Option<PathBuf> {
+/// A directory named relative to the recipe, which must exist; `what`
+/// names it in the error ("overlay directory").
+fn recipe_dir(ctx: &mut Ctx, base: &Path, raw: &Spanned<String>, what: &str) -> Option<PathBuf> {
     let dir = base.join(raw.get_ref());
     if dir.is_dir() {
         Some(dir)
     } else {
         ctx.push(
             raw.span(),
-            format!("overlay directory {} does not exist", dir.display()),
+            format!("{what} {} does not exist", dir.display()),
         );
         None
+    }
+}
+
+/// Reads the template `file` (named at `at` in the recipe) and renders it
+/// with `vars`: a read error points at the recipe, a template error into
+/// the template.
+fn render_file(ctx: &mut Ctx, file: &Path, at: Range<usize>, vars: &Vars) -> Option<String> {
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) => {
+            ctx.push(at, format!("cannot read {}: {e}", file.display()));
+            return None;
+        }
+    };
+    match template::render(&text, vars) {
+        Ok(rendered) => Some(rendered),
+        Err(e) => {
+            let err = SourceError::new(file, &text, e.span, e.message).label("in this template");
+            ctx.errors.push(err);
+            None
+        }
     }
 }
 

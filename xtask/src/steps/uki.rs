@@ -82,7 +82,10 @@ pub fn kernel_release(bzimage: &[u8]) -> Result<String> {
     if bzimage.get(0x202..0x206) != Some(b"HdrS") {
         bail!("the kernel is not an x86 bzImage (no `HdrS` setup header)");
     }
-    let field = u16::from_le_bytes([bzimage[0x20e], bzimage[0x20f]]);
+    let field = bzimage
+        .get(0x20e..0x210)
+        .map(|b| u16::from_le_bytes([b[0], b[1]]))
+        .context("the bzImage's setup header is truncated")?;
     let start = 0x200 + usize::from(field);
     let text = bzimage
         .get(start..)
@@ -128,5 +131,10 @@ mod tests {
         let mut b = fake_bzimage("x");
         b[0x20e..0x210].copy_from_slice(&0xfff0u16.to_le_bytes());
         assert!(kernel_release(&b).is_err());
+        let truncated = &fake_bzimage("x")[..0x208];
+        assert!(kernel_release(truncated)
+            .unwrap_err()
+            .to_string()
+            .contains("truncated"));
     }
 }

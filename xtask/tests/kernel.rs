@@ -128,14 +128,13 @@ fn clean_kernel_builds_in_different_dirs_are_identical() {
     let recipes2 = copy_recipes(&root);
     let out2 = root.join("output");
     let cmd = kiln(&recipes2, &out2, &root.join("cache"));
-    let mut sh = std::process::Command::new("sh");
-    sh.arg("-c")
-        .arg("umask 077; exec \"$0\" \"$@\" build stage2/stage2_vmlinuz")
-        .arg(cmd.get_program())
-        .args(cmd.get_args())
-        .env("TZ", "Pacific/Kiritimati")
-        .env("LC_ALL", "C.UTF-8");
-    run_ok(&mut sh);
+    let mut sh = under_umask(
+        &cmd,
+        "077",
+        "Pacific/Kiritimati",
+        &format!("build {KERNEL}"),
+    );
+    run_ok(sh.env("LC_ALL", "C.UTF-8"));
     let a = std::fs::read(shared_out.join(KERNEL)).unwrap();
     let b = std::fs::read(out2.join(KERNEL)).unwrap();
     assert!(a == b, "{}", first_difference(&a, &b));

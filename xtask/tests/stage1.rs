@@ -100,13 +100,7 @@ fn build_stage1_in(root: &Path, umask: &str, tz: &str) -> Vec<(String, Vec<u8>)>
     std::fs::create_dir_all(&deep).unwrap();
     let recipes = copy_recipes(&deep);
     let cmd = kiln(&recipes, &deep.join("output"), &root.join("cache"));
-    let mut sh = std::process::Command::new("sh");
-    sh.arg("-c")
-        .arg(format!("umask {umask}; exec \"$0\" \"$@\" build stage1"))
-        .arg(cmd.get_program())
-        .args(cmd.get_args())
-        .env("TZ", tz);
-    run_ok(&mut sh);
+    run_ok(&mut under_umask(&cmd, umask, tz, "build stage1"));
     let dir = deep.join("output/stage1");
     files(&dir)
         .into_iter()

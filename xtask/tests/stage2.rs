@@ -40,17 +40,12 @@ fn build_in(dir: &Path, umask: &str, tz: &str) -> Vec<u8> {
     std::fs::create_dir_all(&root).unwrap();
     let recipes = copy_recipes(&root);
     let cmd = kiln(&recipes, &root.join("output"), &dir.join("cache"));
-    let program = cmd.get_program().to_owned();
-    let args: Vec<_> = cmd.get_args().map(|a| a.to_owned()).collect();
-    let mut sh = std::process::Command::new("sh");
-    sh.arg("-c")
-        .arg(format!(
-            "umask {umask}; exec \"$0\" \"$@\" build {INITRAMFS}"
-        ))
-        .arg(program)
-        .args(args)
-        .env("TZ", tz);
-    run_ok(&mut sh);
+    run_ok(&mut under_umask(
+        &cmd,
+        umask,
+        tz,
+        &format!("build {INITRAMFS}"),
+    ));
     std::fs::read(root.join("output").join(INITRAMFS)).unwrap()
 }
 

@@ -60,6 +60,19 @@ pub fn kiln(recipes: &Path, output: &Path, cache: &Path) -> Command {
     cmd
 }
 
+/// `cmd` followed by `subcommand` (e.g. `build stage2`), run through `sh`
+/// under `umask` with `TZ=tz`: the environment a second reproducibility
+/// build varies.
+pub fn under_umask(cmd: &Command, umask: &str, tz: &str, subcommand: &str) -> Command {
+    let mut sh = Command::new("sh");
+    sh.arg("-c")
+        .arg(format!("umask {umask}; exec \"$0\" \"$@\" {subcommand}"))
+        .arg(cmd.get_program())
+        .args(cmd.get_args())
+        .env("TZ", tz);
+    sh
+}
+
 pub fn run_ok(cmd: &mut Command) -> Output {
     let out = cmd.output().expect("starting xtask");
     assert!(

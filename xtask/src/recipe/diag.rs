@@ -109,6 +109,20 @@ pub fn nearest<'a>(unknown: &str, valid: impl IntoIterator<Item = &'a str>) -> O
         .map(|(_, v)| v)
 }
 
+/// The help for an unknown name: the nearest valid one, if any is close,
+/// then all of them, e.g. "did you mean `b`? valid keys here: `a`, `b`".
+pub fn unknown_name_help(unknown: &str, valid: &[&str], what: &str) -> String {
+    let list = valid
+        .iter()
+        .map(|v| format!("`{v}`"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    match nearest(unknown, valid.iter().copied()) {
+        Some(n) => format!("did you mean `{n}`? valid {what}: {list}"),
+        None => format!("valid {what}: {list}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,26 +1,43 @@
-//! Host inventories (`recipes/hosts.toml`): machines with a static
-//! identity, validated once on load. Each host becomes a set of template
-//! variables (`{{hostname}}`, `{{ipv4_address}}`, `{{ipv4_netmask}}`…) for
-//! per-host kernel arguments and scripts.
+//! Host inventories (`recipes/hosts.toml`, or the same fields as CSV or
+//! JSON): machines with a static identity, validated once on load. Each
+//! host becomes a set of template variables (`{{hostname}}`,
+//! `{{ipv4_address}}`, `{{ipv4_netmask}}`…) for per-host kernel arguments
+//! and scripts.
+//!
+//! Architecture invariant: every format is read into [`RawHost`] values
+//! with their spans; only [`host`] validates them, so a field means the same
+//! and fails with the same message in every format.
 
-use std::collections::{BTreeMap, HashMap};
+mod csv;
+mod json;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::ops::Range;
 use std::path::Path;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
+use toml::Spanned;
 
+use super::ipxe::ARCHES;
 use super::schema::{RawHost, RawInventory};
-use super::{Doc, RecipeErrors, SourceError};
+use super::{diag, Doc, RecipeErrors, SourceError};
 
 /// One validated host.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Host {
     pub hostname: String,
-    /// `file:line:col` of its `[[host]]` table, for messages.
+    /// `file:line:col` of its `[[host]]` table, CSV row or JSON object, for
+    /// messages.
     pub origin: String,
     /// Template variable → value; a field the host does not have is absent.
     pub vars: BTreeMap<String, String>,
+    /// NIC ROM file names the machine needs (`None`: the inventory does not
+    /// say; `Some(vec![])`: none). Only their syntax is checked here.
+    pub roms: Option<Vec<String>>,
+    /// `x86_64` or `arm64`.
+    pub arch: String,
 }
 
 /// Every variable a host may provide, for "unknown variable" hints and for
@@ -40,87 +57,277 @@ pub const HOST_VARIABLES: &[&str] = &[
     "ipv6_gateway",
 ];
 
+/// The fields of a host as an inventory names them: TOML keys, CSV
+/// columns, JSON keys.
+const FIELDS: &[&str] = &[
+    "hostname",
+    "ipv4",
+    "gateway",
+    "dns",
+    "ipv6",
+    "ipv6_gateway",
+    "roms",
+    "arch",
+];
+
+/// An inventory's format, from its file name's extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Toml,
+    Csv,
+    Json,
+}
+
+impl Format {
+    fn of(file: &Path) -> Result<Format> {
+        let ext = file.extension().and_then(|e| e.to_str());
+        Ok(match ext.map(str::to_ascii_lowercase).as_deref() {
+            Some("toml") => Format::Toml,
+            Some("csv") => Format::Csv,
+            Some("json") => Format::Json,
+            _ => bail!(
+                "{}: an inventory is a `.toml`, `.csv` or `.json` file",
+                file.display()
+            ),
+        })
+    }
+
+    fn no_hosts(self) -> &'static str {
+        match self {
+            Format::Toml => "the inventory lists no `[[host]]`",
+            Format::Csv => "the inventory lists no host: a header row, then one row per host",
+            Format::Json => "the inventory lists no host",
+        }
+    }
+}
+
+/// The hosts of a `.toml`, `.csv` or `.json` inventory, validated. Errors
+/// are [`RecipeErrors`], each naming the file, line, host and field.
 pub fn load(file: &Path) -> Result<Vec<Host>> {
+    let format = Format::of(file)?;
     let doc = Doc::read(file)?;
-    let raw: RawInventory = doc.parse()?;
     let mut errors = Vec::new();
+    let raw = match format {
+        Format::Toml => doc.parse::<RawInventory>()?.host,
+        Format::Csv => csv::hosts(&doc, &mut errors),
+        Format::Json => json::hosts(&doc, &mut errors),
+    };
     let mut hosts = Vec::new();
-    for h in raw.host {
+    for h in raw {
         let span = h.span();
-        match host(&doc, span.clone(), h.into_inner()) {
-            Ok(host) => hosts.push((span, host)),
+        match host(&doc, span, h.into_inner()) {
+            Ok(checked) => hosts.push(checked),
             Err(e) => errors.push(e),
         }
     }
     check_unique(&doc, &hosts, &mut errors);
     if hosts.is_empty() && errors.is_empty() {
-        errors.push(doc.error(0..0, "the inventory lists no `[[host]]`"));
+        errors.push(doc.error(0..0, format.no_hosts()));
     }
     if !errors.is_empty() {
         return Err(RecipeErrors(errors).into());
     }
-    Ok(hosts.into_iter().map(|(_, h)| h).collect())
+    Ok(hosts.into_iter().map(|c| c.host).collect())
 }
 
-fn host(doc: &Doc, span: Range<usize>, raw: RawHost) -> Result<Host, SourceError> {
+/// Where a field read from a CSV cell or a JSON value goes in a [`RawHost`].
+enum Slot<'a> {
+    One(&'a mut Option<Spanned<String>>),
+    List(&'a mut Option<Vec<Spanned<String>>>),
+}
+
+impl Slot<'_> {
+    fn is_set(&self) -> bool {
+        match self {
+            Slot::One(s) => s.is_some(),
+            Slot::List(s) => s.is_some(),
+        }
+    }
+}
+
+/// The slot of `field` (one of [`FIELDS`]); `None` for an unknown name.
+fn slot<'a>(raw: &'a mut RawHost, field: &str) -> Option<Slot<'a>> {
+    Some(match field {
+        "hostname" => Slot::One(&mut raw.hostname),
+        "ipv4" => Slot::One(&mut raw.ipv4),
+        "gateway" => Slot::One(&mut raw.gateway),
+        "dns" => Slot::List(&mut raw.dns),
+        "ipv6" => Slot::One(&mut raw.ipv6),
+        "ipv6_gateway" => Slot::One(&mut raw.ipv6_gateway),
+        "roms" => Slot::List(&mut raw.roms),
+        "arch" => Slot::One(&mut raw.arch),
+        _ => return None,
+    })
+}
+
+/// An unknown CSV column or JSON key, with the nearest field as a hint.
+fn unknown_field(doc: &Doc, span: Range<usize>, message: String, name: &str) -> SourceError {
+    doc.error(span, message)
+        .label("unknown field")
+        .help(diag::unknown_name_help(name, FIELDS, "fields"))
+}
+
+/// A validated host and where its unique fields are written, so that a
+/// duplicate points at the field rather than the whole host.
+struct Checked {
+    host: Host,
+    /// `hostname`, `ipv4_address`, `ipv6_address` → span.
+    spans: BTreeMap<&'static str, Range<usize>>,
+}
+
+/// Errors about one host's fields: "host `name`: `field` why".
+struct Blame<'a> {
+    doc: &'a Doc,
+    host: &'a str,
+    /// The whole host, for a missing field.
+    span: Range<usize>,
+}
+
+impl Blame<'_> {
+    fn at(&self, span: Range<usize>, field: &str, why: impl fmt::Display) -> SourceError {
+        self.doc
+            .error(span, format!("host `{}`: `{field}` {why}", self.host))
+    }
+
+    fn required<'r>(
+        &self,
+        value: &'r Option<Spanned<String>>,
+        field: &str,
+    ) -> Result<&'r Spanned<String>, SourceError> {
+        value
+            .as_ref()
+            .ok_or_else(|| self.at(self.span.clone(), field, "is missing"))
+    }
+}
+
+fn host(doc: &Doc, span: Range<usize>, raw: RawHost) -> Result<Checked, SourceError> {
     let hostname = raw
         .hostname
+        .as_ref()
         .ok_or_else(|| doc.error(span.clone(), "host without `hostname`"))?;
-    let name = hostname.get_ref().clone();
-    let fail = |s: Range<usize>, field: &str, why: String| {
-        doc.error(s, format!("host `{name}`: `{field}` {why}"))
+    let name = hostname.get_ref();
+    let blame = Blame {
+        doc,
+        host: name,
+        span: span.clone(),
     };
-    if let Err(why) = check_hostname(&name) {
-        return Err(fail(hostname.span(), "hostname", why));
-    }
+    check_hostname(name).map_err(|why| blame.at(hostname.span(), "hostname", why))?;
     let mut vars = BTreeMap::from([("hostname".to_string(), name.clone())]);
-    let ipv4 = raw
-        .ipv4
-        .ok_or_else(|| fail(span.clone(), "ipv4", "is missing".into()))?;
+    let mut spans = BTreeMap::from([("hostname", hostname.span())]);
+    spans.insert("ipv4_address", ipv4_vars(&blame, &raw, &mut vars)?);
+    dns_vars(&blame, raw.dns.as_deref().unwrap_or_default(), &mut vars)?;
+    if let Some(v6) = ipv6_vars(&blame, &raw, &mut vars)? {
+        spans.insert("ipv6_address", v6);
+    }
+    let roms = raw.roms.as_deref().map(|r| roms(&blame, r)).transpose()?;
+    let arch = arch(&blame, raw.arch.as_ref())?;
+    let (line, col) = diag::line_col(&doc.text, span.start);
+    let host = Host {
+        hostname: name.clone(),
+        origin: format!("{}:{line}:{col}", doc.file.display()),
+        vars,
+        roms,
+        arch,
+    };
+    Ok(Checked { host, spans })
+}
+
+/// `ipv4` and `gateway` (both required) as variables; the span of `ipv4`.
+fn ipv4_vars(
+    blame: &Blame,
+    raw: &RawHost,
+    vars: &mut BTreeMap<String, String>,
+) -> Result<Range<usize>, SourceError> {
+    let ipv4 = blame.required(&raw.ipv4, "ipv4")?;
     let (addr, prefix) =
-        parse_v4_cidr(ipv4.get_ref()).map_err(|why| fail(ipv4.span(), "ipv4", why))?;
-    let gateway = raw
-        .gateway
-        .ok_or_else(|| fail(span.clone(), "gateway", "is missing".into()))?;
+        parse_v4_cidr(ipv4.get_ref()).map_err(|why| blame.at(ipv4.span(), "ipv4", why))?;
+    let gateway = blame.required(&raw.gateway, "gateway")?;
     let gw = parse_v4_gateway(gateway.get_ref(), addr, prefix)
-        .map_err(|why| fail(gateway.span(), "gateway", why))?;
+        .map_err(|why| blame.at(gateway.span(), "gateway", why))?;
     vars.insert("ipv4".into(), ipv4.get_ref().clone());
     vars.insert("ipv4_address".into(), addr.to_string());
     vars.insert("ipv4_prefix".into(), prefix.to_string());
     vars.insert("ipv4_netmask".into(), netmask(prefix).to_string());
     vars.insert("ipv4_gateway".into(), gw.to_string());
-    for (i, d) in raw.dns.iter().enumerate() {
+    Ok(ipv4.span())
+}
+
+fn dns_vars(
+    blame: &Blame,
+    dns: &[Spanned<String>],
+    vars: &mut BTreeMap<String, String>,
+) -> Result<(), SourceError> {
+    for (i, d) in dns.iter().enumerate() {
         let ip: IpAddr = d.get_ref().parse().map_err(|_| {
-            fail(
-                d.span(),
-                "dns",
-                format!("`{}` is not an IP address", d.get_ref()),
-            )
+            let why = format!("`{}` is not an IP address", d.get_ref());
+            blame.at(d.span(), "dns", why)
         })?;
         vars.insert(format!("dns{}", i + 1), ip.to_string());
     }
+    Ok(())
+}
+
+/// `ipv6` and `ipv6_gateway` (both optional) as variables; the span of
+/// `ipv6`.
+fn ipv6_vars(
+    blame: &Blame,
+    raw: &RawHost,
+    vars: &mut BTreeMap<String, String>,
+) -> Result<Option<Range<usize>>, SourceError> {
     if let Some(v6) = &raw.ipv6 {
-        let (a, p) = parse_v6_cidr(v6.get_ref()).map_err(|why| fail(v6.span(), "ipv6", why))?;
+        let (a, p) = parse_v6_cidr(v6.get_ref()).map_err(|why| blame.at(v6.span(), "ipv6", why))?;
         vars.insert("ipv6".into(), v6.get_ref().clone());
         vars.insert("ipv6_address".into(), a.to_string());
         vars.insert("ipv6_prefix".into(), p.to_string());
     }
     if let Some(g) = &raw.ipv6_gateway {
         let ip: Ipv6Addr = g.get_ref().parse().map_err(|_| {
-            fail(
-                g.span(),
-                "ipv6_gateway",
-                format!("`{}` is not an IPv6 address", g.get_ref()),
-            )
+            let why = format!("`{}` is not an IPv6 address", g.get_ref());
+            blame.at(g.span(), "ipv6_gateway", why)
         })?;
         vars.insert("ipv6_gateway".into(), ip.to_string());
     }
-    let (line, col) = super::diag::line_col(&doc.text, span.start);
-    Ok(Host {
-        hostname: name,
-        origin: format!("{}:{line}:{col}", doc.file.display()),
-        vars,
-    })
+    Ok(raw.ipv6.as_ref().map(Spanned::span))
+}
+
+/// NIC ROM file names as iPXE's make targets end (`bin/808610d3.rom`,
+/// `bin/15b31003.mrom`), each once. Whether the recipe builds them is the
+/// caller's question.
+fn roms(blame: &Blame, raw: &[Spanned<String>]) -> Result<Vec<String>, SourceError> {
+    let mut seen = BTreeSet::new();
+    for rom in raw {
+        let name = rom.get_ref();
+        let stem = name
+            .strip_suffix(".rom")
+            .or_else(|| name.strip_suffix(".mrom"));
+        let chars_ok = name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        if !chars_ok || stem.is_none_or(str::is_empty) {
+            let why = format!(
+                "`{name}` is not a ROM file name (letters, digits, `.`, `_` and `-`, ending `.rom` or `.mrom`)"
+            );
+            return Err(blame.at(rom.span(), "roms", why));
+        }
+        if !seen.insert(name.as_str()) {
+            return Err(blame.at(rom.span(), "roms", format!("lists `{name}` twice")));
+        }
+    }
+    Ok(raw.iter().map(|r| r.get_ref().clone()).collect())
+}
+
+/// One of iPXE's architectures; the first (`x86_64`) when absent.
+fn arch(blame: &Blame, raw: Option<&Spanned<String>>) -> Result<String, SourceError> {
+    let known = ARCHES.iter().map(|(a, _, _)| *a);
+    let Some(arch) = raw else {
+        return Ok(ARCHES[0].0.to_string());
+    };
+    if known.clone().any(|a| a == arch.get_ref()) {
+        return Ok(arch.get_ref().clone());
+    }
+    let list: Vec<String> = known.map(|a| format!("`{a}`")).collect();
+    let why = format!("`{}` is not one of {}", arch.get_ref(), list.join(", "));
+    Err(blame.at(arch.span(), "arch", why))
 }
 
 /// RFC 1123 names: dot-separated labels of letters, digits and `-`.
@@ -196,11 +403,11 @@ fn netmask(prefix: u8) -> Ipv4Addr {
 }
 
 /// Host names (case-insensitively) and addresses appear once.
-fn check_unique(doc: &Doc, hosts: &[(Range<usize>, Host)], errors: &mut Vec<SourceError>) {
+fn check_unique(doc: &Doc, hosts: &[Checked], errors: &mut Vec<SourceError>) {
     let mut seen: HashMap<(String, String), &str> = HashMap::new();
-    for (span, h) in hosts {
+    for Checked { host: h, spans } in hosts {
         for field in ["hostname", "ipv4_address", "ipv6_address"] {
-            let Some(value) = h.vars.get(field) else {
+            let (Some(value), Some(span)) = (h.vars.get(field), spans.get(field)) else {
                 continue;
             };
             let key = (field.to_string(), value.to_ascii_lowercase());
@@ -296,6 +503,299 @@ ipv6 = "2001:db8::10/64"
             ),
             "{err}"
         );
+    }
+
+    /// The same two hosts in each format.
+    const SAME_TOML: &str = r#"
+[[host]]
+hostname = "mlab1-lga01"
+ipv4 = "192.0.2.10/26"
+gateway = "192.0.2.1"
+dns = ["8.8.8.8", "2001:4860:4860::8888"]
+ipv6 = "2001:db8::10/64"
+ipv6_gateway = "2001:db8::1"
+roms = ["15b31003.mrom", "808610d3.rom"]
+arch = "arm64"
+
+[[host]]
+hostname = "mlab2-lga01"
+ipv4 = "192.0.2.11/26"
+gateway = "192.0.2.1"
+dns = ["8.8.8.8"]
+"#;
+
+    /// Line 2 is the header, line 4 the first host, line 5 the second.
+    const SAME_CSV: &str = "\
+# hosts of lga01
+hostname,ipv4,gateway,dns,ipv6,ipv6_gateway,roms,arch
+
+mlab1-lga01,192.0.2.10/26,192.0.2.1,\"8.8.8.8; 2001:4860:4860::8888\",2001:db8::10/64,2001:db8::1,15b31003.mrom 808610d3.rom,arm64
+mlab2-lga01, 192.0.2.11/26 ,192.0.2.1,8.8.8.8,,,,
+";
+
+    /// The first host's fields are on lines 3 to 10, the second's on 13 to 16.
+    const SAME_JSON: &str = r#"[
+  {
+    "hostname": "mlab1-lga01",
+    "ipv4": "192.0.2.10/26",
+    "gateway": "192.0.2.1",
+    "dns": ["8.8.8.8", "2001:4860:4860::8888"],
+    "ipv6": "2001:db8::10/64",
+    "ipv6_gateway": "2001:db8::1",
+    "roms": ["15b31003.mrom", "808610d3.rom"],
+    "arch": "arm64"
+  },
+  {
+    "hostname": "mlab2-lga01",
+    "ipv4": "192.0.2.11/26",
+    "gateway": "192.0.2.1",
+    "dns": ["8.8.8.8"]
+  }
+]
+"#;
+
+    fn load_as(ext: &str, text: &str) -> Result<Vec<Host>> {
+        let dir = tempfile::tempdir()?;
+        let file = dir.path().join(format!("hosts.{ext}"));
+        std::fs::write(&file, text)?;
+        load(&file)
+    }
+
+    /// Hosts without their origin, which differs between formats.
+    fn without_origin(hosts: Vec<Host>) -> Vec<Host> {
+        hosts
+            .into_iter()
+            .map(|h| Host {
+                origin: String::new(),
+                ..h
+            })
+            .collect()
+    }
+
+    /// Asserts that loading `text` as `hosts.<ext>` fails with an error
+    /// whose first line names `line` of the file and contains `message`.
+    fn assert_error_at(ext: &str, text: &str, line: usize, message: &str) {
+        let err = format!("{:#}", load_as(ext, text).unwrap_err());
+        let first = err
+            .lines()
+            .find(|l| l.contains(message))
+            .unwrap_or_else(|| panic!("no `{message}` in:\n{err}"));
+        let location = format!("hosts.{ext}:{line}:");
+        assert!(first.contains(&location), "not at {location}:\n{err}");
+    }
+
+    #[test]
+    fn toml_csv_and_json_inventories_load_to_the_same_hosts() {
+        let toml = without_origin(load_as("toml", SAME_TOML).unwrap());
+        let csv = without_origin(load_as("csv", SAME_CSV).unwrap());
+        let json = without_origin(load_as("json", SAME_JSON).unwrap());
+        let table = format!("{{\"host\": {SAME_JSON}}}");
+        let json_table = without_origin(load_as("json", &table).unwrap());
+        assert_eq!(csv, toml);
+        assert_eq!(json, toml);
+        assert_eq!(json_table, toml);
+        let roms = vec!["15b31003.mrom".to_string(), "808610d3.rom".to_string()];
+        assert_eq!(toml[0].roms, Some(roms));
+        assert_eq!(toml[0].arch, "arm64");
+        assert_eq!(toml[0].vars["dns2"], "2001:4860:4860::8888");
+        assert_eq!(toml[1].roms, None);
+        assert_eq!(toml[1].arch, "x86_64");
+        assert!(!toml[1].vars.contains_key("ipv6"));
+    }
+
+    #[test]
+    fn origins_name_the_row_or_object() {
+        let csv = load_as("csv", SAME_CSV).unwrap();
+        assert!(
+            csv[0].origin.ends_with("hosts.csv:4:1"),
+            "{}",
+            csv[0].origin
+        );
+        assert!(
+            csv[1].origin.ends_with("hosts.csv:5:1"),
+            "{}",
+            csv[1].origin
+        );
+        let json = load_as("json", SAME_JSON).unwrap();
+        assert!(
+            json[1].origin.ends_with("hosts.json:12:3"),
+            "{}",
+            json[1].origin
+        );
+    }
+
+    #[test]
+    fn an_empty_roms_list_differs_from_none() {
+        let toml = SAME_TOML.replace(r#"["15b31003.mrom", "808610d3.rom"]"#, "[]");
+        assert_eq!(load_as("toml", &toml).unwrap()[0].roms, Some(vec![]));
+        let json = SAME_JSON.replace(r#"["15b31003.mrom", "808610d3.rom"]"#, "[]");
+        assert_eq!(load_as("json", &json).unwrap()[0].roms, Some(vec![]));
+    }
+
+    #[test]
+    fn roms_and_arch_are_checked_in_toml() {
+        let bad = SAME_TOML.replace("808610d3.rom", "../808610d3.rom");
+        let err = format!("{:#}", load_as("toml", &bad).unwrap_err());
+        assert!(
+            err.contains("host `mlab1-lga01`: `roms` `../808610d3.rom` is not a ROM file name"),
+            "{err}"
+        );
+        let bad = SAME_TOML.replace("\"arm64\"", "\"riscv64\"");
+        let err = format!("{:#}", load_as("toml", &bad).unwrap_err());
+        assert!(
+            err.contains("host `mlab1-lga01`: `arch` `riscv64` is not one of `x86_64`, `arm64`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn csv_errors_name_the_host_field_and_row() {
+        let ipv4 = "192.0.2.11/26 ,192.0.2.1,";
+        let no_gateway = SAME_CSV.replace(ipv4, "192.0.2.11/26 ,,");
+        assert_error_at(
+            "csv",
+            &no_gateway,
+            5,
+            "host `mlab2-lga01`: `gateway` is missing",
+        );
+        let bad = SAME_CSV.replace("192.0.2.11/26", "192.0.2.311/26");
+        let why = "host `mlab2-lga01`: `ipv4` `192.0.2.311` is not an IPv4 address";
+        assert_error_at("csv", &bad, 5, why);
+        let dup = SAME_CSV.replace("mlab2-lga01", "mlab1-lga01");
+        let why = "host `mlab1-lga01`: `hostname` mlab1-lga01 is already used";
+        assert_error_at("csv", &dup, 5, why);
+        let dup = SAME_CSV.replace("192.0.2.11/26", "192.0.2.10/26");
+        let why = "host `mlab2-lga01`: `ipv4` 192.0.2.10 is already used by host `mlab1-lga01`";
+        assert_error_at("csv", &dup, 5, why);
+        let bad = SAME_CSV.replace("808610d3.rom", "808610d3.bin");
+        let why = "host `mlab1-lga01`: `roms` `808610d3.bin` is not a ROM file name";
+        assert_error_at("csv", &bad, 4, why);
+        let dup = SAME_CSV.replace("808610d3.rom", "15b31003.mrom");
+        let why = "host `mlab1-lga01`: `roms` lists `15b31003.mrom` twice";
+        assert_error_at("csv", &dup, 4, why);
+        let bad = SAME_CSV.replace(",arm64", ",aarch64");
+        let why = "host `mlab1-lga01`: `arch` `aarch64` is not one of `x86_64`, `arm64`";
+        assert_error_at("csv", &bad, 4, why);
+    }
+
+    #[test]
+    fn csv_unknown_columns_suggest_the_nearest_field() {
+        let bad = SAME_CSV.replace(",arch\n", ",arc\n");
+        assert_error_at("csv", &bad, 2, "unknown column `arc`");
+        let err = format!("{:#}", load_as("csv", &bad).unwrap_err());
+        assert!(err.contains("did you mean `arch`?"), "{err}");
+        let bad = SAME_CSV.replace(",arch\n", ",ipv4\n");
+        assert_error_at("csv", &bad, 2, "column `ipv4` appears twice");
+    }
+
+    #[test]
+    fn csv_rows_have_as_many_cells_as_the_header() {
+        let bad = SAME_CSV.replace("8.8.8.8,,,,", "8.8.8.8,,,");
+        let why = "host `mlab2-lga01`: the row has 7 cells, the header 8";
+        assert_error_at("csv", &bad, 5, why);
+    }
+
+    #[test]
+    fn json_errors_name_the_host_field_and_line() {
+        let ipv4 = "\"192.0.2.11/26\",\n";
+        let no_gateway =
+            SAME_JSON.replace(&format!("{ipv4}    \"gateway\": \"192.0.2.1\",\n"), ipv4);
+        assert_error_at(
+            "json",
+            &no_gateway,
+            12,
+            "host `mlab2-lga01`: `gateway` is missing",
+        );
+        let bad = SAME_JSON.replace("192.0.2.11/26", "192.0.2.311/26");
+        let why = "host `mlab2-lga01`: `ipv4` `192.0.2.311` is not an IPv4 address";
+        assert_error_at("json", &bad, 14, why);
+        let dup = SAME_JSON.replace("mlab2-lga01", "mlab1-lga01");
+        let why = "host `mlab1-lga01`: `hostname` mlab1-lga01 is already used";
+        assert_error_at("json", &dup, 13, why);
+        let dup = SAME_JSON.replace("192.0.2.11/26", "192.0.2.10/26");
+        let why = "host `mlab2-lga01`: `ipv4` 192.0.2.10 is already used by host `mlab1-lga01`";
+        assert_error_at("json", &dup, 14, why);
+        let bad = SAME_JSON.replace("808610d3.rom", "808610d3.bin");
+        let why = "host `mlab1-lga01`: `roms` `808610d3.bin` is not a ROM file name";
+        assert_error_at("json", &bad, 9, why);
+        let bad = SAME_JSON.replace("\"arm64\"", "\"aarch64\"");
+        let why = "host `mlab1-lga01`: `arch` `aarch64` is not one of `x86_64`, `arm64`";
+        assert_error_at("json", &bad, 10, why);
+    }
+
+    #[test]
+    fn json_keys_are_fields_given_once() {
+        let bad = SAME_JSON.replace(
+            "\"gateway\": \"192.0.2.1\",\n    \"dns\": [\"8.8.8.8\"]\n",
+            "\"gatway\": \"192.0.2.1\",\n    \"dns\": [\"8.8.8.8\"]\n",
+        );
+        assert_error_at("json", &bad, 15, "host `mlab2-lga01`: unknown key `gatway`");
+        let err = format!("{:#}", load_as("json", &bad).unwrap_err());
+        assert!(err.contains("did you mean `gateway`?"), "{err}");
+        let dup = SAME_JSON.replace(
+            "\"dns\": [\"8.8.8.8\"]\n",
+            "\"dns\": [\"8.8.8.8\"],\n    \"ipv4\": \"192.0.2.12/26\"\n",
+        );
+        assert_error_at("json", &dup, 17, "host `mlab2-lga01`: `ipv4` appears twice");
+    }
+
+    #[test]
+    fn json_values_are_strings_or_arrays_of_strings() {
+        let bad = SAME_JSON.replace("[\"8.8.8.8\"]", "\"8.8.8.8\"");
+        let why = "host `mlab2-lga01`: `dns` must be an array of strings";
+        assert_error_at("json", &bad, 16, why);
+        let bad = SAME_JSON.replace("\"arm64\"", "64");
+        assert_error_at(
+            "json",
+            &bad,
+            10,
+            "host `mlab1-lga01`: `arch` must be a string",
+        );
+        let absent = SAME_JSON.replace("\"arm64\"", "null");
+        assert_eq!(load_as("json", &absent).unwrap()[0].arch, "x86_64");
+    }
+
+    #[test]
+    fn json_syntax_errors_give_the_line() {
+        let bad = SAME_JSON.replace(
+            "\"192.0.2.1\",\n    \"dns\": [\"8.8.8.8\"]",
+            "\"192.0.2.1\"\n    \"dns\": [\"8.8.8.8\"]",
+        );
+        assert_error_at("json", &bad, 16, "not valid JSON: expected `,` or `}`");
+    }
+
+    #[test]
+    fn json_of_the_wrong_shape_says_what_an_inventory_is() {
+        let why = "an inventory is an array of hosts or {\"host\": [...]}: unknown field `hosts`";
+        assert_error_at("json", "{\"hosts\": []}", 1, why);
+        let bad = format!("[{SAME_JSON}]");
+        assert_error_at("json", &bad, 1, "a host is a JSON object of fields");
+    }
+
+    #[test]
+    fn other_extensions_are_refused() {
+        let err = format!("{:#}", load_as("yaml", "host: []").unwrap_err());
+        assert!(
+            err.contains("hosts.yaml: an inventory is a `.toml`, `.csv` or `.json` file"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn empty_inventories_are_errors() {
+        let err = format!("{:#}", load_as("csv", "# nothing yet\n").unwrap_err());
+        assert!(err.contains("the inventory lists no host"), "{err}");
+        let err = format!("{:#}", load_as("json", "[]").unwrap_err());
+        assert!(err.contains("the inventory lists no host"), "{err}");
+    }
+
+    #[test]
+    fn every_field_has_a_slot() {
+        let mut raw = RawHost::default();
+        for field in FIELDS {
+            assert!(slot(&mut raw, field).is_some(), "{field}");
+        }
+        assert!(slot(&mut raw, "dns1").is_none());
     }
 
     #[test]

@@ -307,15 +307,7 @@ fn unknown_field_hint(message: &str) -> Option<String> {
     let rest = message.strip_prefix("unknown field `")?;
     let (unknown, expected) = rest.split_once('`')?;
     let valid: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
-    let list = valid
-        .iter()
-        .map(|v| format!("`{v}`"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    Some(match diag::nearest(unknown, valid.iter().copied()) {
-        Some(n) => format!("did you mean `{n}`? valid keys here: {list}"),
-        None => format!("valid keys here: {list}"),
-    })
+    Some(diag::unknown_name_help(unknown, &valid, "keys here"))
 }
 
 fn load_sources(file: &Path) -> Result<BTreeMap<String, Source>> {

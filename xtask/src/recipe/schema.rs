@@ -128,18 +128,23 @@ pub struct RawInventory {
     pub host: Vec<Spanned<RawHost>>,
 }
 
-#[derive(Debug, Deserialize)]
+/// One host as written. CSV and JSON inventories fill the same struct
+/// (`hosts::Slot`), so every format goes through one validator.
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawHost {
     pub hostname: Option<Spanned<String>>,
     /// `address/prefix`, e.g. "192.0.2.10/26".
     pub ipv4: Option<Spanned<String>>,
     pub gateway: Option<Spanned<String>>,
-    #[serde(default)]
-    pub dns: Vec<Spanned<String>>,
+    pub dns: Option<Vec<Spanned<String>>>,
     /// `address/prefix`, e.g. "2001:db8::10/64".
     pub ipv6: Option<Spanned<String>>,
     pub ipv6_gateway: Option<Spanned<String>>,
+    /// NIC ROM file names, e.g. "808610d3.rom"; absent is not the same as `[]`.
+    pub roms: Option<Vec<Spanned<String>>>,
+    /// `x86_64` (when absent) or `arm64`.
+    pub arch: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -6,27 +6,13 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Mutex;
 
 use common::*;
 
 /// QEMU under TCG gets a core to itself (see media.rs).
 static QEMU: Mutex<()> = Mutex::new(());
-
-/// The iPXE checkout to build, or `None` after saying why the test skips.
-fn ipxe_tree() -> Option<PathBuf> {
-    match std::env::var_os("KILN_SOURCE_IPXE") {
-        Some(p) if Path::new(&p).join("src/Makefile").is_file() => Some(PathBuf::from(p)),
-        Some(p) => panic!("KILN_SOURCE_IPXE={p:?} has no src/Makefile"),
-        None => {
-            println!(
-                "SKIPPED: no iPXE tree; set KILN_SOURCE_IPXE to a checkout of ipxe/ipxe (e.g. commit 0ab2277) to run it"
-            );
-            None
-        }
-    }
-}
 
 /// `xtask` on a fresh copy of the recipes, output in `dir`, shared cache.
 fn kiln_in(dir: &Path) -> std::process::Command {

@@ -26,6 +26,20 @@ pub fn qemu_available() -> bool {
     found
 }
 
+/// The iPXE checkout to build, or `None` after saying why the test skips.
+pub fn ipxe_tree() -> Option<PathBuf> {
+    match std::env::var_os("KILN_SOURCE_IPXE") {
+        Some(p) if Path::new(&p).join("src/Makefile").is_file() => Some(PathBuf::from(p)),
+        Some(p) => panic!("KILN_SOURCE_IPXE={p:?} has no src/Makefile"),
+        None => {
+            println!(
+                "SKIPPED: no iPXE tree; set KILN_SOURCE_IPXE to a checkout of ipxe/ipxe (e.g. commit 0ab2277) to run it"
+            );
+            None
+        }
+    }
+}
+
 /// Copies `recipes/`, `overlays/` and `ipxe/` under `dir`, as a fresh
 /// checkout would.
 pub fn copy_recipes(dir: &Path) -> PathBuf {

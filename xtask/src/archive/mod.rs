@@ -12,6 +12,8 @@
 //! write_archive(&entries, Compression, &CompressOptions, &mut out)   the one call a step makes
 //! Writer::new(out).write_entries(&entries)?.finish()                 plain newc, streaming
 //! decompress_all(image) -> newc bytes;  read_archive(newc) -> Vec<ReadEntry>
+//! zinfo::check_packed(&zinfo::parse(zinfo)?, bin, zbin)   iPXE's zbin output, proven
+//! optrom::pad(&mut rom, 512, 0xff); optrom::fix_checksums(&mut rom)?   a ROM finished as make does
 //! ```
 //!
 //! The newc bytes match the kernel's `usr/gen_init_cpio.c` (Linux 6.1) exactly: inodes from 721,
@@ -25,9 +27,11 @@ pub mod entry;
 pub mod fat;
 pub mod gzip;
 pub mod newc;
+pub mod optrom;
 pub mod pe;
 pub mod time;
 pub mod tree;
+pub mod zinfo;
 
 pub use compress::{
     decompress_all, write_archive, CompressOptions, Compression, DEFAULT_GZIP_LEVEL,

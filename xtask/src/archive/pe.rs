@@ -357,6 +357,19 @@ pub fn checksum(bytes: &[u8], checksum_offset: usize) -> u32 {
     (folded & 0xffff).wrapping_add(bytes.len() as u32)
 }
 
+/// Recomputes the CheckSum of an image whose bytes changed in place; an image that carries no
+/// checksum (zero, as iPXE's `elf2efi` leaves it) keeps none.
+pub fn refresh_checksum(image: &mut [u8]) -> Result<(), PeError> {
+    let (stored, opt) = {
+        let pe = PeImage::parse(image)?;
+        (pe.headers.checksum, pe.layout.opt)
+    };
+    match stored {
+        0 => Ok(()),
+        _ => write_checksum(image, opt),
+    }
+}
+
 fn write_checksum(out: &mut [u8], opt: usize) -> Result<(), PeError> {
     put32(out, opt + OPT_CHECKSUM, checksum(out, opt + OPT_CHECKSUM))
 }

@@ -91,7 +91,7 @@ fn make(setup: &Setup, tree: &Path, script: &Path, variant: &str) -> Result<(f64
 
 /// Seconds, and the "N run, M cached" part of Kiln's summary line (empty
 /// for make).
-fn timed(mut cmd: Command) -> Result<(f64, String)> {
+pub(super) fn timed(mut cmd: Command) -> Result<(f64, String)> {
     let start = Instant::now();
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
     let seconds = start.elapsed().as_secs_f64();
@@ -110,7 +110,7 @@ fn timed(mut cmd: Command) -> Result<(f64, String)> {
     Ok((seconds, steps))
 }
 
-fn copy_tree(from: &Path, to: &Path) -> Result<()> {
+pub(super) fn copy_tree(from: &Path, to: &Path) -> Result<()> {
     for entry in walkdir::WalkDir::new(from)
         .into_iter()
         .filter_entry(|e| e.file_name() != ".git")

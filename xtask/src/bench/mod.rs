@@ -5,6 +5,7 @@
 //! programs. Results are ratios; docs/BENCHMARKS.md records them.
 
 pub mod archive;
+pub mod fleet;
 pub mod ipxe;
 pub mod kernel;
 pub mod modules;

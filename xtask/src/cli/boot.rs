@@ -126,7 +126,10 @@ pub fn boot_stage1(s: &Settings, a: &BootTestArgs) -> Result<ExitCode> {
         "stage1-rom" => ("1af41000.rom", None),
         other => bail!("unknown boot test `{other}`"),
     };
-    let stage1 = crate::plan::ipxe_artifact("stage1", "x86_64", file);
+    let stage1 = match &a.host {
+        Some(host) => crate::plan::ipxe_host_artifact("stage1", host, file),
+        None => crate::plan::ipxe_artifact("stage1", "x86_64", file),
+    };
     let targets = [
         "stage2/stage2_vmlinuz".to_string(),
         "stage2/stage1to2.ipxe".to_string(),
@@ -154,10 +157,16 @@ pub fn boot_stage1(s: &Settings, a: &BootTestArgs) -> Result<ExitCode> {
     let served = server.log.lock().map(|l| l.join(", ")).unwrap_or_default();
     let outcome = outcome.with_context(|| format!("HTTP requests served: [{served}]"))?;
     let guest = boot::guest_cmdline(&outcome.serial).unwrap_or_default();
+    let said: Vec<&str> = outcome
+        .serial
+        .iter()
+        .filter_map(|l| l.find("Kiln stage1:").map(|i| l[i..].trim()))
+        .collect();
     println!(
-        "boot test passed in {:.1}s: {file} -> network -> stage1to2.ipxe -> stage2_vmlinuz; saw `{}`; served [{served}]; guest cmdline `{guest}`",
+        "boot test passed in {:.1}s: {stage1} -> network -> stage1to2.ipxe -> stage2_vmlinuz; saw `{}`; stage1 said `{}`; served [{served}]; guest cmdline `{guest}`",
         outcome.elapsed.as_secs_f64(),
-        outcome.marker
+        outcome.marker,
+        said.join(" | ")
     );
     Ok(ExitCode::SUCCESS)
 }

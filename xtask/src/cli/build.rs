@@ -63,7 +63,8 @@ pub struct BootTestArgs {
     /// Attach the ISO as a USB stick instead of a CD.
     #[arg(long)]
     pub usb: bool,
-    /// Boot this inventory host's ISO (`stage2/hosts/<HOST>/stage2.iso`).
+    /// Boot this inventory host's ISO (`stage2/hosts/<HOST>/stage2.iso`),
+    /// or with `stage1-*` its patched iPXE file (`stage1/hosts/<HOST>/…`).
     #[arg(long, value_name = "HOST")]
     pub host: Option<String>,
     /// Boot this initramfs instead of building the stage2 one.
@@ -101,6 +102,20 @@ pub enum BenchCommand {
     /// stage1's x86_64 iPXE targets, Kiln vs upstream's `make`: cold, after
     /// an embedded-script change, no-op. Needs `--source ipxe=PATH`.
     Ipxe,
+    /// Per-host ROMs for a generated inventory: Kiln (one compile + patching)
+    /// vs a full `make` per host and ROM model (sampled, scaled to the fleet)
+    /// and vs re-linking one tree per host. Needs `--source ipxe=PATH`.
+    Fleet {
+        /// Hosts in the generated inventory.
+        #[arg(long, default_value_t = 500)]
+        hosts: usize,
+        /// ROM targets every host gets.
+        #[arg(long = "rom", default_values_t = ["bin/1af41000.rom".to_string(), "bin/15b31003.mrom".to_string()])]
+        roms: Vec<String>,
+        /// Full makes timed per ROM model (each takes minutes).
+        #[arg(long, default_value_t = 1)]
+        samples: usize,
+    },
 }
 
 /// The loaded recipes, the store and the plan for some targets.
@@ -110,13 +125,49 @@ pub struct Session {
     pub executor_jobs: usize,
 }
 
+/// What `cargo xtask ipxe` changes in the loaded recipes and the plan.
+#[derive(Debug, Default)]
+pub struct Overrides {
+    /// `--hosts FILE`: this inventory instead of the recipe's `[ipxe] hosts`.
+    pub inventory: Option<PathBuf>,
+    /// `--check-make`: these hosts' files also built by a full `make`.
+    pub check_make: Vec<String>,
+    /// `--target`: hosts get only these targets (make target or file name).
+    pub targets: Vec<String>,
+}
+
 fn session(s: &Settings, targets: &[String]) -> Result<Session> {
-    let recipes = recipe::load(&s.recipes_dir, &s.vars)?;
+    session_with(s, targets, &Overrides::default())
+}
+
+pub(super) fn session_with(s: &Settings, targets: &[String], o: &Overrides) -> Result<Session> {
+    let mut recipes = recipe::load(&s.recipes_dir, &s.vars)?;
+    if let Some(file) = &o.inventory {
+        let hosts = recipe::hosts::load(file)?;
+        for r in recipes.targets.values_mut() {
+            if let Some(ipxe) = &mut r.ipxe {
+                ipxe.hosts = ipxe.host_files(&hosts)?;
+                ipxe.inventory = Some(file.clone());
+            }
+        }
+    }
+    if !o.targets.is_empty() {
+        let asked = |t: &recipe::IpxeTarget| {
+            o.targets
+                .iter()
+                .any(|x| *x == t.make_target() || *x == t.file)
+        };
+        let ipxes = recipes.targets.values_mut().filter_map(|r| r.ipxe.as_mut());
+        for host in ipxes.flat_map(|i| i.hosts.iter_mut()) {
+            host.targets.retain(asked);
+        }
+    }
     let store = Store::open(&s.cache_dir)?;
     let opts = PlanOptions {
         source_overrides: s.source_overrides.clone(),
         epoch_override: source_date_epoch()?,
         threads: s.jobs,
+        ipxe_check_make: o.check_make.clone(),
     };
     let plan = plan::plan(&recipes, targets, &store, &opts)?;
     Ok(Session {
@@ -160,17 +211,37 @@ pub fn build(s: &Settings, a: &BuildArgs) -> Result<ExitCode> {
 /// Builds `targets` and writes their artifacts and the manifest; returns
 /// the manifest entries of what was built.
 pub fn build_targets(s: &Settings, targets: &[String]) -> Result<Vec<Artifact>> {
+    build_targets_with(s, targets, &Overrides::default())
+}
+
+pub(super) fn build_targets_with(
+    s: &Settings,
+    targets: &[String],
+    o: &Overrides,
+) -> Result<Vec<Artifact>> {
     let start = Instant::now();
-    let sess = session(s, targets)?;
+    let sess = session_with(s, targets, o)?;
     let results = executor(s, &sess.store, sess.executor_jobs).run(&sess.plan)?;
     let artifacts = install_artifacts(s, &sess, &results)?;
+    run_checks(&sess, &results, &artifacts)?;
     let ran = results.iter().filter(|r| !r.cached).count();
-    for a in &artifacts {
+    // A fleet has thousands of files: the manifest lists them all.
+    const LISTED: usize = 40;
+    for a in artifacts.iter().take(LISTED) {
         println!("{}  {}", a.sha256.short(), a.path);
     }
+    if artifacts.len() > LISTED {
+        println!(
+            "… and {} more (all in the manifest)",
+            artifacts.len() - LISTED
+        );
+    }
+    let what = match targets.len() {
+        n if n > 4 => format!("{n} targets"),
+        _ => targets.join(" "),
+    };
     println!(
-        "built {} in {:.2}s: {} steps, {ran} run, {} cached; {} artifact(s); manifest {}",
-        targets.join(" "),
+        "built {what} in {:.2}s: {} steps, {ran} run, {} cached; {} artifact(s); manifest {}",
         start.elapsed().as_secs_f64(),
         results.len(),
         results.len() - ran,
@@ -193,6 +264,46 @@ pub fn build_targets(s: &Settings, targets: &[String]) -> Result<Vec<Artifact>> 
         println!("slowest steps: {}", shown.join(", "));
     }
     Ok(artifacts)
+}
+
+/// Compares each checked artifact with its reference output and prints one
+/// line per pair; any difference fails the build (the artifacts stay, so
+/// they can be inspected).
+fn run_checks(sess: &Session, results: &[NodeResult], artifacts: &[Artifact]) -> Result<()> {
+    let mut differ = Vec::new();
+    for c in &sess.plan.checks {
+        let Some(a) = artifacts.iter().find(|a| a.name == c.artifact) else {
+            continue;
+        };
+        let reference = match results[c.node].outputs.get(&c.output) {
+            Some(Output::File { digest, .. }) => *digest,
+            _ => bail!(
+                "the reference for {} produced no `{}`",
+                c.artifact,
+                c.output
+            ),
+        };
+        let same = reference == a.sha256;
+        println!(
+            "{}  {}  {} ({})",
+            if same { "identical" } else { "DIFFERENT" },
+            c.artifact,
+            reference.short(),
+            c.how
+        );
+        if !same {
+            differ.push(c.artifact.clone());
+        }
+    }
+    if !differ.is_empty() {
+        bail!(
+            "{} of {} file(s) differ from their reference build: {}",
+            differ.len(),
+            sess.plan.checks.len(),
+            differ.join(", ")
+        );
+    }
+    Ok(())
 }
 
 /// Copies each artifact out of the store (temp file + rename) and rewrites
@@ -540,6 +651,7 @@ fn deb_tree_digest(s: &Settings, source: &str) -> Result<(Store, Digest)> {
         source_overrides: s.source_overrides.clone(),
         epoch_override: None,
         threads: s.jobs,
+        ..PlanOptions::default()
     };
     let plan = plan::plan_deb_tree(&recipes, source, &store, &opts)?;
     let results = executor(s, &store, s.jobs).run(&plan)?;
@@ -560,6 +672,11 @@ pub fn bench(s: &Settings, c: &BenchCommand) -> Result<ExitCode> {
             crate::bench::kernel::run(&s.recipes_dir, work.path(), s.jobs)?
         }
         BenchCommand::Ipxe => bench_ipxe(s)?,
+        BenchCommand::Fleet {
+            hosts,
+            roms,
+            samples,
+        } => bench_fleet(s, *hosts, roms, *samples)?,
         BenchCommand::Archive => {
             let (_store, _tree, _digest, root, work) = linux_image_tree(s)?;
             crate::bench::archive::run(&root, work.path(), s.jobs)?
@@ -608,6 +725,25 @@ fn bench_ipxe(s: &Settings) -> Result<String> {
         jobs: s.jobs,
     };
     crate::bench::ipxe::run(&setup, work.path())
+}
+
+fn bench_fleet(s: &Settings, hosts: usize, roms: &[String], samples: usize) -> Result<String> {
+    let tree = s.source_overrides.get("ipxe").context(
+        "bench fleet times make on a checkout: give one with --source ipxe=PATH or KILN_SOURCE_IPXE",
+    )?;
+    let work = tempfile::Builder::new()
+        .prefix("kiln-bench-fleet-")
+        .tempdir_in(std::env::temp_dir())
+        .context("creating a bench directory")?;
+    let setup = crate::bench::fleet::Setup {
+        recipes: &s.recipes_dir,
+        tree,
+        hosts,
+        roms: roms.to_vec(),
+        samples: samples.max(1),
+        jobs: s.jobs,
+    };
+    crate::bench::fleet::run(&setup, work.path())
 }
 
 /// The pinned linux-image package unpacked into a scratch directory (the

@@ -1,14 +1,16 @@
-//! `cargo xtask ipxe --arch …`: the stage1 recipe's iPXE targets for one
-//! architecture, built as artifacts `stage1/<arch>/<file>`.
+//! `cargo xtask ipxe --arch …`: the stage1 recipe's iPXE files for one
+//! architecture -- its own (`stage1/<arch>/<file>`) and each inventory
+//! host's (`stage1/hosts/<hostname>/<file>`), all patched from one compile.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
-use super::build::build_targets;
+use super::build::{build_targets_with, Overrides};
 use super::Settings;
-use crate::recipe;
+use crate::recipe::{self, IpxeTarget};
 
 #[derive(Debug, Args)]
 pub struct IpxeArgs {
@@ -22,6 +24,19 @@ pub struct IpxeArgs {
     /// The recipe with the `[ipxe]` section.
     #[arg(long, default_value = "stage1")]
     pub recipe: String,
+    /// A host inventory (`.toml` with `[[host]]` tables, `.csv` with a
+    /// header row, or `.json`), instead of the recipe's `[ipxe] hosts`.
+    /// Builds only the hosts' files.
+    #[arg(long, value_name = "FILE")]
+    pub hosts: Option<PathBuf>,
+    /// Only these hosts of the inventory; repeatable.
+    #[arg(long = "only", value_name = "HOST")]
+    pub only: Vec<String>,
+    /// Also build each selected host's files with a full `make` of its own
+    /// script and require the patched files to be byte-identical (slow: one
+    /// iPXE compile per host and platform).
+    #[arg(long)]
+    pub check_make: bool,
 }
 
 pub fn ipxe(s: &Settings, a: &IpxeArgs) -> Result<ExitCode> {
@@ -43,16 +58,73 @@ pub fn ipxe(s: &Settings, a: &IpxeArgs) -> Result<ExitCode> {
             arches.join(", ")
         );
     };
-    let mut wanted = Vec::new();
-    for t in targets {
-        let asked = a.targets.is_empty()
+    check_targets(a, targets, &r.file)?;
+    let asked = |t: &IpxeTarget| {
+        a.targets.is_empty()
             || a.targets
                 .iter()
-                .any(|x| *x == t.make_target() || *x == t.file);
-        if asked {
+                .any(|x| *x == t.make_target() || *x == t.file)
+    };
+    let hosts = match &a.hosts {
+        Some(file) => ipxe.host_files(&recipe::hosts::load(file)?)?,
+        None => ipxe.hosts.clone(),
+    };
+    let hosts: Vec<_> = hosts.into_iter().filter(|h| h.arch == a.arch).collect();
+    for name in &a.only {
+        if !hosts.iter().any(|h| &h.hostname == name) {
+            let names = hosts.iter().map(|h| h.hostname.as_str());
+            let hint = recipe::diag::nearest(name, names)
+                .map(|n| format!(" (did you mean `{n}`?)"))
+                .unwrap_or_default();
+            bail!("`{name}` is not an {} host of the inventory{hint}", a.arch);
+        }
+    }
+    let chosen: Vec<_> = hosts
+        .iter()
+        .filter(|h| a.only.is_empty() || a.only.contains(&h.hostname))
+        .collect();
+    let mut wanted = Vec::new();
+    if a.hosts.is_none() && a.only.is_empty() {
+        for t in targets.iter().filter(|t| asked(t)) {
             wanted.push(crate::plan::ipxe_artifact(&r.name, &a.arch, &t.file));
         }
     }
+    for h in &chosen {
+        for t in h.targets.iter().filter(|t| asked(t)) {
+            wanted.push(crate::plan::ipxe_host_artifact(
+                &r.name,
+                &h.hostname,
+                &t.file,
+            ));
+        }
+    }
+    if a.check_make && chosen.is_empty() {
+        bail!("--check-make compares hosts' files: give an inventory (--hosts) or use a recipe with `[ipxe] hosts`");
+    }
+    if wanted.is_empty() {
+        bail!("nothing to build: no host of the inventory gets the asked targets");
+    }
+    let overrides = Overrides {
+        inventory: a.hosts.clone(),
+        check_make: match a.check_make {
+            true => chosen.iter().map(|h| h.hostname.clone()).collect(),
+            false => Vec::new(),
+        },
+        targets: a.targets.clone(),
+    };
+    if !chosen.is_empty() {
+        eprintln!(
+            "stage1 files for {} host(s), patched from one {} compile",
+            chosen.len(),
+            a.arch
+        );
+    }
+    build_targets_with(s, &wanted, &overrides)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Every `--target` names one of the architecture's targets.
+fn check_targets(a: &IpxeArgs, targets: &[IpxeTarget], recipe: &std::path::Path) -> Result<()> {
     if let Some(unknown) = a.targets.iter().find(|x| {
         !targets
             .iter()
@@ -62,10 +134,9 @@ pub fn ipxe(s: &Settings, a: &IpxeArgs) -> Result<ExitCode> {
         bail!(
             "`{unknown}` is not a {} target of {}: it has {}",
             a.arch,
-            r.file.display(),
+            recipe.display(),
             names.join(", ")
         );
     }
-    build_targets(s, &wanted)?;
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }

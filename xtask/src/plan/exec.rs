@@ -100,6 +100,7 @@ impl Executor<'_> {
         let mut started = vec![false; n];
         let mut running = 0usize;
         let (tx, rx) = mpsc::channel::<(usize, Result<NodeResult>)>();
+        let mut batches = Batches::new(plan, self.quiet);
         std::thread::scope(|scope| -> Result<()> {
             loop {
                 for (i, node) in plan.nodes.iter().enumerate() {
@@ -130,6 +131,7 @@ impl Executor<'_> {
                 let (i, r) = rx.recv().expect("a running step reports back");
                 running -= 1;
                 let r = r?;
+                batches.finished(plan.nodes[i].step.batch(), r.cached);
                 let components = serde_json::to_value(&r.components)?;
                 self.store
                     .put_last(&plan.nodes[i].step.identity(), &components)?;
@@ -170,7 +172,8 @@ impl Executor<'_> {
         if let Some(record) = self.store.action(&key)? {
             return Ok(hit(record));
         }
-        if !self.quiet {
+        let lines = !self.quiet && node.step.batch().is_none();
+        if lines {
             eprintln!("   running {label} [{}]", key.short());
         }
         let scratch = self.store.scratch(node.step.kind())?;
@@ -190,7 +193,7 @@ impl Executor<'_> {
         };
         self.store.put_action(&key, &record)?;
         let elapsed = start.elapsed();
-        if !self.quiet {
+        if lines {
             eprintln!("      done {label} in {:.1}s", elapsed.as_secs_f64());
         }
         Ok(NodeResult {
@@ -203,6 +206,72 @@ impl Executor<'_> {
     }
 }
 
+/// One counter per batch of steps (`Step::batch`): a progress bar on a
+/// terminal, and one summary line when the batch is complete.
+struct Batches {
+    quiet: bool,
+    batches: BTreeMap<&'static str, Batch>,
+}
+
+struct Batch {
+    total: usize,
+    done: usize,
+    ran: usize,
+    start: Instant,
+    bar: indicatif::ProgressBar,
+}
+
+impl Batches {
+    fn new(plan: &Plan, quiet: bool) -> Batches {
+        use std::io::IsTerminal;
+        let mut batches: BTreeMap<&'static str, Batch> = BTreeMap::new();
+        for name in plan.nodes.iter().filter_map(|n| n.step.batch()) {
+            batches
+                .entry(name)
+                .or_insert_with(|| Batch {
+                    total: 0,
+                    done: 0,
+                    ran: 0,
+                    start: Instant::now(),
+                    bar: indicatif::ProgressBar::hidden(),
+                })
+                .total += 1;
+        }
+        let show = !quiet && std::io::stderr().is_terminal();
+        for (name, b) in batches.iter_mut().filter(|_| show) {
+            b.bar = indicatif::ProgressBar::new(b.total as u64);
+            let template = "{msg} {wide_bar} {pos}/{len} {elapsed}";
+            if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
+                b.bar.set_style(style);
+            }
+            b.bar.set_message(*name);
+        }
+        Batches { quiet, batches }
+    }
+
+    fn finished(&mut self, batch: Option<&'static str>, cached: bool) {
+        let Some(b) = batch.and_then(|name| self.batches.get_mut(name)) else {
+            return;
+        };
+        b.done += 1;
+        b.ran += usize::from(!cached);
+        b.bar.inc(1);
+        if b.done == b.total {
+            b.bar.finish_and_clear();
+            if !self.quiet && b.ran > 0 {
+                eprintln!(
+                    "      done {}: {} ({} run, {} cached) in {:.1}s",
+                    batch.unwrap_or_default(),
+                    b.total,
+                    b.ran,
+                    b.total - b.ran,
+                    b.start.elapsed().as_secs_f64()
+                );
+            }
+        }
+    }
+}
+
 /// The node's inputs, if every node it depends on has finished.
 fn resolve(node: &Node, results: &[Option<NodeResult>]) -> Option<BTreeMap<String, Output>> {
     node.inputs
@@ -210,9 +279,7 @@ fn resolve(node: &Node, results: &[Option<NodeResult>]) -> Option<BTreeMap<Strin
         .map(|(name, r)| {
             let out = match r {
                 InputRef::Value(o) => *o,
-                InputRef::Node { node, output } => {
-                    *results[*node].as_ref()?.outputs.get(*output)?
-                }
+                InputRef::Node { node, output } => *results[*node].as_ref()?.outputs.get(output)?,
             };
             Some((name.clone(), out))
         })

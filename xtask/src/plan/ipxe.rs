@@ -1,69 +1,209 @@
-//! iPXE in the plan: one build step per (architecture, platform), all of
-//! that platform's targets in one `make`, each target an artifact
-//! `<recipe>/<arch>/<file>`.
+//! iPXE in the plan. Per architecture, one placeholder build per platform
+//! (`bin`, `bin-x86_64-efi`, …) compiles iPXE once with a fixed-size
+//! placeholder script; the recipe's own files (`<recipe>/<arch>/<file>`) and
+//! every inventory host's (`<recipe>/hosts/<hostname>/<file>`) are patched
+//! from it (`steps/ipxe/fleet.rs`). Formats that cannot be patched are built
+//! by a full `make` with the recipe's script. `--check-make` adds a full
+//! `make` per host as a reference each patched file must equal.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::Result;
 
-use super::{ArtifactSpec, Builder, InputRef};
+use super::{ArtifactSpec, Builder, Check, InputRef};
 use crate::recipe::{self, ipxe::cross_prefix, IpxeTarget, Recipe, SourceKind};
+use crate::steps::ipxe::fleet::{self, Finish};
+use crate::steps::ipxe::patch::{zbin_input, PatchIpxe};
 use crate::steps::ipxe::BuildIpxe;
+
+/// Make target → the placeholder build node that made it.
+type Bases = BTreeMap<String, usize>;
 
 impl Builder<'_> {
     pub(super) fn add_ipxe(&mut self, recipe: &Recipe, ipxe: &recipe::Ipxe) -> Result<()> {
         let shared = self.ipxe_inputs(ipxe)?;
         let commit = self.source_commit(&ipxe.source);
+        let facts = |t: &IpxeTarget| {
+            serde_json::json!({
+                "make_target": t.make_target(),
+                "source": ipxe.source,
+                "source_commit": commit,
+            })
+        };
+        let mut artifacts = Vec::new();
         for (arch, targets) in &ipxe.targets {
-            let mut platforms: BTreeMap<&str, Vec<&IpxeTarget>> = BTreeMap::new();
-            for t in targets {
-                platforms.entry(t.platform.as_str()).or_default().push(t);
-            }
-            for (platform, targets) in platforms {
+            let (patchable, direct): (Vec<&IpxeTarget>, Vec<&IpxeTarget>) = targets
+                .iter()
+                .partition(|t| fleet::finish_of(&t.file).is_some());
+            let placeholder = String::from_utf8(fleet::placeholder(ipxe.script_size))
+                .expect("the placeholder is ASCII");
+            let mut bases = Bases::new();
+            for (platform, ts) in by_platform(&patchable) {
+                let step = self.ipxe_build(recipe, ipxe, arch, platform, &ts, &placeholder);
                 let step = BuildIpxe {
-                    arch: arch.clone(),
-                    platform: platform.to_string(),
-                    files: targets.iter().map(|t| t.file.clone()).collect(),
-                    cross: cross_prefix(arch).map(str::to_string),
-                    script: ipxe.script.clone(),
-                    patches: ipxe
-                        .patches
-                        .iter()
-                        .map(|p| {
-                            p.file_name()
-                                .unwrap_or_default()
-                                .to_string_lossy()
-                                .into_owned()
-                        })
-                        .collect(),
-                    trust: ipxe.trust.len(),
-                    certs: ipxe.certs.len(),
-                    config: ipxe.config.is_some(),
-                    epoch: self.epoch(recipe),
-                    threads: self.opts.threads,
+                    intermediates: true,
+                    note: "placeholder script".into(),
+                    ..step
                 };
                 let node = self.push(step, shared.clone());
-                for t in targets {
-                    self.plan.artifacts.push(ArtifactSpec {
-                        name: artifact_name(&recipe.name, arch, &t.file),
-                        kind: t.kind(),
-                        arch: if arch == "arm64" { "arm64" } else { "x86_64" },
-                        recipe: recipe.file.clone(),
-                        epoch: self.epoch(recipe),
-                        node,
-                        output: t.make_target(),
-                        details: None,
-                        facts: Some(serde_json::json!({
-                            "make_target": t.make_target(),
-                            "source": ipxe.source,
-                            "source_commit": commit,
-                        })),
-                    });
+                bases.extend(ts.iter().map(|t| (t.make_target(), node)));
+            }
+            let script = fleet::padded(&ipxe.script, ipxe.script_size)
+                .expect("the script's size is checked on load");
+            for (_, ts) in by_platform(&patchable) {
+                let node = self.add_patch(ipxe, arch, &recipe.name, &script, &ts, &bases);
+                for t in ts {
+                    let name = artifact_name(&recipe.name, arch, &t.file);
+                    artifacts.push((name, t, node, facts(t)));
+                }
+            }
+            for (platform, ts) in by_platform(&direct) {
+                let step = self.ipxe_build(recipe, ipxe, arch, platform, &ts, &ipxe.script);
+                let node = self.push(step, shared.clone());
+                for t in ts {
+                    let name = artifact_name(&recipe.name, arch, &t.file);
+                    artifacts.push((name, t, node, facts(t)));
+                }
+            }
+            for host in ipxe.hosts.iter().filter(|h| &h.arch == arch) {
+                let ts: Vec<&IpxeTarget> = host.targets.iter().collect();
+                for (_, ts) in by_platform(&ts) {
+                    let node =
+                        self.add_patch(ipxe, arch, &host.hostname, &host.script, &ts, &bases);
+                    for t in ts {
+                        let name = host_artifact_name(&recipe.name, &host.hostname, &t.file);
+                        artifacts.push((name, t, node, facts(t)));
+                    }
+                }
+                if self.opts.ipxe_check_make.contains(&host.hostname) {
+                    self.add_reference(recipe, ipxe, host, &shared);
                 }
             }
         }
+        for (name, t, node, facts) in artifacts {
+            self.plan.artifacts.push(ArtifactSpec {
+                name,
+                kind: t.kind(),
+                arch: if t.platform.contains("arm64") {
+                    "arm64"
+                } else {
+                    "x86_64"
+                },
+                recipe: recipe.file.clone(),
+                epoch: self.epoch(recipe),
+                node,
+                output: t.make_target(),
+                details: None,
+                facts: Some(facts),
+            });
+        }
         Ok(())
+    }
+
+    fn ipxe_build(
+        &self,
+        recipe: &Recipe,
+        ipxe: &recipe::Ipxe,
+        arch: &str,
+        platform: &str,
+        targets: &[&IpxeTarget],
+        script: &str,
+    ) -> BuildIpxe {
+        BuildIpxe {
+            arch: arch.to_string(),
+            platform: platform.to_string(),
+            files: targets.iter().map(|t| t.file.clone()).collect(),
+            cross: cross_prefix(arch).map(str::to_string),
+            script: script.to_string(),
+            patches: ipxe
+                .patches
+                .iter()
+                .map(|p| {
+                    p.file_name()
+                        .unwrap_or_default()
+                        .to_string_lossy()
+                        .into_owned()
+                })
+                .collect(),
+            trust: ipxe.trust.len(),
+            certs: ipxe.certs.len(),
+            config: ipxe.config.is_some(),
+            epoch: self.epoch(recipe),
+            intermediates: false,
+            note: String::new(),
+            threads: self.opts.threads,
+        }
+    }
+
+    /// One patch step for `who`'s `targets` of one platform, fed by that
+    /// platform's placeholder build (so asking for one platform's files
+    /// compiles only that platform).
+    fn add_patch(
+        &mut self,
+        ipxe: &recipe::Ipxe,
+        arch: &str,
+        who: &str,
+        script: &str,
+        targets: &[&IpxeTarget],
+        bases: &Bases,
+    ) -> usize {
+        let mut inputs = BTreeMap::new();
+        for t in targets {
+            let target = t.make_target();
+            let node = bases[&target];
+            let mut from = |name: String, output: String| {
+                inputs.insert(name, InputRef::Node { node, output });
+            };
+            from(target.clone(), target.clone());
+            if let Some(Finish::Zbin { .. }) = fleet::finish_of(&t.file) {
+                for ext in [".bin", ".zinfo"] {
+                    from(format!("{target}{ext}"), format!("{target}{ext}"));
+                }
+                from(zbin_input(&t.platform), zbin_input(&t.platform));
+            }
+        }
+        let step = PatchIpxe {
+            arch: arch.to_string(),
+            platform: targets[0].platform.clone(),
+            who: who.to_string(),
+            script: script.to_string(),
+            size: ipxe.script_size,
+            targets: targets.iter().map(|t| t.make_target()).collect(),
+        };
+        self.push(step, inputs)
+    }
+
+    /// A full `make` of `host`'s files with its script, per platform, each
+    /// file a [`Check`] on the host's patched artifact.
+    fn add_reference(
+        &mut self,
+        recipe: &Recipe,
+        ipxe: &recipe::Ipxe,
+        host: &recipe::ipxe::IpxeHost,
+        shared: &BTreeMap<String, InputRef>,
+    ) {
+        let ts: Vec<&IpxeTarget> = host.targets.iter().collect();
+        for (platform, ts) in by_platform(&ts) {
+            let step = self.ipxe_build(recipe, ipxe, &host.arch, platform, &ts, &host.script);
+            let step = BuildIpxe {
+                note: format!("full make for {}", host.hostname),
+                ..step
+            };
+            let node = self.push(step, shared.clone());
+            for t in ts {
+                self.plan.checks.push(Check {
+                    artifact: host_artifact_name(&recipe.name, &host.hostname, &t.file),
+                    node,
+                    output: t.make_target(),
+                    how: format!(
+                        "make {} EMBED=<{}'s script>",
+                        t.make_target(),
+                        host.hostname
+                    ),
+                });
+            }
+        }
     }
 
     /// The source tree, config directory, patches and certificates: the
@@ -126,4 +266,18 @@ fn git_head(checkout: &Path) -> Option<String> {
 /// `stage1/x86_64/ipxe.lkrn`.
 pub fn artifact_name(recipe: &str, arch: &str, file: &str) -> String {
     format!("{recipe}/{arch}/{file}")
+}
+
+/// `stage1/hosts/<hostname>/ipxe.lkrn`.
+pub fn host_artifact_name(recipe: &str, hostname: &str, file: &str) -> String {
+    format!("{recipe}/hosts/{hostname}/{file}")
+}
+
+/// Targets grouped by platform directory, in order.
+fn by_platform<'t>(targets: &[&'t IpxeTarget]) -> BTreeMap<&'t str, Vec<&'t IpxeTarget>> {
+    let mut platforms: BTreeMap<&str, Vec<&IpxeTarget>> = BTreeMap::new();
+    for t in targets {
+        platforms.entry(t.platform.as_str()).or_default().push(t);
+    }
+    platforms
 }

@@ -79,14 +79,14 @@ impl Builder<'_> {
                 "kernel".to_string(),
                 InputRef::Node {
                     node: kernel,
-                    output: "bzImage",
+                    output: "bzImage".into(),
                 },
             ),
         ]);
         if let Some(node) = initramfs {
             let image = InputRef::Node {
                 node,
-                output: "image",
+                output: "image".into(),
             };
             inputs.insert("initrd".to_string(), image);
         }
@@ -115,14 +115,14 @@ impl Builder<'_> {
                 "kernel".to_string(),
                 InputRef::Node {
                     node: kernel,
-                    output: "bzImage",
+                    output: "bzImage".into(),
                 },
             ),
             (
                 "uki".to_string(),
                 InputRef::Node {
                     node: uki,
-                    output: "efi",
+                    output: "efi".into(),
                 },
             ),
         ]);

@@ -10,7 +10,7 @@ pub mod explain;
 mod ipxe;
 mod media;
 
-pub use ipxe::artifact_name as ipxe_artifact;
+pub use ipxe::{artifact_name as ipxe_artifact, host_artifact_name as ipxe_host_artifact};
 pub use media::host_artifact;
 
 use std::collections::BTreeMap;
@@ -40,7 +40,7 @@ pub struct Node {
 #[derive(Debug, Clone)]
 pub enum InputRef {
     /// Output `name` of node `node`.
-    Node { node: usize, output: &'static str },
+    Node { node: usize, output: String },
     /// Already in the store.
     Value(Output),
 }
@@ -68,6 +68,19 @@ pub struct ArtifactSpec {
 pub struct Plan {
     pub nodes: Vec<Node>,
     pub artifacts: Vec<ArtifactSpec>,
+    /// Outputs that must be byte-identical to an artifact (e.g. a patched
+    /// per-host iPXE file and the same file from a full `make`).
+    pub checks: Vec<Check>,
+}
+
+/// Artifact `artifact` must have the bytes of output `output` of `node`.
+#[derive(Debug, Clone)]
+pub struct Check {
+    pub artifact: String,
+    pub node: usize,
+    pub output: String,
+    /// How the reference was made, for the report.
+    pub how: String,
 }
 
 /// Options that shape the plan but are not recipe content.
@@ -79,6 +92,9 @@ pub struct PlanOptions {
     pub epoch_override: Option<u64>,
     /// Threads a step may use (not part of any key).
     pub threads: usize,
+    /// Hosts whose patched iPXE files are also built with a full `make` and
+    /// compared (`cargo xtask ipxe --check-make`).
+    pub ipxe_check_make: Vec<String>,
 }
 
 /// Builds the plan for `targets` (recipe names).
@@ -142,8 +158,14 @@ fn artifact_recipe<'r>(recipes: &Recipes, artifact: &'r str) -> Result<&'r str> 
 /// Keeps the artifacts `keep` selects and only the nodes they need.
 fn prune(plan: Plan, keep: impl Fn(&ArtifactSpec) -> bool) -> Plan {
     let artifacts: Vec<ArtifactSpec> = plan.artifacts.into_iter().filter(|a| keep(a)).collect();
+    let checks: Vec<Check> = plan
+        .checks
+        .into_iter()
+        .filter(|c| artifacts.iter().any(|a| a.name == c.artifact))
+        .collect();
     let mut needed = vec![false; plan.nodes.len()];
     let mut stack: Vec<usize> = artifacts.iter().map(|a| a.node).collect();
+    stack.extend(checks.iter().map(|c| c.node));
     while let Some(n) = stack.pop() {
         if std::mem::replace(&mut needed[n], true) {
             continue;
@@ -175,7 +197,18 @@ fn prune(plan: Plan, keep: impl Fn(&ArtifactSpec) -> bool) -> Plan {
             a
         })
         .collect();
-    Plan { nodes, artifacts }
+    let checks = checks
+        .into_iter()
+        .map(|mut c| {
+            c.node = index[c.node];
+            c
+        })
+        .collect();
+    Plan {
+        nodes,
+        artifacts,
+        checks,
+    }
 }
 
 fn unknown_target(recipes: &Recipes, target: &str) -> String {
@@ -295,7 +328,7 @@ impl<'a> Builder<'a> {
         );
         let config = InputRef::Node {
             node: config,
-            output: "config",
+            output: "config".into(),
         };
         let compile = self.push(
             CompileKernel {
@@ -316,7 +349,7 @@ impl<'a> Builder<'a> {
                 "objtree".to_string(),
                 InputRef::Node {
                     node: compile,
-                    output: "objtree",
+                    output: "objtree".into(),
                 },
             ),
         ]);
@@ -325,7 +358,7 @@ impl<'a> Builder<'a> {
                 "initramfs".into(),
                 InputRef::Node {
                     node,
-                    output: "image",
+                    output: "image".into(),
                 },
             );
         }
@@ -362,7 +395,7 @@ impl<'a> Builder<'a> {
     fn add_kernel_modules(&mut self, recipe: &Recipe, k: &recipe::Kernel, compile: usize) {
         let kernel = InputRef::Node {
             node: compile,
-            output: "modules",
+            output: "modules".into(),
         };
         let inputs = self.module_inputs(kernel, "");
         let name = match k.output.rsplit_once('/') {
@@ -416,15 +449,20 @@ impl<'a> Builder<'a> {
             (true, None) => {
                 bail!("source `{name}` is a `deb`; give a tarball (`url`, `path`) or a tree")
             }
-            (false, _) => match self.source_input(name)? {
-                tree @ (InputRef::Value(Output::Tree { .. })
-                | InputRef::Node { output: "tree", .. }) => {
+            (false, _) => {
+                let input = self.source_input(name)?;
+                let is_tree = match &input {
+                    InputRef::Value(Output::Tree { .. }) => true,
+                    InputRef::Node { output, .. } => output == "tree",
+                    InputRef::Value(Output::File { .. }) => false,
+                };
+                if is_tree {
                     self.sources
-                        .insert((name.to_string(), "unpacked"), tree.clone());
-                    return Ok(tree);
+                        .insert((name.to_string(), "unpacked"), input.clone());
+                    return Ok(input);
                 }
-                file => (file, None),
-            },
+                (input, None)
+            }
         };
         let node = self.push(
             UnpackTarball {
@@ -435,7 +473,7 @@ impl<'a> Builder<'a> {
         );
         let r = InputRef::Node {
             node,
-            output: "tree",
+            output: "tree".into(),
         };
         self.sources
             .insert((name.to_string(), "unpacked"), r.clone());
@@ -504,7 +542,7 @@ impl<'a> Builder<'a> {
                 "indexes".to_string(),
                 InputRef::Node {
                     node: indexes,
-                    output: "indexes",
+                    output: "indexes".into(),
                 },
             ),
         ])
@@ -568,7 +606,7 @@ impl<'a> Builder<'a> {
         );
         let r = InputRef::Node {
             node,
-            output: "tree",
+            output: "tree".into(),
         };
         self.sources.insert((name.to_string(), "tree"), r.clone());
         Ok(r)
@@ -628,7 +666,7 @@ impl<'a> Builder<'a> {
                     };
                     InputRef::Node {
                         node: self.push(step, BTreeMap::new()),
-                        output: "file",
+                        output: "file".into(),
                     }
                 }
                 SourceKind::Path { path } => {
@@ -645,7 +683,7 @@ impl<'a> Builder<'a> {
                     };
                     InputRef::Node {
                         node: self.push(step, BTreeMap::new()),
-                        output: "tree",
+                        output: "tree".into(),
                     }
                 }
                 SourceKind::Url { url, sha256 } => {
@@ -656,7 +694,7 @@ impl<'a> Builder<'a> {
                     };
                     InputRef::Node {
                         node: self.push(step, BTreeMap::new()),
-                        output: "file",
+                        output: "file".into(),
                     }
                 }
             }

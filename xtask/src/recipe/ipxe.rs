@@ -1,14 +1,19 @@
 //! `[ipxe]`: stage1 iPXE builds, validated into [`Ipxe`]. The embedded
-//! script is rendered here so that a missing variable points into the
-//! template before anything runs.
+//! script is rendered here -- the recipe's and each inventory host's -- so
+//! that a missing variable, a missing host field or a script too long for
+//! `script_size` is reported before anything runs.
 
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use toml::Spanned;
 
+use super::hosts::{self, Host, HOST_VARIABLES};
+use super::media::host_field;
 use super::schema::RawIpxe;
-use super::{recipe_dir, recipe_file, render_file, Ctx, Vars};
+use super::{recipe_dir, recipe_file, render_file, template, Ctx, RecipeErrors, SourceError, Vars};
+use crate::steps::ipxe::fleet::{self, DEFAULT_SCRIPT_SIZE, MAX_SCRIPT_SIZE, MIN_SCRIPT_SIZE};
 
 /// Platforms (iPXE's `bin-<arch>-<platform>` build directories) each
 /// architecture may build, and the cross compiler prefix it needs.
@@ -40,6 +45,27 @@ pub struct Ipxe {
     pub certs: Vec<PathBuf>,
     /// Architecture → targets.
     pub targets: BTreeMap<String, Vec<IpxeTarget>>,
+    /// Every script is padded to this many bytes.
+    pub script_size: usize,
+    /// The recipe's variables, for rendering the script per host.
+    pub vars: Vars,
+    /// The recipe file, for messages.
+    pub recipe: PathBuf,
+    /// The inventory named by `hosts` and its hosts' scripts.
+    pub inventory: Option<PathBuf>,
+    pub hosts: Vec<IpxeHost>,
+}
+
+/// One inventory host's stage1 files.
+#[derive(Debug, Clone)]
+pub struct IpxeHost {
+    pub hostname: String,
+    pub arch: String,
+    /// The host's script, padded to `script_size`.
+    pub script: String,
+    /// The architecture's targets this host gets: every patchable one but
+    /// the ROMs its `roms` leaves out.
+    pub targets: Vec<IpxeTarget>,
 }
 
 /// One make target, e.g. `bin-x86_64-efi/ipxe.efi`.
@@ -106,7 +132,39 @@ pub(super) fn ipxe(ctx: &mut Ctx, raw: RawIpxe, vars: &Vars) -> Option<Ipxe> {
             targets.insert(arch.clone(), t);
         }
     }
-    (ctx.errors.len() == before).then(|| Ipxe {
+    let script_size = match &raw.script_size {
+        None => DEFAULT_SCRIPT_SIZE,
+        Some(n) => match usize::try_from(*n.get_ref()) {
+            Ok(size) if (MIN_SCRIPT_SIZE..=MAX_SCRIPT_SIZE).contains(&size) => size,
+            _ => {
+                ctx.push(
+                    n.span(),
+                    format!("`script_size` must be {MIN_SCRIPT_SIZE} to {MAX_SCRIPT_SIZE} bytes"),
+                );
+                DEFAULT_SCRIPT_SIZE
+            }
+        },
+    };
+    if let Some(text) = &script {
+        if text.len() > script_size {
+            let at = raw
+                .script_size
+                .as_ref()
+                .map_or(raw.script.span(), Spanned::span);
+            ctx.push(
+                at,
+                format!(
+                    "the rendered script is {} bytes; `script_size` is {script_size}: raise it",
+                    text.len()
+                ),
+            );
+        }
+    }
+    let inventory = raw.hosts.as_ref().and_then(|h| recipe_file(ctx, &base, h));
+    if ctx.errors.len() != before {
+        return None;
+    }
+    let mut ipxe = Ipxe {
         source: raw.source.into_inner(),
         script_template: script_template.unwrap_or_default(),
         script: script.unwrap_or_default(),
@@ -115,7 +173,174 @@ pub(super) fn ipxe(ctx: &mut Ctx, raw: RawIpxe, vars: &Vars) -> Option<Ipxe> {
         trust,
         certs,
         targets,
-    })
+        script_size,
+        vars: vars.clone(),
+        recipe: ctx.doc.file.clone(),
+        inventory: None,
+        hosts: Vec::new(),
+    };
+    if let (Some(file), Some(at)) = (inventory, raw.hosts.as_ref()) {
+        match hosts::load(&file) {
+            Ok(list) => match ipxe.host_files(&list) {
+                Ok(h) => ipxe.hosts = h,
+                Err(errors) => ctx.errors.extend(errors.into_located(at.span(), ctx)),
+            },
+            Err(e) => match e.downcast::<RecipeErrors>() {
+                Ok(located) => ctx.errors.extend(located.0),
+                Err(e) => ctx.push(at.span(), format!("{e:#}")),
+            },
+        }
+        ipxe.inventory = Some(file);
+    }
+    (ctx.errors.len() == before).then_some(ipxe)
+}
+
+/// Why hosts' files cannot be made: each problem names the host, with a
+/// location in the script template when the template is at fault.
+#[derive(Debug, Default)]
+pub struct HostErrors(pub Vec<(String, Option<InTemplate>)>);
+
+/// Where in the script template (its file, text and the byte range).
+#[derive(Debug)]
+pub struct InTemplate(PathBuf, String, Range<usize>);
+
+impl HostErrors {
+    fn into_located(self, at: Range<usize>, ctx: &Ctx) -> Vec<SourceError> {
+        self.0
+            .into_iter()
+            .map(|(message, place)| match place {
+                Some(InTemplate(file, text, span)) => {
+                    SourceError::new(&file, &text, span, message).label("in this template")
+                }
+                None => ctx.doc.error(at.clone(), message),
+            })
+            .collect()
+    }
+}
+
+impl std::fmt::Display for HostErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, (message, place)) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            match place {
+                Some(InTemplate(file, text, span)) => {
+                    let (line, col) = super::diag::line_col(text, span.start);
+                    write!(f, "{message} ({}:{line}:{col})", file.display())?;
+                }
+                None => write!(f, "{message}")?,
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for HostErrors {}
+
+impl Ipxe {
+    /// Each host's script (recipe variables, then the host's fields), padded
+    /// to `script_size`, and the targets it gets. Every host is checked;
+    /// all problems are returned together.
+    pub fn host_files(&self, hosts: &[Host]) -> Result<Vec<IpxeHost>, HostErrors> {
+        let text = std::fs::read_to_string(&self.script_template).unwrap_or_default();
+        let mut errors = HostErrors::default();
+        let mut out = Vec::new();
+        for h in hosts {
+            let who = format!("host `{}` ({})", h.hostname, h.origin);
+            let Some(targets) = self.targets.get(&h.arch) else {
+                let built: Vec<&str> = self.targets.keys().map(String::as_str).collect();
+                errors.0.push((
+                    format!(
+                        "{who}: `arch` is {}, but {} builds only {}",
+                        h.arch,
+                        self.recipe.display(),
+                        built.join(", ")
+                    ),
+                    None,
+                ));
+                continue;
+            };
+            let roms: Vec<&IpxeTarget> = targets.iter().filter(|t| t.kind() == "rom").collect();
+            if let Some(wanted) = &h.roms {
+                for r in wanted
+                    .iter()
+                    .filter(|r| !roms.iter().any(|t| &t.file == *r))
+                {
+                    let built: Vec<&str> = roms.iter().map(|t| t.file.as_str()).collect();
+                    errors.0.push((
+                        format!(
+                            "{who}: `roms` names {r}, which {} does not build for {}; it builds {}",
+                            self.recipe.display(),
+                            h.arch,
+                            if built.is_empty() {
+                                "no ROMs".to_string()
+                            } else {
+                                built.join(", ")
+                            }
+                        ),
+                        None,
+                    ));
+                }
+            }
+            let mut all = self.vars.clone();
+            all.extend(
+                HOST_VARIABLES
+                    .iter()
+                    .map(|v| (v.to_string(), h.vars.get(*v).cloned())),
+            );
+            let script = match template::render(&text, &all) {
+                Ok(s) => s,
+                Err(e) => {
+                    let name = text[e.span.clone()]
+                        .trim_matches(|c| c == '{' || c == '}')
+                        .trim();
+                    let message = match HOST_VARIABLES.contains(&name) {
+                        true => format!(
+                            "{who} has no `{}`, which `{{{{{name}}}}}` needs",
+                            host_field(name)
+                        ),
+                        false => e.message,
+                    };
+                    let place = InTemplate(self.script_template.clone(), text.clone(), e.span);
+                    errors.0.push((message, Some(place)));
+                    continue;
+                }
+            };
+            let script = match fleet::padded(&script, self.script_size) {
+                Ok(s) => s,
+                Err(len) => {
+                    errors.0.push((
+                        format!(
+                            "{who}: its stage1 script is {len} bytes; the embedded script holds {} (`script_size` in {})",
+                            self.script_size,
+                            self.recipe.display()
+                        ),
+                        None,
+                    ));
+                    continue;
+                }
+            };
+            let targets = targets
+                .iter()
+                .filter(|t| fleet::finish_of(&t.file).is_some())
+                .filter(|t| {
+                    t.kind() != "rom" || h.roms.as_ref().is_none_or(|r| r.contains(&t.file))
+                })
+                .cloned()
+                .collect();
+            out.push(IpxeHost {
+                hostname: h.hostname.clone(),
+                arch: h.arch.clone(),
+                script,
+                targets,
+            });
+        }
+        match errors.0.is_empty() {
+            true => Ok(out),
+            false => Err(errors),
+        }
+    }
 }
 
 /// Files of the patch directory in byte order of their names (`0001-…`).

@@ -243,7 +243,7 @@ fn render_for_host(
 }
 
 /// The inventory field a host variable comes from.
-fn host_field(var: &str) -> &str {
+pub(super) fn host_field(var: &str) -> &str {
     match var {
         "dns1" | "dns2" => "dns",
         "ipv6_gateway" => "ipv6_gateway",

@@ -71,6 +71,12 @@ pub struct RawIpxe {
     /// Certificates embedded for chain building (`CERT=`).
     #[serde(default)]
     pub certs: Vec<Spanned<String>>,
+    /// Bytes reserved for the embedded script; every script (the recipe's
+    /// and each host's) is padded to it, so one compile serves them all.
+    pub script_size: Option<Spanned<i64>>,
+    /// A host inventory (relative to the recipe): each host gets its own
+    /// files, `stage1/hosts/<hostname>/<file>`, with its identity in the script.
+    pub hosts: Option<Spanned<String>>,
     /// Per architecture (`x86_64`, `arm64`), the make targets to build, e.g.
     /// `bin/ipxe.lkrn`, `bin-x86_64-efi/ipxe.efi`, `bin/1af41000.rom`.
     pub targets: BTreeMap<String, Spanned<Vec<Spanned<String>>>>,

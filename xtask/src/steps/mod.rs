@@ -65,6 +65,11 @@ pub trait Step: Send + Sync {
     fn tools(&self) -> &'static [&'static str] {
         &[]
     }
+    /// Steps that run by the hundred (one per host) name their batch:
+    /// progress shows one counter per batch instead of a line per step.
+    fn batch(&self) -> Option<&'static str> {
+        None
+    }
     fn run(&self, ctx: &StepContext, scratch: &Path) -> Result<BTreeMap<String, Output>>;
 }
 

@@ -9,7 +9,16 @@
 //! `BUILD_ID_CMD` is replaced: upstream checksums the linked objects, which
 //! carry the build directory's absolute path (`__FILE__` in assertions), so
 //! `.rom`/`.efi` would differ between directories. Kiln's build id is the
-//! checksum of the target's name and this step's parameters and inputs.
+//! checksum of the target's name and this step's inputs and parameters
+//! except the script and the list of files, so a build with a placeholder
+//! script and one with a host's script get the same id (`fleet.rs`).
+//!
+//! A placeholder build (`intermediates`) also keeps each compressed
+//! target's `.bin` and `.zinfo` and the tree's `util/zbin`, and proves on
+//! the spot that Kiln's finishing of the `.bin` gives make's own file.
+
+pub mod fleet;
+pub mod patch;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -56,6 +65,12 @@ pub struct BuildIpxe {
     /// Input `config` (a tree of `*.h`) is present.
     pub config: bool,
     pub epoch: u64,
+    /// Also output what per-host patching needs: `<target>.bin`,
+    /// `<target>.zinfo` of compressed targets and `zbin:<platform>`.
+    pub intermediates: bool,
+    /// Said in the label (`placeholder script`, `full make for <host>`).
+    #[serde(skip)]
+    pub note: String,
     #[serde(skip)]
     pub threads: usize,
 }
@@ -65,10 +80,13 @@ impl Step for BuildIpxe {
         "ipxe"
     }
     fn version(&self) -> u32 {
-        1
+        2
     }
     fn label(&self) -> String {
-        format!("ipxe {} {}", self.arch, self.platform)
+        match self.note.as_str() {
+            "" => format!("ipxe {} {}", self.arch, self.platform),
+            note => format!("ipxe {} {} ({note})", self.arch, self.platform),
+        }
     }
     fn params(&self) -> serde_json::Value {
         serde_json::to_value(self).expect("params serialize")
@@ -90,24 +108,110 @@ impl Step for BuildIpxe {
         self.write_config(ctx, &root)?;
         let args = self.kiln_files(ctx, &root)?;
         let mut cmd = self.make(&root, &args)?;
-        cmd.args(self.files.iter().map(|f| format!("{}/{f}", self.platform)));
+        cmd.args(self.goals());
         let log = ctx.log(&format!("ipxe-{}-{}", self.arch, self.platform));
         tools::run_logged_with_progress(cmd, &log, &self.label())
             .with_context(|| format!("building iPXE {}", self.label()))?;
+        let src = root.join("src");
         let mut outputs = BTreeMap::new();
-        for f in &self.files {
-            let target = format!("{}/{f}", self.platform);
+        for goal in self.goals() {
             let (digest, size) = ctx
                 .store
-                .put_file(&root.join("src").join(&target))
-                .with_context(|| format!("make did not produce {target}"))?;
-            outputs.insert(target, Output::File { digest, size });
+                .put_file(&src.join(&goal))
+                .with_context(|| format!("make did not produce {goal}"))?;
+            outputs.insert(goal, Output::File { digest, size });
+        }
+        if self.intermediates && self.compressed().next().is_some() {
+            let zbin = self.zbin(&src)?;
+            let (digest, size) = ctx.store.put_file(&zbin)?;
+            outputs.insert(
+                patch::zbin_input(&self.platform),
+                Output::File { digest, size },
+            );
+            self.check_finishing(&src, &zbin, scratch)?;
         }
         Ok(outputs)
     }
 }
 
 impl BuildIpxe {
+    /// Make goals: the targets, and with `intermediates` each compressed
+    /// target's `.bin` and `.zinfo` (naming them keeps make from deleting
+    /// them as intermediate files).
+    fn goals(&self) -> Vec<String> {
+        let mut goals: Vec<String> = self
+            .files
+            .iter()
+            .map(|f| format!("{}/{f}", self.platform))
+            .collect();
+        if self.intermediates {
+            for f in self.compressed() {
+                goals.push(format!("{}/{f}.bin", self.platform));
+                goals.push(format!("{}/{f}.zinfo", self.platform));
+            }
+        }
+        goals
+    }
+
+    /// Targets made from a `.zbin`.
+    fn compressed(&self) -> impl Iterator<Item = &String> {
+        self.files
+            .iter()
+            .filter(|f| matches!(fleet::finish_of(f), Some(fleet::Finish::Zbin { .. })))
+    }
+
+    /// The `zbin` this platform's make built: `util/zbin32` for 32-bit
+    /// `bin/`, `util/zbin64` otherwise (iPXE's `arch/*/Makefile` `ZBIN`).
+    fn zbin(&self, src: &Path) -> Result<std::path::PathBuf> {
+        let name = match self.platform.as_str() {
+            "bin" | "bin-i386-pcbios" => "util/zbin32",
+            _ => "util/zbin64",
+        };
+        let path = src.join(name);
+        if !path.is_file() {
+            bail!("make built compressed targets but no {name}");
+        }
+        Ok(path)
+    }
+
+    /// Kiln's finishing (zbin, padding, ROM checksums) of each unmodified
+    /// `.bin` must give make's own file, or patched files could not be
+    /// trusted to be what make would have built.
+    fn check_finishing(&self, src: &Path, zbin: &Path, scratch: &Path) -> Result<()> {
+        for f in self.compressed() {
+            let Some(fleet::Finish::Zbin { pad, rom }) = fleet::finish_of(f) else {
+                continue;
+            };
+            let target = src.join(&self.platform).join(f);
+            let read = |ext: &str| {
+                let path = target.with_file_name(format!("{f}{ext}"));
+                std::fs::read(&path).with_context(|| format!("reading {}", path.display()))
+            };
+            let (bin, zinfo, made) = (read(".bin")?, read(".zinfo")?, read("")?);
+            let parts = patch::Compressed {
+                zbin,
+                scratch,
+                name: f,
+                bin: &bin,
+                zinfo: &zinfo,
+            };
+            let ours = parts
+                .finish(&bin, pad, rom)
+                .with_context(|| format!("finishing {}/{f}", self.platform))?;
+            if ours != made {
+                let at = ours.iter().zip(&made).position(|(a, b)| a != b);
+                bail!(
+                    "Kiln's finishing of {}/{f}.bin differs from make's {f} (sizes {} and {}, first difference at {}): per-host files cannot be patched for this tree",
+                    self.platform,
+                    ours.len(),
+                    made.len(),
+                    at.map_or("the end".to_string(), |a| format!("{a:#x}"))
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// `patch -p1` each patch in order; the first that does not apply fails
     /// the step by name.
     fn apply_patches(&self, ctx: &StepContext, root: &Path) -> Result<()> {
@@ -176,15 +280,22 @@ impl BuildIpxe {
         Ok(args)
     }
 
-    /// `cksum` of the link target's name and this step's identity: fixed for
-    /// a given key, different per target.
+    /// `cksum` of the link target's name and this step's identity without
+    /// the script and the file list: fixed for a given tree and
+    /// configuration, different per target, and the same for every script.
     fn build_id_cmd(&self, ctx: &StepContext) -> String {
         let inputs: BTreeMap<&String, Digest> = ctx
             .inputs
             .iter()
             .map(|(k, v)| (k, output_digest(v)))
             .collect();
-        let identity = serde_json::to_vec(&(self.params(), inputs)).expect("serializes");
+        let mut params = self.params();
+        if let Some(p) = params.as_object_mut() {
+            for varying in ["script", "files", "intermediates"] {
+                p.remove(varying);
+            }
+        }
+        let identity = serde_json::to_vec(&(params, inputs)).expect("serializes");
         let digest = Digest::of_bytes(&identity).to_string();
         format!("echo $@ {} | cksum | awk '{{print $$1}}'", &digest[..16])
     }

@@ -1,0 +1,194 @@
+//! `bench fleet`: per-host NIC ROMs for a generated inventory (default 500
+//! hosts × 2 ROM models), Kiln (one compile, then patching) against the way
+//! fleets build them without Kiln: one full `make` per host and ROM model
+//! in a fresh copy of the tree (timed for a sample, scaled to the fleet),
+//! and the best case for make, one tree re-linked per host (also sampled).
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{ensure, Context, Result};
+
+pub struct Setup<'a> {
+    pub recipes: &'a Path,
+    pub tree: &'a Path,
+    pub hosts: usize,
+    /// ROM make targets every host gets (`bin/1af41000.rom`, …).
+    pub roms: Vec<String>,
+    /// Full makes timed per ROM model.
+    pub samples: usize,
+    pub jobs: usize,
+}
+
+pub fn run(setup: &Setup, work: &Path) -> Result<String> {
+    let inventory = work.join("fleet.csv");
+    std::fs::write(&inventory, inventory_csv(setup))?;
+    let cache = work.join("cache");
+    let cold = kiln(setup, work, &inventory, &cache, &[])?;
+    let again = kiln(setup, work, &inventory, &cache, &[])?;
+    let script_change = kiln(
+        setup,
+        work,
+        &inventory,
+        &cache,
+        &["--var", "stage2_url=http://bench-b.example/stage2"],
+    )?;
+    let files = setup.hosts * setup.roms.len();
+
+    let mut full = Vec::new();
+    for (i, rom) in setup.roms.iter().enumerate() {
+        for n in 0..setup.samples {
+            let copy = work.join(format!("make-full-{i}-{n}"));
+            copy_tree(setup.tree, &copy)?;
+            let script = host_script(work, n)?;
+            full.push(make(setup, &copy, &script, std::slice::from_ref(rom))?);
+            std::fs::remove_dir_all(&copy)?;
+        }
+    }
+    let full_each = full.iter().sum::<f64>() / full.len() as f64;
+    let full_fleet = full_each * files as f64;
+
+    let relink_tree = work.join("make-relink");
+    copy_tree(setup.tree, &relink_tree)?;
+    make(setup, &relink_tree, &host_script(work, 0)?, &setup.roms)?;
+    let mut relink = Vec::new();
+    for n in 1..=setup.samples.max(2) {
+        relink.push(make(
+            setup,
+            &relink_tree,
+            &host_script(work, n)?,
+            &setup.roms,
+        )?);
+    }
+    let relink_each = relink.iter().sum::<f64>() / relink.len() as f64;
+    let relink_fleet = relink_each * setup.hosts as f64;
+
+    let mut s = format!(
+        "{} hosts × {} ROM models ({}) = {files} ROMs, {} jobs.\n\n",
+        setup.hosts,
+        setup.roms.len(),
+        setup.roms.join(", "),
+        setup.jobs
+    );
+    s.push_str("| way | seconds | per ROM s | ÷ full make per host |\n|---|---:|---:|---:|\n");
+    let mut row = |what: &str, secs: f64| {
+        let _ = writeln!(
+            s,
+            "| {what} | {secs:.1} | {:.3} | {:.4} |",
+            secs / files as f64,
+            secs / full_fleet
+        );
+    };
+    row(
+        &format!("Kiln, empty cache: one compile + patching ({})", cold.1),
+        cold.0,
+    );
+    row(
+        &format!("Kiln, embedded-script change ({})", script_change.1),
+        script_change.0,
+    );
+    row(&format!("Kiln, no-op ({})", again.1), again.0);
+    row(
+        &format!(
+            "full make per host and ROM model ({} sampled, {full_each:.1} s each, × {files})",
+            full.len()
+        ),
+        full_fleet,
+    );
+    row(
+        &format!(
+            "one tree re-linked per host ({} sampled, {relink_each:.1} s each, × {})",
+            relink.len(),
+            setup.hosts
+        ),
+        relink_fleet,
+    );
+    Ok(s)
+}
+
+/// `hosts` machines, each in its own /24 of 10.0.0.0/8, every one with the
+/// same ROM models.
+fn inventory_csv(setup: &Setup) -> String {
+    let roms: Vec<&str> = setup
+        .roms
+        .iter()
+        .map(|r| r.rsplit('/').next().unwrap_or(r))
+        .collect();
+    let mut csv = String::from("hostname,ipv4,gateway,dns,roms\n");
+    for i in 0..setup.hosts {
+        let (a, b) = (i / 200, i % 200);
+        let _ = writeln!(
+            csv,
+            "host{i:04}.site{a:03}.bench.example.net,10.{a}.{b}.10/24,10.{a}.{b}.1,10.0.0.53,{}",
+            roms.join(" ")
+        );
+    }
+    csv
+}
+
+/// `xtask ipxe --hosts` for the ROM targets: seconds and "N run, M cached".
+fn kiln(
+    setup: &Setup,
+    work: &Path,
+    inventory: &Path,
+    cache: &Path,
+    extra: &[&str],
+) -> Result<(f64, String)> {
+    eprintln!("bench fleet: Kiln {}…", extra.join(" "));
+    let exe = std::env::current_exe().context("finding the xtask executable")?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("--recipes")
+        .arg(setup.recipes)
+        .arg("--cache")
+        .arg(cache)
+        .arg("--output")
+        .arg(work.join("output"))
+        .arg("--source")
+        .arg(format!("ipxe={}", setup.tree.display()))
+        .args(["-j", &setup.jobs.to_string()])
+        .args(extra)
+        .args(["ipxe", "--arch", "x86_64", "--hosts"])
+        .arg(inventory);
+    for rom in &setup.roms {
+        cmd.args(["--target", rom]);
+    }
+    super::ipxe::timed(cmd)
+}
+
+/// A stand-in host script of realistic size (the stage1 template's).
+fn host_script(work: &Path, n: usize) -> Result<PathBuf> {
+    let path = work.join(format!("host-{n}.ipxe"));
+    let text = format!(
+        "#!ipxe\nset net0/ip 10.0.{n}.10\nset net0/netmask 255.255.255.0\nset net0/gateway 10.0.{n}.1\nset dns 10.0.0.53\nset hostname mlab{n}.bench.example.net\nifopen net0\nchain http://boot.example.net/stage2/stage1to2.ipxe\n"
+    );
+    std::fs::write(&path, text)?;
+    Ok(path)
+}
+
+fn make(setup: &Setup, tree: &Path, script: &Path, targets: &[String]) -> Result<f64> {
+    eprintln!(
+        "bench fleet: make {} in {}…",
+        targets.join(" "),
+        tree.display()
+    );
+    let mut cmd = Command::new("make");
+    cmd.arg("-C")
+        .arg(tree.join("src"))
+        .arg(format!("-j{}", setup.jobs.max(1)))
+        .arg(format!("EMBED={}", script.display()))
+        .args(targets);
+    let start = Instant::now();
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    ensure!(
+        out.status.success(),
+        "{cmd:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(start.elapsed().as_secs_f64())
+}
+
+fn copy_tree(from: &Path, to: &Path) -> Result<()> {
+    super::ipxe::copy_tree(from, to)
+}

@@ -1,0 +1,279 @@
+//! The per-host iPXE step: one host's (or the recipe's own) files derived
+//! from the placeholder build by replacing the embedded script (see
+//! `fleet.rs`), each checked before it is stored: the script is read back
+//! out of the finished file, and everything else must be the placeholder
+//! build's bytes.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+
+use super::fleet::{self, Finish};
+use crate::archive::{optrom, pe, zinfo};
+use crate::steps::{Step, StepContext};
+use crate::store::Output;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PatchIpxe {
+    pub arch: String,
+    /// The platform directory all `targets` are in (`bin`, `bin-x86_64-efi`).
+    pub platform: String,
+    /// Whose files these are: a host name, or the recipe's name.
+    pub who: String,
+    /// The script, already padded to `size` bytes.
+    pub script: String,
+    pub size: usize,
+    /// Make targets (`bin/ipxe.lkrn`); each is an output, and the inputs
+    /// are the placeholder build's `<target>` (and `<target>.bin`,
+    /// `<target>.zinfo`, `zbin:<platform>` for compressed formats).
+    pub targets: Vec<String>,
+}
+
+/// The input naming the `zbin` a platform's build compiled.
+pub fn zbin_input(platform: &str) -> String {
+    format!("zbin:{platform}")
+}
+
+impl Step for PatchIpxe {
+    fn kind(&self) -> &'static str {
+        "ipxe-patch"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn label(&self) -> String {
+        format!(
+            "ipxe {} {} files for {}",
+            self.arch, self.platform, self.who
+        )
+    }
+    fn params(&self) -> serde_json::Value {
+        serde_json::to_value(self).expect("params serialize")
+    }
+    fn tools(&self) -> &'static [&'static str] {
+        &[]
+    }
+    fn batch(&self) -> Option<&'static str> {
+        Some("iPXE files patched per host")
+    }
+
+    fn run(&self, ctx: &StepContext, scratch: &Path) -> Result<BTreeMap<String, Output>> {
+        if self.script.len() != self.size {
+            bail!(
+                "the script for {} is {} bytes, not the placeholder's {}",
+                self.who,
+                self.script.len(),
+                self.size
+            );
+        }
+        let placeholder = fleet::placeholder(self.size);
+        let mut tools: BTreeMap<String, PathBuf> = BTreeMap::new();
+        let mut outputs = BTreeMap::new();
+        for target in &self.targets {
+            let (platform, file) = target.split_once('/').unwrap_or(("", target));
+            let finish = fleet::finish_of(file)
+                .with_context(|| format!("{target} cannot be patched per host"))?;
+            let bytes = match finish {
+                Finish::Efi => {
+                    let image = read_input(ctx, target)?;
+                    patch_efi(&image, &placeholder, self.script.as_bytes())
+                        .with_context(|| format!("patching {target} for {}", self.who))?
+                }
+                Finish::Zbin { pad, rom } => {
+                    let zbin = match tools.get(platform) {
+                        Some(path) => path.clone(),
+                        None => {
+                            let path = install_zbin(ctx, scratch, platform)?;
+                            tools.insert(platform.to_string(), path.clone());
+                            path
+                        }
+                    };
+                    let bin = read_input(ctx, &format!("{target}.bin"))?;
+                    let info = read_input(ctx, &format!("{target}.zinfo"))?;
+                    let parts = Compressed {
+                        zbin: &zbin,
+                        scratch,
+                        name: file,
+                        bin: &bin,
+                        zinfo: &info,
+                    };
+                    parts
+                        .patch(&placeholder, self.script.as_bytes(), pad, rom)
+                        .with_context(|| format!("patching {target} for {}", self.who))?
+                }
+            };
+            let digest = ctx.store.put_bytes(&bytes)?;
+            let size = bytes.len() as u64;
+            outputs.insert(target.clone(), Output::File { digest, size });
+        }
+        Ok(outputs)
+    }
+}
+
+fn read_input(ctx: &StepContext, name: &str) -> Result<Vec<u8>> {
+    let path = ctx.file(name)?;
+    std::fs::read(&path).with_context(|| format!("reading {name} ({})", path.display()))
+}
+
+/// The platform's `zbin`, executable, in `scratch`.
+fn install_zbin(ctx: &StepContext, scratch: &Path, platform: &str) -> Result<PathBuf> {
+    let dest = scratch.join(format!("zbin-{platform}"));
+    std::fs::copy(ctx.file(&zbin_input(platform))?, &dest)?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o755))?;
+    Ok(dest)
+}
+
+/// Replaces the one placeholder in a PE image and refreshes its checksum;
+/// checks the result differs from `image` only there and in the checksum.
+pub fn patch_efi(image: &[u8], placeholder: &[u8], script: &[u8]) -> Result<Vec<u8>> {
+    let at = locate(image, placeholder)?;
+    let mut out = image.to_vec();
+    out[at..at + script.len()].copy_from_slice(script);
+    pe::refresh_checksum(&mut out)?;
+    let checksum_at = pe_checksum_offset(&out);
+    if out[at..at + script.len()] != *script {
+        bail!("the script read back at {at:#x} is not the one written");
+    }
+    let stray = (0..out.len()).find(|&i| {
+        out[i] != image[i]
+            && !(at..at + script.len()).contains(&i)
+            && !(checksum_at..checksum_at + 4).contains(&i)
+    });
+    if let Some(i) = stray {
+        bail!("patching changed byte {i:#x}, outside the script");
+    }
+    Ok(out)
+}
+
+/// Where the optional header's CheckSum is (`e_lfanew` + 24 + 64).
+fn pe_checksum_offset(image: &[u8]) -> usize {
+    let lfanew = u32::from_le_bytes(image[0x3c..0x40].try_into().expect("4 bytes")) as usize;
+    lfanew + 24 + 64
+}
+
+fn locate(image: &[u8], placeholder: &[u8]) -> Result<usize> {
+    fleet::find_once(image, placeholder).map_err(|n| match n {
+        0 => anyhow::anyhow!(
+            "the {}-byte placeholder script is not in it: this is not a Kiln placeholder build \
+             (or its script size differs)",
+            placeholder.len()
+        ),
+        n => anyhow::anyhow!("the placeholder script occurs {n} times in it; it must occur once"),
+    })
+}
+
+/// A compressed target's intermediates and the `zbin` that packs them.
+pub struct Compressed<'a> {
+    pub zbin: &'a Path,
+    pub scratch: &'a Path,
+    /// The target's file name (`ipxe.lkrn`), for the scratch files.
+    pub name: &'a str,
+    pub bin: &'a [u8],
+    pub zinfo: &'a [u8],
+}
+
+impl Compressed<'_> {
+    /// The final file for `script` in place of `placeholder`, checked by
+    /// unpacking it again.
+    pub fn patch(
+        &self,
+        placeholder: &[u8],
+        script: &[u8],
+        pad: Option<(usize, u8)>,
+        rom: bool,
+    ) -> Result<Vec<u8>> {
+        let at = locate(self.bin, placeholder).context("in the .bin")?;
+        let mut bin = self.bin.to_vec();
+        bin[at..at + script.len()].copy_from_slice(script);
+        self.finish(&bin, pad, rom)
+    }
+
+    /// What make's `[ZBIN]` and `[FINISH]` rules make of `bin`: `zbin`, the
+    /// padding, the ROM checksums; then the packed data is unpacked again
+    /// and compared with `bin`.
+    pub fn finish(&self, bin: &[u8], pad: Option<(usize, u8)>, rom: bool) -> Result<Vec<u8>> {
+        let records = zinfo::parse(self.zinfo).context("the .zinfo is corrupt")?;
+        let bin_path = self.scratch.join(format!("{}.bin", self.name));
+        let zinfo_path = self.scratch.join(format!("{}.zinfo", self.name));
+        std::fs::write(&bin_path, bin)?;
+        std::fs::write(&zinfo_path, self.zinfo)?;
+        let out = std::process::Command::new(self.zbin)
+            .arg(&bin_path)
+            .arg(&zinfo_path)
+            .output()
+            .with_context(|| format!("running {}", self.zbin.display()))?;
+        if !out.status.success() {
+            bail!(
+                "zbin failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        let mut image = out.stdout;
+        zinfo::check_packed(&records, bin, &image)
+            .context("the packed file does not unpack to the patched .bin")?;
+        if let Some((block, fill)) = pad {
+            optrom::pad(&mut image, block, fill);
+        }
+        if rom {
+            optrom::fix_checksums(&mut image).context("fixing the ROM checksums")?;
+        }
+        let _ = std::fs::remove_file(bin_path);
+        let _ = std::fs::remove_file(zinfo_path);
+        Ok(image)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SIZE: usize = 128;
+
+    fn error(r: Result<Vec<u8>>) -> String {
+        format!("{:#}", r.unwrap_err())
+    }
+
+    #[test]
+    fn a_file_without_the_placeholder_is_not_a_fleet_build() {
+        let placeholder = fleet::placeholder(SIZE);
+        let script = fleet::padded("#!ipxe\nexit\n", SIZE).unwrap();
+        let err = error(patch_efi(&[0u8; 4096], &placeholder, script.as_bytes()));
+        assert!(err.contains("not a Kiln placeholder build"), "{err}");
+        let mut twice = placeholder.clone();
+        twice.extend(&placeholder);
+        let err = error(patch_efi(&twice, &placeholder, script.as_bytes()));
+        assert!(err.contains("occurs 2 times"), "{err}");
+    }
+
+    #[test]
+    fn a_corrupt_zinfo_fails_before_zbin_runs() {
+        let placeholder = fleet::placeholder(SIZE);
+        let mut bin = vec![0x90u8; 512];
+        bin.extend(&placeholder);
+        let scratch = tempfile::tempdir().unwrap();
+        let parts = Compressed {
+            zbin: Path::new("/nonexistent/zbin"),
+            scratch: scratch.path(),
+            name: "ipxe.lkrn",
+            bin: &bin,
+            zinfo: b"COPY\0\0\0\0\x10\0\0\0\x01\0\0\0tail",
+        };
+        let script = fleet::padded("#!ipxe\nexit\n", SIZE).unwrap();
+        let err = error(parts.patch(&placeholder, script.as_bytes(), None, false));
+        assert!(err.contains("the .zinfo is corrupt"), "{err}");
+        assert_eq!(std::fs::read_dir(scratch.path()).unwrap().count(), 0);
+        let parts = Compressed {
+            bin: &bin[..600],
+            ..parts
+        };
+        let err = error(parts.patch(&placeholder, script.as_bytes(), None, false));
+        assert!(
+            err.contains("in the .bin") && err.contains("not a Kiln placeholder"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,207 @@
+//! The stage1 fleet: one iPXE compile per platform, every host's files
+//! patched from it. With an upstream tree (`KILN_SOURCE_IPXE=PATH`; skipped
+//! with a printed reason without one): each patched file is byte-identical
+//! to a full `make` of that host's script, and patched files boot in QEMU
+//! with the host's identity. Inventory and size errors need no tree.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::*;
+
+/// Five hosts whose scripts differ in length and content; two ROM models
+/// each, like ePoxy's machines.
+const FIVE: &str = "\
+hostname,ipv4,gateway,dns,ipv6,roms
+mlab1-lga0t.example.net,192.0.2.11/26,192.0.2.1,192.0.2.53 198.51.100.53,2001:db8::11/64,1af41000.rom 15b31003.mrom
+mlab2-lga0t.example.net,192.0.2.12/26,192.0.2.1,192.0.2.53,,1af41000.rom 15b31003.mrom
+mlab3-lga0t.example.net,192.0.2.13/26,192.0.2.1,192.0.2.53,,808610d3.rom 15b31003.mrom
+mlab1-syd1.measurement-lab.example.org,203.0.113.130/25,203.0.113.129,203.0.113.2,,1af41000.rom 808610d3.rom
+a.example.net,198.51.100.250/30,198.51.100.249,9.9.9.9,,1af41000.rom 15b31003.mrom
+";
+
+#[test]
+fn patched_files_are_byte_identical_to_a_full_make_for_five_hosts() {
+    let Some(_tree) = ipxe_tree() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let recipes = copy_recipes(dir.path());
+    let hosts = dir.path().join("five.csv");
+    std::fs::write(&hosts, FIVE).unwrap();
+    let out = dir.path().join("output");
+    let mut cmd = kiln(&recipes, &out, &shared_cache());
+    cmd.args(["ipxe", "--arch", "x86_64", "--hosts"])
+        .arg(&hosts)
+        .arg("--check-make");
+    let stdout = String::from_utf8_lossy(&run_ok(&mut cmd).stdout).into_owned();
+    let identical = stdout
+        .lines()
+        .filter(|l| l.starts_with("identical"))
+        .count();
+    // ipxe.efi, snponly.efi, undionly.kpxe, ipxe.lkrn and two ROMs per host.
+    assert_eq!(identical, 5 * 6, "{stdout}");
+    assert!(!stdout.contains("DIFFERENT"), "{stdout}");
+    for ext in ["efi", "kpxe", "lkrn", ".rom", "mrom"] {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.starts_with("identical") && l.contains(ext)),
+            "no {ext} compared: {stdout}"
+        );
+    }
+    // Each file carries its own host's script and no other host's.
+    let lkrn = std::fs::read(out.join("stage1/hosts/mlab3-lga0t.example.net/ipxe.lkrn")).unwrap();
+    let efi = std::fs::read(out.join("stage1/hosts/a.example.net/ipxe.efi")).unwrap();
+    assert!(contains(&efi, b"set kiln_ip 198.51.100.250\n"));
+    assert!(!contains(&efi, b"192.0.2.11"));
+    assert!(
+        !contains(&lkrn, b"set kiln_ip"),
+        "the lkrn payload is compressed"
+    );
+    let entry = manifest_entry(&out, "stage1/hosts/mlab3-lga0t.example.net/808610d3.rom");
+    assert_eq!(entry["kind"], "rom");
+    assert!(!out
+        .join("stage1/hosts/mlab3-lga0t.example.net/1af41000.rom")
+        .exists());
+}
+
+#[test]
+fn a_script_change_reruns_only_patching() {
+    let Some(_tree) = ipxe_tree() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let recipes = copy_recipes(dir.path());
+    let out = dir.path().join("output");
+    run_ok(kiln(&recipes, &out, &shared_cache()).args(["ipxe"]));
+    let script = dir.path().join("ipxe/stage1.ipxe");
+    let text = std::fs::read_to_string(&script).unwrap();
+    std::fs::write(&script, text.replace("retrying in 5", "retrying in 6")).unwrap();
+    let run = run_ok(kiln(&recipes, &out, &shared_cache()).args(["ipxe"]));
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(!stderr.contains("running ipxe x86_64 bin"), "{stderr}");
+    assert!(stderr.contains("iPXE files patched per host"), "{stderr}");
+    let lkrn = std::fs::read(out.join("stage1/hosts/mlab1-lga0t.example.net/ipxe.efi")).unwrap();
+    assert!(contains(&lkrn, b"retrying in 6 seconds"));
+}
+
+/// A host whose addresses are QEMU's user network, added to the copied
+/// inventory, so its static settings work in the guest.
+fn with_guest_host(dir: &Path) -> PathBuf {
+    let recipes = copy_recipes(dir);
+    let inventory = recipes.join("hosts.toml");
+    let mut text = std::fs::read_to_string(&inventory).unwrap();
+    text.push_str(
+        "\n[[host]]\nhostname = \"qemu-guest.example.net\"\nipv4 = \"10.0.2.42/24\"\n\
+         gateway = \"10.0.2.2\"\ndns = [\"10.0.2.3\"]\nroms = [\"1af41000.rom\"]\n",
+    );
+    std::fs::write(&inventory, text).unwrap();
+    recipes
+}
+
+fn boot_host(what: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let recipes = with_guest_host(dir.path());
+    let mut cmd = kiln(&recipes, &dir.path().join("output"), &shared_cache());
+    cmd.args([
+        "boot-test",
+        what,
+        "--host",
+        "qemu-guest.example.net",
+        "--timeout",
+        "300",
+    ]);
+    String::from_utf8_lossy(&run_ok(&mut cmd).stdout).into_owned()
+}
+
+#[test]
+fn a_patched_lkrn_and_rom_boot_with_the_hosts_identity() {
+    if ipxe_tree().is_none() || !qemu_available() {
+        return;
+    }
+    for what in ["stage1-lkrn", "stage1-rom"] {
+        let text = boot_host(what);
+        assert!(
+            text.contains("Kiln stage1: qemu-guest.example.net static address 10.0.2.42"),
+            "{what}: {text}"
+        );
+        assert!(
+            text.contains("epoxy.ip=10.0.2.42::10.0.2.2:255.255.255.0:qemu-guest.example.net:")
+                && text.contains("epoxy.hostname=qemu-guest.example.net"),
+            "{what}: {text}"
+        );
+    }
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+fn a_host_script_too_long_is_refused_naming_the_host_and_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipes = copy_recipes(dir.path());
+    let stage1 = recipes.join("stage1.toml");
+    let text = std::fs::read_to_string(&stage1).unwrap();
+    std::fs::write(
+        &stage1,
+        text.replace("script_size = 2048", "script_size = 1200"),
+    )
+    .unwrap();
+    let hosts = dir.path().join("long.json");
+    let long_name = format!("{}.example.net", ["a"; 60].join("."));
+    std::fs::write(
+        &hosts,
+        format!(
+            r#"[{{"hostname": "{long_name}", "ipv4": "192.0.2.11/26", "gateway": "192.0.2.1", "dns": ["192.0.2.53"]}}]"#
+        ),
+    )
+    .unwrap();
+    let out = dir.path().join("output");
+    let mut cmd = kiln(&recipes, &out, &shared_cache());
+    let err = run_err(cmd.args(["ipxe", "--hosts"]).arg(&hosts));
+    assert!(
+        err.contains(&format!("host `{long_name}`"))
+            && err.contains("long.json:1:")
+            && err.contains("bytes; the embedded script holds 1200"),
+        "{err}"
+    );
+    assert!(!out.exists(), "nothing may be written");
+}
+
+#[test]
+fn a_host_asking_for_a_rom_the_recipe_does_not_build_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipes = copy_recipes(dir.path());
+    let inventory = recipes.join("hosts.toml");
+    let text = std::fs::read_to_string(&inventory).unwrap().replacen(
+        "ipv6_gateway = \"2001:db8:0:1::1\"",
+        "ipv6_gateway = \"2001:db8:0:1::1\"\nroms = [\"10ec8139.rom\"]",
+        1,
+    );
+    std::fs::write(&inventory, text).unwrap();
+    let err = run_err(
+        kiln(&recipes, &dir.path().join("output"), &shared_cache()).args(["plan", "stage1"]),
+    );
+    assert!(
+        err.contains("host `mlab1-lga0t.example.net`")
+            && err.contains("`roms` names 10ec8139.rom")
+            && err.contains("1af41000.rom, 808610d3.rom, 15b31003.mrom"),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_unknown_host_for_only_is_refused_with_a_suggestion() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipes = copy_recipes(dir.path());
+    let err = run_err(
+        kiln(&recipes, &dir.path().join("output"), &shared_cache()).args([
+            "ipxe",
+            "--only",
+            "mlab1-lga0t.example.ne",
+        ]),
+    );
+    assert!(
+        err.contains("not an x86_64 host") && err.contains("mlab1-lga0t.example.net"),
+        "{err}"
+    );
+}

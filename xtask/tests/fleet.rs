@@ -173,8 +173,8 @@ fn a_host_asking_for_a_rom_the_recipe_does_not_build_is_refused() {
     let recipes = copy_recipes(dir.path());
     let inventory = recipes.join("hosts.toml");
     let text = std::fs::read_to_string(&inventory).unwrap().replacen(
-        "ipv6_gateway = \"2001:db8:0:1::1\"",
-        "ipv6_gateway = \"2001:db8:0:1::1\"\nroms = [\"10ec8139.rom\"]",
+        "roms = [\"15b31003.mrom\", \"808610d3.rom\"]",
+        "roms = [\"10ec8139.rom\"]",
         1,
     );
     std::fs::write(&inventory, text).unwrap();

@@ -516,9 +516,12 @@ fn waits_on(plan: &Plan, statuses: &[Status], i: usize) -> String {
 const STAGE2_INITRAMFS: &str = "stage2/stage2_initramfs.cpio.gz";
 
 pub fn boot_test(s: &Settings, a: &BootTestArgs) -> Result<ExitCode> {
-    let media_only = a.firmware.is_some() || a.usb || a.host.is_some();
-    if media_only && a.what != "stage2-iso" && a.what != "stage2-uki" {
-        bail!("`--firmware`, `--usb` and `--host` are for `stage2-iso` and `stage2-uki`");
+    let media = a.what == "stage2-iso" || a.what == "stage2-uki";
+    if (a.firmware.is_some() || a.usb) && !media {
+        bail!("`--firmware` and `--usb` are for `stage2-iso` and `stage2-uki`");
+    }
+    if a.host.is_some() && !media && !a.what.starts_with("stage1-") {
+        bail!("`--host` is for `stage2-iso`, `stage2-uki` and the `stage1-*` boot tests");
     }
     match a.what.as_str() {
         "stage2-iso" | "stage2-uki" => super::boot::boot_media(s, a),

@@ -24,64 +24,11 @@ impl Builder<'_> {
     pub(super) fn add_ipxe(&mut self, recipe: &Recipe, ipxe: &recipe::Ipxe) -> Result<()> {
         let shared = self.ipxe_inputs(ipxe)?;
         let commit = self.source_commit(&ipxe.source);
-        let facts = |t: &IpxeTarget| {
-            serde_json::json!({
-                "make_target": t.make_target(),
-                "source": ipxe.source,
-                "source_commit": commit,
-            })
-        };
         let mut artifacts = Vec::new();
         for (arch, targets) in &ipxe.targets {
-            let (patchable, direct): (Vec<&IpxeTarget>, Vec<&IpxeTarget>) = targets
-                .iter()
-                .partition(|t| fleet::finish_of(&t.file).is_some());
-            let placeholder = String::from_utf8(fleet::placeholder(ipxe.script_size))
-                .expect("the placeholder is ASCII");
-            let mut bases = Bases::new();
-            for (platform, ts) in by_platform(&patchable) {
-                let step = self.ipxe_build(recipe, ipxe, arch, platform, &ts, &placeholder);
-                let step = BuildIpxe {
-                    intermediates: true,
-                    note: "placeholder script".into(),
-                    ..step
-                };
-                let node = self.push(step, shared.clone());
-                bases.extend(ts.iter().map(|t| (t.make_target(), node)));
-            }
-            let script = fleet::padded(&ipxe.script, ipxe.script_size)
-                .expect("the script's size is checked on load");
-            for (_, ts) in by_platform(&patchable) {
-                let node = self.add_patch(ipxe, arch, &recipe.name, &script, &ts, &bases);
-                for t in ts {
-                    let name = artifact_name(&recipe.name, arch, &t.file);
-                    artifacts.push((name, t, node, facts(t)));
-                }
-            }
-            for (platform, ts) in by_platform(&direct) {
-                let step = self.ipxe_build(recipe, ipxe, arch, platform, &ts, &ipxe.script);
-                let node = self.push(step, shared.clone());
-                for t in ts {
-                    let name = artifact_name(&recipe.name, arch, &t.file);
-                    artifacts.push((name, t, node, facts(t)));
-                }
-            }
-            for host in ipxe.hosts.iter().filter(|h| &h.arch == arch) {
-                let ts: Vec<&IpxeTarget> = host.targets.iter().collect();
-                for (_, ts) in by_platform(&ts) {
-                    let node =
-                        self.add_patch(ipxe, arch, &host.hostname, &host.script, &ts, &bases);
-                    for t in ts {
-                        let name = host_artifact_name(&recipe.name, &host.hostname, &t.file);
-                        artifacts.push((name, t, node, facts(t)));
-                    }
-                }
-                if self.opts.ipxe_check_make.contains(&host.hostname) {
-                    self.add_reference(recipe, ipxe, host, &shared);
-                }
-            }
+            artifacts.extend(self.add_ipxe_arch(recipe, ipxe, arch, targets, &shared));
         }
-        for (name, t, node, facts) in artifacts {
+        for (name, t, node) in artifacts {
             self.plan.artifacts.push(ArtifactSpec {
                 name,
                 kind: t.kind(),
@@ -95,10 +42,70 @@ impl Builder<'_> {
                 node,
                 output: t.make_target(),
                 details: None,
-                facts: Some(facts),
+                facts: Some(serde_json::json!({
+                    "make_target": t.make_target(),
+                    "source": ipxe.source,
+                    "source_commit": commit,
+                })),
             });
         }
         Ok(())
+    }
+
+    /// One architecture's nodes; returns its artifacts (name, target, node).
+    fn add_ipxe_arch<'t>(
+        &mut self,
+        recipe: &Recipe,
+        ipxe: &'t recipe::Ipxe,
+        arch: &str,
+        targets: &'t [IpxeTarget],
+        shared: &BTreeMap<String, InputRef>,
+    ) -> Vec<(String, &'t IpxeTarget, usize)> {
+        let (patchable, direct): (Vec<&IpxeTarget>, Vec<&IpxeTarget>) = targets
+            .iter()
+            .partition(|t| fleet::finish_of(&t.file).is_some());
+        let placeholder = String::from_utf8(fleet::placeholder(ipxe.script_size))
+            .expect("the placeholder is ASCII");
+        let mut bases = Bases::new();
+        for (platform, ts) in by_platform(&patchable) {
+            let step = BuildIpxe {
+                intermediates: true,
+                note: "placeholder script".into(),
+                ..self.ipxe_build(recipe, ipxe, arch, platform, &ts, &placeholder)
+            };
+            let node = self.push(step, shared.clone());
+            bases.extend(ts.iter().map(|t| (t.make_target(), node)));
+        }
+        let mut artifacts = Vec::new();
+        let script = fleet::padded(&ipxe.script, ipxe.script_size)
+            .expect("the script's size is checked on load");
+        for (_, ts) in by_platform(&patchable) {
+            let node = self.add_patch(ipxe, arch, &recipe.name, &script, &ts, &bases);
+            for t in ts {
+                artifacts.push((artifact_name(&recipe.name, arch, &t.file), t, node));
+            }
+        }
+        for (platform, ts) in by_platform(&direct) {
+            let step = self.ipxe_build(recipe, ipxe, arch, platform, &ts, &ipxe.script);
+            let node = self.push(step, shared.clone());
+            for t in ts {
+                artifacts.push((artifact_name(&recipe.name, arch, &t.file), t, node));
+            }
+        }
+        for host in ipxe.hosts.iter().filter(|h| h.arch == arch) {
+            let ts: Vec<&IpxeTarget> = host.targets.iter().collect();
+            for (_, ts) in by_platform(&ts) {
+                let node = self.add_patch(ipxe, arch, &host.hostname, &host.script, &ts, &bases);
+                for t in ts {
+                    let name = host_artifact_name(&recipe.name, &host.hostname, &t.file);
+                    artifacts.push((name, t, node));
+                }
+            }
+            if self.opts.ipxe_check_make.contains(&host.hostname) {
+                self.add_reference(recipe, ipxe, host, shared);
+            }
+        }
+        artifacts
     }
 
     fn ipxe_build(

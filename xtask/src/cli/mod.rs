@@ -80,8 +80,10 @@ pub enum Command {
         command: build::BenchCommand,
     },
     /// Build stage1 iPXE binaries and ROMs for one architecture
-    /// (`output/stage1/<arch>/<file>`); needs the iPXE source (pinned URL,
-    /// or a checkout with `--source ipxe=PATH`).
+    /// (`output/stage1/<arch>/<file>`) and each inventory host's
+    /// (`output/stage1/hosts/<hostname>/<file>`), patched from one compile;
+    /// needs the iPXE source (pinned URL, or a checkout with `--source
+    /// ipxe=PATH`).
     Ipxe(ipxe::IpxeArgs),
     /// Copy stdin/stdout to a TCP address: QEMU runs this for each guest
     /// connection to the chain-boot test server (`guestfwd=…-cmd:`).

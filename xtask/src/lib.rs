@@ -1,12 +1,13 @@
 //! Kiln: declarative recipes in, reproducible network-boot artifacts out.
 //!
 //! Layers, one way down (see docs/ARCHITECTURE.md):
-//! `cli → plan → steps → archive / store / tools`, with `recipe` feeding
+//! `cli → plan → steps → archive / elf / store / tools`, with `recipe` feeding
 //! `plan` and `verify` proving artifacts after a build.
 
 pub mod archive;
 pub mod bench;
 pub mod cli;
+pub mod elf;
 pub mod plan;
 pub mod recipe;
 pub mod steps;

@@ -10,7 +10,7 @@ use clap::{Args, Subcommand};
 use super::Settings;
 use crate::plan::exec::{Executor, NodeResult, Status};
 use crate::plan::{self, Plan, PlanOptions};
-use crate::recipe;
+use crate::recipe::{self, ipxe::IpxeHost};
 use crate::steps::manifest::{Artifact, Manifest};
 use crate::store::{Digest, Output, Store, Tree, TreeKind};
 use crate::verify;
@@ -128,12 +128,11 @@ pub struct Session {
 /// What `cargo xtask ipxe` changes in the loaded recipes and the plan.
 #[derive(Debug, Default)]
 pub struct Overrides {
-    /// `--hosts FILE`: this inventory instead of the recipe's `[ipxe] hosts`.
-    pub inventory: Option<PathBuf>,
+    /// A recipe's `[ipxe]` hosts replaced by these (from `--hosts FILE`,
+    /// narrowed by `--only` and `--target`).
+    pub ipxe_hosts: Option<(String, Vec<IpxeHost>)>,
     /// `--check-make`: these hosts' files also built by a full `make`.
     pub check_make: Vec<String>,
-    /// `--target`: hosts get only these targets (make target or file name).
-    pub targets: Vec<String>,
 }
 
 fn session(s: &Settings, targets: &[String]) -> Result<Session> {
@@ -142,25 +141,10 @@ fn session(s: &Settings, targets: &[String]) -> Result<Session> {
 
 pub(super) fn session_with(s: &Settings, targets: &[String], o: &Overrides) -> Result<Session> {
     let mut recipes = recipe::load(&s.recipes_dir, &s.vars)?;
-    if let Some(file) = &o.inventory {
-        let hosts = recipe::hosts::load(file)?;
-        for r in recipes.targets.values_mut() {
-            if let Some(ipxe) = &mut r.ipxe {
-                ipxe.hosts = ipxe.host_files(&hosts)?;
-                ipxe.inventory = Some(file.clone());
-            }
-        }
-    }
-    if !o.targets.is_empty() {
-        let asked = |t: &recipe::IpxeTarget| {
-            o.targets
-                .iter()
-                .any(|x| *x == t.make_target() || *x == t.file)
-        };
-        let ipxes = recipes.targets.values_mut().filter_map(|r| r.ipxe.as_mut());
-        for host in ipxes.flat_map(|i| i.hosts.iter_mut()) {
-            host.targets.retain(asked);
-        }
+    if let Some((name, hosts)) = &o.ipxe_hosts {
+        let ipxe = recipes.targets.get_mut(name).and_then(|r| r.ipxe.as_mut());
+        ipxe.context("the recipe the hosts are for has no [ipxe]")?
+            .hosts = hosts.clone();
     }
     let store = Store::open(&s.cache_dir)?;
     let opts = PlanOptions {

@@ -10,7 +10,7 @@ use clap::Args;
 
 use super::build::{build_targets_with, Overrides};
 use super::Settings;
-use crate::recipe::{self, IpxeTarget};
+use crate::recipe::{self, ipxe::IpxeHost, IpxeTarget};
 
 #[derive(Debug, Args)]
 pub struct IpxeArgs {
@@ -59,12 +59,7 @@ pub fn ipxe(s: &Settings, a: &IpxeArgs) -> Result<ExitCode> {
         );
     };
     check_targets(a, targets, &r.file)?;
-    let asked = |t: &IpxeTarget| {
-        a.targets.is_empty()
-            || a.targets
-                .iter()
-                .any(|x| *x == t.make_target() || *x == t.file)
-    };
+    let asked = |t: &IpxeTarget| a.targets.is_empty() || a.targets.iter().any(|x| t.matches(x));
     let hosts = match &a.hosts {
         Some(file) => ipxe.host_files(&recipe::hosts::load(file)?)?,
         None => ipxe.hosts.clone(),
@@ -79,9 +74,13 @@ pub fn ipxe(s: &Settings, a: &IpxeArgs) -> Result<ExitCode> {
             bail!("`{name}` is not an {} host of the inventory{hint}", a.arch);
         }
     }
-    let chosen: Vec<_> = hosts
-        .iter()
+    let chosen: Vec<IpxeHost> = hosts
+        .into_iter()
         .filter(|h| a.only.is_empty() || a.only.contains(&h.hostname))
+        .map(|h| IpxeHost {
+            targets: h.targets.iter().filter(|t| asked(t)).cloned().collect(),
+            ..h
+        })
         .collect();
     let mut wanted = Vec::new();
     if a.hosts.is_none() && a.only.is_empty() {
@@ -90,7 +89,7 @@ pub fn ipxe(s: &Settings, a: &IpxeArgs) -> Result<ExitCode> {
         }
     }
     for h in &chosen {
-        for t in h.targets.iter().filter(|t| asked(t)) {
+        for t in &h.targets {
             wanted.push(crate::plan::ipxe_host_artifact(
                 &r.name,
                 &h.hostname,
@@ -104,14 +103,6 @@ pub fn ipxe(s: &Settings, a: &IpxeArgs) -> Result<ExitCode> {
     if wanted.is_empty() {
         bail!("nothing to build: no host of the inventory gets the asked targets");
     }
-    let overrides = Overrides {
-        inventory: a.hosts.clone(),
-        check_make: match a.check_make {
-            true => chosen.iter().map(|h| h.hostname.clone()).collect(),
-            false => Vec::new(),
-        },
-        targets: a.targets.clone(),
-    };
     if !chosen.is_empty() {
         eprintln!(
             "stage1 files for {} host(s), patched from one {} compile",
@@ -119,17 +110,24 @@ pub fn ipxe(s: &Settings, a: &IpxeArgs) -> Result<ExitCode> {
             a.arch
         );
     }
+    let overrides = Overrides {
+        check_make: match a.check_make {
+            true => chosen.iter().map(|h| h.hostname.clone()).collect(),
+            false => Vec::new(),
+        },
+        ipxe_hosts: Some((r.name.clone(), chosen)),
+    };
     build_targets_with(s, &wanted, &overrides)?;
     Ok(ExitCode::SUCCESS)
 }
 
 /// Every `--target` names one of the architecture's targets.
 fn check_targets(a: &IpxeArgs, targets: &[IpxeTarget], recipe: &std::path::Path) -> Result<()> {
-    if let Some(unknown) = a.targets.iter().find(|x| {
-        !targets
-            .iter()
-            .any(|t| **x == t.make_target() || **x == t.file)
-    }) {
+    if let Some(unknown) = a
+        .targets
+        .iter()
+        .find(|x| !targets.iter().any(|t| t.matches(x)))
+    {
         let names: Vec<String> = targets.iter().map(|t| t.make_target()).collect();
         bail!(
             "`{unknown}` is not a {} target of {}: it has {}",

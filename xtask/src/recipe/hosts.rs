@@ -22,6 +22,7 @@ use toml::Spanned;
 
 use super::ipxe::ARCHES;
 use super::schema::{RawHost, RawInventory};
+use super::template::{self, TemplateError, Vars};
 use super::{diag, Doc, RecipeErrors, SourceError};
 
 /// One validated host.
@@ -56,6 +57,46 @@ pub const HOST_VARIABLES: &[&str] = &[
     "ipv6_prefix",
     "ipv6_gateway",
 ];
+
+impl Host {
+    /// `template` rendered with the recipe's `vars` and this host's fields.
+    /// A field the host does not have is reported naming the host and the
+    /// inventory field; any other error is the template's own.
+    pub fn render(&self, template: &str, vars: &Vars) -> Result<String, TemplateError> {
+        let mut all = vars.clone();
+        all.extend(
+            HOST_VARIABLES
+                .iter()
+                .map(|v| (v.to_string(), self.vars.get(*v).cloned())),
+        );
+        template::render(template, &all).map_err(|mut e| {
+            let name = template[e.span.clone()]
+                .trim_matches(|c| c == '{' || c == '}')
+                .trim();
+            if HOST_VARIABLES.contains(&name) {
+                e.message = format!(
+                    "host `{}` ({}) has no `{}`, which `{{{{{name}}}}}` needs",
+                    self.hostname,
+                    self.origin,
+                    host_field(name)
+                );
+            }
+            e
+        })
+    }
+}
+
+/// The inventory field a host variable comes from.
+fn host_field(var: &str) -> &str {
+    match var {
+        "dns1" | "dns2" => "dns",
+        "ipv6_gateway" => "ipv6_gateway",
+        v if v.starts_with("ipv6") => "ipv6",
+        "ipv4_gateway" => "gateway",
+        v if v.starts_with("ipv4") => "ipv4",
+        v => v,
+    }
+}
 
 /// The fields of a host as an inventory names them: TOML keys, CSV
 /// columns, JSON keys.

@@ -9,10 +9,9 @@ use std::path::{Path, PathBuf};
 
 use toml::Spanned;
 
-use super::hosts::{self, Host, HOST_VARIABLES};
-use super::media::host_field;
+use super::hosts::{self, Host};
 use super::schema::RawIpxe;
-use super::{recipe_dir, recipe_file, render_file, template, Ctx, RecipeErrors, SourceError, Vars};
+use super::{recipe_dir, recipe_file, render_file, Ctx, RecipeErrors, SourceError, Vars};
 use crate::steps::ipxe::fleet::{self, DEFAULT_SCRIPT_SIZE, MAX_SCRIPT_SIZE, MIN_SCRIPT_SIZE};
 
 /// Platforms (iPXE's `bin-<arch>-<platform>` build directories) each
@@ -51,8 +50,7 @@ pub struct Ipxe {
     pub vars: Vars,
     /// The recipe file, for messages.
     pub recipe: PathBuf,
-    /// The inventory named by `hosts` and its hosts' scripts.
-    pub inventory: Option<PathBuf>,
+    /// The hosts of the inventory named by `hosts`, with their scripts.
     pub hosts: Vec<IpxeHost>,
 }
 
@@ -78,6 +76,11 @@ pub struct IpxeTarget {
 impl IpxeTarget {
     pub fn make_target(&self) -> String {
         format!("{}/{}", self.platform, self.file)
+    }
+
+    /// `name` is this target's make target (`bin/ipxe.lkrn`) or its file.
+    pub fn matches(&self, name: &str) -> bool {
+        name == self.file || name == self.make_target()
     }
 
     /// `rom` for NIC ROMs, `ipxe` for everything else (manifest kinds).
@@ -176,7 +179,6 @@ pub(super) fn ipxe(ctx: &mut Ctx, raw: RawIpxe, vars: &Vars) -> Option<Ipxe> {
         script_size,
         vars: vars.clone(),
         recipe: ctx.doc.file.clone(),
-        inventory: None,
         hosts: Vec::new(),
     };
     if let (Some(file), Some(at)) = (inventory, raw.hosts.as_ref()) {
@@ -190,7 +192,6 @@ pub(super) fn ipxe(ctx: &mut Ctx, raw: RawIpxe, vars: &Vars) -> Option<Ipxe> {
                 Err(e) => ctx.push(at.span(), format!("{e:#}")),
             },
         }
-        ipxe.inventory = Some(file);
     }
     (ctx.errors.len() == before).then_some(ipxe)
 }
@@ -283,27 +284,11 @@ impl Ipxe {
                     ));
                 }
             }
-            let mut all = self.vars.clone();
-            all.extend(
-                HOST_VARIABLES
-                    .iter()
-                    .map(|v| (v.to_string(), h.vars.get(*v).cloned())),
-            );
-            let script = match template::render(&text, &all) {
+            let script = match h.render(&text, &self.vars) {
                 Ok(s) => s,
                 Err(e) => {
-                    let name = text[e.span.clone()]
-                        .trim_matches(|c| c == '{' || c == '}')
-                        .trim();
-                    let message = match HOST_VARIABLES.contains(&name) {
-                        true => format!(
-                            "{who} has no `{}`, which `{{{{{name}}}}}` needs",
-                            host_field(name)
-                        ),
-                        false => e.message,
-                    };
                     let place = InTemplate(self.script_template.clone(), text.clone(), e.span);
-                    errors.0.push((message, Some(place)));
+                    errors.0.push((e.message, Some(place)));
                     continue;
                 }
             };

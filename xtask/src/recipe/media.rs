@@ -7,9 +7,9 @@ use std::path::PathBuf;
 
 use toml::Spanned;
 
-use super::hosts::{self, Host, HOST_VARIABLES};
+use super::hosts::{self, Host};
 use super::schema::{RawHosts, RawIso, RawRecipe, RawScript, RawUki};
-use super::{image_path, recipe_file, render_file, template, Ctx, RecipeErrors, Vars};
+use super::{image_path, recipe_file, render_file, Ctx, RecipeErrors, Vars};
 
 /// The kernel's `COMMAND_LINE_SIZE` on x86 is 2048 bytes with the NUL, and
 /// isolinux prepends `BOOT_IMAGE=/boot/vmlinuz `.
@@ -213,44 +213,14 @@ fn render_for_host(
     host: &Host,
     vars: &Vars,
 ) -> Option<String> {
-    let mut all = vars.clone();
-    all.extend(
-        HOST_VARIABLES
-            .iter()
-            .map(|v| (v.to_string(), host.vars.get(*v).cloned())),
-    );
-    match template::render(text.get_ref(), &all) {
+    match host.render(text.get_ref(), vars) {
         Ok(s) => Some(s),
         Err(e) => {
-            let name = text.get_ref()[e.span.clone()]
-                .trim_matches(|c| c == '{' || c == '}')
-                .trim();
             let start = text.span().start + 1 + e.span.start;
             let span = start..text.span().start + 1 + e.span.end;
-            let msg = if HOST_VARIABLES.contains(&name) {
-                let field = host_field(name);
-                format!(
-                    "host `{}` ({}) has no `{field}`, which `{{{{{name}}}}}` needs",
-                    host.hostname, host.origin
-                )
-            } else {
-                e.message
-            };
-            ctx.push(span, msg);
+            ctx.push(span, e.message);
             None
         }
-    }
-}
-
-/// The inventory field a host variable comes from.
-pub(super) fn host_field(var: &str) -> &str {
-    match var {
-        "dns1" | "dns2" => "dns",
-        "ipv6_gateway" => "ipv6_gateway",
-        v if v.starts_with("ipv6") => "ipv6",
-        "ipv4_gateway" => "gateway",
-        v if v.starts_with("ipv4") => "ipv4",
-        v => v,
     }
 }
 

@@ -197,7 +197,12 @@ impl<'a> PeImage<'a> {
 
     /// True if the stored CheckSum equals the recomputed one.
     pub fn checksum_ok(&self) -> bool {
-        checksum(self.bytes, self.layout.opt + OPT_CHECKSUM) == self.headers.checksum
+        checksum(self.bytes, self.checksum_offset()) == self.headers.checksum
+    }
+
+    /// File offset of the optional header's CheckSum field.
+    fn checksum_offset(&self) -> usize {
+        self.layout.opt + OPT_CHECKSUM
     }
 
     /// End of the section data on disk: where appended raw data starts.
@@ -358,16 +363,16 @@ pub fn checksum(bytes: &[u8], checksum_offset: usize) -> u32 {
 }
 
 /// Recomputes the CheckSum of an image whose bytes changed in place; an image that carries no
-/// checksum (zero, as iPXE's `elf2efi` leaves it) keeps none.
-pub fn refresh_checksum(image: &mut [u8]) -> Result<(), PeError> {
+/// checksum (zero, as iPXE's `elf2efi` leaves it) keeps none. Returns the field's offset.
+pub fn refresh_checksum(image: &mut [u8]) -> Result<usize, PeError> {
     let (stored, opt) = {
         let pe = PeImage::parse(image)?;
         (pe.headers.checksum, pe.layout.opt)
     };
-    match stored {
-        0 => Ok(()),
-        _ => write_checksum(image, opt),
+    if stored != 0 {
+        write_checksum(image, opt)?;
     }
+    Ok(opt + OPT_CHECKSUM)
 }
 
 fn write_checksum(out: &mut [u8], opt: usize) -> Result<(), PeError> {

@@ -11,6 +11,8 @@ use std::time::Instant;
 
 use anyhow::{ensure, Context, Result};
 
+use super::ipxe::copy_tree;
+
 pub struct Setup<'a> {
     pub recipes: &'a Path,
     pub tree: &'a Path,
@@ -187,8 +189,4 @@ fn make(setup: &Setup, tree: &Path, script: &Path, targets: &[String]) -> Result
         String::from_utf8_lossy(&out.stderr)
     );
     Ok(start.elapsed().as_secs_f64())
-}
-
-fn copy_tree(from: &Path, to: &Path) -> Result<()> {
-    super::ipxe::copy_tree(from, to)
 }

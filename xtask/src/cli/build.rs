@@ -652,10 +652,7 @@ pub fn bench(s: &Settings, c: &BenchCommand) -> Result<ExitCode> {
     let table = match c {
         BenchCommand::Kernel => {
             // Its own empty cache: the full build must start from nothing.
-            let work = tempfile::Builder::new()
-                .prefix("kiln-bench-kernel-")
-                .tempdir_in(std::env::temp_dir())
-                .context("creating a bench directory")?;
+            let work = bench_dir("kiln-bench-kernel-")?;
             crate::bench::kernel::run(&s.recipes_dir, work.path(), s.jobs)?
         }
         BenchCommand::Ipxe => bench_ipxe(s)?,
@@ -687,6 +684,15 @@ pub fn bench(s: &Settings, c: &BenchCommand) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// A scratch directory under the system's temporary directory, removed
+/// when dropped.
+fn bench_dir(prefix: &str) -> Result<tempfile::TempDir> {
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in(std::env::temp_dir())
+        .context("creating a bench directory")
+}
+
 fn bench_ipxe(s: &Settings) -> Result<String> {
     let tree = s.source_overrides.get("ipxe").context(
         "bench ipxe times make on a checkout: give one with --source ipxe=PATH or KILN_SOURCE_IPXE",
@@ -701,10 +707,7 @@ fn bench_ipxe(s: &Settings) -> Result<String> {
         .iter()
         .map(|t| t.make_target())
         .collect();
-    let work = tempfile::Builder::new()
-        .prefix("kiln-bench-ipxe-")
-        .tempdir_in(std::env::temp_dir())
-        .context("creating a bench directory")?;
+    let work = bench_dir("kiln-bench-ipxe-")?;
     let setup = crate::bench::ipxe::Setup {
         recipes: &s.recipes_dir,
         tree,
@@ -718,10 +721,7 @@ fn bench_fleet(s: &Settings, hosts: usize, roms: &[String], samples: usize) -> R
     let tree = s.source_overrides.get("ipxe").context(
         "bench fleet times make on a checkout: give one with --source ipxe=PATH or KILN_SOURCE_IPXE",
     )?;
-    let work = tempfile::Builder::new()
-        .prefix("kiln-bench-fleet-")
-        .tempdir_in(std::env::temp_dir())
-        .context("creating a bench directory")?;
+    let work = bench_dir("kiln-bench-fleet-")?;
     let setup = crate::bench::fleet::Setup {
         recipes: &s.recipes_dir,
         tree,

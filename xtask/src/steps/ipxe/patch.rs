@@ -69,10 +69,11 @@ impl Step for PatchIpxe {
             );
         }
         let placeholder = fleet::placeholder(self.size);
-        let mut tools: BTreeMap<String, PathBuf> = BTreeMap::new();
+        // Installed on first use: EFI platforms have no zbin.
+        let mut zbin: Option<PathBuf> = None;
         let mut outputs = BTreeMap::new();
         for target in &self.targets {
-            let (platform, file) = target.split_once('/').unwrap_or(("", target));
+            let file = target.rsplit('/').next().unwrap_or(target);
             let finish = fleet::finish_of(file)
                 .with_context(|| format!("{target} cannot be patched per host"))?;
             let bytes = match finish {
@@ -82,18 +83,14 @@ impl Step for PatchIpxe {
                         .with_context(|| format!("patching {target} for {}", self.who))?
                 }
                 Finish::Zbin { pad, rom } => {
-                    let zbin = match tools.get(platform) {
-                        Some(path) => path.clone(),
-                        None => {
-                            let path = install_zbin(ctx, scratch, platform)?;
-                            tools.insert(platform.to_string(), path.clone());
-                            path
-                        }
+                    let zbin = match &zbin {
+                        Some(path) => path,
+                        None => zbin.insert(install_zbin(ctx, scratch, &self.platform)?),
                     };
                     let bin = read_input(ctx, &format!("{target}.bin"))?;
                     let info = read_input(ctx, &format!("{target}.zinfo"))?;
                     let parts = Compressed {
-                        zbin: &zbin,
+                        zbin,
                         scratch,
                         name: file,
                         bin: &bin,
@@ -132,8 +129,7 @@ pub fn patch_efi(image: &[u8], placeholder: &[u8], script: &[u8]) -> Result<Vec<
     let at = locate(image, placeholder)?;
     let mut out = image.to_vec();
     out[at..at + script.len()].copy_from_slice(script);
-    pe::refresh_checksum(&mut out)?;
-    let checksum_at = pe_checksum_offset(&out);
+    let checksum_at = pe::refresh_checksum(&mut out)?;
     if out[at..at + script.len()] != *script {
         bail!("the script read back at {at:#x} is not the one written");
     }
@@ -146,12 +142,6 @@ pub fn patch_efi(image: &[u8], placeholder: &[u8], script: &[u8]) -> Result<Vec<
         bail!("patching changed byte {i:#x}, outside the script");
     }
     Ok(out)
-}
-
-/// Where the optional header's CheckSum is (`e_lfanew` + 24 + 64).
-fn pe_checksum_offset(image: &[u8]) -> usize {
-    let lfanew = u32::from_le_bytes(image[0x3c..0x40].try_into().expect("4 bytes")) as usize;
-    lfanew + 24 + 64
 }
 
 fn locate(image: &[u8], placeholder: &[u8]) -> Result<usize> {

@@ -297,6 +297,67 @@ fn byte_sum(bytes: &[u8]) -> u8 {
     bytes.iter().fold(0, |sum, b| sum.wrapping_add(*b))
 }
 
+/// Who an option ROM is for, from its first image's PCI data structure (PCI Firmware
+/// Specification 3.0, "PCI Data Structure Format").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PciIdentity {
+    pub vendor: u16,
+    /// The structure's device id and, from revision 3 on, its device list: every device the
+    /// image supports.
+    pub devices: Vec<u16>,
+    /// "Revision level of the code in the image".
+    pub revision: u16,
+}
+
+impl PciIdentity {
+    pub fn supports(&self, vendor: u16, device: u16) -> bool {
+        self.vendor == vendor && self.devices.contains(&device)
+    }
+}
+
+/// Reads `PciIdentity` from a ROM, or says why it is not a PCI option ROM.
+pub fn pci_identity(rom: &[u8]) -> Result<PciIdentity, String> {
+    let u16_at = |at: usize| {
+        rom.get(at..at + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+    };
+    if rom.get(..2) != Some(&SIGNATURE[..]) {
+        return Err("no 55 AA option ROM signature at offset 0".into());
+    }
+    let pcir = u16_at(PCI_POINTER).ok_or("too short for a ROM header")? as usize;
+    if rom.get(pcir..pcir + 4) != Some(&b"PCIR"[..]) {
+        return Err(format!("no PCI data structure (\"PCIR\") at {pcir:#x}"));
+    }
+    let field = |off: usize| {
+        u16_at(pcir + off).ok_or(format!("PCI data structure at {pcir:#x} runs off the end"))
+    };
+    let vendor = field(0x04)?;
+    let mut devices = vec![field(0x06)?];
+    let list = field(0x08)? as usize;
+    let struct_revision = *rom
+        .get(pcir + 0x0a)
+        .ok_or("PCI data structure runs off the end")?;
+    if struct_revision >= 3 && list != 0 {
+        // The list pointer is relative to the structure; the list ends with a zero id.
+        let mut at = pcir + list;
+        loop {
+            let id = u16_at(at).ok_or(format!("device list at {at:#x} runs off the end"))?;
+            if id == 0 {
+                break;
+            }
+            if !devices.contains(&id) {
+                devices.push(id);
+            }
+            at += 2;
+        }
+    }
+    Ok(PciIdentity {
+        vendor,
+        devices,
+        revision: field(0x12)?,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

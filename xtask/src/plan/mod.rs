@@ -9,6 +9,7 @@ pub mod exec;
 pub mod explain;
 mod ipxe;
 mod media;
+mod roms;
 
 pub use ipxe::{artifact_name as ipxe_artifact, host_artifact_name as ipxe_host_artifact};
 pub use media::host_artifact;
@@ -125,15 +126,17 @@ pub fn plan(
     }
     let whole: Vec<&String> = targets.iter().filter(|t| !t.contains('/')).collect();
     let plan = b.plan;
-    if wanted.is_empty() {
-        return Ok(plan);
-    }
+    // Artifacts of recipes planned only as another's dependency (stage1's
+    // ROMs inside stage3) are built as far as needed but not installed.
     let keep = |a: &ArtifactSpec| {
         wanted.contains(&a.name)
             || whole
                 .iter()
                 .any(|t| a.recipe.file_stem().is_some_and(|s| s == t.as_str()))
     };
+    if plan.artifacts.iter().all(keep) {
+        return Ok(plan);
+    }
     if let Some(missing) = wanted
         .iter()
         .find(|w| !plan.artifacts.iter().any(|a| &&a.name == w))
@@ -485,15 +488,21 @@ impl<'a> Builder<'a> {
         if let Some(bb) = &ir.busybox {
             inputs.insert("busybox".to_string(), self.deb_tree(bb)?);
         }
-        for (i, dir) in ir.overlays.iter().enumerate() {
+        // Merged in this order, later wins: programs from packages, ROMs,
+        // then the recipe's own overlays.
+        let mut trees: Vec<InputRef> = Vec::new();
+        trees.extend(self.add_programs(ir)?);
+        trees.extend(self.add_rom_table(recipe)?);
+        for dir in &ir.overlays {
             let digest = self
                 .store
                 .put_tree_with(dir, Modes::GitLike)
                 .with_context(|| format!("hashing overlay {}", dir.display()))?;
-            inputs.insert(
-                format!("overlay.{i}"),
-                InputRef::Value(Output::Tree { digest }),
-            );
+            trees.push(InputRef::Value(Output::Tree { digest }));
+        }
+        let overlays = trees.len();
+        for (i, t) in trees.into_iter().enumerate() {
+            inputs.insert(format!("overlay.{i}"), t);
         }
         let vars = check_templates(recipe, ir)?;
         let step = BuildInitramfs {
@@ -503,7 +512,7 @@ impl<'a> Builder<'a> {
             epoch: self.epoch(recipe),
             uid: ir.uid,
             gid: ir.gid,
-            overlays: ir.overlays.len(),
+            overlays,
             busybox: ir.busybox.is_some(),
             templates: ir.templates.clone(),
             vars,
@@ -522,6 +531,7 @@ impl<'a> Builder<'a> {
             details: None,
             facts: None,
         });
+        self.add_host_roms(recipe, ir)?;
         Ok(node)
     }
 

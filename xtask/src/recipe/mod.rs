@@ -12,6 +12,7 @@ pub mod diag;
 pub mod hosts;
 pub mod ipxe;
 pub mod media;
+pub mod rom;
 mod schema;
 pub mod template;
 
@@ -27,6 +28,7 @@ use crate::archive::Compression;
 pub use diag::{RecipeErrors, SourceError};
 pub use ipxe::{Ipxe, IpxeTarget};
 pub use media::{HostMedia, Iso, Media, Script, Uki};
+pub use rom::{FlashMethod, Rom, RomFrom};
 use schema::*;
 pub use template::Vars;
 
@@ -79,6 +81,8 @@ pub struct Recipe {
     /// ISO, UKI, per-host ISOs and the chain script (all boot `kernel`).
     pub media: Media,
     pub ipxe: Option<Ipxe>,
+    /// NIC ROMs for the image's updater (`[[rom]]`).
+    pub roms: Vec<Rom>,
 }
 
 /// A kernel built from source (`[kernel]`).
@@ -152,6 +156,10 @@ pub struct Initramfs {
     pub templates: Vec<String>,
     pub busybox: Option<String>,
     pub devices: Vec<Device>,
+    /// `deb` sources searched for `programs` and their libraries, in order.
+    pub packages: Vec<String>,
+    /// ELF programs (paths inside `packages`) copied in with their closure.
+    pub programs: Vec<String>,
     pub uid: u32,
     pub gid: u32,
 }
@@ -436,6 +444,7 @@ fn load_recipe(
         .ipxe
         .take()
         .and_then(|i| ipxe::ipxe(&mut ctx, i.into_inner(), &variables));
+    let roms = rom::roms(&mut ctx, std::mem::take(&mut raw.rom), has_initramfs);
     if !errors.is_empty() {
         return Err(RecipeErrors(errors).into());
     }
@@ -450,6 +459,7 @@ fn load_recipe(
         kernel,
         media,
         ipxe,
+        roms,
     })
 }
 
@@ -556,6 +566,22 @@ fn initramfs(ctx: &mut Ctx, raw: RawInitramfs) -> Option<Initramfs> {
         .collect();
     let busybox = raw.busybox.as_ref().and_then(|b| ctx.deb_source(b));
     let devices = raw.devices.iter().filter_map(|d| device(ctx, d)).collect();
+    let packages = raw
+        .packages
+        .iter()
+        .filter_map(|p| ctx.deb_source(p))
+        .collect();
+    let programs = raw
+        .programs
+        .iter()
+        .filter_map(|p| image_path(ctx, p))
+        .collect();
+    if let (Some(first), true) = (raw.programs.first(), raw.packages.is_empty()) {
+        ctx.push(
+            first.span(),
+            "`programs` come from `packages`: list the deb sources that hold them and their libraries",
+        );
+    }
     (ctx.errors.len() == before).then(|| Initramfs {
         output,
         compression,
@@ -564,6 +590,8 @@ fn initramfs(ctx: &mut Ctx, raw: RawInitramfs) -> Option<Initramfs> {
         templates,
         busybox,
         devices,
+        packages,
+        programs,
         uid: raw.uid,
         gid: raw.gid,
     })

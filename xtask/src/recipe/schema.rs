@@ -50,6 +50,35 @@ pub struct RawRecipe {
     pub hosts: Option<Spanned<RawHosts>>,
     pub script: Option<Spanned<RawScript>>,
     pub ipxe: Option<Spanned<RawIpxe>>,
+    /// NIC ROMs the image's updater may flash (stage3), one per card model.
+    #[serde(default)]
+    pub rom: Vec<Spanned<RawRom>>,
+}
+
+/// `[[rom]]`: a NIC option ROM carried by a ROM-update image, and how to
+/// flash it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRom {
+    /// An artifact of another recipe, e.g. "stage1/x86_64/808610d3.rom".
+    pub artifact: Option<Spanned<String>>,
+    /// Or a file inside a `deb` source (with `path`).
+    pub source: Option<Spanned<String>>,
+    /// The file's path inside `source`.
+    pub path: Option<Spanned<String>>,
+    /// The cards it is for: "vendor:device" in hex, e.g. "8086:10d3".
+    pub device: Spanned<String>,
+    /// "mstflint" (Mellanox) or "flashrom".
+    pub method: Spanned<String>,
+    /// flashrom's programmer for the card (with `method = "flashrom"`),
+    /// e.g. "nicintel_spi"; `:pci=<address>` is added per card.
+    pub programmer: Option<Spanned<String>>,
+    /// The ROM's version as the flashing tool reports it (dotted numbers);
+    /// default: the ROM's PCI revision level. Required for mstflint.
+    pub version: Option<Spanned<String>>,
+    /// The largest image the card's flash takes, in bytes; default: the
+    /// size of the card's expansion ROM window.
+    pub max_size: Option<Spanned<i64>>,
 }
 
 /// `[ipxe]`: iPXE binaries and NIC ROMs built from upstream source with an
@@ -244,6 +273,13 @@ pub struct RawInitramfs {
     pub busybox: Option<Spanned<String>>,
     #[serde(default)]
     pub devices: Vec<Spanned<RawDevice>>,
+    /// `deb` sources holding `programs` and the libraries they load.
+    #[serde(default)]
+    pub packages: Vec<Spanned<String>>,
+    /// ELF programs (paths inside `packages`, e.g. "usr/bin/mstflint")
+    /// copied in with their shared-library closure and dynamic loader.
+    #[serde(default)]
+    pub programs: Vec<Spanned<String>>,
     #[serde(default)]
     pub uid: u32,
     #[serde(default)]

@@ -14,6 +14,8 @@ pub mod iso;
 pub mod kernel;
 pub mod manifest;
 pub mod modules;
+pub mod programs;
+pub mod roms;
 pub mod script;
 pub mod tarball;
 pub mod uki;

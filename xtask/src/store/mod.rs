@@ -272,7 +272,25 @@ impl Store {
             entries.push(TreeEntry { path: rel, kind });
         }
         entries.sort_by(|a, b| a.path.as_bytes().cmp(b.path.as_bytes()));
-        let tree = Tree { entries };
+        self.write_manifest(&Tree { entries })
+    }
+
+    /// Records a tree assembled from blobs already in the store (a step
+    /// that picks files out of other trees copies no data). Entries must be
+    /// sorted, parents first; every file's blob must exist.
+    pub fn put_tree_manifest(&self, tree: &Tree) -> Result<Digest> {
+        for (path, digest, _) in tree.files() {
+            if !self.has_blob(digest) {
+                bail!(
+                    "tree entry {path}: blob {} is not in the store",
+                    digest.hex()
+                );
+            }
+        }
+        self.write_manifest(tree)
+    }
+
+    fn write_manifest(&self, tree: &Tree) -> Result<Digest> {
         let digest = tree.digest();
         let dest = self
             .root

@@ -1,0 +1,214 @@
+//! ROM-update images in the plan: the programs tree (ELF programs from
+//! debs with their library closure), the recipe's ROM table, and one
+//! second-initrd ROM archive per host when the ROMs come from a recipe with
+//! a host inventory (stage1's fleet).
+
+use std::collections::BTreeMap;
+
+use anyhow::{bail, Result};
+
+use super::{ArtifactSpec, Builder, InputRef};
+use crate::recipe::{self, Recipe, Rom, RomFrom};
+use crate::steps::initramfs::BuildInitramfs;
+use crate::steps::programs::CopyPrograms;
+use crate::steps::roms::{RomSpec, RomTable};
+
+/// The per-host ROM archive's file name (`<dir>/hosts/<hostname>/…`).
+pub const HOST_ROMS: &str = "stage3_roms.cpio.gz";
+
+impl Builder<'_> {
+    /// The tree of `[initramfs] programs` and their closure, if any.
+    pub(super) fn add_programs(&mut self, ir: &recipe::Initramfs) -> Result<Option<InputRef>> {
+        if ir.programs.is_empty() {
+            return Ok(None);
+        }
+        let mut inputs = BTreeMap::new();
+        for (i, p) in ir.packages.iter().enumerate() {
+            inputs.insert(format!("package.{i}"), self.deb_tree(p)?);
+        }
+        let node = self.push(
+            CopyPrograms {
+                name: ir.output.clone(),
+                packages: ir.packages.clone(),
+                programs: ir.programs.clone(),
+            },
+            inputs,
+        );
+        Ok(Some(tree(node)))
+    }
+
+    /// The recipe's ROM table (ROMs + `roms.conf`) as a tree, if it has
+    /// `[[rom]]`s; then a ROM archive per host of the ROMs' inventory.
+    pub(super) fn add_rom_table(&mut self, recipe: &Recipe) -> Result<Option<InputRef>> {
+        if recipe.roms.is_empty() {
+            return Ok(None);
+        }
+        let mut inputs = BTreeMap::new();
+        for (i, rom) in recipe.roms.iter().enumerate() {
+            inputs.insert(format!("rom.{i}"), self.rom_input(rom, None)?);
+        }
+        let specs = recipe.roms.iter().map(spec).collect();
+        let name = recipe
+            .initramfs
+            .as_ref()
+            .map_or(recipe.name.clone(), |ir| ir.output.clone());
+        let node = self.push(RomTable { name, roms: specs }, inputs);
+        Ok(Some(tree(node)))
+    }
+
+    /// `<initramfs dir>/hosts/<hostname>/stage3_roms.cpio.gz` for every
+    /// host that has at least one of the recipe's ROMs as its own (patched)
+    /// file: the host's ROMs and table, loaded as a second initrd over the
+    /// shared image, whose table it replaces.
+    pub(super) fn add_host_roms(&mut self, recipe: &Recipe, ir: &recipe::Initramfs) -> Result<()> {
+        let hostnames = self.rom_hosts(recipe);
+        for hostname in hostnames {
+            let mut inputs = BTreeMap::new();
+            let mut specs = Vec::new();
+            for rom in &recipe.roms {
+                if let Some(input) = self.host_rom(rom, &hostname)? {
+                    inputs.insert(format!("rom.{}", specs.len()), input);
+                    specs.push(spec(rom));
+                }
+            }
+            if specs.is_empty() {
+                continue;
+            }
+            let name = super::media::host_artifact(
+                &match ir.output.rsplit_once('/') {
+                    Some((dir, _)) => format!("{dir}/{HOST_ROMS}"),
+                    None => HOST_ROMS.to_string(),
+                },
+                &hostname,
+            );
+            let table = self.push(
+                RomTable {
+                    name: name.clone(),
+                    roms: specs,
+                },
+                inputs,
+            );
+            let epoch = self.epoch(recipe);
+            let archive = self.push(
+                BuildInitramfs {
+                    name: name.clone(),
+                    compression: "gz".into(),
+                    level: crate::archive::Compression::Gzip.default_level(),
+                    epoch,
+                    uid: 0,
+                    gid: 0,
+                    overlays: 1,
+                    busybox: false,
+                    templates: Vec::new(),
+                    vars: BTreeMap::new(),
+                    devices: Vec::new(),
+                    threads: self.opts.threads,
+                },
+                BTreeMap::from([("overlay.0".to_string(), tree(table))]),
+            );
+            self.plan.artifacts.push(ArtifactSpec {
+                name,
+                kind: "initramfs",
+                arch: "x86_64",
+                recipe: recipe.file.clone(),
+                epoch,
+                node: archive,
+                output: "image".into(),
+                details: None,
+                facts: None,
+            });
+        }
+        Ok(())
+    }
+
+    /// Hosts of the inventories behind the recipe's ROM artifacts, sorted.
+    fn rom_hosts(&self, recipe: &Recipe) -> Vec<String> {
+        let mut hosts = std::collections::BTreeSet::new();
+        for rom in &recipe.roms {
+            if let RomFrom::Artifact(a) = &rom.from {
+                let Some((from, _)) = a.split_once('/') else {
+                    continue;
+                };
+                if let Some(ipxe) = self.recipes.targets.get(from).and_then(|r| r.ipxe.as_ref()) {
+                    hosts.extend(ipxe.hosts.iter().map(|h| h.hostname.clone()));
+                }
+            }
+        }
+        hosts.into_iter().collect()
+    }
+
+    /// The host's own copy of an artifact ROM (`stage1/hosts/<h>/<file>`),
+    /// if its recipe builds one for that host.
+    fn host_rom(&self, rom: &Rom, hostname: &str) -> Result<Option<InputRef>> {
+        let RomFrom::Artifact(a) = &rom.from else {
+            return Ok(None);
+        };
+        let from = a.split('/').next().unwrap_or_default();
+        let name = super::ipxe_host_artifact(from, hostname, &rom.file);
+        Ok(self
+            .plan
+            .artifacts
+            .iter()
+            .find(|s| s.name == name)
+            .map(|s| InputRef::Node {
+                node: s.node,
+                output: s.output.clone(),
+            }))
+    }
+
+    /// A ROM's file as a plan input: another recipe's artifact (that recipe
+    /// is planned as a dependency; `artifact` overrides which of its
+    /// artifacts) or the unpacked tree of a `deb` source.
+    fn rom_input(&mut self, rom: &Rom, artifact: Option<&str>) -> Result<InputRef> {
+        match &rom.from {
+            RomFrom::Deb { source, .. } => self.deb_tree(source),
+            RomFrom::Artifact(a) => {
+                let wanted = artifact.unwrap_or(a);
+                let from = a.split('/').next().unwrap_or_default();
+                if !self.recipes.targets.contains_key(from) {
+                    bail!(
+                        "{}: [[rom]] artifact `{a}`: there is no recipe `{from}`",
+                        rom.origin
+                    );
+                }
+                if self.added.insert(from.to_string()) {
+                    let dependency = &self.recipes.targets[from];
+                    self.add_recipe(dependency)?;
+                }
+                match self.plan.artifacts.iter().find(|s| s.name == wanted) {
+                    Some(s) => Ok(InputRef::Node {
+                        node: s.node,
+                        output: s.output.clone(),
+                    }),
+                    None => bail!(
+                        "{}: [[rom]] artifact `{wanted}`: recipe `{from}` does not build it",
+                        rom.origin
+                    ),
+                }
+            }
+        }
+    }
+}
+
+fn spec(rom: &Rom) -> RomSpec {
+    RomSpec {
+        file: rom.file.clone(),
+        vendor: rom.vendor,
+        device: rom.device,
+        method: rom.method.table_word(),
+        version: rom.version.clone(),
+        max_size: rom.max_size,
+        path_in_tree: match &rom.from {
+            RomFrom::Deb { path, .. } => Some(path.clone()),
+            RomFrom::Artifact(_) => None,
+        },
+        origin: rom.origin.clone(),
+    }
+}
+
+fn tree(node: usize) -> InputRef {
+    InputRef::Node {
+        node,
+        output: "tree".into(),
+    }
+}

@@ -1,0 +1,155 @@
+//! The programs step: ELF programs picked out of unpacked `deb` trees with
+//! every shared library and the dynamic loader they need (`elf::closure`),
+//! recorded as one tree an initramfs merges in. No data is copied: the
+//! tree names the packages' blobs.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+
+use super::{Step, StepContext};
+use crate::elf;
+use crate::store::{Output, Tree, TreeEntry, TreeKind};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CopyPrograms {
+    /// For messages only.
+    #[serde(skip)]
+    pub name: String,
+    /// Source names of inputs `package.0` … (for messages; order matters).
+    pub packages: Vec<String>,
+    /// Paths inside the packages, e.g. `usr/bin/mstflint`.
+    pub programs: Vec<String>,
+}
+
+impl Step for CopyPrograms {
+    fn kind(&self) -> &'static str {
+        "programs"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn label(&self) -> String {
+        format!("programs {} ({})", self.name, self.programs.join(", "))
+    }
+    fn identity(&self) -> String {
+        format!("programs {}", self.name)
+    }
+    fn params(&self) -> serde_json::Value {
+        serde_json::to_value(self).expect("params serialize")
+    }
+
+    fn run(&self, ctx: &StepContext, scratch: &Path) -> Result<BTreeMap<String, Output>> {
+        let mut trees = Vec::new();
+        let mut roots = Vec::new();
+        for (i, name) in self.packages.iter().enumerate() {
+            let tree = ctx.tree(&format!("package.{i}"))?;
+            let root = scratch.join(format!("package.{i}"));
+            ctx.store
+                .checkout(&tree, &root)
+                .with_context(|| format!("checking out package `{name}`"))?;
+            trees.push(tree);
+            roots.push(root);
+        }
+        let mut binaries = Vec::new();
+        for program in &self.programs {
+            match trees.iter().position(|t| t.get(program).is_some()) {
+                Some(i) => binaries.push((i, program.as_str())),
+                None => bail!(
+                    "program {program} is in none of the packages ({})",
+                    self.packages.join(", ")
+                ),
+            }
+        }
+        let roots: Vec<&Path> = roots.iter().map(|r| r.as_path()).collect();
+        let resolved = elf::closure(&roots, &binaries)?;
+        let mut picked: BTreeMap<String, TreeKind> = BTreeMap::new();
+        for &(i, program) in &binaries {
+            picked.insert(
+                program.to_string(),
+                entry(&trees[i], program, &self.packages[i])?,
+            );
+        }
+        for r in &resolved {
+            let kind = match &r.symlink_target {
+                Some(target) => TreeKind::Symlink {
+                    target: target.clone(),
+                },
+                None => entry(&trees[r.tree], &r.path, &self.packages[r.tree])?,
+            };
+            picked.insert(r.path.clone(), kind);
+        }
+        let digest = ctx.store.put_tree_manifest(&with_parents(picked))?;
+        Ok(BTreeMap::from([(
+            "tree".to_string(),
+            Output::Tree { digest },
+        )]))
+    }
+}
+
+/// The file (or symlink) at `path` in a package tree.
+fn entry(tree: &Tree, path: &str, package: &str) -> Result<TreeKind> {
+    match tree.get(path).map(|e| &e.kind) {
+        Some(k @ (TreeKind::File { .. } | TreeKind::Symlink { .. })) => Ok(k.clone()),
+        _ => bail!("{path} is not a file in package `{package}`"),
+    }
+}
+
+/// The picked entries as a tree: sorted, every parent directory present.
+fn with_parents(picked: BTreeMap<String, TreeKind>) -> Tree {
+    let mut all: BTreeMap<String, TreeKind> = BTreeMap::new();
+    for (path, kind) in picked {
+        let mut parent = path.as_str();
+        while let Some((dir, _)) = parent.rsplit_once('/') {
+            all.entry(dir.to_string())
+                .or_insert(TreeKind::Dir { mode: 0o755 });
+            parent = dir;
+        }
+        all.insert(path, kind);
+    }
+    let mut entries: Vec<TreeEntry> = all
+        .into_iter()
+        .map(|(path, kind)| TreeEntry { path, kind })
+        .collect();
+    entries.sort_by(|a, b| a.path.as_bytes().cmp(b.path.as_bytes()));
+    Tree { entries }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parents_come_first_and_once() {
+        let file = |n: u8| TreeKind::File {
+            digest: crate::store::Digest::of_bytes(&[n]),
+            size: 1,
+            mode: 0o644,
+        };
+        let tree = with_parents(BTreeMap::from([
+            ("usr/lib/x/libc.so.6".to_string(), file(1)),
+            ("usr/bin/tool".to_string(), file(2)),
+            (
+                "lib64".to_string(),
+                TreeKind::Symlink {
+                    target: "usr/lib64".into(),
+                },
+            ),
+        ]));
+        let paths: Vec<&str> = tree.entries.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "lib64",
+                "usr",
+                "usr/bin",
+                "usr/bin/tool",
+                "usr/lib",
+                "usr/lib/x",
+                "usr/lib/x/libc.so.6"
+            ]
+        );
+    }
+}

@@ -1,0 +1,151 @@
+//! The ROM table step: the NIC option ROMs a ROM-update image carries,
+//! checked against the cards the recipe assigns them to, and the table the
+//! image's updater reads (`etc/kiln/roms.conf`), as one tree an initramfs
+//! merges in.
+//!
+//! `roms.conf`, one ROM per line, fields separated by one space:
+//! `vendor device file size sha256 version method max_size`: ids as 4
+//! lowercase hex digits, `version` dotted numbers, `method` `mstflint` or
+//! `flashrom:<programmer>`, `max_size` bytes or `-` (the card's expansion
+//! ROM window decides).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{bail, Result};
+use serde::Serialize;
+
+use super::{Step, StepContext};
+use crate::archive::optrom;
+use crate::store::{Digest, Output, Tree, TreeEntry, TreeKind};
+
+/// Where the image keeps the ROMs and their table.
+pub const ROM_DIR: &str = "etc/kiln/roms";
+pub const TABLE: &str = "etc/kiln/roms.conf";
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RomTable {
+    #[serde(skip)]
+    pub name: String,
+    /// One per input `rom.<i>`.
+    pub roms: Vec<RomSpec>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RomSpec {
+    pub file: String,
+    pub vendor: u16,
+    pub device: u16,
+    /// `mstflint` or `flashrom:<programmer>`.
+    pub method: String,
+    pub version: Option<String>,
+    pub max_size: Option<u64>,
+    /// When the input is a tree (a `deb`), the ROM's path in it.
+    pub path_in_tree: Option<String>,
+    /// Recipe location, for errors only.
+    #[serde(skip)]
+    pub origin: String,
+}
+
+impl Step for RomTable {
+    fn kind(&self) -> &'static str {
+        "rom-table"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn label(&self) -> String {
+        format!("ROM table {}", self.name)
+    }
+    fn params(&self) -> serde_json::Value {
+        serde_json::to_value(self).expect("params serialize")
+    }
+
+    fn run(&self, ctx: &StepContext, _scratch: &Path) -> Result<BTreeMap<String, Output>> {
+        let mut entries = vec![dir("etc"), dir("etc/kiln"), dir(ROM_DIR)];
+        let mut table = String::from(
+            "# vendor device file size sha256 version method max_size (written by Kiln)\n",
+        );
+        for (i, spec) in self.roms.iter().enumerate() {
+            let input = format!("rom.{i}");
+            let bytes = match &spec.path_in_tree {
+                Some(path) => ctx.tree_file(&input, path, "the package holding this ROM")?,
+                None => std::fs::read(ctx.file(&input)?)?,
+            };
+            let line = spec.check(&bytes)?;
+            table.push_str(&line);
+            table.push('\n');
+            let digest = ctx.store.put_bytes(&bytes)?;
+            entries.push(file(
+                &format!("{ROM_DIR}/{}", spec.file),
+                digest,
+                bytes.len(),
+                0o644,
+            ));
+        }
+        let digest = ctx.store.put_bytes(table.as_bytes())?;
+        entries.push(file(TABLE, digest, table.len(), 0o644));
+        entries.sort_by(|a, b| a.path.as_bytes().cmp(b.path.as_bytes()));
+        let tree = ctx.store.put_tree_manifest(&Tree { entries })?;
+        Ok(BTreeMap::from([(
+            "tree".to_string(),
+            Output::Tree { digest: tree },
+        )]))
+    }
+}
+
+impl RomSpec {
+    /// The ROM must be a PCI option ROM for the card the recipe names and
+    /// fit the flash it is declared for; returns its `roms.conf` line.
+    pub fn check(&self, rom: &[u8]) -> Result<String> {
+        let (vendor, device) = (self.vendor, self.device);
+        let at = format!("{} ({})", self.file, self.origin);
+        let id = match optrom::pci_identity(rom) {
+            Ok(id) => id,
+            Err(e) => bail!("{at}: not a PCI option ROM: {e}"),
+        };
+        if !id.supports(vendor, device) {
+            let theirs: Vec<String> = id
+                .devices
+                .iter()
+                .map(|d| format!("{:04x}:{d:04x}", id.vendor))
+                .collect();
+            bail!(
+                "{at}: the ROM's PCI header is for {}, but the recipe assigns it to {vendor:04x}:{device:04x}",
+                theirs.join(", ")
+            );
+        }
+        if let Some(max) = self.max_size {
+            if rom.len() as u64 > max {
+                bail!("{at}: the ROM is {} bytes, more than its card's flash takes (`max_size` {max})", rom.len());
+            }
+        }
+        let version = self.version.clone().unwrap_or(id.revision.to_string());
+        let max = self.max_size.map_or("-".to_string(), |m| m.to_string());
+        Ok(format!(
+            "{vendor:04x} {device:04x} {} {} {} {version} {} {max}",
+            self.file,
+            rom.len(),
+            Digest::of_bytes(rom).hex(),
+            self.method
+        ))
+    }
+}
+
+fn dir(path: &str) -> TreeEntry {
+    TreeEntry {
+        path: path.to_string(),
+        kind: TreeKind::Dir { mode: 0o755 },
+    }
+}
+
+fn file(path: &str, digest: Digest, size: usize, mode: u32) -> TreeEntry {
+    TreeEntry {
+        path: path.to_string(),
+        kind: TreeKind::File {
+            digest,
+            size: size as u64,
+            mode,
+        },
+    }
+}

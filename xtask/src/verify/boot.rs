@@ -128,6 +128,32 @@ impl BootSpec {
     }
 }
 
+impl BootSpec {
+    /// A ROM-update kernel (initramfs compiled in; `initrd` a second one,
+    /// such as a host's ROM archive) with `append`, watched until the
+    /// updater's last line.
+    pub fn stage3(
+        kernel: &Path,
+        initrd: Option<&Path>,
+        append: &str,
+        qemu_args: Vec<String>,
+    ) -> BootSpec {
+        BootSpec {
+            medium: Medium::Kernel {
+                kernel: kernel.to_path_buf(),
+                initrd: initrd.map(Path::to_path_buf),
+                append: append.to_string(),
+            },
+            marker: STAGE3_MARKER.into(),
+            qemu_args,
+            ..BootSpec::stage2(kernel, Path::new(""), 240)
+        }
+    }
+}
+
+/// What stage3's /init prints when the updater is done.
+pub const STAGE3_MARKER: &str = "KILN-STAGE3-DONE";
+
 /// Kernel arguments of direct-boot tests: serial console, power off after
 /// the marker.
 const TEST_APPEND: &str = "console=ttyS0 panic=-1 kiln.test=poweroff";

@@ -61,3 +61,8 @@ fn missing_source_names_the_recipe_line() {
 fn out_of_range_level_names_the_compressor_and_range() {
     check("bad-level");
 }
+
+#[test]
+fn bad_rom_entries_name_each_field() {
+    check("bad-rom");
+}

@@ -707,3 +707,26 @@ fn qemu_dry_run_of_the_default_recipe_uses_each_hosts_own_rom() {
         );
     }
 }
+
+#[test]
+fn a_rom_artifact_no_recipe_builds_is_an_error_before_anything_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipes = copy_recipes(dir.path());
+    let path = recipes.join("stage3.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        text.replace("stage1/x86_64/808610d3.rom", "stage1/x86_64/808610d4.rom"),
+    )
+    .unwrap();
+    let out = dir.path().join("output");
+    let cache = dir.path().join("cache");
+    let err = run_err(kiln(&recipes, &out, &cache).args(["plan", "stage3"]));
+    assert!(
+        err.contains("stage3.toml:")
+            && err.contains(
+                "[[rom]] artifact `stage1/x86_64/808610d4.rom`: recipe `stage1` does not build it"
+            ),
+        "{err}"
+    );
+}

@@ -54,7 +54,10 @@ pub struct BootTestArgs {
     /// `stage1-lkrn`, `stage1-efi` (OVMF, from a FAT drive) and `stage1-rom`
     /// (virtio-net option ROM) boot iPXE, which must DHCP, chain
     /// stage1to2.ipxe from Kiln's HTTP server and boot stage2 (needs an iPXE
-    /// tree: `--source ipxe=PATH`).
+    /// tree: `--source ipxe=PATH`). `stage3` boots the ROM updater with
+    /// `kiln.dry_run=1` beside a virtio-net and an e1000e card (QEMU's own
+    /// ROMs): every card must get a `KILN-ROM` line and mstflint must run
+    /// (`--host` adds that host's ROM archive as a second initrd).
     pub what: String,
     /// Firmware for media tests: `bios` (SeaBIOS; the ISO's default) or
     /// `uefi` (OVMF from the pinned `ovmf` deb; the UKI's only choice).
@@ -504,10 +507,11 @@ pub fn boot_test(s: &Settings, a: &BootTestArgs) -> Result<ExitCode> {
     if (a.firmware.is_some() || a.usb) && !media {
         bail!("`--firmware` and `--usb` are for `stage2-iso` and `stage2-uki`");
     }
-    if a.host.is_some() && !media && !a.what.starts_with("stage1-") {
-        bail!("`--host` is for `stage2-iso`, `stage2-uki` and the `stage1-*` boot tests");
+    if a.host.is_some() && !media && !a.what.starts_with("stage1-") && a.what != "stage3" {
+        bail!("`--host` is for `stage2-iso`, `stage2-uki`, `stage3` and the `stage1-*` boot tests");
     }
     match a.what.as_str() {
+        "stage3" => super::boot::boot_stage3(s, a),
         "stage2-iso" | "stage2-uki" => super::boot::boot_media(s, a),
         "stage1-lkrn" | "stage1-efi" | "stage1-rom" => super::boot::boot_stage1(s, a),
         "stage2" => {

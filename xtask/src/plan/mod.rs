@@ -13,6 +13,7 @@ mod roms;
 
 pub use ipxe::{artifact_name as ipxe_artifact, host_artifact_name as ipxe_host_artifact};
 pub use media::host_artifact;
+pub use roms::HOST_ROMS;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

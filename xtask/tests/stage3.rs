@@ -349,6 +349,50 @@ fn erased(len: usize) -> Vec<u8> {
     vec![0xff; len]
 }
 
+/// An HTTP server on 127.0.0.1 that takes up to `n` requests, answering 204:
+/// (its port, a thread returning each request's head and body).
+fn report_server(n: usize) -> (u16, std::thread::JoinHandle<Vec<(String, String)>>) {
+    let server = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = server.local_addr().unwrap().port();
+    let thread = std::thread::spawn(move || {
+        let mut requests = Vec::new();
+        // Gives up after two minutes, so a guest that never reports fails
+        // the test's comparison instead of hanging it.
+        server.set_nonblocking(true).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        while requests.len() < n && std::time::Instant::now() < deadline {
+            let mut conn = match server.accept() {
+                Ok((conn, _)) => conn,
+                Err(_) => {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                    continue;
+                }
+            };
+            conn.set_nonblocking(false).unwrap();
+            let mut reader = BufReader::new(conn.try_clone().unwrap());
+            let mut head = String::new();
+            let mut length = 0;
+            loop {
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap();
+                }
+                head.push_str(&line);
+                if line == "\r\n" || line.is_empty() {
+                    break;
+                }
+            }
+            let mut body = vec![0; length];
+            reader.read_exact(&mut body).unwrap();
+            conn.write_all(b"HTTP/1.0 204 No Content\r\n\r\n").unwrap();
+            requests.push((head, String::from_utf8(body).unwrap()));
+        }
+        requests
+    });
+    (port, thread)
+}
+
 const E1000E: &str = "0000:00:03.0";
 const NIC: &str = "0x020000";
 
@@ -366,29 +410,7 @@ fn updater_flashes_a_known_card_verifies_it_and_reports_it() {
     let mut chip = with_pci(&rig.rom, Some(0), None);
     chip.resize(128 << 10, 0xff);
     rig.flash("00:03.0", &chip);
-    let server = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = server.local_addr().unwrap().port();
-    let reports = std::thread::spawn(move || {
-        let (mut conn, _) = server.accept().unwrap();
-        let mut reader = BufReader::new(conn.try_clone().unwrap());
-        let mut head = String::new();
-        let mut length = 0;
-        loop {
-            let mut line = String::new();
-            reader.read_line(&mut line).unwrap();
-            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                length = v.trim().parse().unwrap();
-            }
-            head.push_str(&line);
-            if line == "\r\n" {
-                break;
-            }
-        }
-        let mut body = vec![0; length];
-        reader.read_exact(&mut body).unwrap();
-        conn.write_all(b"HTTP/1.0 204 No Content\r\n\r\n").unwrap();
-        (head, String::from_utf8(body).unwrap())
-    });
+    let (port, reports) = report_server(1);
     let (status, lines) = rig.run(&format!(
         "console=ttyS0 kiln.report=http://127.0.0.1:{port}/stage3"
     ));
@@ -403,7 +425,8 @@ fn updater_flashes_a_known_card_verifies_it_and_reports_it() {
     assert_eq!(flash.len(), 128 << 10, "flashrom writes the whole chip");
     assert_eq!(&flash[..rig.rom.len()], rig.rom.as_slice());
     assert!(flash[rig.rom.len()..].iter().all(|&b| b == 0xff));
-    let (head, body) = reports.join().unwrap();
+    let reports = reports.join().unwrap();
+    let (head, body) = &reports[0];
     assert!(head.starts_with("POST /stage3 "), "{head}");
     assert!(body.ends_with(line), "{body}");
 }
@@ -602,7 +625,13 @@ fn updater_compares_mstflint_versions_numerically() {
 /// Boots `kernel` (with `initrd` as a second initrd) in dry-run mode with a
 /// virtio-net card and an e1000e whose ROM is `e1000e_rom`; returns the
 /// serial lines.
-fn dry_run_boot(kernel: &Path, initrd: Option<&Path>, e1000e_rom: &Path) -> Vec<String> {
+/// `extra` kernel arguments are appended.
+fn dry_run_boot(
+    kernel: &Path,
+    initrd: Option<&Path>,
+    e1000e_rom: &Path,
+    extra: &str,
+) -> Vec<String> {
     let nics = [
         "-netdev",
         "user,id=n0",
@@ -618,9 +647,9 @@ fn dry_run_boot(kernel: &Path, initrd: Option<&Path>, e1000e_rom: &Path) -> Vec<
         format!("e1000e,netdev=n1,romfile={}", e1000e_rom.display()),
     ])
     .collect();
-    let append = "console=ttyS0 panic=-1 kiln.dry_run=1 kiln.then=poweroff";
+    let append = format!("console=ttyS0 panic=-1 kiln.dry_run=1 kiln.then=poweroff {extra}");
     let _q = QEMU.lock().unwrap_or_else(|e| e.into_inner());
-    let outcome = boot::boot(&BootSpec::stage3(kernel, initrd, append, nics)).unwrap();
+    let outcome = boot::boot(&BootSpec::stage3(kernel, initrd, &append, nics)).unwrap();
     outcome.serial
 }
 
@@ -645,7 +674,11 @@ fn qemu_dry_run_plans_the_mapped_card_skips_the_unknown_one_and_runs_mstflint() 
     flashed[last] ^= 0x01;
     let romfile = dir.path().join("flashed-e1000e.rom");
     std::fs::write(&romfile, &flashed).unwrap();
-    let serial = dry_run_boot(&out.join(KERNEL), None, &romfile);
+    // QEMU's user network reaches the host's 127.0.0.1 as 10.0.2.2.
+    let (port, reports) = report_server(2);
+    let report =
+        format!("kiln.report=http://10.0.2.2:{port}/report epoxy.hostname=guest.example.net");
+    let serial = dry_run_boot(&out.join(KERNEL), None, &romfile, &report);
     let text = serial.join("\n");
     assert!(
         text.contains("KILN-TOOL mstflint: mstflint, mstflint 4.21.0"),
@@ -666,6 +699,20 @@ fn qemu_dry_run_plans_the_mapped_card_skips_the_unknown_one_and_runs_mstflint() 
         "{text}"
     );
     assert!(text.contains("KILN-STAGE3-DONE status=0"), "{text}");
+    let bodies: Vec<String> = reports
+        .join()
+        .unwrap()
+        .into_iter()
+        .map(|(_, b)| b)
+        .collect();
+    let posted: Vec<String> = lines
+        .iter()
+        .map(|l| format!("guest.example.net {l}"))
+        .collect();
+    assert_eq!(
+        bodies, posted,
+        "each card's line is POSTed as the guest printed it"
+    );
 }
 
 #[test]
@@ -694,7 +741,7 @@ fn qemu_dry_run_of_the_default_recipe_uses_each_hosts_own_rom() {
     assert!(!out.join("stage1").exists());
     let qemu_rom = Path::new("/usr/lib/ipxe/qemu/pxe-e1000e.rom");
     for (initrd, rom) in [(None, shared_rom), (Some(host_roms.as_path()), host_rom)] {
-        let serial = dry_run_boot(&out.join(KERNEL), initrd, qemu_rom);
+        let serial = dry_run_boot(&out.join(KERNEL), initrd, qemu_rom, "");
         let text = serial.join("\n");
         let sha = kiln::store::Digest::of_bytes(rom).hex();
         let want = format!(

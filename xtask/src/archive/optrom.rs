@@ -612,4 +612,33 @@ mod tests {
              (0x1c bytes)"
         );
     }
+
+    #[test]
+    fn pci_identity_reads_the_device_list_and_revision() {
+        let mut rom = vec![0u8; 512];
+        rom[..2].copy_from_slice(&SIGNATURE);
+        put16(&mut rom, 0x18, 0x40);
+        rom[0x40..0x44].copy_from_slice(b"PCIR");
+        put16(&mut rom, 0x44, 0x1af4);
+        put16(&mut rom, 0x46, 0x1041);
+        put16(&mut rom, 0x48, 0x20); // device list at 0x60
+        rom[0x4a] = 3;
+        put16(&mut rom, 0x52, 7);
+        for (i, id) in [0x1000u16, 0x1041, 0].iter().enumerate() {
+            put16(&mut rom, 0x60 + 2 * i, *id);
+        }
+        let id = pci_identity(&rom).unwrap();
+        assert_eq!(id.devices, [0x1041, 0x1000]);
+        assert_eq!(id.revision, 7);
+        assert!(id.supports(0x1af4, 0x1000) && !id.supports(0x8086, 0x1000));
+        // Before revision 3 the list pointer is not a list.
+        rom[0x4a] = 2;
+        assert_eq!(pci_identity(&rom).unwrap().devices, [0x1041]);
+        rom[0x40] = b'X';
+        assert_eq!(
+            pci_identity(&rom).unwrap_err(),
+            "no PCI data structure (\"PCIR\") at 0x40"
+        );
+        assert!(pci_identity(b"MZ").is_err());
+    }
 }

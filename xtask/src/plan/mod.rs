@@ -491,19 +491,25 @@ impl<'a> Builder<'a> {
         }
         // Merged in this order, later wins: programs from packages, ROMs,
         // then the recipe's own overlays.
-        let mut trees: Vec<InputRef> = Vec::new();
-        trees.extend(self.add_programs(ir)?);
-        trees.extend(self.add_rom_table(recipe)?);
-        for dir in &ir.overlays {
+        let mut trees = Vec::new();
+        for (name, tree) in [
+            ("programs", self.add_programs(ir)?),
+            ("roms", self.add_rom_table(recipe)?),
+        ] {
+            if let Some(tree) = tree {
+                inputs.insert(name.to_string(), tree);
+                trees.push(name.to_string());
+            }
+        }
+        for (i, dir) in ir.overlays.iter().enumerate() {
             let digest = self
                 .store
                 .put_tree_with(dir, Modes::GitLike)
                 .with_context(|| format!("hashing overlay {}", dir.display()))?;
-            trees.push(InputRef::Value(Output::Tree { digest }));
-        }
-        let overlays = trees.len();
-        for (i, t) in trees.into_iter().enumerate() {
-            inputs.insert(format!("overlay.{i}"), t);
+            inputs.insert(
+                format!("overlay.{i}"),
+                InputRef::Value(Output::Tree { digest }),
+            );
         }
         let vars = check_templates(recipe, ir)?;
         let step = BuildInitramfs {
@@ -513,7 +519,8 @@ impl<'a> Builder<'a> {
             epoch: self.epoch(recipe),
             uid: ir.uid,
             gid: ir.gid,
-            overlays,
+            trees,
+            overlays: ir.overlays.len(),
             busybox: ir.busybox.is_some(),
             templates: ir.templates.clone(),
             vars,

@@ -97,14 +97,15 @@ impl Builder<'_> {
                     epoch,
                     uid: 0,
                     gid: 0,
-                    overlays: 1,
+                    trees: vec!["roms".to_string()],
+                    overlays: 0,
                     busybox: false,
                     templates: Vec::new(),
                     vars: BTreeMap::new(),
                     devices: Vec::new(),
                     threads: self.opts.threads,
                 },
-                BTreeMap::from([("overlay.0".to_string(), tree(table))]),
+                BTreeMap::from([("roms".to_string(), tree(table))]),
             );
             self.plan.artifacts.push(ArtifactSpec {
                 name,

@@ -28,7 +28,12 @@ pub struct BuildInitramfs {
     pub epoch: u64,
     pub uid: u32,
     pub gid: u32,
-    /// Inputs `overlay.0` … `overlay.{n-1}` are trees, merged in order.
+    /// Tree inputs merged first, in order, by input name (`programs`,
+    /// `roms`: trees other steps made). Absent from the key when empty.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub trees: Vec<String>,
+    /// Inputs `overlay.0` … `overlay.{n-1}` are trees, merged in order
+    /// after `trees`.
     pub overlays: usize,
     pub busybox: bool,
     pub templates: Vec<String>,
@@ -62,6 +67,9 @@ impl Step for BuildInitramfs {
         };
         if self.busybox {
             self.add_busybox(ctx, scratch, &mut image)?;
+        }
+        for name in &self.trees {
+            image.add_tree(ctx, &ctx.tree(name)?)?;
         }
         for i in 0..self.overlays {
             image.add_tree(ctx, &ctx.tree(&format!("overlay.{i}"))?)?;

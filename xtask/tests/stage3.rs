@@ -179,6 +179,7 @@ case "$op" in
     r) cp "$chip" "$file" ;;
     w)
         echo "flashrom ${chip##*/}" >>"$FAKE_FLASH/writes"
+        [ -e "$FAKE_FLASH/fail-write" ] && { echo "Erasing and writing flash chip... FAILED" >&2; exit 1; }
         cp "$file" "$chip"
         [ -e "$FAKE_FLASH/corrupt" ] && printf 'X' | dd of="$chip" bs=1 seek=600 conv=notrunc 2>/dev/null
         ;;
@@ -187,22 +188,27 @@ exit 0
 "#;
 
 const FAKE_MSTFLINT: &str = r#"#!RIG/bin/sh
-# mstflint stand-in: the card `-d <address>` keeps its ROM in
-# $FAKE_FLASH/<address> and the version qrom reports in <address>.version.
+# mstflint stand-in with mstflint's syntax: `-d <address> rrom FILE`,
+# `-d <address> -y brom FILE`, `-d <address> query`, `-i FILE qrom`. The
+# card keeps its ROM in $FAKE_FLASH/<address> and the version its query
+# reports in <address>.version.
 while [ $# -gt 0 ]; do
     case "$1" in
         -d) dev=$2; shift ;;
         -i) image=$2; shift ;;
-        rrom) op=rrom; out=$2; shift ;;
-        brom|qrom) op=$1 ;;
+        -y) ;;
+        rrom|brom) op=$1; file=${2:?"$1 needs a file"}; shift ;;
+        query|qrom) op=$1 ;;
+        *) echo "mstflint stand-in: unexpected $1" >&2; exit 2 ;;
     esac
     shift
 done
-chip="$FAKE_FLASH/$dev"
+chip="$FAKE_FLASH/${dev:-none}"
 case "$op" in
-    rrom) cp "$chip" "$out" ;;
-    brom) echo "mstflint $dev" >>"$FAKE_FLASH/writes"; cp "$image" "$chip" ;;
-    qrom) [ -e "$chip.version" ] && echo "Rom Info: type=PXE version=$(cat "$chip.version") devid=4099 proto=ETH" ;;
+    rrom) cp "$chip" "$file" ;;
+    brom) echo "mstflint $dev" >>"$FAKE_FLASH/writes"; cp "$file" "$chip" ;;
+    query) [ -e "$chip.version" ] && echo "Rom Info:         type=PXE version=$(cat "$chip.version") devid=4099 proto=ETH" ;;
+    qrom) [ -n "${image:-}" ] || { echo "qrom works on an image (-i)" >&2; exit 2; } ;;
 esac
 exit 0
 "#;
@@ -740,8 +746,12 @@ fn qemu_dry_run_of_the_default_recipe_uses_each_hosts_own_rom() {
     // stage1 is built as stage3's dependency, not installed.
     assert!(!out.join("stage1").exists());
     let qemu_rom = Path::new("/usr/lib/ipxe/qemu/pxe-e1000e.rom");
-    for (initrd, rom) in [(None, shared_rom), (Some(host_roms.as_path()), host_rom)] {
-        let serial = dry_run_boot(&out.join(KERNEL), initrd, qemu_rom, "");
+    let as_host = format!("epoxy.hostname={host}");
+    for (initrd, rom, extra) in [
+        (None, shared_rom, ""),
+        (Some(host_roms.as_path()), host_rom, as_host.as_str()),
+    ] {
+        let serial = dry_run_boot(&out.join(KERNEL), initrd, qemu_rom, extra);
         let text = serial.join("\n");
         let sha = kiln::store::Digest::of_bytes(rom).hex();
         let want = format!(
@@ -775,5 +785,141 @@ fn a_rom_artifact_no_recipe_builds_is_an_error_before_anything_runs() {
                 "[[rom]] artifact `stage1/x86_64/808610d4.rom`: recipe `stage1` does not build it"
             ),
         "{err}"
+    );
+}
+
+#[test]
+fn updater_dry_run_spellings_fail_safe() {
+    let rig = Rig::new();
+    rig.card(E1000E, NIC, "8086:10d3", Some(256 << 10));
+    rig.flash("00:03.0", &with_pci(&rig.rom, Some(0), None));
+    for cmdline in [
+        "kiln.dry_run",
+        "kiln.dry_run=true",
+        "kiln.dry_run=yes",
+        "kiln.dry_run=0 kiln.dry_run=1",
+    ] {
+        let (_, lines) = rig.run(&format!("console=ttyS0 {cmdline}"));
+        assert!(
+            one_line(&lines).starts_with("KILN-ROM PLAN "),
+            "{cmdline}: {lines:?}"
+        );
+    }
+    assert_eq!(rig.writes(), "");
+    // kiln.force is only ever `=1`.
+    rig.flash("00:03.0", &with_pci(&rig.rom, Some(5), None));
+    for cmdline in ["kiln.force", "kiln.force=yes", "kiln.force=1 kiln.force=0"] {
+        let (_, lines) = rig.run(&format!("console=ttyS0 {cmdline}"));
+        assert!(
+            one_line(&lines).starts_with("KILN-ROM REFUSED "),
+            "{cmdline}: {lines:?}"
+        );
+    }
+    // The last word wins: an explicit 0 after a 1 writes.
+    let (_, lines) = rig.run("console=ttyS0 kiln.dry_run=1 kiln.dry_run=0 kiln.force=1");
+    assert!(
+        one_line(&lines).starts_with("KILN-ROM FLASHED "),
+        "{lines:?}"
+    );
+}
+
+#[test]
+fn updater_skips_a_rom_that_disagrees_with_its_table_or_its_header() {
+    let rig = Rig::new();
+    rig.card(E1000E, NIC, "8086:10d3", Some(256 << 10));
+    rig.flash("00:03.0", &with_pci(&rig.rom, Some(0), None));
+    // A damaged file: the table's size and digest no longer match it.
+    let mut damaged = rig.rom.clone();
+    damaged.truncate(4096);
+    std::fs::write(rig.path("roms/roms/pxe-e1000e.rom"), &damaged).unwrap();
+    let (_, lines) = rig.run("console=ttyS0 kiln.force=1");
+    assert_eq!(
+        one_line(&lines),
+        "KILN-ROM SKIP 0000:00:03.0 8086:10d3 pxe-e1000e.rom does not match its roms.conf entry (damaged image?): not flashing"
+    );
+    // A structure of revision 2 has no device list: bytes at offset 8 that
+    // would name 10d5 as a list do not count.
+    let mut old = with_pci(&rig.rom, None, Some((0x8086, 0x10d4)));
+    let pcir = u16::from_le_bytes([old[0x18], old[0x19]]) as usize;
+    let len = old.len();
+    old[len - 8..len - 4].copy_from_slice(&[0xd5, 0x10, 0, 0]);
+    let list = (len - 8 - pcir) as u16;
+    old[pcir + 8..pcir + 10].copy_from_slice(&list.to_le_bytes());
+    old[pcir + 0x0c] = 2;
+    rig.table_line(
+        "8086:10d5",
+        "old.rom",
+        &old,
+        "1",
+        "flashrom:nicintel_spi",
+        "-",
+    );
+    rig.card("0000:00:04.0", NIC, "8086:10d5", Some(256 << 10));
+    let (_, lines) = rig.run("console=ttyS0 kiln.force=1");
+    assert_eq!(
+        lines[1],
+        "KILN-ROM SKIP 0000:00:04.0 8086:10d5 old.rom is not for this device (its PCI header: 8086,10d4): not flashing"
+    );
+    assert_eq!(rig.writes(), "");
+}
+
+#[test]
+fn updater_stops_after_a_failed_write_and_keeps_the_backup() {
+    let rig = Rig::new();
+    let before = with_pci(&rig.rom, Some(0), None);
+    for (bdf, chip) in [(E1000E, "00:03.0"), ("0000:00:04.0", "00:04.0")] {
+        rig.card(bdf, NIC, "8086:10d3", Some(256 << 10));
+        rig.flash(chip, &before);
+    }
+    std::fs::write(rig.path("flash/fail-write"), "").unwrap();
+    let (status, lines) = rig.run("console=ttyS0");
+    assert_eq!(status, 1);
+    assert_eq!(
+        lines,
+        [
+            "KILN-ROM FAILED 0000:00:03.0 8086:10d3 writing pxe-e1000e.rom failed: Erasing and writing flash chip... FAILED",
+            "KILN-ROM SKIP 0000:00:04.0 8086:10d3 not attempted: an earlier card failed",
+        ]
+    );
+    assert_eq!(
+        rig.writes(),
+        "flashrom 00:03.0\n",
+        "the second card is never written"
+    );
+    assert_eq!(
+        std::fs::read(rig.path("work/0000:00:03.0.backup.rom")).unwrap(),
+        before
+    );
+    // Both cards of one model, no failure: both flashed.
+    std::fs::remove_file(rig.path("flash/fail-write")).unwrap();
+    let (status, lines) = rig.run("console=ttyS0");
+    assert_eq!(status, 0);
+    assert!(
+        lines.iter().all(|l| l.starts_with("KILN-ROM FLASHED ")),
+        "{lines:?}"
+    );
+    assert_eq!(lines.len(), 2);
+}
+
+#[test]
+fn updater_refuses_another_hosts_roms() {
+    let rig = Rig::new();
+    rig.card(E1000E, NIC, "8086:10d3", Some(256 << 10));
+    rig.flash("00:03.0", &with_pci(&rig.rom, Some(0), None));
+    std::fs::write(rig.path("roms/host"), "a.example.net\n").unwrap();
+    for cmdline in ["console=ttyS0", "epoxy.hostname=b.example.net"] {
+        let (status, lines) = rig.run(cmdline);
+        assert_eq!(status, 1);
+        assert!(
+            one_line(&lines).starts_with("KILN-ROM REFUSED - - these ROMs are built for a.example.net, this machine is epoxy.hostname="),
+            "{lines:?}"
+        );
+    }
+    assert_eq!(rig.writes(), "");
+    let (status, lines) = rig.run("epoxy.hostname=a.example.net");
+    assert_eq!(status, 0);
+    assert!(
+        one_line(&lines).starts_with("KILN-ROM FLASHED "),
+        "{lines:?}"
     );
 }

@@ -119,6 +119,8 @@ pub enum Problem {
          ({length:#x} bytes) leaves no next image in the {rest:#x} bytes from its start"
     )]
     NoNextImage { length: usize, rest: usize },
+    #[error("no PCI data structure (\"PCIR\"): not a PCI option ROM")]
+    NoPciHeader,
 }
 
 /// padimg.pl: appends `byte` until the length is a multiple of `block`; nothing when it
@@ -315,46 +317,51 @@ impl PciIdentity {
     }
 }
 
-/// Reads `PciIdentity` from a ROM, or says why it is not a PCI option ROM.
-pub fn pci_identity(rom: &[u8]) -> Result<PciIdentity, String> {
-    let u16_at = |at: usize| {
-        rom.get(at..at + 2)
-            .map(|b| u16::from_le_bytes([b[0], b[1]]))
-    };
-    if rom.get(..2) != Some(&SIGNATURE[..]) {
-        return Err("no 55 AA option ROM signature at offset 0".into());
+/// Reads `PciIdentity` from a ROM's first image, through the same header checks as
+/// [`fix_checksums`]; a ROM without a PCI data structure is refused.
+pub fn pci_identity(rom: &[u8]) -> Result<PciIdentity, Problem> {
+    if rom.len() < HEADER_LEN {
+        return Err(Problem::TooShort { len: rom.len() });
     }
-    let pcir = u16_at(PCI_POINTER).ok_or("too short for a ROM header")? as usize;
-    if rom.get(pcir..pcir + 4) != Some(&b"PCIR"[..]) {
-        return Err(format!("no PCI data structure (\"PCIR\") at {pcir:#x}"));
+    if rom[..2] != SIGNATURE {
+        return Err(Problem::NoSignature {
+            found: [rom[0], rom[1]],
+        });
     }
-    let field = |off: usize| {
-        u16_at(pcir + off).ok_or(format!("PCI data structure at {pcir:#x} runs off the end"))
+    let Some(pointer) = find(rom, PCI_POINTER, "PCIR", PCI_FIXED_LEN)? else {
+        return Err(Problem::NoPciHeader);
     };
-    let vendor = field(0x04)?;
-    let mut devices = vec![field(0x06)?];
-    let list = field(0x08)? as usize;
-    let struct_revision = *rom
-        .get(pcir + 0x0a)
-        .ok_or("PCI data structure runs off the end")?;
-    if struct_revision >= 3 && list != 0 {
-        // The list pointer is relative to the structure; the list ends with a zero id.
-        let mut at = pcir + list;
+    let length = usize::from(u16_at(rom, pointer + 0x0a));
+    let header = checked_header(rom, "PCIR", pointer, length)?;
+    // As ROM.pm reads it: fields past the stated length are zero.
+    let word = |at: usize| header.get(at..at + 2).map_or(0, |_| u16_at(header, at));
+    let mut devices = vec![word(0x06)];
+    let list = usize::from(word(0x08));
+    // Offset 8 is the device list pointer from structure revision 3 on
+    // (offset 0x0c); before, those bytes are reserved.
+    if header.get(0x0c).is_some_and(|&r| r >= 3) && list != 0 {
+        // The list is relative to the structure and ends with a zero id.
+        let mut at = pointer + list;
         loop {
-            let id = u16_at(at).ok_or(format!("device list at {at:#x} runs off the end"))?;
-            if id == 0 {
-                break;
+            if at + 2 > rom.len() {
+                return Err(Problem::PointerOutside {
+                    header: "PCI device list",
+                    pointer: pointer + list,
+                    len: rom.len(),
+                });
             }
-            if !devices.contains(&id) {
-                devices.push(id);
+            match u16_at(rom, at) {
+                0 => break,
+                id if !devices.contains(&id) => devices.push(id),
+                _ => {}
             }
             at += 2;
         }
     }
     Ok(PciIdentity {
-        vendor,
+        vendor: word(0x04),
         devices,
-        revision: field(0x12)?,
+        revision: word(0x12),
     })
 }
 
@@ -622,7 +629,8 @@ mod tests {
         put16(&mut rom, 0x44, 0x1af4);
         put16(&mut rom, 0x46, 0x1041);
         put16(&mut rom, 0x48, 0x20); // device list at 0x60
-        rom[0x4a] = 3;
+        put16(&mut rom, 0x4a, 0x1c);
+        rom[0x4c] = 3;
         put16(&mut rom, 0x52, 7);
         for (i, id) in [0x1000u16, 0x1041, 0].iter().enumerate() {
             put16(&mut rom, 0x60 + 2 * i, *id);
@@ -632,13 +640,16 @@ mod tests {
         assert_eq!(id.revision, 7);
         assert!(id.supports(0x1af4, 0x1000) && !id.supports(0x8086, 0x1000));
         // Before revision 3 the list pointer is not a list.
-        rom[0x4a] = 2;
+        rom[0x4c] = 2;
         assert_eq!(pci_identity(&rom).unwrap().devices, [0x1041]);
+        rom[0x4c] = 3;
+        put16(&mut rom, 0x48, 0x1f0); // a list that runs off the end
+        assert!(matches!(
+            pci_identity(&rom),
+            Err(Problem::PointerOutside { .. })
+        ));
         rom[0x40] = b'X';
-        assert_eq!(
-            pci_identity(&rom).unwrap_err(),
-            "no PCI data structure (\"PCIR\") at 0x40"
-        );
-        assert!(pci_identity(b"MZ").is_err());
+        assert_eq!(pci_identity(&rom), Err(Problem::NoPciHeader));
+        assert_eq!(pci_identity(b"MZ"), Err(Problem::TooShort { len: 2 }));
     }
 }

@@ -208,9 +208,13 @@ pub fn boot_stage3(s: &Settings, a: &BootTestArgs) -> Result<ExitCode> {
     ]
     .map(String::from)
     .to_vec();
-    let append = "console=ttyS0 panic=-1 kiln.dry_run=1 kiln.then=poweroff";
+    let mut append = "console=ttyS0 panic=-1 kiln.dry_run=1 kiln.then=poweroff".to_string();
+    if let Some(host) = &a.host {
+        // A host's ROMs are refused on a machine with another name.
+        append.push_str(&format!(" epoxy.hostname={host}"));
+    }
     let initrd = host_roms.map(|r| s.output_dir.join(r));
-    let mut spec = BootSpec::stage3(&s.output_dir.join(KERNEL), initrd.as_deref(), append, nics);
+    let mut spec = BootSpec::stage3(&s.output_dir.join(KERNEL), initrd.as_deref(), &append, nics);
     spec.timeout = std::time::Duration::from_secs(a.timeout);
     let outcome = boot::boot(&spec)?;
     let lines: Vec<&str> = outcome
@@ -224,6 +228,9 @@ pub fn boot_stage3(s: &Settings, a: &BootTestArgs) -> Result<ExitCode> {
     let said = |what: &str| outcome.serial.iter().any(|l| l.contains(what));
     if lines.len() != 2 {
         bail!("the updater reported {} cards, QEMU has 2", lines.len());
+    }
+    if !lines.iter().any(|l| l.starts_with("KILN-ROM PLAN ")) {
+        bail!("the updater planned nothing: the e1000e (8086:10d3) should get the recipe's ROM");
     }
     if !said("KILN-TOOL mstflint: mstflint") || !said("KILN-TOOL flashrom: flashrom") {
         bail!("mstflint or flashrom did not run in the guest (a missing library?)");

@@ -135,14 +135,14 @@ pub fn plan(
                 .iter()
                 .any(|t| a.recipe.file_stem().is_some_and(|s| s == t.as_str()))
     };
-    if plan.artifacts.iter().all(keep) {
-        return Ok(plan);
-    }
     if let Some(missing) = wanted
         .iter()
         .find(|w| !plan.artifacts.iter().any(|a| &&a.name == w))
     {
         bail!("no recipe builds the artifact `{missing}`");
+    }
+    if plan.artifacts.iter().all(keep) {
+        return Ok(plan);
     }
     Ok(prune(plan, keep))
 }

@@ -45,14 +45,21 @@ impl Builder<'_> {
         }
         let mut inputs = BTreeMap::new();
         for (i, rom) in recipe.roms.iter().enumerate() {
-            inputs.insert(format!("rom.{i}"), self.rom_input(rom, None)?);
+            inputs.insert(format!("rom.{i}"), self.rom_input(rom)?);
         }
         let specs = recipe.roms.iter().map(spec).collect();
         let name = recipe
             .initramfs
             .as_ref()
             .map_or(recipe.name.clone(), |ir| ir.output.clone());
-        let node = self.push(RomTable { name, roms: specs }, inputs);
+        let node = self.push(
+            RomTable {
+                name,
+                roms: specs,
+                host: None,
+            },
+            inputs,
+        );
         Ok(Some(tree(node)))
     }
 
@@ -85,6 +92,7 @@ impl Builder<'_> {
                 RomTable {
                     name: name.clone(),
                     roms: specs,
+                    host: Some(hostname.clone()),
                 },
                 inputs,
             );
@@ -158,13 +166,11 @@ impl Builder<'_> {
     }
 
     /// A ROM's file as a plan input: another recipe's artifact (that recipe
-    /// is planned as a dependency; `artifact` overrides which of its
-    /// artifacts) or the unpacked tree of a `deb` source.
-    fn rom_input(&mut self, rom: &Rom, artifact: Option<&str>) -> Result<InputRef> {
+    /// is planned as a dependency) or the unpacked tree of a `deb` source.
+    fn rom_input(&mut self, rom: &Rom) -> Result<InputRef> {
         match &rom.from {
             RomFrom::Deb { source, .. } => self.deb_tree(source),
             RomFrom::Artifact(a) => {
-                let wanted = artifact.unwrap_or(a);
                 let from = a.split('/').next().unwrap_or_default();
                 if !self.recipes.targets.contains_key(from) {
                     bail!(
@@ -176,13 +182,13 @@ impl Builder<'_> {
                     let dependency = &self.recipes.targets[from];
                     self.add_recipe(dependency)?;
                 }
-                match self.plan.artifacts.iter().find(|s| s.name == wanted) {
+                match self.plan.artifacts.iter().find(|s| &s.name == a) {
                     Some(s) => Ok(InputRef::Node {
                         node: s.node,
                         output: s.output.clone(),
                     }),
                     None => bail!(
-                        "{}: [[rom]] artifact `{wanted}`: recipe `{from}` does not build it",
+                        "{}: [[rom]] artifact `{a}`: recipe `{from}` does not build it",
                         rom.origin
                     ),
                 }

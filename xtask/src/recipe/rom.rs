@@ -108,6 +108,16 @@ pub(super) fn roms(ctx: &mut Ctx, raw: Vec<Spanned<RawRom>>, has_initramfs: bool
             RomFrom::Artifact(a) => a.rsplit('/').next().unwrap_or(a).to_string(),
             RomFrom::Deb { path, .. } => path.rsplit('/').next().unwrap_or(path).to_string(),
         };
+        // The updater's table is split on spaces and its words are used in
+        // paths: a plain file name only.
+        let plain = |b: u8| b.is_ascii_alphanumeric() || b"._+-".contains(&b);
+        if file.starts_with('.') || !file.bytes().all(plain) {
+            ctx.push(
+                span.clone(),
+                format!("ROM file name `{file}`: use letters, digits and . _ + - only"),
+            );
+            continue;
+        }
         if let Some(other) = out
             .iter()
             .find(|o| (o.vendor, o.device) == (vendor, device))

@@ -46,7 +46,8 @@ impl Step for CopyPrograms {
         let mut roots = Vec::new();
         for (i, name) in self.packages.iter().enumerate() {
             let tree = ctx.tree(&format!("package.{i}"))?;
-            let root = scratch.join(format!("package.{i}"));
+            // Named after the source, so that errors name the package.
+            let root = scratch.join(name);
             ctx.store
                 .checkout(&tree, &root)
                 .with_context(|| format!("checking out package `{name}`"))?;
@@ -64,7 +65,15 @@ impl Step for CopyPrograms {
             }
         }
         let roots: Vec<&Path> = roots.iter().map(|r| r.as_path()).collect();
-        let resolved = elf::closure(&roots, &binaries)?;
+        let resolved = elf::closure(&roots, &binaries).map_err(|e| {
+            let text = e.to_string().replace(&format!("{}/", scratch.display()), "");
+            match e {
+                elf::ClosureError::MissingLibrary { soname, .. } => anyhow::anyhow!(
+                    "{text}; add the deb that ships {soname} to sources.toml and to the recipe's [initramfs] packages"
+                ),
+                _ => anyhow::anyhow!("{text}"),
+            }
+        })?;
         let mut picked: BTreeMap<String, TreeKind> = BTreeMap::new();
         for &(i, program) in &binaries {
             picked.insert(

@@ -7,7 +7,8 @@
 //! `vendor device file size sha256 version method max_size`: ids as 4
 //! lowercase hex digits, `version` dotted numbers, `method` `mstflint` or
 //! `flashrom:<programmer>`, `max_size` bytes or `-` (the card's expansion
-//! ROM window decides).
+//! ROM window decides). A host's table also has `etc/kiln/host`, its
+//! hostname.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -22,6 +23,7 @@ use crate::store::{Digest, Output, Tree, TreeEntry, TreeKind};
 /// Where the image keeps the ROMs and their table.
 pub const ROM_DIR: &str = "etc/kiln/roms";
 pub const TABLE: &str = "etc/kiln/roms.conf";
+pub const HOST: &str = "etc/kiln/host";
 
 #[derive(Debug, Clone, Serialize)]
 pub struct RomTable {
@@ -29,6 +31,10 @@ pub struct RomTable {
     pub name: String,
     /// One per input `rom.<i>`.
     pub roms: Vec<RomSpec>,
+    /// A host's own ROMs (its identity is in them): written to `HOST`, and
+    /// the updater refuses them on a machine with another `epoxy.hostname`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -52,7 +58,8 @@ impl Step for RomTable {
         "rom-table"
     }
     fn version(&self) -> u32 {
-        1
+        // 2: etc/kiln/host in a host's table.
+        2
     }
     fn label(&self) -> String {
         format!("ROM table {}", self.name)
@@ -85,6 +92,11 @@ impl Step for RomTable {
         }
         let digest = ctx.store.put_bytes(table.as_bytes())?;
         entries.push(file(TABLE, digest, table.len(), 0o644));
+        if let Some(host) = &self.host {
+            let text = format!("{host}\n");
+            let digest = ctx.store.put_bytes(text.as_bytes())?;
+            entries.push(file(HOST, digest, text.len(), 0o644));
+        }
         entries.sort_by(|a, b| a.path.as_bytes().cmp(b.path.as_bytes()));
         let tree = ctx.store.put_tree_manifest(&Tree { entries })?;
         Ok(BTreeMap::from([(
@@ -102,7 +114,7 @@ impl RomSpec {
         let at = format!("{} ({})", self.file, self.origin);
         let id = match optrom::pci_identity(rom) {
             Ok(id) => id,
-            Err(e) => bail!("{at}: not a PCI option ROM: {e}"),
+            Err(e) => bail!("{at}: not a usable PCI option ROM: {e}"),
         };
         if !id.supports(vendor, device) {
             let theirs: Vec<String> = id

@@ -638,21 +638,8 @@ fn dry_run_boot(
     e1000e_rom: &Path,
     extra: &str,
 ) -> Vec<String> {
-    let nics = [
-        "-netdev",
-        "user,id=n0",
-        "-device",
-        "virtio-net-pci,netdev=n0",
-        "-netdev",
-        "user,id=n1",
-    ]
-    .map(String::from)
-    .into_iter()
-    .chain([
-        "-device".to_string(),
-        format!("e1000e,netdev=n1,romfile={}", e1000e_rom.display()),
-    ])
-    .collect();
+    let e1000e = format!("e1000e,romfile={}", e1000e_rom.display());
+    let nics = boot::nics(&["virtio-net-pci", &e1000e]);
     let append = format!("console=ttyS0 panic=-1 kiln.dry_run=1 kiln.then=poweroff {extra}");
     let _q = QEMU.lock().unwrap_or_else(|e| e.into_inner());
     let outcome = boot::boot(&BootSpec::stage3(kernel, initrd, &append, nics)).unwrap();

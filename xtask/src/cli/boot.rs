@@ -196,18 +196,7 @@ pub fn boot_stage3(s: &Settings, a: &BootTestArgs) -> Result<ExitCode> {
         .map(|h| crate::plan::host_artifact(&format!("stage3/{}", crate::plan::HOST_ROMS), h));
     targets.extend(host_roms.clone());
     build_targets(s, &targets)?;
-    let nics = [
-        "-netdev",
-        "user,id=n0",
-        "-device",
-        "virtio-net-pci,netdev=n0",
-        "-netdev",
-        "user,id=n1",
-        "-device",
-        "e1000e,netdev=n1",
-    ]
-    .map(String::from)
-    .to_vec();
+    let nics = boot::nics(&["virtio-net-pci", "e1000e"]);
     let mut append = "console=ttyS0 panic=-1 kiln.dry_run=1 kiln.then=poweroff".to_string();
     if let Some(host) = &a.host {
         // A host's ROMs are refused on a machine with another name.

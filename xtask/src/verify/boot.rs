@@ -116,14 +116,7 @@ impl BootSpec {
             "KILN-MODPROBE-NO-NEW-INTERFACE".into(),
             "KILN-MODPROBE-FAILED".into(),
         ];
-        spec.qemu_args = [
-            "-netdev",
-            "user,id=n0",
-            "-device",
-            "virtio-net-pci,netdev=n0",
-        ]
-        .map(String::from)
-        .to_vec();
+        spec.qemu_args = nics(&["virtio-net-pci"]);
         spec
     }
 }
@@ -160,18 +153,25 @@ const TEST_APPEND: &str = "console=ttyS0 panic=-1 kiln.test=poweroff";
 
 /// A virtio-net and an e1000 card, whose drivers stage2 has built in.
 fn two_nics() -> Vec<String> {
-    [
-        "-netdev",
-        "user,id=n0",
-        "-device",
-        "virtio-net-pci,netdev=n0",
-        "-netdev",
-        "user,id=n1",
-        "-device",
-        "e1000,netdev=n1",
-    ]
-    .map(String::from)
-    .to_vec()
+    nics(&["virtio-net-pci", "e1000"])
+}
+
+/// QEMU arguments for one card per `devices` entry (a `-device` model with
+/// any properties, e.g. `e1000e,romfile=x.rom`), each on its own user
+/// network; the guest sees them at PCI slots 2, 3, … in this order.
+pub fn nics(devices: &[&str]) -> Vec<String> {
+    devices
+        .iter()
+        .enumerate()
+        .flat_map(|(i, d)| {
+            [
+                "-netdev".to_string(),
+                format!("user,id=n{i}"),
+                "-device".to_string(),
+                format!("{d},netdev=n{i}"),
+            ]
+        })
+        .collect()
 }
 
 /// Where chain-boot tests' guests find the boot server: QEMU's user

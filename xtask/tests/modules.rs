@@ -185,6 +185,7 @@ fn two_runs_of_the_modules_step_in_different_scratch_dirs_are_identical() {
         jobs: 2,
         log_dir: std::env::temp_dir(),
         quiet: true,
+        remote: None,
     };
     let kernel = exec.run(&plan).unwrap().last().unwrap().outputs["tree"];
     let run = |step: &dyn Step, inputs: &BTreeMap<String, Output>| {

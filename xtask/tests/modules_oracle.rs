@@ -64,6 +64,7 @@ fn unpack_linux_image(dest: &Path) -> anyhow::Result<()> {
         jobs: 2,
         log_dir: std::env::temp_dir(),
         quiet: true,
+        remote: None,
     };
     let results = exec.run(&plan)?;
     let last = results.last().expect("the plan has a step");

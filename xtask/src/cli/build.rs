@@ -175,12 +175,13 @@ fn source_date_epoch() -> Result<Option<u64>> {
     }
 }
 
-fn executor<'a>(s: &Settings, store: &'a Store, jobs: usize) -> Executor<'a> {
+fn executor<'a>(s: &'a Settings, store: &'a Store, jobs: usize) -> Executor<'a> {
     Executor {
         store,
         jobs,
         log_dir: s.output_dir.join("logs"),
         quiet: s.quiet,
+        remote: s.remote.as_deref(),
     }
 }
 

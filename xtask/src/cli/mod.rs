@@ -55,6 +55,16 @@ pub struct Global {
     /// Print only errors and the final summary.
     #[arg(short, long, global = true)]
     pub quiet: bool,
+    /// A cache shared between machines: s3://bucket/prefix, gs://bucket/prefix
+    /// or file:///dir. A step missing locally is taken from it (checked by
+    /// digest); a step built here is uploaded to it. Credentials come from the
+    /// standard AWS/Google environment variables and files.
+    #[arg(long, global = true, value_name = "URL", env = "KILN_REMOTE_CACHE")]
+    pub remote_cache: Option<String>,
+    /// Only read from the remote cache, never write (untrusted jobs such as
+    /// pull requests).
+    #[arg(long, global = true, env = "KILN_REMOTE_CACHE_READONLY")]
+    pub remote_cache_readonly: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -164,6 +174,7 @@ pub struct Settings {
     pub vars: BTreeMap<String, String>,
     pub jobs: usize,
     pub quiet: bool,
+    pub remote: Option<std::sync::Arc<crate::store::remote::Remote>>,
 }
 
 impl Settings {
@@ -189,6 +200,12 @@ impl Settings {
             vars: g.vars.iter().cloned().collect(),
             jobs: jobs.max(1),
             quiet: g.quiet,
+            remote: match &g.remote_cache {
+                Some(url) if !url.is_empty() => Some(std::sync::Arc::new(
+                    crate::store::remote::Remote::open(url, g.remote_cache_readonly)?,
+                )),
+                _ => None,
+            },
         })
     }
 }

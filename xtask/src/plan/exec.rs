@@ -11,6 +11,7 @@ use anyhow::{Context, Result};
 
 use super::{InputRef, Node, Plan};
 use crate::steps::{output_digest, KeyComponents, StepContext};
+use crate::store::remote::{Pulled, Remote};
 use crate::store::{ActionRecord, Digest, Output, Store};
 use crate::tools;
 
@@ -29,6 +30,8 @@ pub struct Executor<'a> {
     pub jobs: usize,
     pub log_dir: PathBuf,
     pub quiet: bool,
+    /// A shared cache asked on a local miss and given what is built here.
+    pub remote: Option<&'a Remote>,
 }
 
 /// How a node stands before anything runs (for `plan`).
@@ -172,6 +175,18 @@ impl Executor<'_> {
         if let Some(record) = self.store.action(&key)? {
             return Ok(hit(record));
         }
+        if let Some(remote) = self.remote {
+            match remote.pull(&key, self.store)? {
+                Pulled::Hit(record) => {
+                    if !self.quiet && node.step.batch().is_none() {
+                        eprintln!("    remote {label} [{}]", key.short());
+                    }
+                    return Ok(hit(record));
+                }
+                Pulled::Broken(why) => eprintln!("warning: {why}; building it here"),
+                Pulled::Miss => {}
+            }
+        }
         let lines = !self.quiet && node.step.batch().is_none();
         if lines {
             eprintln!("   running {label} [{}]", key.short());
@@ -192,6 +207,13 @@ impl Executor<'_> {
             outputs: outputs.clone(),
         };
         self.store.put_action(&key, &record)?;
+        if let Some(remote) = self.remote {
+            // The build succeeded here whatever the remote says: a failed
+            // upload is a warning, and the next build offers it again.
+            if let Err(e) = remote.push(&key, &record, self.store) {
+                eprintln!("warning: {label}: {e:#}");
+            }
+        }
         let elapsed = start.elapsed();
         if lines {
             eprintln!("      done {label} in {:.1}s", elapsed.as_secs_f64());

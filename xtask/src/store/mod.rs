@@ -18,6 +18,7 @@
 //! fs4 crate is not needed.
 
 mod digest;
+pub mod remote;
 mod tree;
 
 use std::collections::BTreeMap;

@@ -1,0 +1,328 @@
+//! A shared cache in object storage (`s3://bucket/prefix`, `gs://bucket/prefix`,
+//! `file:///dir`), behind the local store: a local miss asks the remote
+//! (read-through), a step built here is offered to it (write-back).
+//!
+//! Layout under the prefix, the local store's own: `blobs/<sha256>`,
+//! `trees/<sha256>.json`, `actions/<key>.json`. Everything read is checked
+//! against its digest before the local store takes it; a corrupt or
+//! truncated remote object is reported and treated as a miss (the step is
+//! rebuilt and, unless read-only, its objects uploaded again over the bad
+//! ones). Writing goes blobs, then trees, then the action record last, so a
+//! reader never finds a record whose objects are missing.
+//!
+//! Credentials come from the standard environment and files only
+//! (`AWS_*`, `GOOGLE_*` as `object_store` reads them); they never reach a
+//! message: errors name the cache by its URL, which holds no secret.
+//!
+//! `object_store` is async; this module owns a small tokio runtime and
+//! offers blocking calls, as the rest of Kiln is synchronous.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{bail, Context, Result};
+use futures::stream::{self, StreamExt, TryStreamExt};
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+
+use super::{ActionRecord, Digest, Output, Store, Tree};
+
+/// Objects transferred at once.
+const PARALLEL: usize = 16;
+
+pub struct Remote {
+    /// As given, for messages (`s3://bucket/prefix`).
+    pub url: String,
+    /// Pull only: never write (untrusted CI jobs such as pull requests).
+    pub readonly: bool,
+    store: Arc<dyn ObjectStore>,
+    prefix: ObjectPath,
+    runtime: tokio::runtime::Runtime,
+    /// Objects found corrupt during this run: uploaded again even though
+    /// they exist.
+    corrupt: Mutex<BTreeSet<String>>,
+}
+
+impl std::fmt::Debug for Remote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Remote")
+            .field("url", &self.url)
+            .field("readonly", &self.readonly)
+            .finish()
+    }
+}
+
+/// What a pull found.
+pub enum Pulled {
+    /// The record and every object it names are now in the local store.
+    Hit(ActionRecord),
+    Miss,
+    /// The remote has the record but an object is missing or corrupt.
+    Broken(String),
+}
+
+impl Remote {
+    pub fn open(url: &str, readonly: bool) -> Result<Remote> {
+        let parsed = url::Url::parse(url).with_context(|| {
+            format!("remote cache `{url}` is not a URL (s3://, gs://, file://)")
+        })?;
+        let (store, prefix): (Arc<dyn ObjectStore>, ObjectPath) = match parsed.scheme() {
+            "s3" => {
+                let s = object_store::aws::AmazonS3Builder::from_env()
+                    .with_url(url)
+                    .build()
+                    .with_context(|| format!("remote cache {url}"))?;
+                (Arc::new(s), ObjectPath::from(parsed.path()))
+            }
+            "gs" => {
+                let s = object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                    .with_url(url)
+                    .build()
+                    .with_context(|| format!("remote cache {url}"))?;
+                (Arc::new(s), ObjectPath::from(parsed.path()))
+            }
+            "file" => {
+                let dir = parsed
+                    .to_file_path()
+                    .map_err(|_| anyhow::anyhow!("remote cache `{url}`: not a local path"))?;
+                std::fs::create_dir_all(&dir).with_context(|| {
+                    format!("creating remote cache directory {}", dir.display())
+                })?;
+                let s = object_store::local::LocalFileSystem::new_with_prefix(&dir)
+                    .with_context(|| format!("remote cache {url}"))?;
+                (Arc::new(s), ObjectPath::default())
+            }
+            other => bail!(
+                "remote cache `{url}`: unsupported scheme `{other}` (use s3://, gs:// or file://)"
+            ),
+        };
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .context("starting the remote cache's I/O runtime")?;
+        Ok(Remote {
+            url: url.to_string(),
+            readonly,
+            store,
+            prefix,
+            runtime,
+            corrupt: Mutex::new(BTreeSet::new()),
+        })
+    }
+
+    fn path(&self, name: &str) -> ObjectPath {
+        name.split('/')
+            .fold(self.prefix.clone(), |p, part| p.join(part))
+    }
+
+    /// The object's bytes, `None` if it does not exist.
+    fn get(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        let path = self.path(name);
+        self.runtime
+            .block_on(async {
+                match self.store.get(&path).await {
+                    Ok(r) => Ok(Some(r.bytes().await?.to_vec())),
+                    Err(object_store::Error::NotFound { .. }) => Ok(None),
+                    Err(e) => Err(e),
+                }
+            })
+            .with_context(|| format!("reading {name} from the remote cache {}", self.url))
+    }
+
+    /// Reads a blob, tree or record and checks it against `digest`; a
+    /// mismatch is remembered (to be overwritten) and reported.
+    fn get_checked(&self, name: &str, digest: &Digest) -> Result<Option<Vec<u8>>, String> {
+        match self.get(name) {
+            Ok(Some(bytes)) if &Digest::of_bytes(&bytes) == digest => Ok(Some(bytes)),
+            Ok(Some(bytes)) => {
+                self.corrupt.lock().unwrap().insert(name.to_string());
+                Err(format!(
+                    "{name} in the remote cache {} is corrupt ({} bytes, sha256 {}): not used",
+                    self.url,
+                    bytes.len(),
+                    Digest::of_bytes(&bytes).hex()
+                ))
+            }
+            Ok(None) => Ok(None),
+            Err(e) => Err(format!("{e:#}")),
+        }
+    }
+
+    /// Read-through: the action `key` and every object it names, verified
+    /// and stored locally. The local record is written last.
+    pub fn pull(&self, key: &Digest, local: &Store) -> Result<Pulled> {
+        let Some(bytes) = self.get(&format!("actions/{}.json", key.hex()))? else {
+            return Ok(Pulled::Miss);
+        };
+        let record: ActionRecord = match serde_json::from_slice(&bytes) {
+            Ok(r) => r,
+            Err(e) => {
+                return Ok(Pulled::Broken(format!(
+                    "action record {} is unreadable: {e}",
+                    key.hex()
+                )))
+            }
+        };
+        let mut blobs = BTreeSet::new();
+        for output in record.outputs.values() {
+            match output {
+                Output::File { digest, .. } => {
+                    blobs.insert(*digest);
+                }
+                Output::Tree { digest } => {
+                    if !local.has_tree(digest) {
+                        let name = format!("trees/{}.json", digest.hex());
+                        let bytes = match self.get_checked(&name, digest) {
+                            Ok(Some(b)) => b,
+                            Ok(None) => return Ok(Pulled::Broken(format!("{name} is missing"))),
+                            Err(e) => return Ok(Pulled::Broken(e)),
+                        };
+                        let tree: Tree = serde_json::from_slice(&bytes)
+                            .with_context(|| format!("parsing {name} from {}", self.url))?;
+                        blobs.extend(tree.files().map(|(_, d, _)| *d));
+                        // Blobs first: the tree is recorded once they are in.
+                        if let Err(e) = self.pull_blobs(&blobs, local)? {
+                            return Ok(Pulled::Broken(e));
+                        }
+                        local.put_tree_manifest(&tree)?;
+                        continue;
+                    }
+                    let tree = local.tree(digest)?;
+                    blobs.extend(tree.files().map(|(_, d, _)| *d));
+                }
+            }
+        }
+        if let Err(e) = self.pull_blobs(&blobs, local)? {
+            return Ok(Pulled::Broken(e));
+        }
+        local.put_action(key, &record)?;
+        Ok(Pulled::Hit(record))
+    }
+
+    /// Fetches the blobs the local store lacks, in parallel, each checked.
+    /// The outer error is a local failure; the inner one a remote object
+    /// missing or corrupt.
+    fn pull_blobs(&self, blobs: &BTreeSet<Digest>, local: &Store) -> Result<Result<(), String>> {
+        let wanted: Vec<Digest> = blobs
+            .iter()
+            .filter(|d| !local.has_blob(d))
+            .copied()
+            .collect();
+        let results: Vec<Result<Option<Vec<u8>>, String>> = self.runtime.block_on(async {
+            stream::iter(wanted.iter().map(|d| {
+                let name = format!("blobs/{}", d.hex());
+                let path = self.path(&name);
+                let store = self.store.clone();
+                async move {
+                    match store.get(&path).await {
+                        Ok(r) => r
+                            .bytes()
+                            .await
+                            .map(|b| Some(b.to_vec()))
+                            .map_err(|e| e.to_string()),
+                        Err(object_store::Error::NotFound { .. }) => Ok(None),
+                        Err(e) => Err(format!("reading {name}: {e}")),
+                    }
+                }
+            }))
+            .buffered(PARALLEL)
+            .collect()
+            .await
+        });
+        for (digest, result) in wanted.iter().zip(results) {
+            let name = format!("blobs/{}", digest.hex());
+            match result {
+                Ok(Some(bytes)) if &Digest::of_bytes(&bytes) == digest => {
+                    local.put_bytes(&bytes)?;
+                }
+                Ok(Some(bytes)) => {
+                    self.corrupt.lock().unwrap().insert(name.clone());
+                    return Ok(Err(format!(
+                        "{name} in the remote cache {} is corrupt ({} bytes, sha256 {}): not used",
+                        self.url,
+                        bytes.len(),
+                        Digest::of_bytes(&bytes).hex()
+                    )));
+                }
+                Ok(None) => {
+                    return Ok(Err(format!(
+                        "{name} is missing from the remote cache {}",
+                        self.url
+                    )))
+                }
+                Err(e) => bail!("remote cache {}: {e}", self.url),
+            }
+        }
+        Ok(Ok(()))
+    }
+
+    /// Write-back: the record's blobs and trees, then the record. Objects
+    /// already there are not sent again, unless found corrupt in this run.
+    pub fn push(&self, key: &Digest, record: &ActionRecord, local: &Store) -> Result<()> {
+        if self.readonly {
+            return Ok(());
+        }
+        let mut blobs: BTreeMap<String, Digest> = BTreeMap::new();
+        let mut trees: Vec<(String, Vec<u8>)> = Vec::new();
+        for output in record.outputs.values() {
+            match output {
+                Output::File { digest, .. } => {
+                    blobs.insert(format!("blobs/{}", digest.hex()), *digest);
+                }
+                Output::Tree { digest } => {
+                    let tree = local.tree(digest)?;
+                    for (_, d, _) in tree.files() {
+                        blobs.insert(format!("blobs/{}", d.hex()), *d);
+                    }
+                    trees.push((format!("trees/{}.json", digest.hex()), tree.to_bytes()));
+                }
+            }
+        }
+        let corrupt = self.corrupt.lock().unwrap().clone();
+        let uploads: Vec<(String, Digest)> = blobs.into_iter().collect();
+        self.runtime
+            .block_on(async {
+                stream::iter(uploads.into_iter().map(|(name, digest)| {
+                    let path = self.path(&name);
+                    let store = self.store.clone();
+                    let fresh = corrupt.contains(&name);
+                    async move {
+                        if !fresh && store.head(&path).await.is_ok() {
+                            return Ok(());
+                        }
+                        let bytes = local.read_blob(&digest)?;
+                        store
+                            .put(&path, PutPayload::from(bytes))
+                            .await
+                            .with_context(|| format!("uploading {name}"))?;
+                        anyhow::Ok(())
+                    }
+                }))
+                .buffer_unordered(PARALLEL)
+                .try_collect::<Vec<()>>()
+                .await
+            })
+            .with_context(|| format!("writing to the remote cache {}", self.url))?;
+        for (name, bytes) in trees {
+            self.put(&name, bytes, corrupt.contains(&name))?;
+        }
+        let bytes = serde_json::to_vec(record)?;
+        self.put(&format!("actions/{}.json", key.hex()), bytes, true)
+    }
+
+    fn put(&self, name: &str, bytes: Vec<u8>, overwrite: bool) -> Result<()> {
+        let path = self.path(name);
+        self.runtime
+            .block_on(async {
+                if !overwrite && self.store.head(&path).await.is_ok() {
+                    return Ok(());
+                }
+                self.store
+                    .put(&path, PutPayload::from(bytes))
+                    .await
+                    .map(|_| ())
+            })
+            .with_context(|| format!("writing {name} to the remote cache {}", self.url))
+    }
+}

@@ -1,0 +1,187 @@
+//! The shared remote cache: two builders with separate local stores and one
+//! remote (a `file://` directory, and S3 through moto's server on
+//! 127.0.0.1), corruption on the remote, read-only use, and credentials
+//! that must never be printed.
+
+mod common;
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Output};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const ARTIFACT: &str = "stage2/stage2_initramfs.cpio.gz";
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Builds `ARTIFACT` with a local store of its own under `dir` and `remote`.
+fn build(recipes: &Path, dir: &Path, remote: &str, extra: &[&str]) -> (Output, Vec<u8>) {
+    let out = dir.join("output");
+    let mut cmd = kiln(recipes, &out, &dir.join("cache"));
+    cmd.args(["--remote-cache", remote])
+        .args(extra)
+        .args(["build", ARTIFACT]);
+    let result = run_ok(&mut cmd);
+    let bytes = std::fs::read(out.join(ARTIFACT)).unwrap();
+    (result, bytes)
+}
+
+/// "N steps, R run, C cached" from the build summary: R.
+fn steps_run(out: &Output) -> usize {
+    let text = stderr(out) + &String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("built "))
+        .unwrap_or_else(|| panic!("no summary in:\n{text}"));
+    let run = line.split(", ").find(|p| p.ends_with(" run")).unwrap();
+    run.trim_end_matches(" run").parse().unwrap()
+}
+
+#[test]
+fn a_second_builder_takes_everything_from_a_file_remote() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipes = copy_recipes(dir.path());
+    let remote = format!("file://{}", dir.path().join("remote").display());
+    let (first, bytes_a) = build(&recipes, &dir.path().join("a"), &remote, &[]);
+    assert!(steps_run(&first) > 0);
+    let (second, bytes_b) = build(&recipes, &dir.path().join("b"), &remote, &[]);
+    assert_eq!(steps_run(&second), 0, "{}", stderr(&second));
+    assert!(stderr(&second).contains("    remote initramfs stage2/stage2_initramfs.cpio.gz"));
+    assert_eq!(bytes_a, bytes_b);
+}
+
+#[test]
+fn a_corrupt_remote_blob_is_reported_rebuilt_and_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipes = copy_recipes(dir.path());
+    let remote_dir = dir.path().join("remote");
+    let remote = format!("file://{}", remote_dir.display());
+    let (_, bytes_a) = build(&recipes, &dir.path().join("a"), &remote, &[]);
+    // The image itself, corrupted on the server.
+    let digest = kiln::store::Digest::of_bytes(&bytes_a).hex();
+    let blob = remote_dir.join("blobs").join(&digest);
+    let mut damaged = std::fs::read(&blob).unwrap();
+    damaged[100] ^= 0xff;
+    std::fs::write(&blob, &damaged).unwrap();
+    let (second, bytes_b) = build(&recipes, &dir.path().join("b"), &remote, &[]);
+    let err = stderr(&second);
+    assert!(
+        err.contains(&format!(
+            "blobs/{digest} in the remote cache {remote} is corrupt"
+        )) && err.contains("building it here"),
+        "{err}"
+    );
+    assert_eq!(steps_run(&second), 1, "only the image is rebuilt:\n{err}");
+    assert_eq!(bytes_a, bytes_b);
+    assert_eq!(
+        std::fs::read(&blob).unwrap(),
+        bytes_a,
+        "the good blob replaced the bad one"
+    );
+}
+
+#[test]
+fn a_read_only_remote_is_never_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipes = copy_recipes(dir.path());
+    let remote_dir = dir.path().join("remote");
+    std::fs::create_dir_all(&remote_dir).unwrap();
+    let remote = format!("file://{}", remote_dir.display());
+    let (first, _) = build(
+        &recipes,
+        &dir.path().join("a"),
+        &remote,
+        &["--remote-cache-readonly"],
+    );
+    assert!(steps_run(&first) > 0);
+    assert_eq!(files(&remote_dir), Vec::<String>::new());
+}
+
+/// moto's S3 server on a free port of 127.0.0.1, stopped on drop.
+struct Moto(Child, u16);
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn moto() -> Option<Moto> {
+    if kiln::tools::find("moto_server").is_none() {
+        println!("SKIPPED: moto_server is not installed (ci/setup installs moto[server] with pip)");
+        return None;
+    }
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new("moto_server")
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let server = Moto(child, port);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "moto_server did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Some(server)
+}
+
+const SECRET: &str = "kiln-test-secret-4f9a";
+
+#[test]
+fn two_builders_share_an_s3_remote_and_no_credential_is_printed() {
+    let Some(server) = moto() else { return };
+    let endpoint = format!("http://127.0.0.1:{}", server.1);
+    let created = reqwest::blocking::Client::new()
+        .put(format!("{endpoint}/kiln-cache"))
+        .send()
+        .unwrap();
+    assert!(created.status().is_success(), "{created:?}");
+    let dir = tempfile::tempdir().unwrap();
+    let recipes = copy_recipes(dir.path());
+    let remote = "s3://kiln-cache/ci";
+    let with_env = |extra: &[&str], sub: &str| {
+        let out_dir = dir.path().join(sub);
+        let mut cmd = kiln(&recipes, &out_dir.join("output"), &out_dir.join("cache"));
+        cmd.env("AWS_ACCESS_KEY_ID", "kiln-test-key")
+            .env("AWS_SECRET_ACCESS_KEY", SECRET)
+            .env("AWS_DEFAULT_REGION", "us-east-1")
+            .env("AWS_ENDPOINT", &endpoint)
+            .env("AWS_ALLOW_HTTP", "true")
+            .args(["--remote-cache", remote])
+            .args(extra)
+            .args(["build", ARTIFACT]);
+        let out = run_ok(&mut cmd);
+        let bytes = std::fs::read(out_dir.join("output").join(ARTIFACT)).unwrap();
+        (out, bytes, out_dir)
+    };
+    let (first, bytes_a, a) = with_env(&[], "a");
+    assert!(steps_run(&first) > 0);
+    let (second, bytes_b, b) = with_env(&[], "b");
+    assert_eq!(steps_run(&second), 0, "{}", stderr(&second));
+    assert_eq!(bytes_a, bytes_b);
+    // The secret is in no message, log, artifact or manifest.
+    for out in [&first, &second] {
+        let text = stderr(out) + &String::from_utf8_lossy(&out.stdout);
+        assert!(!text.contains(SECRET));
+    }
+    for tree in [&a, &b] {
+        for f in files(&tree.join("output")) {
+            let bytes = std::fs::read(tree.join("output").join(&f)).unwrap();
+            assert!(
+                !bytes.windows(SECRET.len()).any(|w| w == SECRET.as_bytes()),
+                "{f}"
+            );
+        }
+    }
+}

@@ -185,3 +185,35 @@ fn two_builders_share_an_s3_remote_and_no_credential_is_printed() {
         }
     }
 }
+
+#[test]
+fn an_unreachable_remote_is_reported_once_and_the_build_goes_on() {
+    // Nothing listens on the discard port: every request is refused.
+    let dir = tempfile::tempdir().unwrap();
+    let recipes = copy_recipes(dir.path());
+    let mut cmd = kiln(
+        &recipes,
+        &dir.path().join("output"),
+        &dir.path().join("cache"),
+    );
+    cmd.env("AWS_ACCESS_KEY_ID", "kiln-test-key")
+        .env("AWS_SECRET_ACCESS_KEY", SECRET)
+        .env("AWS_DEFAULT_REGION", "us-east-1")
+        .env("AWS_ENDPOINT", "http://127.0.0.1:9")
+        .env("AWS_ALLOW_HTTP", "true")
+        .args(["--remote-cache", "s3://kiln-cache/ci", "build", ARTIFACT]);
+    let out = run_ok(&mut cmd);
+    let err = stderr(&out);
+    assert_eq!(
+        err.matches("warning: the remote cache s3://kiln-cache/ci failed")
+            .count(),
+        1,
+        "{err}"
+    );
+    assert!(
+        err.contains("building without it for the rest of this run"),
+        "{err}"
+    );
+    assert!(!err.contains(SECRET));
+    assert!(dir.path().join("output").join(ARTIFACT).is_file());
+}

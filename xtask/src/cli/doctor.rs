@@ -38,6 +38,19 @@ pub fn doctor(s: &Settings) -> Result<ExitCode> {
         s.cache_dir.display(),
         human(dir_size(&s.cache_dir))
     );
+    match &s.remote {
+        None => {
+            println!("remote:  none (--remote-cache URL or KILN_REMOTE_CACHE to share built steps)")
+        }
+        Some(r) => match r.probe() {
+            Ok(()) => println!(
+                "remote:  {} reachable{}",
+                r.url,
+                if r.readonly { " (read-only)" } else { "" }
+            ),
+            Err(e) => println!("remote:  {} NOT reachable: {e:#}", r.url),
+        },
+    }
     println!("recipes: {}", s.recipes_dir.display());
     println!("output:  {}", s.output_dir.display());
     if s.source_overrides.is_empty() {

@@ -175,16 +175,17 @@ impl Executor<'_> {
         if let Some(record) = self.store.action(&key)? {
             return Ok(hit(record));
         }
-        if let Some(remote) = self.remote {
-            match remote.pull(&key, self.store)? {
-                Pulled::Hit(record) => {
+        if let Some(remote) = self.remote.filter(|r| r.up()) {
+            match remote.pull(&key, self.store) {
+                Ok(Pulled::Hit(record)) => {
                     if !self.quiet && node.step.batch().is_none() {
                         eprintln!("    remote {label} [{}]", key.short());
                     }
                     return Ok(hit(record));
                 }
-                Pulled::Broken(why) => eprintln!("warning: {why}; building it here"),
-                Pulled::Miss => {}
+                Ok(Pulled::Broken(why)) => eprintln!("warning: {why}; building it here"),
+                Ok(Pulled::Miss) => {}
+                Err(e) => remote.give_up(&e),
             }
         }
         let lines = !self.quiet && node.step.batch().is_none();
@@ -207,11 +208,11 @@ impl Executor<'_> {
             outputs: outputs.clone(),
         };
         self.store.put_action(&key, &record)?;
-        if let Some(remote) = self.remote {
+        if let Some(remote) = self.remote.filter(|r| r.up()) {
             // The build succeeded here whatever the remote says: a failed
             // upload is a warning, and the next build offers it again.
             if let Err(e) = remote.push(&key, &record, self.store) {
-                eprintln!("warning: {label}: {e:#}");
+                remote.give_up(&e.context(format!("uploading {label}")));
             }
         }
         let elapsed = start.elapsed();

@@ -41,6 +41,9 @@ pub struct Remote {
     /// Objects found corrupt during this run: uploaded again even though
     /// they exist.
     corrupt: Mutex<BTreeSet<String>>,
+    /// Set at the first failure to reach the cache: the rest of the run
+    /// builds without it instead of waiting on every step.
+    down: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Remote {
@@ -108,6 +111,7 @@ impl Remote {
             prefix,
             runtime,
             corrupt: Mutex::new(BTreeSet::new()),
+            down: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -147,6 +151,31 @@ impl Remote {
             Ok(None) => Ok(None),
             Err(e) => Err(format!("{e:#}")),
         }
+    }
+
+    /// False once the cache failed to answer in this run.
+    pub fn up(&self) -> bool {
+        !self.down.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Stops using the cache for the rest of the run, saying why once.
+    pub fn give_up(&self, why: &anyhow::Error) {
+        if !self.down.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            eprintln!(
+                "warning: the remote cache {} failed ({why:#}); building without it for the rest of this run",
+                self.url
+            );
+        }
+    }
+
+    /// Whether the cache answers: a listing of its action records (for
+    /// `doctor`; an empty cache answers too).
+    pub fn probe(&self) -> Result<()> {
+        let actions = self.path("actions");
+        self.runtime
+            .block_on(self.store.list_with_delimiter(Some(&actions)))
+            .map(|_| ())
+            .with_context(|| format!("listing {actions}"))
     }
 
     /// Read-through: the action `key` and every object it names, verified

@@ -139,15 +139,7 @@ impl Remote {
     fn get_checked(&self, name: &str, digest: &Digest) -> Result<Option<Vec<u8>>, String> {
         match self.get(name) {
             Ok(Some(bytes)) if &Digest::of_bytes(&bytes) == digest => Ok(Some(bytes)),
-            Ok(Some(bytes)) => {
-                self.corrupt.lock().unwrap().insert(name.to_string());
-                Err(format!(
-                    "{name} in the remote cache {} is corrupt ({} bytes, sha256 {}): not used",
-                    self.url,
-                    bytes.len(),
-                    Digest::of_bytes(&bytes).hex()
-                ))
-            }
+            Ok(Some(bytes)) => Err(self.found_corrupt(name, &bytes)),
             Ok(None) => Ok(None),
             Err(e) => Err(format!("{e:#}")),
         }
@@ -176,6 +168,17 @@ impl Remote {
             .block_on(self.store.list_with_delimiter(Some(&actions)))
             .map(|_| ())
             .with_context(|| format!("listing {actions}"))
+    }
+
+    /// Remembers `name` as corrupt (the next upload replaces it) and says so.
+    fn found_corrupt(&self, name: &str, bytes: &[u8]) -> String {
+        self.corrupt.lock().unwrap().insert(name.to_string());
+        format!(
+            "{name} in the remote cache {} is corrupt ({} bytes, sha256 {}): not used",
+            self.url,
+            bytes.len(),
+            Digest::of_bytes(bytes).hex()
+        )
     }
 
     /// Read-through: the action `key` and every object it names, verified
@@ -265,15 +268,7 @@ impl Remote {
                 Ok(Some(bytes)) if &Digest::of_bytes(&bytes) == digest => {
                     local.put_bytes(&bytes)?;
                 }
-                Ok(Some(bytes)) => {
-                    self.corrupt.lock().unwrap().insert(name.clone());
-                    return Ok(Err(format!(
-                        "{name} in the remote cache {} is corrupt ({} bytes, sha256 {}): not used",
-                        self.url,
-                        bytes.len(),
-                        Digest::of_bytes(&bytes).hex()
-                    )));
-                }
+                Ok(Some(bytes)) => return Ok(Err(self.found_corrupt(&name, &bytes))),
                 Ok(None) => {
                     return Ok(Err(format!(
                         "{name} is missing from the remote cache {}",

@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use super::{Step, StepContext};
 use crate::elf;
-use crate::store::{Output, Tree, TreeEntry, TreeKind};
+use crate::store::{Output, Tree, TreeKind};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct CopyPrograms {
@@ -90,7 +90,7 @@ impl Step for CopyPrograms {
             };
             picked.insert(r.path.clone(), kind);
         }
-        let digest = ctx.store.put_tree_manifest(&with_parents(picked))?;
+        let digest = ctx.store.put_tree_manifest(&Tree::with_parents(picked))?;
         Ok(BTreeMap::from([(
             "tree".to_string(),
             Output::Tree { digest },
@@ -103,62 +103,5 @@ fn entry(tree: &Tree, path: &str, package: &str) -> Result<TreeKind> {
     match tree.get(path).map(|e| &e.kind) {
         Some(k @ (TreeKind::File { .. } | TreeKind::Symlink { .. })) => Ok(k.clone()),
         _ => bail!("{path} is not a file in package `{package}`"),
-    }
-}
-
-/// The picked entries as a tree: sorted, every parent directory present.
-fn with_parents(picked: BTreeMap<String, TreeKind>) -> Tree {
-    let mut all: BTreeMap<String, TreeKind> = BTreeMap::new();
-    for (path, kind) in picked {
-        let mut parent = path.as_str();
-        while let Some((dir, _)) = parent.rsplit_once('/') {
-            all.entry(dir.to_string())
-                .or_insert(TreeKind::Dir { mode: 0o755 });
-            parent = dir;
-        }
-        all.insert(path, kind);
-    }
-    let mut entries: Vec<TreeEntry> = all
-        .into_iter()
-        .map(|(path, kind)| TreeEntry { path, kind })
-        .collect();
-    entries.sort_by(|a, b| a.path.as_bytes().cmp(b.path.as_bytes()));
-    Tree { entries }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parents_come_first_and_once() {
-        let file = |n: u8| TreeKind::File {
-            digest: crate::store::Digest::of_bytes(&[n]),
-            size: 1,
-            mode: 0o644,
-        };
-        let tree = with_parents(BTreeMap::from([
-            ("usr/lib/x/libc.so.6".to_string(), file(1)),
-            ("usr/bin/tool".to_string(), file(2)),
-            (
-                "lib64".to_string(),
-                TreeKind::Symlink {
-                    target: "usr/lib64".into(),
-                },
-            ),
-        ]));
-        let paths: Vec<&str> = tree.entries.iter().map(|e| e.path.as_str()).collect();
-        assert_eq!(
-            paths,
-            [
-                "lib64",
-                "usr",
-                "usr/bin",
-                "usr/bin/tool",
-                "usr/lib",
-                "usr/lib/x",
-                "usr/lib/x/libc.so.6"
-            ]
-        );
     }
 }

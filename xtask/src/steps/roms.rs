@@ -18,7 +18,7 @@ use serde::Serialize;
 
 use super::{Step, StepContext};
 use crate::archive::optrom;
-use crate::store::{Digest, Output, Tree, TreeEntry, TreeKind};
+use crate::store::{Digest, Output, Tree, TreeKind};
 
 /// Where the image keeps the ROMs and their table.
 pub const ROM_DIR: &str = "etc/kiln/roms";
@@ -69,7 +69,7 @@ impl Step for RomTable {
     }
 
     fn run(&self, ctx: &StepContext, _scratch: &Path) -> Result<BTreeMap<String, Output>> {
-        let mut entries = vec![dir("etc"), dir("etc/kiln"), dir(ROM_DIR)];
+        let mut entries = BTreeMap::new();
         let mut table = String::from(
             "# vendor device file size sha256 version method max_size (written by Kiln)\n",
         );
@@ -82,23 +82,13 @@ impl Step for RomTable {
             let line = spec.check(&bytes)?;
             table.push_str(&line);
             table.push('\n');
-            let digest = ctx.store.put_bytes(&bytes)?;
-            entries.push(file(
-                &format!("{ROM_DIR}/{}", spec.file),
-                digest,
-                bytes.len(),
-                0o644,
-            ));
+            entries.insert(format!("{ROM_DIR}/{}", spec.file), file(ctx, &bytes)?);
         }
-        let digest = ctx.store.put_bytes(table.as_bytes())?;
-        entries.push(file(TABLE, digest, table.len(), 0o644));
+        entries.insert(TABLE.to_string(), file(ctx, table.as_bytes())?);
         if let Some(host) = &self.host {
-            let text = format!("{host}\n");
-            let digest = ctx.store.put_bytes(text.as_bytes())?;
-            entries.push(file(HOST, digest, text.len(), 0o644));
+            entries.insert(HOST.to_string(), file(ctx, format!("{host}\n").as_bytes())?);
         }
-        entries.sort_by(|a, b| a.path.as_bytes().cmp(b.path.as_bytes()));
-        let tree = ctx.store.put_tree_manifest(&Tree { entries })?;
+        let tree = ctx.store.put_tree_manifest(&Tree::with_parents(entries))?;
         Ok(BTreeMap::from([(
             "tree".to_string(),
             Output::Tree { digest: tree },
@@ -144,20 +134,11 @@ impl RomSpec {
     }
 }
 
-fn dir(path: &str) -> TreeEntry {
-    TreeEntry {
-        path: path.to_string(),
-        kind: TreeKind::Dir { mode: 0o755 },
-    }
-}
-
-fn file(path: &str, digest: Digest, size: usize, mode: u32) -> TreeEntry {
-    TreeEntry {
-        path: path.to_string(),
-        kind: TreeKind::File {
-            digest,
-            size: size as u64,
-            mode,
-        },
-    }
+/// `bytes` stored, as a regular file of the tree.
+fn file(ctx: &StepContext, bytes: &[u8]) -> Result<TreeKind> {
+    Ok(TreeKind::File {
+        digest: ctx.store.put_bytes(bytes)?,
+        size: bytes.len() as u64,
+        mode: 0o644,
+    })
 }

@@ -52,10 +52,69 @@ impl Tree {
             .map(|i| &self.entries[i])
     }
 
+    /// A tree of `entries` (path → kind) with every missing parent
+    /// directory added (mode 0755), sorted as trees are.
+    pub fn with_parents(entries: std::collections::BTreeMap<String, TreeKind>) -> Tree {
+        let mut all = std::collections::BTreeMap::new();
+        for (path, kind) in entries {
+            let mut parent = path.as_str();
+            while let Some((dir, _)) = parent.rsplit_once('/') {
+                all.entry(dir.to_string())
+                    .or_insert(TreeKind::Dir { mode: 0o755 });
+                parent = dir;
+            }
+            all.insert(path, kind);
+        }
+        let mut entries: Vec<TreeEntry> = all
+            .into_iter()
+            .map(|(path, kind)| TreeEntry { path, kind })
+            .collect();
+        entries.sort_by(|a, b| a.path.as_bytes().cmp(b.path.as_bytes()));
+        Tree { entries }
+    }
+
     pub fn files(&self) -> impl Iterator<Item = (&str, &Digest, u64)> {
         self.entries.iter().filter_map(|e| match &e.kind {
             TreeKind::File { digest, size, .. } => Some((e.path.as_str(), digest, *size)),
             _ => None,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn with_parents_puts_each_parent_first_and_once() {
+        let file = |n: u8| TreeKind::File {
+            digest: Digest::of_bytes(&[n]),
+            size: 1,
+            mode: 0o644,
+        };
+        let tree = Tree::with_parents(BTreeMap::from([
+            ("usr/lib/x/libc.so.6".to_string(), file(1)),
+            ("usr/bin/tool".to_string(), file(2)),
+            (
+                "lib64".to_string(),
+                TreeKind::Symlink {
+                    target: "usr/lib64".into(),
+                },
+            ),
+        ]));
+        let paths: Vec<&str> = tree.entries.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "lib64",
+                "usr",
+                "usr/bin",
+                "usr/bin/tool",
+                "usr/lib",
+                "usr/lib/x",
+                "usr/lib/x/libc.so.6"
+            ]
+        );
     }
 }

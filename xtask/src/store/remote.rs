@@ -122,26 +122,26 @@ impl Remote {
 
     /// The object's bytes, `None` if it does not exist.
     fn get(&self, name: &str) -> Result<Option<Vec<u8>>> {
-        let path = self.path(name);
         self.runtime
-            .block_on(async {
-                match self.store.get(&path).await {
-                    Ok(r) => Ok(Some(r.bytes().await?.to_vec())),
-                    Err(object_store::Error::NotFound { .. }) => Ok(None),
-                    Err(e) => Err(e),
-                }
-            })
+            .block_on(fetch(self.store.as_ref(), &self.path(name)))
             .with_context(|| format!("reading {name} from the remote cache {}", self.url))
     }
 
-    /// Reads a blob, tree or record and checks it against `digest`; a
-    /// mismatch is remembered (to be overwritten) and reported.
-    fn get_checked(&self, name: &str, digest: &Digest) -> Result<Option<Vec<u8>>, String> {
-        match self.get(name) {
-            Ok(Some(bytes)) if &Digest::of_bytes(&bytes) == digest => Ok(Some(bytes)),
-            Ok(Some(bytes)) => Err(self.found_corrupt(name, &bytes)),
-            Ok(None) => Ok(None),
-            Err(e) => Err(format!("{e:#}")),
+    /// Fetched bytes of `name` that must hash to `digest`: a mismatch is
+    /// remembered (to be overwritten) and reported, as is a missing object.
+    fn checked(
+        &self,
+        name: &str,
+        digest: &Digest,
+        bytes: Option<Vec<u8>>,
+    ) -> Result<Vec<u8>, String> {
+        match bytes {
+            Some(bytes) if &Digest::of_bytes(&bytes) == digest => Ok(bytes),
+            Some(bytes) => Err(self.found_corrupt(name, &bytes)),
+            None => Err(format!(
+                "{name} is missing from the remote cache {}",
+                self.url
+            )),
         }
     }
 
@@ -196,37 +196,36 @@ impl Remote {
                 )))
             }
         };
+        // Blobs first, then the trees that name them, then the record.
         let mut blobs = BTreeSet::new();
+        let mut new_trees = Vec::new();
         for output in record.outputs.values() {
             match output {
                 Output::File { digest, .. } => {
                     blobs.insert(*digest);
                 }
+                Output::Tree { digest } if local.has_tree(digest) => {
+                    blobs.extend(local.tree(digest)?.files().map(|(_, d, _)| *d));
+                }
                 Output::Tree { digest } => {
-                    if !local.has_tree(digest) {
-                        let name = format!("trees/{}.json", digest.hex());
-                        let bytes = match self.get_checked(&name, digest) {
-                            Ok(Some(b)) => b,
-                            Ok(None) => return Ok(Pulled::Broken(format!("{name} is missing"))),
-                            Err(e) => return Ok(Pulled::Broken(e)),
-                        };
-                        let tree: Tree = serde_json::from_slice(&bytes)
-                            .with_context(|| format!("parsing {name} from {}", self.url))?;
-                        blobs.extend(tree.files().map(|(_, d, _)| *d));
-                        // Blobs first: the tree is recorded once they are in.
-                        if let Err(e) = self.pull_blobs(&blobs, local)? {
-                            return Ok(Pulled::Broken(e));
-                        }
-                        local.put_tree_manifest(&tree)?;
-                        continue;
-                    }
-                    let tree = local.tree(digest)?;
+                    let name = format!("trees/{}.json", digest.hex());
+                    let fetched = self.get(&name).map_err(|e| format!("{e:#}"));
+                    let bytes = match fetched.and_then(|b| self.checked(&name, digest, b)) {
+                        Ok(b) => b,
+                        Err(e) => return Ok(Pulled::Broken(e)),
+                    };
+                    let tree: Tree = serde_json::from_slice(&bytes)
+                        .with_context(|| format!("parsing {name} from {}", self.url))?;
                     blobs.extend(tree.files().map(|(_, d, _)| *d));
+                    new_trees.push(tree);
                 }
             }
         }
         if let Err(e) = self.pull_blobs(&blobs, local)? {
             return Ok(Pulled::Broken(e));
+        }
+        for tree in &new_trees {
+            local.put_tree_manifest(tree)?;
         }
         local.put_action(key, &record)?;
         Ok(Pulled::Hit(record))
@@ -241,41 +240,23 @@ impl Remote {
             .filter(|d| !local.has_blob(d))
             .copied()
             .collect();
-        let results: Vec<Result<Option<Vec<u8>>, String>> = self.runtime.block_on(async {
+        let results: Vec<object_store::Result<Option<Vec<u8>>>> = self.runtime.block_on(
             stream::iter(wanted.iter().map(|d| {
-                let name = format!("blobs/{}", d.hex());
-                let path = self.path(&name);
-                let store = self.store.clone();
-                async move {
-                    match store.get(&path).await {
-                        Ok(r) => r
-                            .bytes()
-                            .await
-                            .map(|b| Some(b.to_vec()))
-                            .map_err(|e| e.to_string()),
-                        Err(object_store::Error::NotFound { .. }) => Ok(None),
-                        Err(e) => Err(format!("reading {name}: {e}")),
-                    }
-                }
+                let path = self.path(&format!("blobs/{}", d.hex()));
+                async move { fetch(self.store.as_ref(), &path).await }
             }))
             .buffered(PARALLEL)
-            .collect()
-            .await
-        });
+            .collect(),
+        );
         for (digest, result) in wanted.iter().zip(results) {
             let name = format!("blobs/{}", digest.hex());
-            match result {
-                Ok(Some(bytes)) if &Digest::of_bytes(&bytes) == digest => {
+            let fetched = result
+                .with_context(|| format!("reading {name} from the remote cache {}", self.url))?;
+            match self.checked(&name, digest, fetched) {
+                Ok(bytes) => {
                     local.put_bytes(&bytes)?;
                 }
-                Ok(Some(bytes)) => return Ok(Err(self.found_corrupt(&name, &bytes))),
-                Ok(None) => {
-                    return Ok(Err(format!(
-                        "{name} is missing from the remote cache {}",
-                        self.url
-                    )))
-                }
-                Err(e) => bail!("remote cache {}: {e}", self.url),
+                Err(e) => return Ok(Err(e)),
             }
         }
         Ok(Ok(()))
@@ -304,49 +285,60 @@ impl Remote {
             }
         }
         let corrupt = self.corrupt.lock().unwrap().clone();
-        let uploads: Vec<(String, Digest)> = blobs.into_iter().collect();
+        let store = self.store.as_ref();
         self.runtime
             .block_on(async {
-                stream::iter(uploads.into_iter().map(|(name, digest)| {
+                stream::iter(blobs.into_iter().map(|(name, digest)| {
                     let path = self.path(&name);
-                    let store = self.store.clone();
-                    let fresh = corrupt.contains(&name);
+                    let overwrite = corrupt.contains(&name);
                     async move {
-                        if !fresh && store.head(&path).await.is_ok() {
-                            return Ok(());
-                        }
-                        let bytes = local.read_blob(&digest)?;
-                        store
-                            .put(&path, PutPayload::from(bytes))
+                        upload(store, &path, overwrite, || local.read_blob(&digest))
                             .await
-                            .with_context(|| format!("uploading {name}"))?;
-                        anyhow::Ok(())
+                            .with_context(|| format!("uploading {name}"))
                     }
                 }))
                 .buffer_unordered(PARALLEL)
                 .try_collect::<Vec<()>>()
-                .await
-            })
-            .with_context(|| format!("writing to the remote cache {}", self.url))?;
-        for (name, bytes) in trees {
-            self.put(&name, bytes, corrupt.contains(&name))?;
-        }
-        let bytes = serde_json::to_vec(record)?;
-        self.put(&format!("actions/{}.json", key.hex()), bytes, true)
-    }
-
-    fn put(&self, name: &str, bytes: Vec<u8>, overwrite: bool) -> Result<()> {
-        let path = self.path(name);
-        self.runtime
-            .block_on(async {
-                if !overwrite && self.store.head(&path).await.is_ok() {
-                    return Ok(());
+                .await?;
+                for (name, bytes) in trees {
+                    let overwrite = corrupt.contains(&name);
+                    upload(store, &self.path(&name), overwrite, || Ok(bytes))
+                        .await
+                        .with_context(|| format!("uploading {name}"))?;
                 }
-                self.store
-                    .put(&path, PutPayload::from(bytes))
+                let name = format!("actions/{}.json", key.hex());
+                let bytes = serde_json::to_vec(record)?;
+                upload(store, &self.path(&name), true, || Ok(bytes))
                     .await
-                    .map(|_| ())
+                    .with_context(|| format!("uploading {name}"))
             })
-            .with_context(|| format!("writing {name} to the remote cache {}", self.url))
+            .with_context(|| format!("writing to the remote cache {}", self.url))
     }
+}
+
+/// An object's bytes, `None` if it does not exist.
+async fn fetch(
+    store: &dyn ObjectStore,
+    path: &ObjectPath,
+) -> object_store::Result<Option<Vec<u8>>> {
+    match store.get(path).await {
+        Ok(r) => Ok(Some(r.bytes().await?.to_vec())),
+        Err(object_store::Error::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Writes `bytes()` at `path` unless an object is already there (the cache
+/// is content-addressed) or `overwrite` says to replace it.
+async fn upload(
+    store: &dyn ObjectStore,
+    path: &ObjectPath,
+    overwrite: bool,
+    bytes: impl FnOnce() -> Result<Vec<u8>>,
+) -> Result<()> {
+    if !overwrite && store.head(path).await.is_ok() {
+        return Ok(());
+    }
+    store.put(path, PutPayload::from(bytes()?)).await?;
+    Ok(())
 }

@@ -188,12 +188,19 @@ pub fn boot_stage3(s: &Settings, a: &BootTestArgs) -> Result<ExitCode> {
     if a.initrd.is_some() {
         bail!("`--initrd` is not for `stage3`: `--host` adds a host's ROM archive");
     }
-    const KERNEL: &str = "stage3/stage3_update_vmlinuz";
-    let mut targets = vec![KERNEL.to_string()];
+    let recipes = recipe::load(&s.recipes_dir, &s.vars)?;
+    let stage3 = recipes
+        .targets
+        .get("stage3")
+        .with_context(|| format!("no recipe `stage3` in {}", s.recipes_dir.display()))?;
+    let (Some(kernel), Some(initramfs)) = (&stage3.kernel, &stage3.initramfs) else {
+        bail!("the `stage3` recipe needs a [kernel] and an [initramfs]");
+    };
+    let mut targets = vec![kernel.output.clone()];
     let host_roms = a
         .host
         .as_ref()
-        .map(|h| crate::plan::host_artifact(&format!("stage3/{}", crate::plan::HOST_ROMS), h));
+        .map(|h| crate::plan::host_roms_artifact(&initramfs.output, h));
     targets.extend(host_roms.clone());
     build_targets(s, &targets)?;
     let nics = boot::nics(&["virtio-net-pci", "e1000e"]);
@@ -203,14 +210,15 @@ pub fn boot_stage3(s: &Settings, a: &BootTestArgs) -> Result<ExitCode> {
         append.push_str(&format!(" epoxy.hostname={host}"));
     }
     let initrd = host_roms.map(|r| s.output_dir.join(r));
-    let mut spec = BootSpec::stage3(&s.output_dir.join(KERNEL), initrd.as_deref(), &append, nics);
+    let mut spec = BootSpec::stage3(
+        &s.output_dir.join(&kernel.output),
+        initrd.as_deref(),
+        &append,
+        nics,
+    );
     spec.timeout = std::time::Duration::from_secs(a.timeout);
     let outcome = boot::boot(&spec)?;
-    let lines: Vec<&str> = outcome
-        .serial
-        .iter()
-        .filter_map(|l| l.find("KILN-ROM ").map(|i| &l[i..]))
-        .collect();
+    let lines = boot::rom_lines(&outcome.serial);
     for l in &lines {
         println!("{l}");
     }

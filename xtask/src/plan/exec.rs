@@ -175,10 +175,11 @@ impl Executor<'_> {
         if let Some(record) = self.store.action(&key)? {
             return Ok(hit(record));
         }
+        let lines = !self.quiet && node.step.batch().is_none();
         if let Some(remote) = self.remote.filter(|r| r.up()) {
             match remote.pull(&key, self.store) {
                 Ok(Pulled::Hit(record)) => {
-                    if !self.quiet && node.step.batch().is_none() {
+                    if lines {
                         eprintln!("    remote {label} [{}]", key.short());
                     }
                     return Ok(hit(record));
@@ -188,7 +189,6 @@ impl Executor<'_> {
                 Err(e) => remote.give_up(&e),
             }
         }
-        let lines = !self.quiet && node.step.batch().is_none();
         if lines {
             eprintln!("   running {label} [{}]", key.short());
         }

@@ -13,7 +13,7 @@ mod roms;
 
 pub use ipxe::{artifact_name as ipxe_artifact, host_artifact_name as ipxe_host_artifact};
 pub use media::host_artifact;
-pub use roms::HOST_ROMS;
+pub use roms::host_roms_artifact;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -117,13 +117,11 @@ pub fn plan(
             }
             None => target.as_str(),
         };
-        if b.added.insert(recipe_name.to_string()) {
-            let recipe = recipes
-                .targets
-                .get(recipe_name)
-                .with_context(|| unknown_target(recipes, target))?;
-            b.add_recipe(recipe)?;
-        }
+        let recipe = recipes
+            .targets
+            .get(recipe_name)
+            .with_context(|| unknown_target(recipes, target))?;
+        b.add_recipe_once(recipe)?;
     }
     let whole: Vec<&String> = targets.iter().filter(|t| !t.contains('/')).collect();
     let plan = b.plan;
@@ -260,6 +258,26 @@ impl<'a> Builder<'a> {
 
     fn epoch(&self, recipe: &Recipe) -> u64 {
         self.opts.epoch_override.unwrap_or(recipe.epoch)
+    }
+
+    /// Expands `recipe` unless an earlier target or dependency did.
+    fn add_recipe_once(&mut self, recipe: &Recipe) -> Result<()> {
+        if self.added.insert(recipe.name.clone()) {
+            self.add_recipe(recipe)?;
+        }
+        Ok(())
+    }
+
+    /// The plan input for the artifact named `name`, if it is planned.
+    fn artifact_input(&self, name: &str) -> Option<InputRef> {
+        self.plan
+            .artifacts
+            .iter()
+            .find(|s| s.name == name)
+            .map(|s| InputRef::Node {
+                node: s.node,
+                output: s.output.clone(),
+            })
     }
 
     fn add_recipe(&mut self, recipe: &Recipe) -> Result<()> {
@@ -402,10 +420,7 @@ impl<'a> Builder<'a> {
             output: "modules".into(),
         };
         let inputs = self.module_inputs(kernel, "");
-        let name = match k.output.rsplit_once('/') {
-            Some((dir, _)) => format!("{dir}/modules.cpio.gz"),
-            None => "modules.cpio.gz".to_string(),
-        };
+        let name = beside(&k.output, "modules.cpio.gz");
         let step = BuildModules {
             name: name.clone(),
             kernel_release: String::new(),
@@ -719,6 +734,15 @@ impl<'a> Builder<'a> {
         };
         self.sources.insert((name.to_string(), "file"), r.clone());
         Ok(r)
+    }
+}
+
+/// `file` in the directory of the artifact `path`
+/// (`stage2/stage2_vmlinuz`, `modules.cpio.gz` → `stage2/modules.cpio.gz`).
+fn beside(path: &str, file: &str) -> String {
+    match path.rsplit_once('/') {
+        Some((dir, _)) => format!("{dir}/{file}"),
+        None => file.to_string(),
     }
 }
 

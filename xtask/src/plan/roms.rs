@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 
 use super::{ArtifactSpec, Builder, InputRef};
 use crate::recipe::{self, Recipe, Rom, RomFrom};
@@ -14,7 +14,13 @@ use crate::steps::programs::CopyPrograms;
 use crate::steps::roms::{RomSpec, RomTable};
 
 /// The per-host ROM archive's file name (`<dir>/hosts/<hostname>/…`).
-pub const HOST_ROMS: &str = "stage3_roms.cpio.gz";
+const HOST_ROMS: &str = "stage3_roms.cpio.gz";
+
+/// A host's ROM archive beside the update image `initramfs_output`:
+/// `stage3/hosts/<hostname>/stage3_roms.cpio.gz`.
+pub fn host_roms_artifact(initramfs_output: &str, hostname: &str) -> String {
+    super::media::host_artifact(&super::beside(initramfs_output, HOST_ROMS), hostname)
+}
 
 impl Builder<'_> {
     /// The tree of `[initramfs] programs` and their closure, if any.
@@ -73,7 +79,7 @@ impl Builder<'_> {
             let mut inputs = BTreeMap::new();
             let mut specs = Vec::new();
             for rom in &recipe.roms {
-                if let Some(input) = self.host_rom(rom, &hostname)? {
+                if let Some(input) = self.host_rom(rom, &hostname) {
                     inputs.insert(format!("rom.{}", specs.len()), input);
                     specs.push(spec(rom));
                 }
@@ -81,13 +87,7 @@ impl Builder<'_> {
             if specs.is_empty() {
                 continue;
             }
-            let name = super::media::host_artifact(
-                &match ir.output.rsplit_once('/') {
-                    Some((dir, _)) => format!("{dir}/{HOST_ROMS}"),
-                    None => HOST_ROMS.to_string(),
-                },
-                &hostname,
-            );
+            let name = host_roms_artifact(&ir.output, &hostname);
             let table = self.push(
                 RomTable {
                     name: name.clone(),
@@ -148,21 +148,12 @@ impl Builder<'_> {
 
     /// The host's own copy of an artifact ROM (`stage1/hosts/<h>/<file>`),
     /// if its recipe builds one for that host.
-    fn host_rom(&self, rom: &Rom, hostname: &str) -> Result<Option<InputRef>> {
+    fn host_rom(&self, rom: &Rom, hostname: &str) -> Option<InputRef> {
         let RomFrom::Artifact(a) = &rom.from else {
-            return Ok(None);
+            return None;
         };
         let from = a.split('/').next().unwrap_or_default();
-        let name = super::ipxe_host_artifact(from, hostname, &rom.file);
-        Ok(self
-            .plan
-            .artifacts
-            .iter()
-            .find(|s| s.name == name)
-            .map(|s| InputRef::Node {
-                node: s.node,
-                output: s.output.clone(),
-            }))
+        self.artifact_input(&super::ipxe_host_artifact(from, hostname, &rom.file))
     }
 
     /// A ROM's file as a plan input: another recipe's artifact (that recipe
@@ -172,26 +163,19 @@ impl Builder<'_> {
             RomFrom::Deb { source, .. } => self.deb_tree(source),
             RomFrom::Artifact(a) => {
                 let from = a.split('/').next().unwrap_or_default();
-                if !self.recipes.targets.contains_key(from) {
+                let Some(dependency) = self.recipes.targets.get(from) else {
                     bail!(
                         "{}: [[rom]] artifact `{a}`: there is no recipe `{from}`",
                         rom.origin
                     );
-                }
-                if self.added.insert(from.to_string()) {
-                    let dependency = &self.recipes.targets[from];
-                    self.add_recipe(dependency)?;
-                }
-                match self.plan.artifacts.iter().find(|s| &s.name == a) {
-                    Some(s) => Ok(InputRef::Node {
-                        node: s.node,
-                        output: s.output.clone(),
-                    }),
-                    None => bail!(
+                };
+                self.add_recipe_once(dependency)?;
+                self.artifact_input(a).with_context(|| {
+                    format!(
                         "{}: [[rom]] artifact `{a}`: recipe `{from}` does not build it",
                         rom.origin
-                    ),
-                }
+                    )
+                })
             }
         }
     }

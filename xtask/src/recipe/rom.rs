@@ -104,10 +104,8 @@ pub(super) fn roms(ctx: &mut Ctx, raw: Vec<Spanned<RawRom>>, has_initramfs: bool
         let (Some(from), Some(method)) = (from, method) else {
             continue;
         };
-        let file = match &from {
-            RomFrom::Artifact(a) => a.rsplit('/').next().unwrap_or(a).to_string(),
-            RomFrom::Deb { path, .. } => path.rsplit('/').next().unwrap_or(path).to_string(),
-        };
+        let (RomFrom::Artifact(path) | RomFrom::Deb { path, .. }) = &from;
+        let file = path.rsplit('/').next().unwrap_or(path).to_string();
         // The updater's table is split on spaces and its words are used in
         // paths: a plain file name only.
         let plain = |b: u8| b.is_ascii_alphanumeric() || b"._+-".contains(&b);

@@ -258,6 +258,15 @@ pub fn interfaces(serial: &[String]) -> Vec<&str> {
         .unwrap_or_default()
 }
 
+/// The ROM updater's result lines (`KILN-ROM <RESULT> …`), one per card,
+/// cut from wherever they start on the serial line.
+pub fn rom_lines(serial: &[String]) -> Vec<&str> {
+    serial
+        .iter()
+        .filter_map(|l| l.find("KILN-ROM ").map(|i| &l[i..]))
+        .collect()
+}
+
 pub struct BootOutcome {
     /// The whole serial line that carried the marker.
     pub marker: String,

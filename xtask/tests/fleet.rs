@@ -52,10 +52,10 @@ fn patched_files_are_byte_identical_to_a_full_make_for_five_hosts() {
     // Each file carries its own host's script and no other host's.
     let lkrn = std::fs::read(out.join("stage1/hosts/mlab3-lga0t.example.net/ipxe.lkrn")).unwrap();
     let efi = std::fs::read(out.join("stage1/hosts/a.example.net/ipxe.efi")).unwrap();
-    assert!(contains(&efi, b"set kiln_ip 198.51.100.250\n"));
-    assert!(!contains(&efi, b"192.0.2.11"));
+    assert!(contains_bytes(&efi, b"set kiln_ip 198.51.100.250\n"));
+    assert!(!contains_bytes(&efi, b"192.0.2.11"));
     assert!(
-        !contains(&lkrn, b"set kiln_ip"),
+        !contains_bytes(&lkrn, b"set kiln_ip"),
         "the lkrn payload is compressed"
     );
     let entry = manifest_entry(&out, "stage1/hosts/mlab3-lga0t.example.net/808610d3.rom");
@@ -72,15 +72,17 @@ fn a_script_change_reruns_only_patching() {
     let recipes = copy_recipes(dir.path());
     let out = dir.path().join("output");
     run_ok(kiln(&recipes, &out, &shared_cache()).args(["ipxe"]));
-    let script = dir.path().join("ipxe/stage1.ipxe");
-    let text = std::fs::read_to_string(&script).unwrap();
-    std::fs::write(&script, text.replace("retrying in 5", "retrying in 6")).unwrap();
+    edit(
+        &dir.path().join("ipxe/stage1.ipxe"),
+        "retrying in 5",
+        "retrying in 6",
+    );
     let run = run_ok(kiln(&recipes, &out, &shared_cache()).args(["ipxe"]));
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(!stderr.contains("running ipxe x86_64 bin"), "{stderr}");
     assert!(stderr.contains("iPXE files patched per host"), "{stderr}");
     let lkrn = std::fs::read(out.join("stage1/hosts/mlab1-lga0t.example.net/ipxe.efi")).unwrap();
-    assert!(contains(&lkrn, b"retrying in 6 seconds"));
+    assert!(contains_bytes(&lkrn, b"retrying in 6 seconds"));
 }
 
 /// A host whose addresses are QEMU's user network, added to the copied
@@ -131,21 +133,15 @@ fn a_patched_lkrn_and_rom_boot_with_the_hosts_identity() {
     }
 }
 
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
-}
-
 #[test]
 fn a_host_script_too_long_is_refused_naming_the_host_and_size() {
     let dir = tempfile::tempdir().unwrap();
     let recipes = copy_recipes(dir.path());
-    let stage1 = recipes.join("stage1.toml");
-    let text = std::fs::read_to_string(&stage1).unwrap();
-    std::fs::write(
-        &stage1,
-        text.replace("script_size = 2048", "script_size = 1200"),
-    )
-    .unwrap();
+    edit(
+        &recipes.join("stage1.toml"),
+        "script_size = 2048",
+        "script_size = 1200",
+    );
     let hosts = dir.path().join("long.json");
     let long_name = format!("{}.example.net", ["a"; 60].join("."));
     std::fs::write(

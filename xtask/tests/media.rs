@@ -222,11 +222,11 @@ fn uki_and_iso_steps_rerun_in_other_directories_give_identical_bytes() {
 fn a_host_with_an_invalid_address_fails_naming_host_and_field() {
     let dir = tempfile::tempdir().unwrap();
     let recipes = copy_recipes(dir.path());
-    let hosts = recipes.join("hosts.toml");
-    let text = std::fs::read_to_string(&hosts)
-        .unwrap()
-        .replace("192.0.2.12/26", "192.0.2.312/26");
-    std::fs::write(&hosts, text).unwrap();
+    edit(
+        &recipes.join("hosts.toml"),
+        "192.0.2.12/26",
+        "192.0.2.312/26",
+    );
     let out = dir.path().join("output");
     let err = run_err(kiln(&recipes, &out, &shared_cache()).args(["build", "stage2"]));
     assert!(
@@ -245,10 +245,7 @@ fn a_cmdline_that_does_not_fit_fails_naming_the_recipe_line() {
     let recipes = copy_recipes(dir.path());
     let stage2 = recipes.join("stage2.toml");
     let long = format!("cmdline = \"{CMDLINE} {}\"", "x".repeat(2100));
-    let text = std::fs::read_to_string(&stage2)
-        .unwrap()
-        .replace(&format!("cmdline = \"{CMDLINE}\""), &long);
-    std::fs::write(&stage2, text).unwrap();
+    edit(&stage2, &format!("cmdline = \"{CMDLINE}\""), &long);
     let err = run_err(
         kiln(&recipes, &dir.path().join("output"), &shared_cache()).args(["plan", "stage2"]),
     );

@@ -142,9 +142,7 @@ fn a_program_missing_from_the_packages_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let recipes = copy_recipes(dir.path());
     recipe_with_roms(&recipes, QEMU_ROMS);
-    let path = recipes.join("stage3.toml");
-    let text = std::fs::read_to_string(&path).unwrap();
-    std::fs::write(&path, text.replace("\"libpci3\", ", "")).unwrap();
+    edit(&recipes.join("stage3.toml"), "\"libpci3\", ", "");
     let out = dir.path().join("output");
     let err = run_err(kiln(&recipes, &out, &shared_cache()).args(["build", "stage3"]));
     assert!(
@@ -646,13 +644,6 @@ fn dry_run_boot(
     outcome.serial
 }
 
-fn rom_lines(serial: &[String]) -> Vec<&str> {
-    serial
-        .iter()
-        .filter_map(|l| l.find("KILN-ROM ").map(|i| &l[i..]))
-        .collect()
-}
-
 #[test]
 fn qemu_dry_run_plans_the_mapped_card_skips_the_unknown_one_and_runs_mstflint() {
     if !qemu_available() {
@@ -677,7 +668,7 @@ fn qemu_dry_run_plans_the_mapped_card_skips_the_unknown_one_and_runs_mstflint() 
         text.contains("KILN-TOOL mstflint: mstflint, mstflint 4.21.0"),
         "mstflint did not run in the guest:\n{text}"
     );
-    let lines = rom_lines(&serial);
+    let lines = boot::rom_lines(&serial);
     assert_eq!(lines.len(), 2, "{text}");
     assert!(
         lines[0].starts_with("KILN-ROM SKIP 0000:00:02.0 1af4:1000 unknown card"),
@@ -746,7 +737,9 @@ fn qemu_dry_run_of_the_default_recipe_uses_each_hosts_own_rom() {
             &sha[..12]
         );
         assert!(
-            rom_lines(&serial).iter().any(|l| l.starts_with(&want)),
+            boot::rom_lines(&serial)
+                .iter()
+                .any(|l| l.starts_with(&want)),
             "want {want}:\n{text}"
         );
     }
@@ -756,13 +749,11 @@ fn qemu_dry_run_of_the_default_recipe_uses_each_hosts_own_rom() {
 fn a_rom_artifact_no_recipe_builds_is_an_error_before_anything_runs() {
     let dir = tempfile::tempdir().unwrap();
     let recipes = copy_recipes(dir.path());
-    let path = recipes.join("stage3.toml");
-    let text = std::fs::read_to_string(&path).unwrap();
-    std::fs::write(
-        &path,
-        text.replace("stage1/x86_64/808610d3.rom", "stage1/x86_64/808610d4.rom"),
-    )
-    .unwrap();
+    edit(
+        &recipes.join("stage3.toml"),
+        "stage1/x86_64/808610d3.rom",
+        "stage1/x86_64/808610d4.rom",
+    );
     let out = dir.path().join("output");
     let cache = dir.path().join("cache");
     let err = run_err(kiln(&recipes, &out, &cache).args(["plan", "stage3"]));

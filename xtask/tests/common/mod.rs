@@ -49,6 +49,19 @@ pub fn copy_recipes(dir: &Path) -> PathBuf {
     dir.join("recipes")
 }
 
+/// Rewrites the file at `path` with `from` replaced by `to` everywhere; a
+/// `from` the file does not contain fails the test (the edit would be lost).
+pub fn edit(path: &Path, from: &str, to: &str) {
+    let text = std::fs::read_to_string(path).unwrap();
+    assert!(text.contains(from), "{} has no `{from}`", path.display());
+    std::fs::write(path, text.replace(from, to)).unwrap();
+}
+
+/// Whether `needle` occurs in `hay`.
+pub fn contains_bytes(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
 pub fn copy_tree(src: &Path, dst: &Path) {
     for entry in walkdir::WalkDir::new(src).sort_by_file_name() {
         let entry = entry.unwrap();

@@ -9,6 +9,7 @@ pub mod bench;
 pub mod cli;
 pub mod elf;
 pub mod plan;
+pub mod publish;
 pub mod recipe;
 pub mod steps;
 pub mod store;

@@ -36,7 +36,7 @@ pub fn doctor(s: &Settings) -> Result<ExitCode> {
     println!(
         "cache:   {} ({})",
         s.cache_dir.display(),
-        human(dir_size(&s.cache_dir))
+        crate::tools::human_bytes(dir_size(&s.cache_dir))
     );
     match &s.remote {
         None => {
@@ -96,15 +96,4 @@ pub fn dir_size(dir: &std::path::Path) -> u64 {
         .filter(|m| m.is_file())
         .map(|m| m.len())
         .sum()
-}
-
-pub fn human(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = bytes as f64;
-    let mut i = 0;
-    while v >= 1024.0 && i < UNITS.len() - 1 {
-        v /= 1024.0;
-        i += 1;
-    }
-    format!("{v:.1} {}", UNITS[i])
 }

@@ -5,9 +5,9 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::Args;
 
-use super::doctor::human;
 use super::Settings;
 use crate::store::Store;
+use crate::tools::human_bytes as human;
 
 #[derive(Debug, Args)]
 pub struct GcArgs {

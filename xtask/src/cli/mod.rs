@@ -6,6 +6,7 @@ mod build;
 mod doctor;
 mod gc;
 mod ipxe;
+mod publish;
 mod sources;
 
 use std::collections::BTreeMap;
@@ -89,6 +90,9 @@ pub enum Command {
         #[command(subcommand)]
         command: build::BenchCommand,
     },
+    /// Upload the built output/ to object storage as one release:
+    /// <URL>/<VERSION>/… with manifest.json written last.
+    Publish(publish::PublishArgs),
     /// Build stage1 iPXE binaries and ROMs for one architecture
     /// (`output/stage1/<arch>/<file>`) and each inventory host's
     /// (`output/stage1/hosts/<hostname>/<file>`), patched from one compile;
@@ -160,6 +164,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Gc(a) => gc::gc(&ctx, &a),
         Command::Bench { command } => build::bench(&ctx, &command),
         Command::Ipxe(a) => ipxe::ipxe(&ctx, &a),
+        Command::Publish(a) => publish::publish(&ctx, &a),
         Command::Relay { .. } => unreachable!("handled before settings"),
     }
 }

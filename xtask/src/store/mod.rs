@@ -17,7 +17,9 @@
 //! Locks use `std::fs::File::lock` (flock), stable since Rust 1.89, so the
 //! fs4 crate is not needed.
 
+pub mod bucket;
 mod digest;
+mod gcs;
 pub mod remote;
 mod tree;
 

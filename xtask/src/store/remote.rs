@@ -10,21 +10,17 @@
 //! ones). Writing goes blobs, then trees, then the action record last, so a
 //! reader never finds a record whose objects are missing.
 //!
-//! Credentials come from the standard environment and files only
-//! (`AWS_*`, `GOOGLE_*` as `object_store` reads them); they never reach a
-//! message: errors name the cache by its URL, which holds no secret.
-//!
-//! `object_store` is async; this module owns a small tokio runtime and
-//! offers blocking calls, as the rest of Kiln is synchronous.
+//! The objects live in a `Bucket` (`bucket.rs`: backends, credentials,
+//! and the rule that no message names a credential); this module offers
+//! blocking calls, as the rest of Kiln is synchronous.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use futures::stream::{self, StreamExt, TryStreamExt};
-use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
+use super::bucket::Bucket;
 use super::{ActionRecord, Digest, Output, Store, Tree};
 
 /// Objects transferred at once.
@@ -35,9 +31,7 @@ pub struct Remote {
     pub url: String,
     /// Pull only: never write (untrusted CI jobs such as pull requests).
     pub readonly: bool,
-    store: Arc<dyn ObjectStore>,
-    prefix: ObjectPath,
-    runtime: tokio::runtime::Runtime,
+    bucket: Bucket,
     /// Objects found corrupt during this run: uploaded again even though
     /// they exist.
     corrupt: Mutex<BTreeSet<String>>,
@@ -66,64 +60,19 @@ pub enum Pulled {
 
 impl Remote {
     pub fn open(url: &str, readonly: bool) -> Result<Remote> {
-        let parsed = url::Url::parse(url).with_context(|| {
-            format!("remote cache `{url}` is not a URL (s3://, gs://, file://)")
-        })?;
-        let (store, prefix): (Arc<dyn ObjectStore>, ObjectPath) = match parsed.scheme() {
-            "s3" => {
-                let s = object_store::aws::AmazonS3Builder::from_env()
-                    .with_url(url)
-                    .build()
-                    .with_context(|| format!("remote cache {url}"))?;
-                (Arc::new(s), ObjectPath::from(parsed.path()))
-            }
-            "gs" => {
-                let s = object_store::gcp::GoogleCloudStorageBuilder::from_env()
-                    .with_url(url)
-                    .build()
-                    .with_context(|| format!("remote cache {url}"))?;
-                (Arc::new(s), ObjectPath::from(parsed.path()))
-            }
-            "file" => {
-                let dir = parsed
-                    .to_file_path()
-                    .map_err(|_| anyhow::anyhow!("remote cache `{url}`: not a local path"))?;
-                std::fs::create_dir_all(&dir).with_context(|| {
-                    format!("creating remote cache directory {}", dir.display())
-                })?;
-                let s = object_store::local::LocalFileSystem::new_with_prefix(&dir)
-                    .with_context(|| format!("remote cache {url}"))?;
-                (Arc::new(s), ObjectPath::default())
-            }
-            other => bail!(
-                "remote cache `{url}`: unsupported scheme `{other}` (use s3://, gs:// or file://)"
-            ),
-        };
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .context("starting the remote cache's I/O runtime")?;
         Ok(Remote {
             url: url.to_string(),
             readonly,
-            store,
-            prefix,
-            runtime,
+            bucket: Bucket::open(url, "remote cache")?,
             corrupt: Mutex::new(BTreeSet::new()),
             down: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
-    fn path(&self, name: &str) -> ObjectPath {
-        name.split('/')
-            .fold(self.prefix.clone(), |p, part| p.join(part))
-    }
-
     /// The object's bytes, `None` if it does not exist.
     fn get(&self, name: &str) -> Result<Option<Vec<u8>>> {
-        self.runtime
-            .block_on(fetch(self.store.as_ref(), &self.path(name)))
+        self.bucket
+            .block_on(self.bucket.get(name))
             .with_context(|| format!("reading {name} from the remote cache {}", self.url))
     }
 
@@ -160,14 +109,9 @@ impl Remote {
         }
     }
 
-    /// Whether the cache answers: a listing of its action records (for
-    /// `doctor`; an empty cache answers too).
+    /// Whether the cache answers (for `doctor`; an empty cache answers too).
     pub fn probe(&self) -> Result<()> {
-        let actions = self.path("actions");
-        self.runtime
-            .block_on(self.store.list_with_delimiter(Some(&actions)))
-            .map(|_| ())
-            .with_context(|| format!("listing {actions}"))
+        self.bucket.probe()
     }
 
     /// Remembers `name` as corrupt (the next upload replaces it) and says so.
@@ -240,13 +184,14 @@ impl Remote {
             .filter(|d| !local.has_blob(d))
             .copied()
             .collect();
-        let results: Vec<object_store::Result<Option<Vec<u8>>>> = self.runtime.block_on(
-            stream::iter(wanted.iter().map(|d| {
-                let path = self.path(&format!("blobs/{}", d.hex()));
-                async move { fetch(self.store.as_ref(), &path).await }
-            }))
-            .buffered(PARALLEL)
-            .collect(),
+        let names: Vec<String> = wanted
+            .iter()
+            .map(|d| format!("blobs/{}", d.hex()))
+            .collect();
+        let results: Vec<Result<Option<Vec<u8>>>> = self.bucket.block_on(
+            stream::iter(names.iter().map(|name| self.bucket.get(name)))
+                .buffered(PARALLEL)
+                .collect(),
         );
         for (digest, result) in wanted.iter().zip(results) {
             let name = format!("blobs/{}", digest.hex());
@@ -269,7 +214,7 @@ impl Remote {
             return Ok(());
         }
         let mut blobs: BTreeMap<String, Digest> = BTreeMap::new();
-        let mut trees: Vec<(String, Vec<u8>)> = Vec::new();
+        let mut trees: Vec<(String, Digest, Vec<u8>)> = Vec::new();
         for output in record.outputs.values() {
             match output {
                 Output::File { digest, .. } => {
@@ -280,35 +225,41 @@ impl Remote {
                     for (_, d, _) in tree.files() {
                         blobs.insert(format!("blobs/{}", d.hex()), *d);
                     }
-                    trees.push((format!("trees/{}.json", digest.hex()), tree.to_bytes()));
+                    trees.push((
+                        format!("trees/{}.json", digest.hex()),
+                        *digest,
+                        tree.to_bytes(),
+                    ));
                 }
             }
         }
         let corrupt = self.corrupt.lock().unwrap().clone();
-        let store = self.store.as_ref();
-        self.runtime
+        let bucket = &self.bucket;
+        self.bucket
             .block_on(async {
                 stream::iter(blobs.into_iter().map(|(name, digest)| {
-                    let path = self.path(&name);
                     let overwrite = corrupt.contains(&name);
                     async move {
-                        upload(store, &path, overwrite, || local.read_blob(&digest))
-                            .await
-                            .with_context(|| format!("uploading {name}"))
+                        upload(bucket, &name, &digest, overwrite, || {
+                            local.read_blob(&digest)
+                        })
+                        .await
+                        .with_context(|| format!("uploading {name}"))
                     }
                 }))
                 .buffer_unordered(PARALLEL)
                 .try_collect::<Vec<()>>()
                 .await?;
-                for (name, bytes) in trees {
+                for (name, digest, bytes) in trees {
                     let overwrite = corrupt.contains(&name);
-                    upload(store, &self.path(&name), overwrite, || Ok(bytes))
+                    upload(bucket, &name, &digest, overwrite, || Ok(bytes))
                         .await
                         .with_context(|| format!("uploading {name}"))?;
                 }
                 let name = format!("actions/{}.json", key.hex());
                 let bytes = serde_json::to_vec(record)?;
-                upload(store, &self.path(&name), true, || Ok(bytes))
+                let digest = Digest::of_bytes(&bytes);
+                upload(bucket, &name, &digest, true, || Ok(bytes))
                     .await
                     .with_context(|| format!("uploading {name}"))
             })
@@ -316,29 +267,17 @@ impl Remote {
     }
 }
 
-/// An object's bytes, `None` if it does not exist.
-async fn fetch(
-    store: &dyn ObjectStore,
-    path: &ObjectPath,
-) -> object_store::Result<Option<Vec<u8>>> {
-    match store.get(path).await {
-        Ok(r) => Ok(Some(r.bytes().await?.to_vec())),
-        Err(object_store::Error::NotFound { .. }) => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
-/// Writes `bytes()` at `path` unless an object is already there (the cache
+/// Writes `bytes()` as `name` unless an object is already there (the cache
 /// is content-addressed) or `overwrite` says to replace it.
 async fn upload(
-    store: &dyn ObjectStore,
-    path: &ObjectPath,
+    bucket: &Bucket,
+    name: &str,
+    digest: &Digest,
     overwrite: bool,
     bytes: impl FnOnce() -> Result<Vec<u8>>,
 ) -> Result<()> {
-    if !overwrite && store.head(path).await.is_ok() {
+    if !overwrite && bucket.stat(name).await?.is_some() {
         return Ok(());
     }
-    store.put(path, PutPayload::from(bytes()?)).await?;
-    Ok(())
+    bucket.put(name, bytes()?, digest).await
 }

@@ -223,10 +223,13 @@ impl Destination<'_> {
                 lines.join("\n")
             );
         }
+        // Replacing objects of a version unpublishes it first (below), so
+        // its manifest is then written again even if unchanged.
+        let unpublish = !different.is_empty() && self.prefix != "latest";
         let to_send: Vec<&Object> = objects
             .iter()
             .zip(&states)
-            .filter(|(_, s)| **s != Remote::Same)
+            .filter(|(o, s)| **s != Remote::Same || (unpublish && o.name == MANIFEST))
             .map(|(o, _)| o)
             .collect();
         let outcome = Outcome {
@@ -275,7 +278,7 @@ impl Destination<'_> {
             to_send.into_iter().partition(|o| o.name == MANIFEST);
         // A version being replaced stops being published until its new
         // manifest is written.
-        if !different.is_empty() && self.prefix != "latest" {
+        if unpublish {
             let name = format!("{}/{MANIFEST}", self.prefix);
             self.bucket
                 .block_on(self.bucket.delete(&name))

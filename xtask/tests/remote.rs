@@ -5,10 +5,8 @@
 
 mod common;
 
-use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Command, Output};
-use std::time::{Duration, Instant};
+use std::process::Output;
 
 use common::*;
 
@@ -101,52 +99,15 @@ fn a_read_only_remote_is_never_written() {
     assert_eq!(files(&remote_dir), Vec::<String>::new());
 }
 
-/// moto's S3 server on a free port of 127.0.0.1, stopped on drop.
-struct Moto(Child, u16);
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn moto() -> Option<Moto> {
-    if kiln::tools::find("moto_server").is_none() {
-        println!("SKIPPED: moto_server is not installed (ci/setup installs moto[server] with pip)");
-        return None;
-    }
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new("moto_server")
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let server = Moto(child, port);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "moto_server did not start");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Some(server)
-}
-
 const SECRET: &str = "kiln-test-secret-4f9a";
 
 #[test]
 fn two_builders_share_an_s3_remote_and_no_credential_is_printed() {
-    let Some(server) = moto() else { return };
-    let endpoint = format!("http://127.0.0.1:{}", server.1);
-    let created = reqwest::blocking::Client::new()
-        .put(format!("{endpoint}/kiln-cache"))
-        .send()
-        .unwrap();
-    assert!(created.status().is_success(), "{created:?}");
+    let Some(server) = servers::moto() else {
+        return;
+    };
+    let endpoint = server.endpoint();
+    servers::create_s3_bucket(&server, "kiln-cache");
     let dir = tempfile::tempdir().unwrap();
     let recipes = copy_recipes(dir.path());
     let remote = "s3://kiln-cache/ci";
@@ -213,4 +174,33 @@ fn an_unreachable_remote_is_reported_once_and_the_build_goes_on() {
     );
     assert!(!err.contains(SECRET));
     assert!(dir.path().join("output").join(ARTIFACT).is_file());
+}
+
+#[test]
+fn two_builders_share_a_gcs_remote() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(server) = servers::gcs_emulator(&dir.path().join("gcs"), "kiln-cache", None) else {
+        return;
+    };
+    let recipes = copy_recipes(dir.path());
+    let with_env = |sub: &str| {
+        let out_dir = dir.path().join(sub);
+        let mut cmd = kiln(&recipes, &out_dir.join("output"), &out_dir.join("cache"));
+        cmd.env("STORAGE_EMULATOR_HOST", server.endpoint()).args([
+            "--remote-cache",
+            "gs://kiln-cache/ci",
+            "build",
+            ARTIFACT,
+        ]);
+        let out = run_ok(&mut cmd);
+        (
+            out,
+            std::fs::read(out_dir.join("output").join(ARTIFACT)).unwrap(),
+        )
+    };
+    let (first, bytes_a) = with_env("a");
+    assert!(steps_run(&first) > 0);
+    let (second, bytes_b) = with_env("b");
+    assert_eq!(steps_run(&second), 0, "{}", stderr(&second));
+    assert_eq!(bytes_a, bytes_b);
 }

@@ -146,9 +146,9 @@ impl Bucket {
         let path = self.path(name);
         match &self.backend {
             Backend::Store { store, .. } => match store.get(&path).await {
-                Ok(r) => Ok(Some(r.bytes().await?.to_vec())),
+                Ok(r) => Ok(Some(r.bytes().await.map_err(store_error)?.to_vec())),
                 Err(object_store::Error::NotFound { .. }) => Ok(None),
-                Err(e) => Err(e.into()),
+                Err(e) => Err(store_error(e)),
             },
             Backend::Gcs(g) => g.get(path.as_ref()).await,
         }
@@ -178,7 +178,7 @@ impl Bucket {
                         }))
                     }
                     Err(object_store::Error::NotFound { .. }) => Ok(None),
-                    Err(e) => Err(e.into()),
+                    Err(e) => Err(store_error(e)),
                 }
             }
             Backend::Gcs(g) => g.stat(path.as_ref()).await,
@@ -204,7 +204,8 @@ impl Bucket {
                 };
                 store
                     .put_opts(&path, PutPayload::from(bytes), options)
-                    .await?;
+                    .await
+                    .map_err(store_error)?;
                 Ok(())
             }
             Backend::Gcs(g) => g.put(path.as_ref(), bytes, sha256).await,
@@ -217,7 +218,7 @@ impl Bucket {
         match &self.backend {
             Backend::Store { store, .. } => match store.delete(&path).await {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-                Err(e) => Err(e.into()),
+                Err(e) => Err(store_error(e)),
             },
             Backend::Gcs(g) => g.delete(path.as_ref()).await,
         }
@@ -246,4 +247,16 @@ impl Bucket {
             .await?
             .map(|b| (Digest::of_bytes(&b), b.len() as u64)))
     }
+}
+
+/// An `object_store` error as one line (its sources repeat its own text),
+/// with what to check when the server refused the credentials.
+fn store_error(e: object_store::Error) -> anyhow::Error {
+    let hint = match e {
+        object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. } => {
+            " (the server refused the credentials: check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, and the key's permissions on the bucket)"
+        }
+        _ => "",
+    };
+    anyhow::anyhow!("{}{hint}", e.to_string().trim_end_matches([' ', ':']))
 }

@@ -2,6 +2,8 @@
 //! the repository's recipes and overlays.
 #![allow(dead_code)]
 
+pub mod servers;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

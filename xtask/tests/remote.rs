@@ -83,6 +83,44 @@ fn a_corrupt_remote_blob_is_reported_rebuilt_and_replaced() {
 }
 
 #[test]
+fn a_corrupt_tree_pack_is_reported_and_rebuilt() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipes = copy_recipes(dir.path());
+    let remote_dir = dir.path().join("remote");
+    let remote = format!("file://{}", remote_dir.display());
+    let (_, bytes_a) = build(&recipes, &dir.path().join("a"), &remote, &[]);
+    // Trees (unpacked debs, overlays) travel as one pack each.
+    let packs = files(&remote_dir.join("packs"));
+    assert!(!packs.is_empty());
+    assert!(
+        files(&remote_dir.join("blobs")).len() < 10,
+        "tree files are not single objects"
+    );
+    let pack = remote_dir.join("packs").join(&packs[0]);
+    let good = std::fs::read(&pack).unwrap();
+    let mut damaged = good.clone();
+    let middle = damaged.len() / 2;
+    damaged[middle] ^= 0xff;
+    std::fs::write(&pack, &damaged).unwrap();
+    let (second, bytes_b) = build(&recipes, &dir.path().join("b"), &remote, &[]);
+    let err = stderr(&second);
+    assert!(
+        err.contains(&format!(
+            "packs/{} in the remote cache {remote} is corrupt",
+            packs[0]
+        )),
+        "{err}"
+    );
+    assert!(steps_run(&second) >= 1, "{err}");
+    assert_eq!(bytes_a, bytes_b);
+    assert_eq!(
+        std::fs::read(&pack).unwrap(),
+        good,
+        "the rebuilt pack replaced the bad one"
+    );
+}
+
+#[test]
 fn a_read_only_remote_is_never_written() {
     let dir = tempfile::tempdir().unwrap();
     let recipes = copy_recipes(dir.path());

@@ -105,6 +105,22 @@ pub enum BenchCommand {
     /// stage1's x86_64 iPXE targets, Kiln vs upstream's `make`: cold, after
     /// an embedded-script change, no-op. Needs `--source ipxe=PATH`.
     Ipxe,
+    /// Publish the built output/ to URL twice (first run vs re-run), in a
+    /// fresh prefix under URL.
+    Publish {
+        /// s3://bucket/prefix, gs://bucket/prefix or file:///dir.
+        #[arg(long, value_name = "URL")]
+        to: String,
+    },
+    /// Cold builds of TARGET (empty local store) without a remote cache,
+    /// with an empty one, and with a full one, in a fresh prefix under URL.
+    RemoteCache {
+        /// s3://bucket/prefix, gs://bucket/prefix or file:///dir.
+        #[arg(long, value_name = "URL")]
+        remote: String,
+        #[arg(default_value = "stage2")]
+        target: String,
+    },
     /// Per-host ROMs for a generated inventory: Kiln (one compile + patching)
     /// vs a full `make` per host and ROM model (sampled, scaled to the fleet)
     /// and vs re-linking one tree per host. Needs `--source ipxe=PATH`.
@@ -661,6 +677,11 @@ pub fn bench(s: &Settings, c: &BenchCommand) -> Result<ExitCode> {
             crate::bench::kernel::run(&s.recipes_dir, work.path(), s.jobs)?
         }
         BenchCommand::Ipxe => bench_ipxe(s)?,
+        BenchCommand::Publish { to } => crate::bench::remote::publish(&s.output_dir, to)?,
+        BenchCommand::RemoteCache { remote, target } => {
+            let work = bench_dir("kiln-bench-remote-")?;
+            crate::bench::remote::remote_cache(&s.recipes_dir, work.path(), remote, target, s.jobs)?
+        }
         BenchCommand::Fleet {
             hosts,
             roms,

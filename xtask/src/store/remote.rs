@@ -2,8 +2,12 @@
 //! `file:///dir`), behind the local store: a local miss asks the remote
 //! (read-through), a step built here is offered to it (write-back).
 //!
-//! Layout under the prefix, the local store's own: `blobs/<sha256>`,
-//! `trees/<sha256>.json`, `actions/<key>.json`. Everything read is checked
+//! Layout under the prefix: `blobs/<sha256>` (a step's file outputs),
+//! `trees/<sha256>.json` (tree manifests), `packs/<tree sha256>.zst` (the
+//! tree's distinct blobs in ascending digest order, concatenated and
+//! zstd-compressed: a kernel source or build tree is tens of thousands of
+//! files, and one object per file made a cache hit slower than the build
+//! it saves), `actions/<key>.json`. Everything read is checked
 //! against its digest before the local store takes it; a corrupt or
 //! truncated remote object is reported and treated as a miss (the step is
 //! rebuilt and, unless read-only, its objects uploaded again over the bad
@@ -149,7 +153,9 @@ impl Remote {
                     blobs.insert(*digest);
                 }
                 Output::Tree { digest } if local.has_tree(digest) => {
-                    blobs.extend(local.tree(digest)?.files().map(|(_, d, _)| *d));
+                    if let Err(e) = self.pull_pack(digest, &local.tree(digest)?, local)? {
+                        return Ok(Pulled::Broken(e));
+                    }
                 }
                 Output::Tree { digest } => {
                     let name = format!("trees/{}.json", digest.hex());
@@ -160,7 +166,9 @@ impl Remote {
                     };
                     let tree: Tree = serde_json::from_slice(&bytes)
                         .with_context(|| format!("parsing {name} from {}", self.url))?;
-                    blobs.extend(tree.files().map(|(_, d, _)| *d));
+                    if let Err(e) = self.pull_pack(digest, &tree, local)? {
+                        return Ok(Pulled::Broken(e));
+                    }
                     new_trees.push(tree);
                 }
             }
@@ -173,6 +181,38 @@ impl Remote {
         }
         local.put_action(key, &record)?;
         Ok(Pulled::Hit(record))
+    }
+
+    /// The blobs of `tree` the local store lacks, from the tree's pack,
+    /// each checked by digest. Outer error: local; inner: the pack is
+    /// missing, short or corrupt.
+    fn pull_pack(&self, digest: &Digest, tree: &Tree, local: &Store) -> Result<Result<(), String>> {
+        let sizes = pack_members(tree);
+        if sizes.keys().all(|d| local.has_blob(d)) {
+            return Ok(Ok(()));
+        }
+        let name = format!("packs/{}.zst", digest.hex());
+        let Some(packed) = self.get(&name)? else {
+            return Ok(Err(format!(
+                "{name} is missing from the remote cache {}",
+                self.url
+            )));
+        };
+        let mut reader = match zstd::stream::read::Decoder::new(&packed[..]) {
+            Ok(r) => r,
+            Err(_) => return Ok(Err(self.found_corrupt(&name, &packed))),
+        };
+        for (d, size) in &sizes {
+            let mut bytes = vec![0u8; *size as usize];
+            let read = std::io::Read::read_exact(&mut reader, &mut bytes);
+            if read.is_err() || Digest::of_bytes(&bytes) != *d {
+                return Ok(Err(self.found_corrupt(&name, &packed)));
+            }
+            if !local.has_blob(d) {
+                local.put_bytes(&bytes)?;
+            }
+        }
+        Ok(Ok(()))
     }
 
     /// Fetches the blobs the local store lacks, in parallel, each checked.
@@ -215,6 +255,7 @@ impl Remote {
         }
         let mut blobs: BTreeMap<String, Digest> = BTreeMap::new();
         let mut trees: Vec<(String, Digest, Vec<u8>)> = Vec::new();
+        let mut packs: Vec<(String, Tree)> = Vec::new();
         for output in record.outputs.values() {
             match output {
                 Output::File { digest, .. } => {
@@ -222,14 +263,12 @@ impl Remote {
                 }
                 Output::Tree { digest } => {
                     let tree = local.tree(digest)?;
-                    for (_, d, _) in tree.files() {
-                        blobs.insert(format!("blobs/{}", d.hex()), *d);
-                    }
                     trees.push((
                         format!("trees/{}.json", digest.hex()),
                         *digest,
                         tree.to_bytes(),
                     ));
+                    packs.push((format!("packs/{}.zst", digest.hex()), tree));
                 }
             }
         }
@@ -250,6 +289,12 @@ impl Remote {
                 .buffer_unordered(PARALLEL)
                 .try_collect::<Vec<()>>()
                 .await?;
+                for (name, tree) in packs {
+                    let overwrite = corrupt.contains(&name);
+                    upload_with(bucket, &name, overwrite, || pack(&tree, local))
+                        .await
+                        .with_context(|| format!("uploading {name}"))?;
+                }
                 for (name, digest, bytes) in trees {
                     let overwrite = corrupt.contains(&name);
                     upload(bucket, &name, &digest, overwrite, || Ok(bytes))
@@ -280,4 +325,37 @@ async fn upload(
         return Ok(());
     }
     bucket.put(name, bytes()?, digest).await
+}
+
+/// `upload` of bytes whose digest is known only once made (a pack).
+async fn upload_with(
+    bucket: &Bucket,
+    name: &str,
+    overwrite: bool,
+    bytes: impl FnOnce() -> Result<Vec<u8>>,
+) -> Result<()> {
+    if !overwrite && bucket.stat(name).await?.is_some() {
+        return Ok(());
+    }
+    let bytes = bytes()?;
+    let digest = Digest::of_bytes(&bytes);
+    bucket.put(name, bytes, &digest).await
+}
+
+/// A tree's distinct blobs and their sizes, in the order a pack holds them.
+fn pack_members(tree: &Tree) -> BTreeMap<Digest, u64> {
+    tree.files().map(|(_, d, size)| (*d, size)).collect()
+}
+
+/// A tree's pack: its distinct blobs in ascending digest order,
+/// concatenated, zstd-compressed (level 3, on every core). Only the
+/// blobs' digests and sizes in the tree manifest say where each begins.
+fn pack(tree: &Tree, local: &Store) -> Result<Vec<u8>> {
+    let mut encoder = zstd::stream::Encoder::new(Vec::new(), 3).context("creating zstd encoder")?;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+    encoder.multithread(threads).context("zstd threads")?;
+    for d in pack_members(tree).keys() {
+        std::io::Write::write_all(&mut encoder, &local.read_blob(d)?)?;
+    }
+    encoder.finish().context("finishing a pack")
 }

@@ -37,11 +37,7 @@ fn text(out: &Output) -> String {
 }
 
 fn s3_env(cmd: &mut Command, server: &Server, key: &str, secret: &str) {
-    cmd.env("AWS_ACCESS_KEY_ID", key)
-        .env("AWS_SECRET_ACCESS_KEY", secret)
-        .env("AWS_DEFAULT_REGION", "us-east-1")
-        .env("AWS_ENDPOINT", server.endpoint())
-        .env("AWS_ALLOW_HTTP", "true");
+    servers::s3_env(cmd, &server.endpoint(), key, secret);
 }
 
 /// The sha256 of an object in moto's bucket, read with boto3 (moto keeps
@@ -57,16 +53,7 @@ except s3.exceptions.NoSuchKey:
     sys.exit(0)
 print(hashlib.sha256(body).hexdigest())
 "#;
-    let out = Command::new("python3")
-        .args(["-c", script, &server.endpoint(), bucket, key])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let hex = String::from_utf8(out.stdout).unwrap();
+    let hex = servers::python(script, &[&server.endpoint(), bucket, key]);
     (!hex.trim().is_empty()).then(|| hex.trim().parse().unwrap())
 }
 

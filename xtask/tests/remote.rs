@@ -152,12 +152,8 @@ fn two_builders_share_an_s3_remote_and_no_credential_is_printed() {
     let with_env = |extra: &[&str], sub: &str| {
         let out_dir = dir.path().join(sub);
         let mut cmd = kiln(&recipes, &out_dir.join("output"), &out_dir.join("cache"));
-        cmd.env("AWS_ACCESS_KEY_ID", "kiln-test-key")
-            .env("AWS_SECRET_ACCESS_KEY", SECRET)
-            .env("AWS_DEFAULT_REGION", "us-east-1")
-            .env("AWS_ENDPOINT", &endpoint)
-            .env("AWS_ALLOW_HTTP", "true")
-            .args(["--remote-cache", remote])
+        servers::s3_env(&mut cmd, &endpoint, "kiln-test-key", SECRET);
+        cmd.args(["--remote-cache", remote])
             .args(extra)
             .args(["build", ARTIFACT]);
         let out = run_ok(&mut cmd);
@@ -192,12 +188,8 @@ fn an_unreachable_remote_is_reported_once_and_the_build_goes_on() {
         &dir.path().join("output"),
         &dir.path().join("cache"),
     );
-    cmd.env("AWS_ACCESS_KEY_ID", "kiln-test-key")
-        .env("AWS_SECRET_ACCESS_KEY", SECRET)
-        .env("AWS_DEFAULT_REGION", "us-east-1")
-        .env("AWS_ENDPOINT", "http://127.0.0.1:9")
-        .env("AWS_ALLOW_HTTP", "true")
-        .args(["--remote-cache", "s3://kiln-cache/ci", "build", ARTIFACT]);
+    servers::s3_env(&mut cmd, "http://127.0.0.1:9", "kiln-test-key", SECRET);
+    cmd.args(["--remote-cache", "s3://kiln-cache/ci", "build", ARTIFACT]);
     let out = run_ok(&mut cmd);
     let err = stderr(&out);
     assert_eq!(

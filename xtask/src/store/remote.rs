@@ -279,7 +279,7 @@ impl Remote {
                 stream::iter(blobs.into_iter().map(|(name, digest)| {
                     let overwrite = corrupt.contains(&name);
                     async move {
-                        upload(bucket, &name, &digest, overwrite, || {
+                        upload(bucket, &name, Some(&digest), overwrite, || {
                             local.read_blob(&digest)
                         })
                         .await
@@ -291,20 +291,20 @@ impl Remote {
                 .await?;
                 for (name, tree) in packs {
                     let overwrite = corrupt.contains(&name);
-                    upload_with(bucket, &name, overwrite, || pack(&tree, local))
+                    upload(bucket, &name, None, overwrite, || pack(&tree, local))
                         .await
                         .with_context(|| format!("uploading {name}"))?;
                 }
                 for (name, digest, bytes) in trees {
                     let overwrite = corrupt.contains(&name);
-                    upload(bucket, &name, &digest, overwrite, || Ok(bytes))
+                    upload(bucket, &name, Some(&digest), overwrite, || Ok(bytes))
                         .await
                         .with_context(|| format!("uploading {name}"))?;
                 }
                 let name = format!("actions/{}.json", key.hex());
                 let bytes = serde_json::to_vec(record)?;
                 let digest = Digest::of_bytes(&bytes);
-                upload(bucket, &name, &digest, true, || Ok(bytes))
+                upload(bucket, &name, Some(&digest), true, || Ok(bytes))
                     .await
                     .with_context(|| format!("uploading {name}"))
             })
@@ -313,24 +313,12 @@ impl Remote {
 }
 
 /// Writes `bytes()` as `name` unless an object is already there (the cache
-/// is content-addressed) or `overwrite` says to replace it.
+/// is content-addressed) or `overwrite` says to replace it. `digest` is
+/// the bytes' sha256 when known (else taken from them: a pack).
 async fn upload(
     bucket: &Bucket,
     name: &str,
-    digest: &Digest,
-    overwrite: bool,
-    bytes: impl FnOnce() -> Result<Vec<u8>>,
-) -> Result<()> {
-    if !overwrite && bucket.stat(name).await?.is_some() {
-        return Ok(());
-    }
-    bucket.put(name, bytes()?, digest).await
-}
-
-/// `upload` of bytes whose digest is known only once made (a pack).
-async fn upload_with(
-    bucket: &Bucket,
-    name: &str,
+    digest: Option<&Digest>,
     overwrite: bool,
     bytes: impl FnOnce() -> Result<Vec<u8>>,
 ) -> Result<()> {
@@ -338,7 +326,7 @@ async fn upload_with(
         return Ok(());
     }
     let bytes = bytes()?;
-    let digest = Digest::of_bytes(&bytes);
+    let digest = digest.copied().unwrap_or_else(|| Digest::of_bytes(&bytes));
     bucket.put(name, bytes, &digest).await
 }
 

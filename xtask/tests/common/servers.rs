@@ -106,18 +106,35 @@ s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
 s3.create_bucket(Bucket=bucket)
 print(key["AccessKeyId"], key["SecretAccessKey"])
 "#;
+    let text = python(script, &[&server.endpoint(), bucket]);
+    let (id, secret) = text.trim().split_once(' ').unwrap();
+    Some((server, id.to_string(), secret.to_string()))
+}
+
+/// Points `cmd` at an S3 endpoint with these credentials (the standard
+/// AWS environment object_store reads).
+pub fn s3_env(cmd: &mut Command, endpoint: &str, key: &str, secret: &str) {
+    cmd.env("AWS_ACCESS_KEY_ID", key)
+        .env("AWS_SECRET_ACCESS_KEY", secret)
+        .env("AWS_DEFAULT_REGION", "us-east-1")
+        .env("AWS_ENDPOINT", endpoint)
+        .env("AWS_ALLOW_HTTP", "true");
+}
+
+/// Runs a Python script (boto3 comes with moto) and returns its stdout.
+pub fn python(script: &str, args: &[&str]) -> String {
     let out = Command::new("python3")
-        .args(["-c", script, &server.endpoint(), bucket])
+        .arg("-c")
+        .arg(script)
+        .args(args)
         .output()
         .unwrap();
     assert!(
         out.status.success(),
-        "creating moto's IAM user: {}",
+        "python3: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let text = String::from_utf8(out.stdout).unwrap();
-    let (id, secret) = text.trim().split_once(' ').unwrap();
-    Some((server, id.to_string(), secret.to_string()))
+    String::from_utf8(out.stdout).unwrap()
 }
 
 /// Creates `bucket` on moto (unsigned: moto without auth accepts it).

@@ -97,8 +97,8 @@ pub fn check_version(version: &str) -> Result<()> {
 
 pub fn publish(output_dir: &Path, opts: &Options) -> Result<Report> {
     check_version(&opts.version)?;
-    let objects = local_objects(output_dir)?;
     let bucket = Bucket::open(&opts.to, "publish target")?;
+    let objects = local_objects(output_dir)?;
     let at = |prefix: &str| format!("{}/{prefix}", opts.to.trim_end_matches('/'));
     let version = Destination {
         bucket: &bucket,

@@ -96,6 +96,11 @@ fn a_release_round_trips_through_s3_and_a_rerun_uploads_nothing() {
         "{}",
         text(&again)
     );
+    assert!(
+        text(&again).contains("published 2026.11.24: nothing to upload, 2 already there"),
+        "{}",
+        text(&again)
+    );
     for out in [&first, &again] {
         assert!(!text(out).contains(SECRET));
     }
@@ -174,6 +179,8 @@ fn a_dry_run_says_what_it_would_upload_and_uploads_nothing() {
     let t = text(&dry);
     assert!(t.contains(&format!("would upload {ARTIFACT}")), "{t}");
     assert!(t.contains("would upload manifest.json"), "{t}");
+    assert!(t.contains("dry run, v1: 2 to upload ("), "{t}");
+    assert!(t.contains("; latest: 2 to upload ("), "{t}");
     assert_eq!(files(&bucket), Vec::<String>::new());
 }
 

@@ -49,19 +49,27 @@ pub fn publish(ctx: &Settings, a: &PublishArgs) -> Result<ExitCode> {
         quiet: ctx.quiet,
     };
     let report = publish::publish(&ctx.output_dir, &opts)?;
+    let summary = |o: &crate::publish::Outcome| match (a.dry_run, o.uploaded) {
+        (_, 0) => format!("nothing to upload, {} already there", o.present),
+        (true, n) => format!(
+            "{n} to upload ({}), {} already there",
+            human_bytes(o.uploaded_bytes),
+            o.present
+        ),
+        (false, n) => format!(
+            "{n} uploaded ({}), {} already there",
+            human_bytes(o.uploaded_bytes),
+            o.present
+        ),
+    };
     let mut line = format!(
-        "{} {}: {} uploaded ({}), {} already there",
+        "{} {}: {}",
         if a.dry_run { "dry run," } else { "published" },
         a.version,
-        report.version.uploaded,
-        human_bytes(report.version.uploaded_bytes),
-        report.version.present
+        summary(&report.version)
     );
     if let Some(l) = &report.latest {
-        line.push_str(&format!(
-            "; latest: {} uploaded, {} already there",
-            l.uploaded, l.present
-        ));
+        line.push_str(&format!("; latest: {}", summary(l)));
     }
     println!("{line}");
     Ok(ExitCode::SUCCESS)

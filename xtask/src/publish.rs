@@ -15,9 +15,13 @@
 //!   unpublished while its objects are replaced), then writes it last.
 //! - `--latest` then brings `<prefix>/latest/` to the same bytes, objects
 //!   first and `latest/manifest.json` last. `latest/` is an alias that
-//!   moves: its differing objects are replaced without `--overwrite`.
+//!   moves: its differing objects are replaced without `--overwrite`, and,
+//!   as for an overwritten version, its manifest is removed before the
+//!   first of them, so no reader pairs the old manifest with new bytes.
 //!   Objects of an older release that the new manifest does not name are
 //!   left in `latest/` (the manifest is what names a release).
+//! - One publisher per version at a time: two jobs publishing the same
+//!   version at once can interleave (object stores have no rename).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -223,9 +227,9 @@ impl Destination<'_> {
                 lines.join("\n")
             );
         }
-        // Replacing objects of a version unpublishes it first (below), so
-        // its manifest is then written again even if unchanged.
-        let unpublish = !different.is_empty() && self.prefix != "latest";
+        // Replacing objects unpublishes the version (or latest/) first
+        // (below), so its manifest is then written again even if unchanged.
+        let unpublish = !different.is_empty();
         let to_send: Vec<&Object> = objects
             .iter()
             .zip(&states)
@@ -276,8 +280,8 @@ impl Destination<'_> {
         }
         let (manifest, rest): (Vec<&Object>, Vec<&Object>) =
             to_send.into_iter().partition(|o| o.name == MANIFEST);
-        // A version being replaced stops being published until its new
-        // manifest is written.
+        // A version (or latest/) being replaced stops being published until
+        // its new manifest is written.
         if unpublish {
             let name = format!("{}/{MANIFEST}", self.prefix);
             self.bucket

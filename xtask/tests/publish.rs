@@ -14,6 +14,7 @@ use kiln::store::Digest;
 
 const ARTIFACT: &str = "stage2/stage2_initramfs.cpio.gz";
 const SECRET: &str = "kiln-publish-secret-7c1e";
+const TOKEN: &str = "kiln-session-token-19ad";
 
 /// Builds `ARTIFACT` into `<dir>/output` (shared cache) and returns that.
 fn built(dir: &Path) -> PathBuf {
@@ -140,7 +141,7 @@ fn different_bytes_are_refused_before_anything_is_uploaded_unless_overwrite() {
     let bucket = dir.path().join("bucket");
     let to = format!("file://{}", bucket.display());
     run_ok(&mut publish(&out, &to, "v1", &[]));
-    // Someone changed an object of the release, and another is missing.
+    // Someone changed an object of the release.
     let artifact = bucket.join("v1").join(ARTIFACT);
     std::fs::write(&artifact, b"not the initramfs").unwrap();
     let manifest_before = std::fs::read(bucket.join("v1/manifest.json")).unwrap();
@@ -260,6 +261,16 @@ fn wrong_credentials_are_a_clear_error_and_nothing_is_published() {
     assert!(err.contains("the server refused the credentials"), "{err}");
     assert!(err.contains("s3://kiln-releases/epoxy/v1/"), "{err}");
     assert!(!err.contains(SECRET) && !err.contains(&secret), "{err}");
+    // A session token the server does not know: refused, and not echoed.
+    let mut token = publish(&out, to, "v1", &[]);
+    s3_env(&mut token, &server, &key, &secret);
+    token.env("AWS_SESSION_TOKEN", TOKEN);
+    let err = run_err(&mut token);
+    assert!(
+        err.contains("s3://kiln-releases/epoxy/v1/") && err.contains("status code: 4"),
+        "{err}"
+    );
+    assert!(!err.contains(TOKEN) && !err.contains(&secret), "{err}");
     // Nothing was written: the right key finds an empty version and uploads all.
     let mut right = publish(&out, to, "v1", &[]);
     s3_env(&mut right, &server, &key, &secret);

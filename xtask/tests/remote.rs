@@ -234,3 +234,32 @@ fn two_builders_share_a_gcs_remote() {
     assert_eq!(steps_run(&second), 0, "{}", stderr(&second));
     assert_eq!(bytes_a, bytes_b);
 }
+
+#[test]
+fn doctor_reports_a_bucket_that_does_not_exist() {
+    let Some(server) = servers::moto() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let doctor = |bucket: &str| {
+        let mut cmd = kiln(
+            &copy_recipes(dir.path()),
+            &dir.path().join("o"),
+            &dir.path().join("c"),
+        );
+        servers::s3_env(&mut cmd, &server.endpoint(), "kiln-test-key", SECRET);
+        cmd.args(["--remote-cache", &format!("s3://{bucket}/ci"), "doctor"]);
+        String::from_utf8(cmd.output().unwrap().stdout).unwrap()
+    };
+    servers::create_s3_bucket(&server, "kiln-cache");
+    let present = doctor("kiln-cache");
+    assert!(
+        present.contains("remote:  s3://kiln-cache/ci reachable"),
+        "{present}"
+    );
+    let missing = doctor("no-such-bucket");
+    assert!(
+        missing.contains("remote:  s3://no-such-bucket/ci NOT reachable"),
+        "{missing}"
+    );
+}

@@ -26,7 +26,8 @@ pub struct PublishArgs {
     /// The release name: the directory under the prefix (e.g. 2026.11.24 or v1.2.0).
     #[arg(long, value_name = "V")]
     version: String,
-    /// Then bring <URL>/latest/ to the same bytes (objects first, its manifest.json last).
+    /// Then bring <URL>/latest/ to the same bytes (its manifest.json is removed
+    /// while objects change, and written last).
     #[arg(long)]
     latest: bool,
     /// Compare with the bucket and say what would be uploaded; upload nothing.

@@ -58,7 +58,8 @@ pub struct Bucket {
     /// As given, for messages (`s3://bucket/prefix`).
     pub url: String,
     backend: Backend,
-    prefix: ObjectPath,
+    /// The URL's path, decoded, without leading or trailing `/`.
+    prefix: String,
     runtime: tokio::runtime::Runtime,
 }
 
@@ -74,11 +75,15 @@ impl Bucket {
     pub fn open(url: &str, what: &str) -> Result<Bucket> {
         let parsed = url::Url::parse(url)
             .with_context(|| format!("{what} `{url}` is not a URL (s3://, gs://, file://)"))?;
-        let prefix = ObjectPath::from(parsed.path());
+        let prefix = percent_encoding::percent_decode_str(parsed.path())
+            .decode_utf8()
+            .with_context(|| format!("{what} `{url}`: the path is not UTF-8"))?
+            .trim_matches('/')
+            .to_string();
         let backend = match parsed.scheme() {
             "s3" => Backend::Store {
                 store: Arc::new(
-                    object_store::aws::AmazonS3Builder::from_env()
+                    with_timeouts(object_store::aws::AmazonS3Builder::from_env())
                         .with_url(url)
                         .build()
                         .with_context(|| format!("{what} {url}"))?,
@@ -106,7 +111,7 @@ impl Bucket {
                         store: Arc::new(store),
                         metadata: false,
                     },
-                    ObjectPath::default(),
+                    String::new(),
                 );
             }
             other => {
@@ -116,7 +121,7 @@ impl Bucket {
         Bucket::with(url, backend, prefix)
     }
 
-    fn with(url: &str, backend: Backend, prefix: ObjectPath) -> Result<Bucket> {
+    fn with(url: &str, backend: Backend, prefix: String) -> Result<Bucket> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -135,10 +140,18 @@ impl Bucket {
         self.runtime.block_on(f)
     }
 
-    /// The object path of `name` (`a/b`) under the URL's prefix.
+    /// The object name of `name` (`a/b`) under the URL's prefix.
+    fn key(&self, name: &str) -> String {
+        if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}/{name}", self.prefix)
+        }
+    }
+
+    /// `key` as an `object_store` path.
     fn path(&self, name: &str) -> ObjectPath {
-        name.split('/')
-            .fold(self.prefix.clone(), |p, part| p.join(part))
+        ObjectPath::from(self.key(name))
     }
 
     /// The object's bytes, `None` if it does not exist.
@@ -150,7 +163,7 @@ impl Bucket {
                 Err(object_store::Error::NotFound { .. }) => Ok(None),
                 Err(e) => Err(store_error(e)),
             },
-            Backend::Gcs(g) => g.get(path.as_ref()).await,
+            Backend::Gcs(g) => g.get(&self.key(name)).await,
         }
     }
 
@@ -181,7 +194,7 @@ impl Bucket {
                     Err(e) => Err(store_error(e)),
                 }
             }
-            Backend::Gcs(g) => g.stat(path.as_ref()).await,
+            Backend::Gcs(g) => g.stat(&self.key(name)).await,
         }
     }
 
@@ -208,7 +221,7 @@ impl Bucket {
                     .map_err(store_error)?;
                 Ok(())
             }
-            Backend::Gcs(g) => g.put(path.as_ref(), bytes, sha256).await,
+            Backend::Gcs(g) => g.put(&self.key(name), bytes, sha256).await,
         }
     }
 
@@ -220,16 +233,25 @@ impl Bucket {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
                 Err(e) => Err(store_error(e)),
             },
-            Backend::Gcs(g) => g.delete(path.as_ref()).await,
+            Backend::Gcs(g) => g.delete(&self.key(name)).await,
         }
     }
 
     /// Whether the bucket answers with these credentials: a read of an
     /// object that need not exist (absent is an answer too).
     pub fn probe(&self) -> Result<()> {
-        self.block_on(self.stat(".kiln-probe"))
-            .map(|_| ())
-            .with_context(|| format!("reaching {}", self.url))
+        let answer = match &self.backend {
+            // A listing fails for a bucket that does not exist, where a
+            // missing object's 404 would not tell the two apart.
+            Backend::Store { store, .. } => {
+                let prefix = ObjectPath::from(self.prefix.as_str());
+                self.block_on(store.list_with_delimiter(Some(&prefix)))
+                    .map(|_| ())
+                    .map_err(store_error)
+            }
+            Backend::Gcs(g) => self.block_on(g.probe()),
+        };
+        answer.with_context(|| format!("reaching {}", self.url))
     }
 
     /// The digest of an existing object: the recorded one, else (a backend
@@ -250,7 +272,10 @@ impl Bucket {
 }
 
 /// An `object_store` error as one line (its sources repeat its own text),
-/// with what to check when the server refused the credentials.
+/// with what to check when the server refused the credentials. The
+/// server's response body is cut off, keeping only its S3 `<Code>`: a
+/// `SignatureDoesNotMatch` body echoes the canonical request, which can
+/// carry a session token.
 fn store_error(e: object_store::Error) -> anyhow::Error {
     let hint = match e {
         object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. } => {
@@ -258,5 +283,55 @@ fn store_error(e: object_store::Error) -> anyhow::Error {
         }
         _ => "",
     };
-    anyhow::anyhow!("{}{hint}", e.to_string().trim_end_matches([' ', ':']))
+    anyhow::anyhow!("{}{hint}", without_body(&e.to_string()))
+}
+
+/// `… status code: 403 Forbidden: <Error><Code>X</Code>…` → `… status code:
+/// 403 Forbidden (X)`.
+fn without_body(text: &str) -> String {
+    const STATUS: &str = "status code: ";
+    let Some(at) = text.find(STATUS) else {
+        return text.trim_end_matches([' ', ':']).to_string();
+    };
+    let rest = &text[at + STATUS.len()..];
+    let (status, body) = rest.split_once(':').unwrap_or((rest, ""));
+    let code = body
+        .split_once("<Code>")
+        .and_then(|(_, c)| c.split_once("</Code>"))
+        .map(|(c, _)| format!(" ({c})"))
+        .unwrap_or_default();
+    format!("{}{}{code}", &text[..at + STATUS.len()], status.trim())
+}
+
+/// Timeouts for `object_store`'s HTTP client: its default of 30 s for a
+/// whole request is too short for a large ISO or pack on an ordinary link;
+/// a stalled transfer still fails after 2 minutes without data. (Set as
+/// config keys: `with_client_options` would drop the options the builder
+/// read from the environment, such as `AWS_ALLOW_HTTP`.)
+fn with_timeouts(b: object_store::aws::AmazonS3Builder) -> object_store::aws::AmazonS3Builder {
+    use object_store::aws::AmazonS3ConfigKey::Client;
+    use object_store::ClientConfigKey::{ConnectTimeout, ReadTimeout, Timeout};
+    b.with_config(Client(ConnectTimeout), "10s")
+        .with_config(Client(ReadTimeout), "120s")
+        .with_config(Client(Timeout), "1800s")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_server_response_body_never_reaches_a_message() {
+        let text = "Error performing HEAD http://h/b/k in 5ms - Server returned non-2xx status code: 403 Forbidden: <Error><Code>SignatureDoesNotMatch</Code><CanonicalRequest>x-amz-security-token:SECRET</CanonicalRequest></Error>";
+        let short = without_body(text);
+        assert!(
+            short.ends_with("status code: 403 Forbidden (SignatureDoesNotMatch)"),
+            "{short}"
+        );
+        assert!(!short.contains("SECRET"));
+        assert_eq!(
+            without_body("Object at location x not found: "),
+            "Object at location x not found"
+        );
+    }
 }

@@ -49,6 +49,8 @@ impl Gcs {
         };
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
+            // A stalled transfer fails (and is retried) instead of hanging.
+            .read_timeout(Duration::from_secs(120))
             .build()
             .context("starting an HTTP client")?;
         Ok(Gcs {
@@ -89,7 +91,9 @@ impl Gcs {
             let transient = match request.send().await {
                 Ok(r) if r.status() == reqwest::StatusCode::NOT_FOUND => return Ok(None),
                 Ok(r) if r.status().is_success() => return Ok(Some(r)),
-                Ok(r) if r.status().is_server_error() || r.status().as_u16() == 429 => {
+                Ok(r)
+                    if r.status().is_server_error() || matches!(r.status().as_u16(), 408 | 429) =>
+                {
                     format!("HTTP {}", r.status())
                 }
                 Ok(r) => {
@@ -147,6 +151,16 @@ impl Gcs {
             .as_str()
             .and_then(|s| s.parse::<Digest>().ok());
         Ok(Some(Stat { size, sha256 }))
+    }
+
+    /// Whether the bucket exists and these credentials may read it.
+    pub async fn probe(&self) -> Result<()> {
+        let url = format!("{}/storage/v1/b/{}", self.base, encode(&self.bucket));
+        let what = format!("bucket {}", self.bucket);
+        match self.send(&what, || self.http.get(&url)).await? {
+            Some(_) => Ok(()),
+            None => bail!("the bucket `{}` does not exist", self.bucket),
+        }
     }
 
     /// Removes the object (absent already is fine).

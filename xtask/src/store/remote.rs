@@ -11,8 +11,10 @@
 //! against its digest before the local store takes it; a corrupt or
 //! truncated remote object is reported and treated as a miss (the step is
 //! rebuilt and, unless read-only, its objects uploaded again over the bad
-//! ones). Writing goes blobs, then trees, then the action record last, so a
-//! reader never finds a record whose objects are missing.
+//! ones). Writing goes blobs, then packs, then tree manifests, then the
+//! action record last, so a reader never finds a record whose objects are
+//! missing. A cache written before packs existed has none: its tree steps
+//! are reported as broken, rebuilt and their packs uploaded.
 //!
 //! The objects live in a `Bucket` (`bucket.rs`: backends, credentials,
 //! and the rule that no message names a credential); this module offers

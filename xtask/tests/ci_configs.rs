@@ -81,6 +81,53 @@ fn both_pipelines_run_the_readme_test_command_build_check_and_publish_on_tags() 
     );
 }
 
+/// The targets of every `cargo xtask … build TARGET…` in `text` (shell
+/// continuation lines joined).
+fn build_targets(text: &str) -> Vec<Vec<String>> {
+    let joined = text.replace("\\\n", " ");
+    joined
+        .lines()
+        .filter_map(|l| {
+            l.split_once("cargo xtask")?
+                .1
+                .split_once(" build")?
+                .1
+                .into()
+        })
+        .map(|rest: &str| {
+            rest.split(['&', ';', '|'])
+                .next()
+                .unwrap_or("")
+                .split_whitespace()
+                .map(str::to_string)
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn every_build_in_the_pipelines_names_targets_that_plan() {
+    for file in [WORKFLOW, CLOUDBUILD] {
+        let text = std::fs::read_to_string(workspace().join(file)).unwrap();
+        let builds = build_targets(&text);
+        assert!(builds.len() >= 2, "{file}: {builds:?}");
+        for targets in builds {
+            assert!(
+                !targets.is_empty(),
+                "{file}: `cargo xtask build` with no target"
+            );
+            let dir = tempfile::tempdir().unwrap();
+            let mut plan = kiln(
+                &workspace().join("recipes"),
+                &dir.path().join("o"),
+                &shared_cache(),
+            );
+            plan.arg("plan").args(&targets);
+            run_ok(&mut plan);
+        }
+    }
+}
+
 #[test]
 fn the_github_workflow_passes_actionlint_and_a_broken_one_does_not() {
     let Some((ok, text)) = actionlint(&workspace().join(WORKFLOW)) else {

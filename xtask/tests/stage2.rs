@@ -107,6 +107,44 @@ fn corrupt_store_blob_is_detected_and_rebuilt() {
 }
 
 #[test]
+fn a_tree_blob_lost_from_the_store_fails_once_then_is_rebuilt() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipes = copy_recipes(dir.path());
+    let (out, cache) = (dir.path().join("output"), dir.path().join("cache"));
+    run_ok(kiln(&recipes, &out, &cache).args(["build", INITRAMFS]));
+    // busybox, a file of the unpacked deb's tree, is lost from the store.
+    let hex = std::fs::read_dir(cache.join("v1/trees"))
+        .unwrap()
+        .find_map(|e| {
+            let text = std::fs::read_to_string(e.unwrap().path()).unwrap();
+            let tree: serde_json::Value = serde_json::from_str(&text).unwrap();
+            let entries = tree["entries"].as_array().unwrap().clone();
+            entries
+                .into_iter()
+                .find(|e| e["path"] == "bin/busybox")
+                .map(|e| e["digest"].as_str().unwrap().to_string())
+        })
+        .expect("a tree with bin/busybox");
+    std::fs::remove_file(cache.join("v1/blobs").join(&hex[..2]).join(&hex)).unwrap();
+    // A lookup does not read tree blobs; the image step, run again for an
+    // overlay change, does: it fails once, naming what it dropped...
+    edit(
+        &dir.path().join("overlays/stage2/init"),
+        "#!/bin/sh",
+        "#!/bin/sh\n# changed",
+    );
+    let err = run_err(kiln(&recipes, &out, &cache).args(["build", INITRAMFS]));
+    assert!(
+        err.contains(&format!("store blob {} is missing", &hex[..12]))
+            && err.contains("tree record(s) naming it were removed"),
+        "{err}"
+    );
+    // ...and the next build unpacks the deb again and succeeds.
+    run_ok(kiln(&recipes, &out, &cache).args(["build", INITRAMFS]));
+    assert!(cache.join("v1/blobs").join(&hex[..2]).join(&hex).is_file());
+}
+
+#[test]
 fn build_killed_mid_step_leaves_last_good_output_and_a_usable_store() {
     let dir = tempfile::tempdir().unwrap();
     let recipes = copy_recipes(dir.path());

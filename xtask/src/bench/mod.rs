@@ -9,6 +9,7 @@ pub mod fleet;
 pub mod ipxe;
 pub mod kernel;
 pub mod modules;
+pub mod noop;
 pub mod remote;
 
 use std::fmt::Write as _;

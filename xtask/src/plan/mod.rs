@@ -519,7 +519,7 @@ impl<'a> Builder<'a> {
         for (i, dir) in ir.overlays.iter().enumerate() {
             let digest = self
                 .store
-                .put_tree_with(dir, Modes::GitLike)
+                .put_local_tree(dir, Modes::GitLike)
                 .with_context(|| format!("hashing overlay {}", dir.display()))?;
             inputs.insert(
                 format!("overlay.{i}"),
@@ -653,10 +653,10 @@ impl<'a> Builder<'a> {
             .with_context(|| format!("{} does not exist", path.display()))?;
         if meta.is_dir() {
             Ok(Output::Tree {
-                digest: self.store.put_tree_with(path, Modes::GitLike)?,
+                digest: self.store.put_local_tree(path, Modes::GitLike)?,
             })
         } else {
-            let (digest, size) = self.store.put_file(path)?;
+            let (digest, size) = self.store.put_local_file(path)?;
             Ok(Output::File { digest, size })
         }
     }

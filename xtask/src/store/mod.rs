@@ -4,6 +4,9 @@
 //! Every write goes to `tmp/` first and is renamed into place, so a killed
 //! process never leaves a partial entry; every read of a blob verifies its
 //! digest, and a corrupt entry is reported, removed and treated as a miss.
+//! Looking a step up is cheap (a file output's blob exists with its size, a
+//! tree's manifest exists): a blob found missing or corrupt when read also
+//! drops the tree manifests naming it, so the next build remakes them.
 //!
 //! Layout (`v1/` so a future format can live beside it):
 //! ```text
@@ -12,6 +15,7 @@
 //! actions/<64 hex>.json     step key -> outputs, plus the key's components
 //! last/<64 hex>.json        the key components a step identity last had
 //! locks/                    per-key build locks; `store.lock` for gc
+//! stat/<64 hex>.json        stat caches of local inputs and output/ (`statcache`)
 //! tmp/                      staging for atomic writes and step scratch dirs
 //! ```
 //! Locks use `std::fs::File::lock` (flock), stable since Rust 1.89, so the
@@ -21,6 +25,7 @@ pub mod bucket;
 mod digest;
 mod gcs;
 pub mod remote;
+mod statcache;
 mod tree;
 
 use std::collections::BTreeMap;
@@ -33,6 +38,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 pub use digest::Digest;
+pub use statcache::StatCache;
 pub use tree::{Tree, TreeEntry, TreeKind};
 
 /// What a step produced: named outputs, each a file or a tree.
@@ -181,18 +187,46 @@ impl Store {
     }
 
     /// The path of a blob after checking its digest. Callers only read it.
+    /// A missing or corrupt blob also drops the tree manifests that name
+    /// it, so the steps that made them run again next time (a lookup only
+    /// checks that a tree's manifest exists: see `check_outputs`).
     pub fn verified_blob(&self, d: &Digest) -> Result<PathBuf> {
         let path = self.blob_path(d);
         if !path.is_file() {
+            let dropped = self.forget_trees_naming(d);
             bail!(
-                "store blob {} is missing from {}",
+                "store blob {} is missing from {}{}",
                 d.short(),
-                self.root.display()
+                self.root.display(),
+                if dropped > 0 {
+                    format!("; the {dropped} tree record(s) naming it were removed, so the next build makes it again")
+                } else {
+                    String::new()
+                }
             );
         }
         let (actual, _) = Digest::of_file(&path)?;
+        if actual != *d {
+            self.forget_trees_naming(d);
+        }
         check_digest(&path, d, actual)?;
         Ok(path)
+    }
+
+    /// Removes every tree manifest that names blob `d`; how many. Only on
+    /// the error path: it reads every manifest.
+    fn forget_trees_naming(&self, d: &Digest) -> usize {
+        let hex = d.hex();
+        let Ok(paths) = list_files(&self.root.join("trees")) else {
+            return 0;
+        };
+        paths
+            .iter()
+            .filter(|p| {
+                fs::read(p).is_ok_and(|b| b.windows(hex.len()).any(|w| w == hex.as_bytes()))
+            })
+            .filter(|p| fs::remove_file(p).is_ok())
+            .count()
     }
 
     pub fn read_blob(&self, d: &Digest) -> Result<Vec<u8>> {
@@ -224,6 +258,41 @@ impl Store {
         self.record_tree(dir, modes, false)
     }
 
+    /// Records a local input (an overlay, a `--source` tree) as a tree,
+    /// re-hashing only the files whose size, mtime or inode changed since
+    /// the last time (`statcache`).
+    pub fn put_local_tree(&self, dir: &Path, modes: Modes) -> Result<Digest> {
+        let mut stat = statcache::StatCache::load(&self.root.join("stat"), dir);
+        let digest = self.walk_tree(dir, modes, |rel, path, meta| {
+            if let Some(hit) = stat.lookup(rel, meta) {
+                if self.has_blob(&hit.0) {
+                    stat.record(rel, meta, hit.0);
+                    return Ok(hit);
+                }
+            }
+            let (digest, size) = self.put_file(path)?;
+            stat.record(rel, meta, digest);
+            Ok((digest, size))
+        })?;
+        stat.save();
+        Ok(digest)
+    }
+
+    /// `put_file` for a local input file, with the stat cache.
+    pub fn put_local_file(&self, path: &Path) -> Result<(Digest, u64)> {
+        let mut stat = statcache::StatCache::load(&self.root.join("stat"), path);
+        let meta = path
+            .metadata()
+            .with_context(|| format!("stat {}", path.display()))?;
+        let found = match stat.lookup("", &meta) {
+            Some(hit) if self.has_blob(&hit.0) => hit,
+            _ => self.put_file(path)?,
+        };
+        stat.record("", &meta, found.0);
+        stat.save();
+        Ok(found)
+    }
+
     /// Records a step's scratch directory as a tree, moving its files into
     /// the store instead of copying them (the directory is consumed). For
     /// large outputs such as an unpacked kernel source or a compiled tree.
@@ -237,6 +306,23 @@ impl Store {
     }
 
     fn record_tree(&self, dir: &Path, modes: Modes, consume: bool) -> Result<Digest> {
+        self.walk_tree(dir, modes, |_, path, _| {
+            if consume {
+                self.move_file(path)
+            } else {
+                self.put_file(path)
+            }
+        })
+    }
+
+    /// Records the tree at `dir`, storing each regular file with `store`
+    /// (given its relative path, path and metadata).
+    fn walk_tree(
+        &self,
+        dir: &Path,
+        modes: Modes,
+        mut store: impl FnMut(&str, &Path, &fs::Metadata) -> Result<(Digest, u64)>,
+    ) -> Result<Digest> {
         let mut entries = Vec::new();
         let skip_vcs = modes == Modes::GitLike;
         for entry in walkdir::WalkDir::new(dir)
@@ -260,11 +346,7 @@ impl Store {
             } else if meta.is_dir() {
                 TreeKind::Dir { mode }
             } else if meta.is_file() {
-                let (digest, size) = if consume {
-                    self.move_file(entry.path())?
-                } else {
-                    self.put_file(entry.path())?
-                };
+                let (digest, size) = store(&rel, entry.path(), &meta)?;
                 TreeKind::File { digest, size, mode }
             } else {
                 bail!(
@@ -459,26 +541,49 @@ impl Store {
         Ok(Some(record))
     }
 
+    /// Whether a record's outputs are still in the store, cheaply: a file
+    /// output's blob exists with its size, a tree's manifest exists (the
+    /// store writes a manifest only after every blob it names, and `gc`
+    /// removes no blob a kept manifest names). Contents are verified when
+    /// read (`verified_blob`), which also drops the manifests of a blob
+    /// found missing or corrupt. Hashing every output here made a no-op
+    /// build hash every cached kernel and ISO.
     fn check_outputs(&self, record: &ActionRecord) -> Result<()> {
         for output in record.outputs.values() {
             match output {
-                Output::File { digest, .. } => {
-                    self.verified_blob(digest)?;
-                }
-                Output::Tree { digest } => {
-                    for (_, d, _) in self.tree(digest)?.files() {
-                        if !self.has_blob(d) {
+                Output::File { digest, size } => {
+                    let path = self.blob_path(digest);
+                    match fs::metadata(&path) {
+                        Ok(m) if m.len() == *size => {}
+                        Ok(m) => {
+                            let _ = fs::remove_file(&path);
                             bail!(
-                                "store blob {} of tree {} is missing",
-                                d.short(),
-                                digest.short()
+                                "corrupt store entry {}: expected {size} bytes, found {}; it has been removed and will be rebuilt",
+                                path.display(),
+                                m.len()
                             );
                         }
+                        Err(_) => bail!(
+                            "store blob {} is missing from {}",
+                            digest.short(),
+                            self.root.display()
+                        ),
                     }
                 }
+                Output::Tree { digest } if self.has_tree(digest) => {}
+                Output::Tree { digest } => bail!(
+                    "store tree {} is missing from {}",
+                    digest.short(),
+                    self.root.display()
+                ),
             }
         }
         Ok(())
+    }
+
+    /// The stat cache of a local directory (e.g. `output/`): see `statcache`.
+    pub fn stat_cache(&self, root: &Path) -> StatCache {
+        StatCache::load(&self.root.join("stat"), root)
     }
 
     /// Remembers the key components `identity` (a step's stable name) had

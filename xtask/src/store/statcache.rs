@@ -1,0 +1,175 @@
+//! A stat cache for local inputs (overlays, `--source` trees and files), as
+//! git's index and cargo's fingerprints keep one: per file, the size,
+//! modification time and inode it had when it was last hashed, and the
+//! digest. A file whose three still match is not read again, so a no-op
+//! build does not hash an iPXE checkout or an overlay.
+//!
+//! The blind spot is the same as theirs: a file rewritten in place with the
+//! same size and its old mtime restored is not noticed (`touch` it). The
+//! "racy" case is handled as git does: an entry is only trusted if the file
+//! was last modified at least `RACY` before the cache was saved, since a
+//! write within the clock's granularity of the hash would keep the mtime.
+//!
+//! One JSON file per root under `stat/` in the store, named by the sha256
+//! of the root's absolute path; written through a temp file and a rename.
+//! `KILN_STAT_CACHE=off` ignores it (every file hashed: `bench noop`).
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::Digest;
+
+/// How much older than the cache's save a file must be to be trusted.
+const RACY_NS: i128 = 2_000_000_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct Entry {
+    size: u64,
+    mtime_ns: i128,
+    ino: u64,
+    digest: Digest,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Saved {
+    /// Wall-clock nanoseconds when the cache was saved (local metadata,
+    /// never part of a key or an artifact).
+    saved_ns: i128,
+    files: BTreeMap<String, Entry>,
+}
+
+pub struct StatCache {
+    file: Option<PathBuf>,
+    old: Saved,
+    new: BTreeMap<String, Entry>,
+}
+
+fn mtime_ns(meta: &std::fs::Metadata) -> i128 {
+    i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec())
+}
+
+fn now_ns() -> i128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i128)
+        .unwrap_or_default()
+}
+
+impl StatCache {
+    /// The cache for the local input at `root`, kept under `dir`.
+    pub fn load(dir: &Path, root: &Path) -> StatCache {
+        if std::env::var("KILN_STAT_CACHE").is_ok_and(|v| v == "off") {
+            return StatCache {
+                file: None,
+                old: Saved::default(),
+                new: BTreeMap::new(),
+            };
+        }
+        let abs = std::path::absolute(root).unwrap_or_else(|_| root.to_path_buf());
+        let name = Digest::of_bytes(abs.as_os_str().as_encoded_bytes()).hex();
+        let file = dir.join(format!("{name}.json"));
+        let old = std::fs::read(&file)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        StatCache {
+            file: Some(file),
+            old,
+            new: BTreeMap::new(),
+        }
+    }
+
+    /// The digest recorded for `rel` if the file still has the size, mtime
+    /// and inode it had then, and was not modified just before the save.
+    pub fn lookup(&self, rel: &str, meta: &std::fs::Metadata) -> Option<(Digest, u64)> {
+        let e = self.old.files.get(rel)?;
+        let fresh = e.size == meta.len()
+            && e.mtime_ns == mtime_ns(meta)
+            && e.ino == meta.ino()
+            && e.mtime_ns < self.old.saved_ns - RACY_NS;
+        fresh.then_some((e.digest, e.size))
+    }
+
+    /// Records what `rel` hashed to (kept by `save`, with the entries of
+    /// earlier runs this one did not look at).
+    pub fn record(&mut self, rel: &str, meta: &std::fs::Metadata, digest: Digest) {
+        self.new.insert(
+            rel.to_string(),
+            Entry {
+                size: meta.len(),
+                mtime_ns: mtime_ns(meta),
+                ino: meta.ino(),
+                digest,
+            },
+        );
+    }
+
+    /// Writes the recorded entries (temp file + rename). A failure only
+    /// costs re-hashing next time, so it is not an error.
+    pub fn save(self) {
+        let Some(file) = self.file else { return };
+        // Entries that were too fresh to trust at the last save become
+        // trusted by a later one.
+        let racy = self
+            .new
+            .values()
+            .any(|e| e.mtime_ns >= self.old.saved_ns - RACY_NS);
+        let mut files = self.old.files.clone();
+        files.extend(self.new);
+        if files == self.old.files && !racy {
+            return;
+        }
+        let saved = Saved {
+            saved_ns: now_ns(),
+            files,
+        };
+        let Some(dir) = file.parent() else { return };
+        let _ = std::fs::create_dir_all(dir);
+        if let Ok(tmp) = tempfile::NamedTempFile::new_in(dir) {
+            if serde_json::to_writer(tmp.as_file(), &saved).is_ok() {
+                let _ = tmp.persist(&file);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_modified_just_before_the_save_is_hashed_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f");
+        std::fs::write(&file, b"x").unwrap();
+        let meta = file.metadata().unwrap();
+        let digest = Digest::of_bytes(b"x");
+        let entry = |saved_ns| StatCache {
+            file: None,
+            old: Saved {
+                saved_ns,
+                files: BTreeMap::from([(
+                    "f".to_string(),
+                    Entry {
+                        size: 1,
+                        mtime_ns: mtime_ns(&meta),
+                        ino: meta.ino(),
+                        digest,
+                    },
+                )]),
+            },
+            new: BTreeMap::new(),
+        };
+        // Saved in the same second as the write: racy, not trusted.
+        assert_eq!(entry(mtime_ns(&meta) + 1).lookup("f", &meta), None);
+        // Saved well after: trusted.
+        let later = mtime_ns(&meta) + 10 * RACY_NS;
+        assert_eq!(entry(later).lookup("f", &meta), Some((digest, 1)));
+        // Another size or inode: not trusted.
+        std::fs::write(&file, b"xy").unwrap();
+        assert_eq!(entry(later).lookup("f", &file.metadata().unwrap()), None);
+    }
+}

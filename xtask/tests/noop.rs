@@ -1,0 +1,88 @@
+//! No-op builds and local inputs: an overlay file whose size, mtime and
+//! inode are unchanged is not read again (the stat cache), and one that
+//! changed is.
+
+mod common;
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use common::*;
+
+const ARTIFACT: &str = "stage2/stage2_initramfs.cpio.gz";
+
+/// Writes `tag` then `byte` repeated to `size` bytes into the file, in
+/// place (same inode), then sets its mtime to `mtime`.
+fn rewrite(path: &Path, tag: &[u8], byte: u8, size: usize, mtime: SystemTime) {
+    let mut data = vec![byte; size];
+    data[..tag.len()].copy_from_slice(tag);
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .unwrap();
+    f.write_all(&data).unwrap();
+    f.set_modified(mtime).unwrap();
+}
+
+fn build(recipes: &Path, dir: &Path) -> (usize, Vec<u8>) {
+    let out = dir.join("output");
+    let run = run_ok(kiln(recipes, &out, &shared_cache()).args(["build", ARTIFACT]));
+    let text =
+        String::from_utf8_lossy(&run.stderr).into_owned() + &String::from_utf8_lossy(&run.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("built "))
+        .unwrap_or_else(|| panic!("{text}"));
+    let ran = line
+        .split(", ")
+        .find(|p| p.ends_with(" run"))
+        .unwrap()
+        .trim_end_matches(" run");
+    (
+        ran.parse().unwrap(),
+        std::fs::read(out.join(ARTIFACT)).unwrap(),
+    )
+}
+
+#[test]
+fn an_unchanged_overlay_file_is_not_read_again_and_a_touched_one_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipes = copy_recipes(dir.path());
+    let big = dir.path().join("overlays/stage2/etc/kiln-big.bin");
+    let size = 8 << 20;
+    let then = SystemTime::UNIX_EPOCH + Duration::from_secs(1_600_000_000);
+    // Contents no earlier run had, so the shared cache cannot answer.
+    let tag = format!("{:?}", SystemTime::now()).into_bytes();
+    rewrite(&big, &tag, b'a', size, then);
+    let (ran, first) = build(&recipes, dir.path());
+    assert!(ran >= 1);
+    assert_eq!(build(&recipes, dir.path()).0, 0, "nothing changed");
+    // Other bytes, same size, inode and mtime: the stat cache trusts the
+    // file without reading it (as git and cargo do), so nothing rebuilds.
+    rewrite(&big, &tag, b'b', size, then);
+    let (ran, same) = build(&recipes, dir.path());
+    assert_eq!(ran, 0, "the file's contents were read");
+    assert_eq!(same, first);
+    // A new mtime: the file is hashed again and the image rebuilt with it.
+    File::options()
+        .write(true)
+        .open(&big)
+        .unwrap()
+        .set_modified(SystemTime::now() - Duration::from_secs(60))
+        .unwrap();
+    let (ran, changed) = build(&recipes, dir.path());
+    assert!(ran >= 1);
+    assert_ne!(changed, first);
+    // And with the stat cache off every file is hashed: the same image.
+    let mut off = kiln(&recipes, &dir.path().join("off"), &shared_cache());
+    off.env("KILN_STAT_CACHE", "off").args(["build", ARTIFACT]);
+    run_ok(&mut off);
+    assert_eq!(
+        std::fs::read(dir.path().join("off").join(ARTIFACT)).unwrap(),
+        changed
+    );
+}

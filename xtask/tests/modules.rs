@@ -228,3 +228,37 @@ fn two_runs_of_the_modules_step_in_different_scratch_dirs_are_identical() {
     let (first, second) = (run(&step, &inputs), run(&step, &inputs));
     assert_eq!(first, second, "the modules step is not deterministic");
 }
+
+#[test]
+fn a_module_lost_from_the_store_fails_once_then_the_kernel_tree_is_unpacked_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipes = copy_recipes(dir.path());
+    let (out, cache) = (dir.path().join("output"), dir.path().join("cache"));
+    run_ok(kiln(&recipes, &out, &cache).args(["build", ARCHIVE]));
+    // A module file of the unpacked linux-image tree is lost from the store.
+    let hex = std::fs::read_dir(cache.join("v1/trees"))
+        .unwrap()
+        .find_map(|e| {
+            let text = std::fs::read_to_string(e.unwrap().path()).unwrap();
+            let tree: serde_json::Value = serde_json::from_str(&text).unwrap();
+            let entries = tree["entries"].as_array().unwrap().clone();
+            entries
+                .into_iter()
+                .find(|e| e["path"].as_str().unwrap().ends_with("/virtio_net.ko"))
+                .map(|e| e["digest"].as_str().unwrap().to_string())
+        })
+        .expect("a tree with virtio_net.ko");
+    std::fs::remove_file(cache.join("v1/blobs").join(&hex[..2]).join(&hex)).unwrap();
+    // The modules step runs again (another module list) and links the
+    // tree unread: the lost file fails that build, naming what it dropped…
+    edit(&recipes.join("modules.toml"), "    \"e1000\",\n", "");
+    let err = run_err(kiln(&recipes, &out, &cache).args(["build", ARCHIVE]));
+    assert!(
+        err.contains(&format!("store blob {} is missing", &hex[..12]))
+            && err.contains("tree record(s) naming it were removed"),
+        "{err}"
+    );
+    // …and the next build unpacks the deb again.
+    run_ok(kiln(&recipes, &out, &cache).args(["build", ARCHIVE]));
+    assert!(cache.join("v1/blobs").join(&hex[..2]).join(&hex).is_file());
+}

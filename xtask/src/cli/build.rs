@@ -334,15 +334,22 @@ fn install_artifacts(
             _ => bail!("step for {} produced no file `{}`", spec.name, spec.output),
         };
         let dest = s.output_dir.join(&spec.name);
-        let known = dest
-            .metadata()
-            .ok()
-            .and_then(|m| in_place.lookup(&spec.name, &m));
-        if known.map(|(d, _)| d) != Some(digest) && !already_in_place(&dest, &digest) {
+        // Stat before hashing: an edit during the hash changes the stat,
+        // so what is recorded never vouches for bytes that were not hashed.
+        let before = dest.metadata().ok();
+        let known = before.as_ref().and_then(|m| in_place.lookup(&spec.name, m));
+        if known.map(|(d, _)| d) == Some(digest) || already_in_place(&dest, &digest) {
+            let after = dest.metadata().ok();
+            if let (Some(b), Some(a)) = (&before, &after) {
+                if same_file_state(b, a) {
+                    in_place.record(&spec.name, a, digest);
+                }
+            }
+        } else {
             sess.store.copy_blob_to(&digest, &dest, 0o644)?;
-        }
-        if let Ok(m) = dest.metadata() {
-            in_place.record(&spec.name, &m, digest);
+            if let Ok(m) = dest.metadata() {
+                in_place.record(&spec.name, &m, digest);
+            }
         }
         artifacts.push(Artifact {
             name: spec.name.clone(),
@@ -427,6 +434,15 @@ fn with_facts(
         (d, None) => d,
         (_, f) => f.clone(),
     }
+}
+
+/// Size, mtime and inode unchanged between two stats.
+fn same_file_state(a: &std::fs::Metadata, b: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    a.len() == b.len()
+        && a.mtime() == b.mtime()
+        && a.mtime_nsec() == b.mtime_nsec()
+        && a.ino() == b.ino()
 }
 
 fn already_in_place(dest: &Path, digest: &Digest) -> bool {

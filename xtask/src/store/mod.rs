@@ -213,6 +213,17 @@ impl Store {
         Ok(path)
     }
 
+    /// The path of a blob that must exist (read unverified by its caller):
+    /// a missing one fails like `verified_blob`, dropping the trees naming it.
+    fn present_blob(&self, d: &Digest) -> Result<PathBuf> {
+        let path = self.blob_path(d);
+        if path.is_file() {
+            Ok(path)
+        } else {
+            self.verified_blob(d)
+        }
+    }
+
     /// Removes every tree manifest that names blob `d`; how many. Only on
     /// the error path: it reads every manifest.
     fn forget_trees_naming(&self, d: &Digest) -> usize {
@@ -262,7 +273,7 @@ impl Store {
     /// re-hashing only the files whose size, mtime or inode changed since
     /// the last time (`statcache`).
     pub fn put_local_tree(&self, dir: &Path, modes: Modes) -> Result<Digest> {
-        let mut stat = statcache::StatCache::load(&self.root.join("stat"), dir);
+        let mut stat = StatCache::load(&self.root, dir);
         let digest = self.walk_tree(dir, modes, |rel, path, meta| {
             if let Some(hit) = stat.lookup(rel, meta) {
                 if self.has_blob(&hit.0) {
@@ -280,7 +291,7 @@ impl Store {
 
     /// `put_file` for a local input file, with the stat cache.
     pub fn put_local_file(&self, path: &Path) -> Result<(Digest, u64)> {
-        let mut stat = statcache::StatCache::load(&self.root.join("stat"), path);
+        let mut stat = StatCache::load(&self.root, path);
         let meta = path
             .metadata()
             .with_context(|| format!("stat {}", path.display()))?;
@@ -464,7 +475,7 @@ impl Store {
                 TreeKind::File { digest, .. } => {
                     let src = match verify {
                         Verify::Now => self.verified_blob(digest)?,
-                        Verify::Later => self.blob_path(digest),
+                        Verify::Later => self.present_blob(digest)?,
                     };
                     // Never write through an existing name: it may be a link to a blob.
                     let _ = fs::remove_file(&path);
@@ -557,6 +568,7 @@ impl Store {
                         Ok(m) if m.len() == *size => {}
                         Ok(m) => {
                             let _ = fs::remove_file(&path);
+                            self.forget_trees_naming(digest);
                             bail!(
                                 "corrupt store entry {}: expected {size} bytes, found {}; it has been removed and will be rebuilt",
                                 path.display(),
@@ -583,7 +595,7 @@ impl Store {
 
     /// The stat cache of a local directory (e.g. `output/`): see `statcache`.
     pub fn stat_cache(&self, root: &Path) -> StatCache {
-        StatCache::load(&self.root.join("stat"), root)
+        StatCache::load(&self.root, root)
     }
 
     /// Remembers the key components `identity` (a step's stable name) had

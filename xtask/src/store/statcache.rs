@@ -1,17 +1,19 @@
-//! A stat cache for local inputs (overlays, `--source` trees and files), as
-//! git's index and cargo's fingerprints keep one: per file, the size,
-//! modification time and inode it had when it was last hashed, and the
-//! digest. A file whose three still match is not read again, so a no-op
+//! A stat cache for local inputs (overlays, `--source` trees and files) and
+//! installed artifacts, as cargo's fingerprints and git's index keep one:
+//! per file, the size, modification time and inode it had when it was last
+//! hashed, and the digest. A file whose three still match is not read again, so a no-op
 //! build does not hash an iPXE checkout or an overlay.
 //!
-//! The blind spot is the same as theirs: a file rewritten in place with the
-//! same size and its old mtime restored is not noticed (`touch` it). The
-//! "racy" case is handled as git does: an entry is only trusted if the file
-//! was last modified at least `RACY` before the cache was saved, since a
-//! write within the clock's granularity of the hash would keep the mtime.
+//! The blind spot is cargo's: a file rewritten in place with the same size
+//! and its old mtime restored is not noticed (`touch` it; git would also
+//! compare the ctime). The "racy" case is handled as git does: an entry is
+//! only trusted if the file was last modified at least `RACY_NS` before the
+//! run that recorded it began, since a write within the clock's granularity
+//! of the hash would keep the mtime.
 //!
 //! One JSON file per root under `stat/` in the store, named by the sha256
-//! of the root's absolute path; written through a temp file and a rename.
+//! of the root's absolute path; written through a temp file in the store's
+//! `tmp/` and a rename.
 //! `KILN_STAT_CACHE=off` ignores it (every file hashed: `bench noop`).
 
 use std::collections::BTreeMap;
@@ -22,7 +24,8 @@ use serde::{Deserialize, Serialize};
 
 use super::Digest;
 
-/// How much older than the cache's save a file must be to be trusted.
+/// How much older than the recording run's start a file must be to be
+/// trusted.
 const RACY_NS: i128 = 2_000_000_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,14 +38,18 @@ struct Entry {
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Saved {
-    /// Wall-clock nanoseconds when the cache was saved (local metadata,
-    /// never part of a key or an artifact).
+    /// Wall-clock nanoseconds when the run that saved it began, before it
+    /// looked at any file (local metadata, never part of a key or an
+    /// artifact).
     saved_ns: i128,
     files: BTreeMap<String, Entry>,
 }
 
 pub struct StatCache {
     file: Option<PathBuf>,
+    tmp: PathBuf,
+    /// When this run began, before any file was looked at.
+    started_ns: i128,
     old: Saved,
     new: BTreeMap<String, Entry>,
 }
@@ -59,27 +66,38 @@ fn now_ns() -> i128 {
 }
 
 impl StatCache {
-    /// The cache for the local input at `root`, kept under `dir`.
-    pub fn load(dir: &Path, root: &Path) -> StatCache {
+    /// The cache for the local input at `root`, kept in the store at
+    /// `store_root` (`stat/`, staged in `tmp/`).
+    pub fn load(store_root: &Path, root: &Path) -> StatCache {
+        let started_ns = now_ns();
+        let tmp = store_root.join("tmp");
         if std::env::var("KILN_STAT_CACHE").is_ok_and(|v| v == "off") {
             return StatCache {
                 file: None,
+                tmp,
+                started_ns,
                 old: Saved::default(),
                 new: BTreeMap::new(),
             };
         }
         let abs = std::path::absolute(root).unwrap_or_else(|_| root.to_path_buf());
         let name = Digest::of_bytes(abs.as_os_str().as_encoded_bytes()).hex();
-        let file = dir.join(format!("{name}.json"));
+        let file = store_root.join("stat").join(format!("{name}.json"));
         let old = std::fs::read(&file)
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default();
         StatCache {
             file: Some(file),
+            tmp,
+            started_ns,
             old,
             new: BTreeMap::new(),
         }
+    }
+
+    fn trusted(e: &Entry, saved_ns: i128) -> bool {
+        e.mtime_ns < saved_ns - RACY_NS
     }
 
     /// The digest recorded for `rel` if the file still has the size, mtime
@@ -89,7 +107,7 @@ impl StatCache {
         let fresh = e.size == meta.len()
             && e.mtime_ns == mtime_ns(meta)
             && e.ino == meta.ino()
-            && e.mtime_ns < self.old.saved_ns - RACY_NS;
+            && StatCache::trusted(e, self.old.saved_ns);
         fresh.then_some((e.digest, e.size))
     }
 
@@ -107,28 +125,34 @@ impl StatCache {
         );
     }
 
-    /// Writes the recorded entries (temp file + rename). A failure only
-    /// costs re-hashing next time, so it is not an error.
+    /// Writes the recorded entries (temp file + rename), with the earlier
+    /// entries this run did not look at that were already trusted (a racy
+    /// one is dropped: this run's start time must not vouch for it). A
+    /// failure only costs re-hashing next time, so it is not an error.
     pub fn save(self) {
         let Some(file) = self.file else { return };
-        // Entries that were too fresh to trust at the last save become
-        // trusted by a later one.
-        let racy = self
-            .new
-            .values()
-            .any(|e| e.mtime_ns >= self.old.saved_ns - RACY_NS);
-        let mut files = self.old.files.clone();
+        let old_saved = self.old.saved_ns;
+        // Entries too fresh to trust at the last save become trusted by a
+        // later run that hashed them again.
+        let racy = self.new.values().any(|e| !StatCache::trusted(e, old_saved));
+        let mut files: BTreeMap<String, Entry> = self
+            .old
+            .files
+            .iter()
+            .filter(|(_, e)| StatCache::trusted(e, old_saved))
+            .map(|(k, e)| (k.clone(), *e))
+            .collect();
         files.extend(self.new);
         if files == self.old.files && !racy {
             return;
         }
         let saved = Saved {
-            saved_ns: now_ns(),
+            saved_ns: self.started_ns,
             files,
         };
         let Some(dir) = file.parent() else { return };
         let _ = std::fs::create_dir_all(dir);
-        if let Ok(tmp) = tempfile::NamedTempFile::new_in(dir) {
+        if let Ok(tmp) = tempfile::NamedTempFile::new_in(&self.tmp) {
             if serde_json::to_writer(tmp.as_file(), &saved).is_ok() {
                 let _ = tmp.persist(&file);
             }
@@ -149,6 +173,8 @@ mod tests {
         let digest = Digest::of_bytes(b"x");
         let entry = |saved_ns| StatCache {
             file: None,
+            tmp: PathBuf::new(),
+            started_ns: 0,
             old: Saved {
                 saved_ns,
                 files: BTreeMap::from([(

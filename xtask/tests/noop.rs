@@ -31,21 +31,7 @@ fn rewrite(path: &Path, tag: &[u8], byte: u8, size: usize, mtime: SystemTime) {
 fn build(recipes: &Path, dir: &Path) -> (usize, Vec<u8>) {
     let out = dir.join("output");
     let run = run_ok(kiln(recipes, &out, &shared_cache()).args(["build", ARTIFACT]));
-    let text =
-        String::from_utf8_lossy(&run.stderr).into_owned() + &String::from_utf8_lossy(&run.stdout);
-    let line = text
-        .lines()
-        .find(|l| l.starts_with("built "))
-        .unwrap_or_else(|| panic!("{text}"));
-    let ran = line
-        .split(", ")
-        .find(|p| p.ends_with(" run"))
-        .unwrap()
-        .trim_end_matches(" run");
-    (
-        ran.parse().unwrap(),
-        std::fs::read(out.join(ARTIFACT)).unwrap(),
-    )
+    (steps_run(&run), std::fs::read(out.join(ARTIFACT)).unwrap())
 }
 
 #[test]
@@ -85,4 +71,25 @@ fn an_unchanged_overlay_file_is_not_read_again_and_a_touched_one_is() {
         std::fs::read(dir.path().join("off").join(ARTIFACT)).unwrap(),
         changed
     );
+}
+
+#[test]
+fn gc_removes_the_stat_caches_of_directories_that_are_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipes = copy_recipes(dir.path());
+    let cache = dir.path().join("cache");
+    let out = dir.path().join("output");
+    run_ok(kiln(&recipes, &out, &cache).args(["build", ARTIFACT]));
+    // One per local input (the overlay among them) and one for output/.
+    let stat = || files(&cache.join("v1/stat")).len();
+    let before = stat();
+    assert!(before >= 2, "{before}");
+    let gc = || {
+        let run = run_ok(kiln(&recipes, &out, &cache).arg("gc"));
+        String::from_utf8(run.stdout).unwrap()
+    };
+    assert!(gc().contains(", 0 stat caches,"));
+    std::fs::remove_dir_all(dir.path().join("overlays/stage2")).unwrap();
+    assert!(gc().contains(", 1 stat caches,"));
+    assert_eq!(stat(), before - 1);
 }

@@ -28,17 +28,6 @@ fn build(recipes: &Path, dir: &Path, remote: &str, extra: &[&str]) -> (Output, V
     (result, bytes)
 }
 
-/// "N steps, R run, C cached" from the build summary: R.
-fn steps_run(out: &Output) -> usize {
-    let text = stderr(out) + &String::from_utf8_lossy(&out.stdout);
-    let line = text
-        .lines()
-        .find(|l| l.starts_with("built "))
-        .unwrap_or_else(|| panic!("no summary in:\n{text}"));
-    let run = line.split(", ").find(|p| p.ends_with(" run")).unwrap();
-    run.trim_end_matches(" run").parse().unwrap()
-}
-
 #[test]
 fn a_second_builder_takes_everything_from_a_file_remote() {
     let dir = tempfile::tempdir().unwrap();

@@ -1,4 +1,5 @@
-//! `gc`: drop store entries that no kept action record references.
+//! `gc`: drop store entries that no kept action record references, and
+//! stat caches of directories that are gone.
 
 use std::process::ExitCode;
 
@@ -22,8 +23,8 @@ pub fn gc(s: &Settings, a: &GcArgs) -> Result<ExitCode> {
         .keep_days
         .map(|d| std::time::Duration::from_secs(d * 86_400)))?;
     println!(
-        "removed {} action records, {} trees, {} blobs, {} scratch dirs: freed {}; the store now holds {}",
-        report.actions, report.trees, report.blobs, report.scratch, human(report.freed), human(report.kept)
+        "removed {} action records, {} trees, {} blobs, {} stat caches, {} scratch dirs: freed {}; the store now holds {}",
+        report.actions, report.trees, report.blobs, report.stat, report.scratch, human(report.freed), human(report.kept)
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -108,7 +108,7 @@ pub struct Store {
 impl Store {
     pub fn open(cache_dir: &Path) -> Result<Store> {
         let root = cache_dir.join("v1");
-        for sub in ["blobs", "trees", "actions", "last", "locks", "tmp"] {
+        for sub in ["blobs", "trees", "actions", "last", "locks", "stat", "tmp"] {
             let dir = root.join(sub);
             fs::create_dir_all(&dir)
                 .with_context(|| format!("creating cache directory {}", dir.display()))?;
@@ -674,14 +674,17 @@ pub struct GcReport {
     pub trees: usize,
     pub blobs: usize,
     pub scratch: usize,
+    /// Stat caches of local directories that no longer exist.
+    pub stat: usize,
     pub freed: u64,
     pub kept: u64,
 }
 
 impl Store {
     /// Removes action records older than `max_age` (when given), then every
-    /// tree and blob that no remaining record reaches, and leftover scratch
-    /// directories of killed builds. Holds the store-wide lock exclusively.
+    /// tree and blob that no remaining record reaches, stat caches of
+    /// directories that are gone, and leftover scratch directories of
+    /// killed builds. Holds the store-wide lock exclusively.
     pub fn gc(&self, max_age: Option<std::time::Duration>) -> Result<GcReport> {
         // flock converts this handle's shared lock: waits for other builds.
         self.lock.lock().context("locking the store for gc")?;
@@ -732,6 +735,11 @@ impl Store {
                 } else {
                     report.blobs += remove(&path, &mut report.freed);
                 }
+            }
+        }
+        if let Ok(paths) = list_files(&self.root.join("stat")) {
+            for path in paths.iter().filter(|p| statcache::is_stale(p)) {
+                report.stat += remove(path, &mut report.freed);
             }
         }
         for path in list_files(&self.root.join("tmp"))? {

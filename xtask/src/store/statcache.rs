@@ -38,6 +38,10 @@ struct Entry {
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Saved {
+    /// The root this cache describes (for `gc`: a cache whose root is gone
+    /// is removed).
+    #[serde(default)]
+    root: Option<PathBuf>,
     /// Wall-clock nanoseconds when the run that saved it began, before it
     /// looked at any file (local metadata, never part of a key or an
     /// artifact).
@@ -47,11 +51,21 @@ struct Saved {
 
 pub struct StatCache {
     file: Option<PathBuf>,
+    root: PathBuf,
     tmp: PathBuf,
     /// When this run began, before any file was looked at.
     started_ns: i128,
     old: Saved,
     new: BTreeMap<String, Entry>,
+}
+
+/// Whether the stat cache file at `path` describes a root that no longer
+/// exists (or cannot be read): `gc` removes it.
+pub fn is_stale(path: &Path) -> bool {
+    let saved: Option<Saved> = std::fs::read(path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    !saved.and_then(|s| s.root).is_some_and(|r| r.exists())
 }
 
 fn mtime_ns(meta: &std::fs::Metadata) -> i128 {
@@ -74,6 +88,7 @@ impl StatCache {
         if std::env::var("KILN_STAT_CACHE").is_ok_and(|v| v == "off") {
             return StatCache {
                 file: None,
+                root: root.to_path_buf(),
                 tmp,
                 started_ns,
                 old: Saved::default(),
@@ -89,6 +104,7 @@ impl StatCache {
             .unwrap_or_default();
         StatCache {
             file: Some(file),
+            root: abs,
             tmp,
             started_ns,
             old,
@@ -147,6 +163,7 @@ impl StatCache {
             return;
         }
         let saved = Saved {
+            root: Some(self.root),
             saved_ns: self.started_ns,
             files,
         };
@@ -173,9 +190,11 @@ mod tests {
         let digest = Digest::of_bytes(b"x");
         let entry = |saved_ns| StatCache {
             file: None,
+            root: PathBuf::new(),
             tmp: PathBuf::new(),
             started_ns: 0,
             old: Saved {
+                root: None,
                 saved_ns,
                 files: BTreeMap::from([(
                     "f".to_string(),

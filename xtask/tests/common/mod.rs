@@ -157,3 +157,15 @@ pub fn archive_entries(path: &Path) -> Vec<kiln::archive::ReadEntry> {
     let bytes = std::fs::read(path).unwrap();
     kiln::archive::read_archive(&kiln::archive::decompress_all(&bytes).unwrap()).unwrap()
 }
+
+/// R from the build summary "built …: N steps, R run, C cached; …".
+pub fn steps_run(out: &Output) -> usize {
+    let text =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("built "))
+        .unwrap_or_else(|| panic!("no build summary in:\n{text}"));
+    let run = line.split(", ").find(|p| p.ends_with(" run")).unwrap();
+    run.trim_end_matches(" run").parse().unwrap()
+}

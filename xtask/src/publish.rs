@@ -74,7 +74,6 @@ pub struct Outcome {
     pub uploaded: usize,
     pub uploaded_bytes: u64,
     pub present: usize,
-    pub replaced: usize,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -240,7 +239,6 @@ impl Destination<'_> {
             uploaded: to_send.len(),
             uploaded_bytes: to_send.iter().map(|o| o.size).sum(),
             present: objects.len() - to_send.len(),
-            replaced: different.len(),
         };
         let say = |line: String| {
             if !opts.quiet {
@@ -312,8 +310,8 @@ impl Destination<'_> {
                     .with_context(|| format!("checking {}/{}", self.shown, o.name))?;
                 Ok::<_, anyhow::Error>(match found {
                     None => Remote::Missing,
-                    Some((d, _)) if d == o.sha256 => Remote::Same,
-                    Some((d, _)) => Remote::Different(d),
+                    Some(d) if d == o.sha256 => Remote::Same,
+                    Some(d) => Remote::Different(d),
                 })
             }))
             .buffered(jobs.max(1))

@@ -236,19 +236,7 @@ fn a_module_lost_from_the_store_fails_once_then_the_kernel_tree_is_unpacked_agai
     let (out, cache) = (dir.path().join("output"), dir.path().join("cache"));
     run_ok(kiln(&recipes, &out, &cache).args(["build", ARCHIVE]));
     // A module file of the unpacked linux-image tree is lost from the store.
-    let hex = std::fs::read_dir(cache.join("v1/trees"))
-        .unwrap()
-        .find_map(|e| {
-            let text = std::fs::read_to_string(e.unwrap().path()).unwrap();
-            let tree: serde_json::Value = serde_json::from_str(&text).unwrap();
-            let entries = tree["entries"].as_array().unwrap().clone();
-            entries
-                .into_iter()
-                .find(|e| e["path"].as_str().unwrap().ends_with("/virtio_net.ko"))
-                .map(|e| e["digest"].as_str().unwrap().to_string())
-        })
-        .expect("a tree with virtio_net.ko");
-    std::fs::remove_file(cache.join("v1/blobs").join(&hex[..2]).join(&hex)).unwrap();
+    let hex = lose_tree_blob(&cache, |path| path.ends_with("/virtio_net.ko"));
     // The modules step runs again (another module list) and links the
     // tree unread: the lost file fails that build, naming what it dropped…
     edit(&recipes.join("modules.toml"), "    \"e1000\",\n", "");
@@ -260,5 +248,5 @@ fn a_module_lost_from_the_store_fails_once_then_the_kernel_tree_is_unpacked_agai
     );
     // …and the next build unpacks the deb again.
     run_ok(kiln(&recipes, &out, &cache).args(["build", ARCHIVE]));
-    assert!(cache.join("v1/blobs").join(&hex[..2]).join(&hex).is_file());
+    assert!(blob_file(&cache, &hex).is_file());
 }

@@ -75,7 +75,7 @@ fn checksum_mismatch_names_the_source_and_stores_nothing() {
         err.contains(&format!("expected sha256 {bad}")) && err.contains(&format!("got {good}")),
         "{err}"
     );
-    let blob = cache.join("v1/blobs").join(&good[..2]).join(good);
+    let blob = blob_file(&cache, good);
     assert!(!blob.exists(), "the mismatching download was stored");
     assert!(!out.join(INITRAMFS).exists());
 }
@@ -88,7 +88,7 @@ fn corrupt_store_blob_is_detected_and_rebuilt() {
     run_ok(kiln(&recipes, &out, &cache).args(["build", INITRAMFS]));
     let good = std::fs::read(out.join(INITRAMFS)).unwrap();
     let hex = kiln::store::Digest::of_bytes(&good).hex();
-    let blob = cache.join("v1/blobs").join(&hex[..2]).join(&hex);
+    let blob = blob_file(&cache, &hex);
     std::fs::remove_file(&blob).unwrap();
     std::fs::write(&blob, b"not an initramfs").unwrap();
     std::fs::remove_file(out.join(INITRAMFS)).unwrap();
@@ -113,19 +113,7 @@ fn a_tree_blob_lost_from_the_store_fails_once_then_is_rebuilt() {
     let (out, cache) = (dir.path().join("output"), dir.path().join("cache"));
     run_ok(kiln(&recipes, &out, &cache).args(["build", INITRAMFS]));
     // busybox, a file of the unpacked deb's tree, is lost from the store.
-    let hex = std::fs::read_dir(cache.join("v1/trees"))
-        .unwrap()
-        .find_map(|e| {
-            let text = std::fs::read_to_string(e.unwrap().path()).unwrap();
-            let tree: serde_json::Value = serde_json::from_str(&text).unwrap();
-            let entries = tree["entries"].as_array().unwrap().clone();
-            entries
-                .into_iter()
-                .find(|e| e["path"] == "bin/busybox")
-                .map(|e| e["digest"].as_str().unwrap().to_string())
-        })
-        .expect("a tree with bin/busybox");
-    std::fs::remove_file(cache.join("v1/blobs").join(&hex[..2]).join(&hex)).unwrap();
+    let hex = lose_tree_blob(&cache, |path| path == "bin/busybox");
     // A lookup does not read tree blobs; the image step, run again for an
     // overlay change, does: it fails once, naming what it dropped...
     edit(
@@ -141,7 +129,7 @@ fn a_tree_blob_lost_from_the_store_fails_once_then_is_rebuilt() {
     );
     // ...and the next build unpacks the deb again and succeeds.
     run_ok(kiln(&recipes, &out, &cache).args(["build", INITRAMFS]));
-    assert!(cache.join("v1/blobs").join(&hex[..2]).join(&hex).is_file());
+    assert!(blob_file(&cache, &hex).is_file());
 }
 
 #[test]

@@ -59,6 +59,26 @@ pub fn shell(
     })
 }
 
+/// This executable, to time Kiln itself as an operator runs it.
+pub fn xtask() -> Result<Command> {
+    let exe = std::env::current_exe().context("finding the xtask executable")?;
+    Ok(Command::new(exe))
+}
+
+/// Runs `cmd` to completion, returning the seconds it took; fails with its
+/// stderr.
+pub fn time_run(what: &str, mut cmd: Command) -> Result<f64> {
+    let start = Instant::now();
+    let out = cmd.output().with_context(|| format!("running {what}"))?;
+    let seconds = start.elapsed().as_secs_f64();
+    ensure!(
+        out.status.success(),
+        "{what} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(seconds)
+}
+
 pub fn size_of(path: &Path) -> Result<u64> {
     Ok(std::fs::metadata(path)
         .with_context(|| format!("stat {}", path.display()))?

@@ -7,10 +7,8 @@
 
 use std::fmt::Write as _;
 use std::path::Path;
-use std::process::Command;
-use std::time::Instant;
 
-use anyhow::{ensure, Context, Result};
+use anyhow::Result;
 
 const RUNS: usize = 7;
 
@@ -23,8 +21,7 @@ pub struct Setup<'a> {
 }
 
 fn build(s: &Setup, stat_cache: bool) -> Result<f64> {
-    let exe = std::env::current_exe().context("finding the xtask executable")?;
-    let mut cmd = Command::new(exe);
+    let mut cmd = super::xtask()?;
     cmd.arg("--recipes")
         .arg(s.recipes)
         .arg("--cache")
@@ -40,15 +37,7 @@ fn build(s: &Setup, stat_cache: bool) -> Result<f64> {
     if !stat_cache {
         cmd.env("KILN_STAT_CACHE", "off");
     }
-    let start = Instant::now();
-    let out = cmd.output().context("running xtask build")?;
-    let seconds = start.elapsed().as_secs_f64();
-    ensure!(
-        out.status.success(),
-        "xtask build failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(seconds)
+    super::time_run("xtask build", cmd)
 }
 
 /// Minimum and median of `RUNS` timings.

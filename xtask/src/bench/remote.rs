@@ -30,22 +30,12 @@ fn fresh(url: &str) -> String {
     )
 }
 
-/// Runs this executable with `args`, returning seconds; fails with its log.
+/// Runs this executable with `args`, returning seconds.
 fn timed(what: &str, args: &[&str]) -> Result<f64> {
     eprintln!("bench: {what}…");
-    let exe = std::env::current_exe().context("finding the xtask executable")?;
-    let start = Instant::now();
-    let out = Command::new(exe)
-        .args(args)
-        .output()
-        .context("running xtask")?;
-    let seconds = start.elapsed().as_secs_f64();
-    ensure!(
-        out.status.success(),
-        "{what} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(seconds)
+    let mut cmd = super::xtask()?;
+    cmd.args(args);
+    super::time_run(what, cmd)
 }
 
 pub fn publish(output: &Path, to: &str) -> Result<String> {

@@ -257,17 +257,14 @@ impl Bucket {
     /// The digest of an existing object: the recorded one, else (a backend
     /// without metadata, an object another tool wrote) its bytes hashed.
     /// `None` if it does not exist.
-    pub async fn digest(&self, name: &str) -> Result<Option<(Digest, u64)>> {
+    pub async fn digest(&self, name: &str) -> Result<Option<Digest>> {
         let Some(stat) = self.stat(name).await? else {
             return Ok(None);
         };
         if let Some(d) = stat.sha256 {
-            return Ok(Some((d, stat.size)));
+            return Ok(Some(d));
         }
-        Ok(self
-            .get(name)
-            .await?
-            .map(|b| (Digest::of_bytes(&b), b.len() as u64)))
+        Ok(self.get(name).await?.map(|b| Digest::of_bytes(&b)))
     }
 }
 

@@ -275,15 +275,7 @@ impl Store {
     pub fn put_local_tree(&self, dir: &Path, modes: Modes) -> Result<Digest> {
         let mut stat = StatCache::load(&self.root, dir);
         let digest = self.walk_tree(dir, modes, |rel, path, meta| {
-            if let Some(hit) = stat.lookup(rel, meta) {
-                if self.has_blob(&hit.0) {
-                    stat.record(rel, meta, hit.0);
-                    return Ok(hit);
-                }
-            }
-            let (digest, size) = self.put_file(path)?;
-            stat.record(rel, meta, digest);
-            Ok((digest, size))
+            self.put_file_stat(&mut stat, rel, path, meta)
         })?;
         stat.save();
         Ok(digest)
@@ -295,12 +287,25 @@ impl Store {
         let meta = path
             .metadata()
             .with_context(|| format!("stat {}", path.display()))?;
-        let found = match stat.lookup("", &meta) {
+        let found = self.put_file_stat(&mut stat, "", path, &meta)?;
+        stat.save();
+        Ok(found)
+    }
+
+    /// `put_file`, unless `stat` still vouches for the file (`rel` in it,
+    /// `meta` taken before any read) and its blob is in the store.
+    fn put_file_stat(
+        &self,
+        stat: &mut StatCache,
+        rel: &str,
+        path: &Path,
+        meta: &fs::Metadata,
+    ) -> Result<(Digest, u64)> {
+        let found = match stat.lookup(rel, meta) {
             Some(hit) if self.has_blob(&hit.0) => hit,
             _ => self.put_file(path)?,
         };
-        stat.record("", &meta, found.0);
-        stat.save();
+        stat.record(rel, meta, found.0);
         Ok(found)
     }
 

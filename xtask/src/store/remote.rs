@@ -93,10 +93,7 @@ impl Remote {
         match bytes {
             Some(bytes) if &Digest::of_bytes(&bytes) == digest => Ok(bytes),
             Some(bytes) => Err(self.found_corrupt(name, &bytes)),
-            None => Err(format!(
-                "{name} is missing from the remote cache {}",
-                self.url
-            )),
+            None => Err(self.missing(name)),
         }
     }
 
@@ -118,6 +115,10 @@ impl Remote {
     /// Whether the cache answers (for `doctor`; an empty cache answers too).
     pub fn probe(&self) -> Result<()> {
         self.bucket.probe()
+    }
+
+    fn missing(&self, name: &str) -> String {
+        format!("{name} is missing from the remote cache {}", self.url)
     }
 
     /// Remembers `name` as corrupt (the next upload replaces it) and says so.
@@ -195,10 +196,7 @@ impl Remote {
         }
         let name = format!("packs/{}.zst", digest.hex());
         let Some(packed) = self.get(&name)? else {
-            return Ok(Err(format!(
-                "{name} is missing from the remote cache {}",
-                self.url
-            )));
+            return Ok(Err(self.missing(&name)));
         };
         let mut reader = match zstd::stream::read::Decoder::new(&packed[..]) {
             Ok(r) => r,
@@ -235,11 +233,10 @@ impl Remote {
                 .buffered(PARALLEL)
                 .collect(),
         );
-        for (digest, result) in wanted.iter().zip(results) {
-            let name = format!("blobs/{}", digest.hex());
+        for ((digest, name), result) in wanted.iter().zip(&names).zip(results) {
             let fetched = result
                 .with_context(|| format!("reading {name} from the remote cache {}", self.url))?;
-            match self.checked(&name, digest, fetched) {
+            match self.checked(name, digest, fetched) {
                 Ok(bytes) => {
                     local.put_bytes(&bytes)?;
                 }

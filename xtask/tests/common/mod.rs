@@ -169,3 +169,27 @@ pub fn steps_run(out: &Output) -> usize {
     let run = line.split(", ").find(|p| p.ends_with(" run")).unwrap();
     run.trim_end_matches(" run").parse().unwrap()
 }
+
+/// The file of blob `hex` in the store under `cache`.
+pub fn blob_file(cache: &Path, hex: &str) -> PathBuf {
+    cache.join("v1/blobs").join(&hex[..2]).join(hex)
+}
+
+/// Deletes from the store under `cache` the blob of the first tree entry
+/// whose path `matches`, as a lost or damaged disk would; its hex digest.
+pub fn lose_tree_blob(cache: &Path, matches: impl Fn(&str) -> bool) -> String {
+    let hex = std::fs::read_dir(cache.join("v1/trees"))
+        .unwrap()
+        .find_map(|e| {
+            let text = std::fs::read_to_string(e.unwrap().path()).unwrap();
+            let tree: serde_json::Value = serde_json::from_str(&text).unwrap();
+            let entries = tree["entries"].as_array().unwrap().clone();
+            entries
+                .into_iter()
+                .find(|e| e["path"].as_str().is_some_and(&matches))
+                .map(|e| e["digest"].as_str().unwrap().to_string())
+        })
+        .expect("a tree with a matching entry");
+    std::fs::remove_file(blob_file(cache, &hex)).unwrap();
+    hex
+}

@@ -80,6 +80,17 @@ pub fn version(program: &str) -> Result<String> {
         .stdin(Stdio::null())
         .output()
         .with_context(|| format!("running {} --version", path.display()))?;
+    // Some tools (fsck.fat) have no version option and print their usage
+    // as an error: the installed package's version says the same thing.
+    if !out.status.success() {
+        if let Some(v) = package_version(program) {
+            cache
+                .lock()
+                .expect("version cache")
+                .insert(program.to_string(), v.clone());
+            return Ok(v);
+        }
+    }
     let text = String::from_utf8_lossy(if out.stdout.is_empty() {
         &out.stderr
     } else {
@@ -98,6 +109,19 @@ pub fn version(program: &str) -> Result<String> {
         .expect("version cache")
         .insert(program.to_string(), line.clone());
     Ok(line)
+}
+
+/// `<package> <version>` from dpkg for a host tool whose package is known.
+fn package_version(program: &str) -> Option<String> {
+    let tool = host_tools().into_iter().find(|t| t.command == program)?;
+    let out = Command::new("dpkg-query")
+        .args(["-W", "-f", "${Version}", &tool.package])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    let version = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    (out.status.success() && !version.is_empty()).then(|| format!("{} {version}", tool.package))
 }
 
 /// The argument that makes `program` print its version.

@@ -165,6 +165,7 @@ fn run_step(
         store,
         inputs: inputs.clone(),
         log_dir: scratch.to_path_buf(),
+        log_tag: "test".to_string(),
     };
     match &step.run(&ctx, scratch).unwrap()[output] {
         Output::File { digest, .. } => *digest,

@@ -194,6 +194,7 @@ fn two_runs_of_the_modules_step_in_different_scratch_dirs_are_identical() {
             store: &store,
             inputs: inputs.clone(),
             log_dir: std::env::temp_dir(),
+            log_tag: "test".to_string(),
         };
         step.run(&ctx, scratch.path()).unwrap()
     };
@@ -249,4 +250,62 @@ fn a_module_lost_from_the_store_fails_once_then_the_kernel_tree_is_unpacked_agai
     // …and the next build unpacks the deb again.
     run_ok(kiln(&recipes, &out, &cache).args(["build", ARCHIVE]));
     assert!(blob_file(&cache, &hex).is_file());
+}
+
+#[test]
+fn a_failing_tool_shows_its_exit_status_last_40_lines_and_full_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipes = copy_recipes(dir.path());
+    let out = dir.path().join("output");
+    // A depmod that reports another version (so its step cannot be a
+    // cache hit), prints 50 numbered lines and fails.
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let fake = bin.join("depmod");
+    let script = "#!/bin/sh\n[ \"$1\" = --version ] && { echo 'kmod version 0-failing'; exit 0; }\n\
+                  i=1; while [ $i -le 50 ]; do echo \"depmod line $i\" >&2; i=$((i+1)); done\nexit 3\n";
+    std::fs::write(&fake, script).unwrap();
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let err = run_err(
+        kiln(&recipes, &out, &shared_cache())
+            .env("PATH", &path)
+            .args(["build", ARCHIVE]),
+    );
+    assert!(
+        err.contains("depmod") && err.contains("exit status: 3"),
+        "{err}"
+    );
+    assert!(err.contains("last 40 lines"), "{err}");
+    let shown: Vec<&str> = err
+        .lines()
+        .filter(|l| l.starts_with("depmod line "))
+        .collect();
+    let expected: Vec<String> = (11..=50).map(|i| format!("depmod line {i}")).collect();
+    assert_eq!(shown, expected);
+    // The full log is named after the step and its key, and holds all 50.
+    let log = err
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("full log: "))
+        .unwrap_or_else(|| panic!("no log path in:\n{err}"));
+    let name = std::path::Path::new(log)
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap();
+    assert!(log.starts_with(out.join("logs").to_str().unwrap()), "{log}");
+    let key = name.trim_end_matches(".log").rsplit('-').next().unwrap();
+    assert!(
+        key.len() == 12 && key.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{name}"
+    );
+    assert!(
+        err.contains(&format!("[{key}]")),
+        "the log is not named after the printed key: {err}"
+    );
+    assert_eq!(std::fs::read_to_string(log).unwrap().lines().count(), 50);
 }

@@ -93,3 +93,54 @@ fn gc_removes_the_stat_caches_of_directories_that_are_gone() {
     assert!(gc().contains(", 1 stat caches,"));
     assert_eq!(stat(), before - 1);
 }
+
+#[test]
+fn gc_keep_days_drops_only_records_no_build_has_used_for_that_long() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipes = copy_recipes(dir.path());
+    let cache = dir.path().join("cache");
+    let out = dir.path().join("output");
+    let build = || {
+        steps_run(&run_ok(
+            kiln(&recipes, &out, &cache).args(["build", ARTIFACT]),
+        ))
+    };
+    let built = build();
+    assert!(built >= 2, "{built}");
+    let gc = || {
+        let run = run_ok(kiln(&recipes, &out, &cache).args(["gc", "--keep-days", "30"]));
+        String::from_utf8(run.stdout).unwrap()
+    };
+    let age_records = |days: u64| {
+        let then = SystemTime::now() - Duration::from_secs(days * 86_400);
+        for name in files(&cache.join("v1/actions")) {
+            let path = cache.join("v1/actions").join(name);
+            File::options()
+                .write(true)
+                .open(&path)
+                .unwrap()
+                .set_modified(then)
+                .unwrap();
+        }
+    };
+    // Local inputs (the overlay tree) are stored by each plan, not kept.
+    let first = gc();
+    assert!(first.starts_with("removed 0 action records,"), "{first}");
+    // Written 40 days ago but used by today's build: kept.
+    age_records(40);
+    assert_eq!(build(), 0);
+    assert!(
+        gc().starts_with("removed 0 action records,"),
+        "a used record was dropped"
+    );
+    // Not used for 40 days: every record goes, and what only they reached.
+    age_records(40);
+    let report = gc();
+    assert!(
+        report.starts_with(&format!("removed {built} action records,")),
+        "{report}"
+    );
+    assert!(!report.contains(" 0 blobs,"), "{report}");
+    assert!(files(&cache.join("v1/actions")).is_empty());
+    assert_eq!(build(), built, "the next build runs every step again");
+}

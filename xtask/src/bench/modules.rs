@@ -109,6 +109,7 @@ fn timed(
         store: input.store,
         inputs: inputs.clone(),
         log_dir: input.work.join("logs"),
+        log_tag: "bench".to_string(),
     };
     let start = Instant::now();
     let out = step

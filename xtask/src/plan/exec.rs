@@ -197,6 +197,7 @@ impl Executor<'_> {
             store: self.store,
             inputs,
             log_dir: self.log_dir.clone(),
+            log_tag: key.short(),
         };
         let outputs = node
             .step

@@ -383,6 +383,7 @@ mod tests {
             store,
             inputs: BTreeMap::new(),
             log_dir: std::env::temp_dir(),
+            log_tag: "test".to_string(),
         }
     }
 

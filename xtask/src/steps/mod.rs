@@ -81,6 +81,9 @@ pub struct StepContext<'a> {
     pub store: &'a Store,
     pub inputs: BTreeMap<String, Output>,
     pub log_dir: PathBuf,
+    /// Tells apart the logs of one step built with different keys: the
+    /// key's short form, as the `running … [key]` line prints it.
+    pub log_tag: String,
 }
 
 impl StepContext<'_> {
@@ -114,8 +117,9 @@ impl StepContext<'_> {
         }
     }
 
+    /// `<log_dir>/<name>-<key prefix>.log`, where a tool's full output goes.
     pub fn log(&self, name: &str) -> PathBuf {
-        self.log_dir.join(format!("{name}.log"))
+        self.log_dir.join(format!("{name}-{}.log", self.log_tag))
     }
 }
 

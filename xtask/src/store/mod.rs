@@ -554,6 +554,7 @@ impl Store {
             let _ = fs::remove_file(&path);
             return Ok(None);
         }
+        mark_used(&path);
         Ok(Some(record))
     }
 
@@ -686,7 +687,7 @@ pub struct GcReport {
 }
 
 impl Store {
-    /// Removes action records older than `max_age` (when given), then every
+    /// Removes action records not used for `max_age` (when given), then every
     /// tree and blob that no remaining record reaches, stat caches of
     /// directories that are gone, and leftover scratch directories of
     /// killed builds. Holds the store-wide lock exclusively.
@@ -756,6 +757,24 @@ impl Store {
             report.scratch += 1;
         }
         Ok(report)
+    }
+}
+
+/// A record's mtime is when it was last used: `gc --keep-days` drops the
+/// ones no build has looked up for that long. Touched at most hourly so a
+/// no-op build writes nothing; a read-only store simply stays as it is.
+fn mark_used(path: &Path) {
+    const HOUR: std::time::Duration = std::time::Duration::from_secs(3600);
+    let stale = fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|age| age > HOUR);
+    if stale {
+        let _ = File::options()
+            .write(true)
+            .open(path)
+            .and_then(|f| f.set_modified(std::time::SystemTime::now()));
     }
 }
 

@@ -306,10 +306,21 @@ pub fn set_quiet(quiet: bool) {
 /// `label` and the tool's latest output line, read back from the log; on a
 /// pipe or with `--quiet` it is exactly `run_logged`.
 pub fn run_logged_with_progress(cmd: Command, log: &Path, label: &str) -> Result<()> {
+    with_progress(label, || last_line(log), || run_logged(cmd, log))
+}
+
+/// Runs `work` while, on a terminal, a spinner shows `label` and what
+/// `status` says (polled five times a second, from another thread). On a
+/// pipe or with `--quiet` it just runs `work`.
+pub fn with_progress<R>(
+    label: &str,
+    status: impl Fn() -> Option<String> + Sync,
+    work: impl FnOnce() -> R,
+) -> R {
     use std::io::IsTerminal;
     use std::sync::atomic::{AtomicBool, Ordering};
     if QUIET.load(Ordering::Relaxed) || !std::io::stderr().is_terminal() {
-        return run_logged(cmd, log);
+        return work();
     }
     let spinner = indicatif::ProgressBar::new_spinner();
     if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner} {elapsed} {wide_msg}") {
@@ -321,18 +332,48 @@ pub fn run_logged_with_progress(cmd: Command, log: &Path, label: &str) -> Result
     std::thread::scope(|scope| {
         scope.spawn(|| {
             while !done.load(Ordering::Relaxed) {
-                if let Some(line) = last_line(log) {
-                    spinner.set_message(format!("{label}: {line}"));
+                if let Some(now) = status() {
+                    spinner.set_message(format!("{label}: {now}"));
                 }
                 spinner.tick();
                 std::thread::sleep(std::time::Duration::from_millis(200));
             }
         });
-        let result = run_logged(cmd, log);
+        let result = work();
         done.store(true, Ordering::Relaxed);
         spinner.finish_and_clear();
         result
     })
+}
+
+/// A reader that counts the bytes read through it, for progress on a
+/// stream whose total size is known (a compressed archive being unpacked).
+pub struct Counting<R> {
+    inner: R,
+    pub read: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl<R> Counting<R> {
+    pub fn new(inner: R) -> Self {
+        Counting {
+            inner,
+            read: Default::default(),
+        }
+    }
+}
+
+impl<R: std::io::Read> std::io::Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+/// `done of total` in human units, for progress messages.
+pub fn progress_of(done: u64, total: u64) -> String {
+    format!("{} of {}", human_bytes(done), human_bytes(total))
 }
 
 /// The last non-empty line of a log (read from its last 4 KiB).

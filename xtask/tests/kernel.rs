@@ -206,7 +206,7 @@ fn a_url_tarball_source_gives_the_same_tree_and_kernel() {
         .join(&deb_sha[..2])
         .join(deb_sha);
     let unpacked = dir.path().join("deb");
-    kiln::steps::deb::unpack(&deb, &unpacked).unwrap();
+    kiln::steps::deb::unpack(&deb, &unpacked, "linux-image").unwrap();
     let tarball = std::fs::read(unpacked.join("usr/src/linux-source-6.1.tar.xz")).unwrap();
     let sha = kiln::store::Digest::of_bytes(&tarball).hex();
     let url = serve(tarball, "linux-6.1.tar.xz");

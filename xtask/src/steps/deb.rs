@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::Path;
+use std::sync::atomic::Ordering::Relaxed;
 
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
@@ -37,7 +38,7 @@ impl Step for UnpackDeb {
         let deb = ctx.file("deb")?;
         let root = scratch.join("root");
         std::fs::create_dir(&root)?;
-        unpack(&deb, &root)
+        unpack(&deb, &root, &self.source)
             .with_context(|| format!("unpacking source `{}` ({})", self.source, deb.display()))?;
         let digest = ctx.store.put_tree(&root)?;
         Ok(BTreeMap::from([(
@@ -48,18 +49,29 @@ impl Step for UnpackDeb {
 }
 
 /// Extracts the data member of `deb` into `dest`.
-pub fn unpack(deb: &Path, dest: &Path) -> Result<()> {
+/// On a terminal a spinner shows how much of the package (`what`) is
+/// unpacked.
+pub fn unpack(deb: &Path, dest: &Path, what: &str) -> Result<()> {
     let file = File::open(deb).with_context(|| format!("opening {}", deb.display()))?;
-    let mut archive = ar::Archive::new(BufReader::new(file));
-    while let Some(entry) = archive.next_entry() {
-        let entry = entry.context("reading the ar container")?;
-        let name = String::from_utf8_lossy(entry.header().identifier()).into_owned();
-        if let Some(kind) = name.strip_prefix("data.tar") {
-            let reader = decompressor(kind, entry)?;
-            return untar(reader, dest);
-        }
-    }
-    bail!("no data.tar member: not a Debian binary package")
+    let total = file.metadata()?.len();
+    let counting = crate::tools::Counting::new(file);
+    let read = counting.read.clone();
+    crate::tools::with_progress(
+        &format!("unpacking {what}"),
+        || Some(crate::tools::progress_of(read.load(Relaxed), total)),
+        || {
+            let mut archive = ar::Archive::new(BufReader::new(counting));
+            while let Some(entry) = archive.next_entry() {
+                let entry = entry.context("reading the ar container")?;
+                let name = String::from_utf8_lossy(entry.header().identifier()).into_owned();
+                if let Some(kind) = name.strip_prefix("data.tar") {
+                    let reader = decompressor(kind, entry)?;
+                    return untar(reader, dest);
+                }
+            }
+            bail!("no data.tar member: not a Debian binary package")
+        },
+    )
 }
 
 fn decompressor<'a>(suffix: &str, r: impl Read + 'a) -> Result<Box<dyn Read + 'a>> {

@@ -53,7 +53,11 @@ impl Step for FetchDeb {
         cmd.current_dir(scratch)
             .arg("download")
             .arg(format!("{}={}", self.package, self.version));
-        tools::run_logged(cmd, &ctx.log(&format!("fetch-{}", self.source))).with_context(|| {
+        // apt-get prints no progress into a log: show the bytes arrived so far.
+        let log = ctx.log(&format!("fetch-{}", self.source));
+        let label = format!("downloading {}={}", self.package, self.version);
+        let arrived = || Some(tools::human_bytes(dir_bytes(scratch)));
+        tools::with_progress(&label, arrived, || tools::run_logged(cmd, &log)).with_context(|| {
             format!(
                 "downloading source `{}` (is `{}` version {} still offered by apt? `apt-cache policy {}` tells; `cargo xtask sources update` re-pins)",
                 self.source, self.package, self.version, self.package
@@ -69,6 +73,18 @@ impl Step for FetchDeb {
         )?;
         Ok(BTreeMap::from([("file".to_string(), output)]))
     }
+}
+
+/// The bytes of the files directly in `dir`.
+fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.metadata().ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
+        .sum()
 }
 
 fn single_deb(dir: &Path) -> Result<std::path::PathBuf> {
@@ -180,7 +196,7 @@ impl Step for FetchTree {
     fn run(&self, ctx: &StepContext, scratch: &Path) -> Result<BTreeMap<String, Output>> {
         let partial = ctx.store.partial_download(&self.tree_sha256);
         download_with_retries(&self.url, &partial, &self.source)?;
-        let top = super::tarball::unpack_stripped(&partial, scratch);
+        let top = super::tarball::unpack_stripped(&partial, scratch, &self.source);
         let _ = std::fs::remove_file(&partial);
         let top =
             top.with_context(|| format!("unpacking source `{}` from {}", self.source, self.url))?;

@@ -54,7 +54,7 @@ impl Step for UnpackTarball {
             }
             _ => (ctx.file("archive")?, self.source.clone()),
         };
-        let top = unpack_stripped(&archive, scratch)
+        let top = unpack_stripped(&archive, scratch, &name)
             .with_context(|| format!("unpacking {name} of source `{}`", self.source))?;
         let digest = ctx.store.put_tree_owned(&top)?;
         Ok(BTreeMap::from([(
@@ -80,14 +80,18 @@ fn find_member(tree: &Tree, pattern: &str) -> Option<String> {
 
 /// Extracts a (compressed) tar file into `dest`, choosing the decompressor
 /// by the file's magic bytes rather than its name.
-pub fn unpack(archive: &Path, dest: &Path) -> Result<()> {
+pub fn unpack(archive: &Path, dest: &Path, what: &str) -> Result<()> {
     let mut file = BufReader::new(
         File::open(archive).with_context(|| format!("opening {}", archive.display()))?,
     );
     let mut magic = [0u8; 6];
     let n = file.get_mut().read(&mut magic)?;
     drop(file);
-    let file = BufReader::new(File::open(archive)?);
+    let file = File::open(archive)?;
+    let total = file.metadata()?.len();
+    let counting = crate::tools::Counting::new(file);
+    let read = counting.read.clone();
+    let file = BufReader::new(counting);
     let reader: Box<dyn Read> = match &magic[..n] {
         [0xfd, b'7', b'z', b'X', b'Z', 0] => {
             Box::new(xz2::read::XzDecoder::new_multi_decoder(file))
@@ -96,16 +100,23 @@ pub fn unpack(archive: &Path, dest: &Path) -> Result<()> {
         [0x1f, 0x8b, ..] => Box::new(flate2::read::MultiGzDecoder::new(file)),
         _ => Box::new(file),
     };
-    super::deb::untar(reader, dest)
+    crate::tools::with_progress(
+        &format!("unpacking {what}"),
+        || {
+            let done = read.load(std::sync::atomic::Ordering::Relaxed);
+            Some(crate::tools::progress_of(done, total))
+        },
+        || super::deb::untar(reader, dest),
+    )
 }
 
 /// Unpacks `archive` under `scratch` and returns the tree's root: the
 /// archive's single top directory (`linux-6.1/`, `ipxe-<commit>/`) when it
 /// has one.
-pub fn unpack_stripped(archive: &Path, scratch: &Path) -> Result<std::path::PathBuf> {
+pub fn unpack_stripped(archive: &Path, scratch: &Path, what: &str) -> Result<std::path::PathBuf> {
     let root = scratch.join("root");
     std::fs::create_dir(&root)?;
-    unpack(archive, &root)?;
+    unpack(archive, &root, what)?;
     Ok(single_top_dir(&root)?.unwrap_or(root))
 }
 

@@ -11,6 +11,7 @@ pub mod elf;
 pub mod plan;
 pub mod publish;
 pub mod recipe;
+pub mod repro;
 pub mod steps;
 pub mod store;
 pub mod tools;

@@ -68,7 +68,7 @@ fn both_pipelines_run_the_readme_test_command_build_check_and_publish_on_tags() 
         assert!(text.contains(&command), "{file} does not run `{command}`");
         for step in [
             "cargo xtask build",
-            "cmp output/manifest.json",
+            "cargo xtask repro stage1 stage2 stage3 modules",
             "cargo xtask publish",
         ] {
             assert!(text.contains(step), "{file} has no `{step}`");
@@ -81,16 +81,16 @@ fn both_pipelines_run_the_readme_test_command_build_check_and_publish_on_tags() 
     );
 }
 
-/// The targets of every `cargo xtask … build TARGET…` in `text` (shell
+/// The targets of every `cargo xtask … build|repro TARGET…` in `text` (shell
 /// continuation lines joined).
 fn build_targets(text: &str) -> Vec<Vec<String>> {
     let joined = text.replace("\\\n", " ");
     joined
         .lines()
         .filter_map(|l| {
-            l.split_once("cargo xtask")?
-                .1
-                .split_once(" build")?
+            let rest = l.split_once("cargo xtask")?.1;
+            rest.split_once(" build")
+                .or_else(|| rest.split_once(" repro"))?
                 .1
                 .into()
         })
@@ -110,7 +110,7 @@ fn every_build_in_the_pipelines_names_targets_that_plan() {
     for file in [WORKFLOW, CLOUDBUILD] {
         let text = std::fs::read_to_string(workspace().join(file)).unwrap();
         let builds = build_targets(&text);
-        assert!(builds.len() >= 2, "{file}: {builds:?}");
+        assert!(!builds.is_empty(), "{file}: {builds:?}");
         for targets in builds {
             assert!(
                 !targets.is_empty(),

@@ -114,44 +114,6 @@ fn a_fragment_option_kconfig_drops_fails_the_build_naming_it() {
     assert!(!out.join(KERNEL).exists());
 }
 
-/// A clean build (its own empty cache) in a deeper directory, under another
-/// umask and time zone, gives the same bzImage as the shared-cache build.
-#[test]
-fn clean_kernel_builds_in_different_dirs_are_identical() {
-    let dir = tempfile::tempdir().unwrap();
-    let shared_out = dir.path().join("shared-output");
-    let recipes = copy_recipes(dir.path());
-    run_ok(kiln(&recipes, &shared_out, &shared_cache()).args(["build", KERNEL]));
-
-    let root = dir.path().join("elsewhere/a/much/deeper/checkout");
-    std::fs::create_dir_all(&root).unwrap();
-    let recipes2 = copy_recipes(&root);
-    let out2 = root.join("output");
-    let cmd = kiln(&recipes2, &out2, &root.join("cache"));
-    let mut sh = under_umask(
-        &cmd,
-        "077",
-        "Pacific/Kiritimati",
-        &format!("build {KERNEL}"),
-    );
-    run_ok(sh.env("LC_ALL", "C.UTF-8"));
-    let a = std::fs::read(shared_out.join(KERNEL)).unwrap();
-    let b = std::fs::read(out2.join(KERNEL)).unwrap();
-    assert!(a == b, "{}", first_difference(&a, &b));
-    assert_clean_scratch(&root.join("cache"));
-}
-
-fn first_difference(a: &[u8], b: &[u8]) -> String {
-    match a.iter().zip(b).position(|(x, y)| x != y) {
-        Some(i) => format!(
-            "bzImage differs at offset {i:#x} (sizes {} and {})",
-            a.len(),
-            b.len()
-        ),
-        None => format!("bzImage sizes differ: {} and {}", a.len(), b.len()),
-    }
-}
-
 /// Nothing of a finished build is left in the store's scratch area.
 fn assert_clean_scratch(cache: &Path) {
     let left: Vec<_> = std::fs::read_dir(cache.join("v1/tmp"))

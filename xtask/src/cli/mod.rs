@@ -7,6 +7,7 @@ mod doctor;
 mod gc;
 mod ipxe;
 mod publish;
+mod repro;
 mod sources;
 
 use std::collections::BTreeMap;
@@ -93,6 +94,9 @@ pub enum Command {
     /// Upload the built output/ to object storage as one release:
     /// <URL>/<VERSION>/… with manifest.json written last.
     Publish(publish::PublishArgs),
+    /// Build targets twice with empty caches in different directories and
+    /// environments, and name what differs between the artifacts.
+    Repro(repro::ReproArgs),
     /// Build stage1 iPXE binaries and ROMs for one architecture
     /// (`output/stage1/<arch>/<file>`) and each inventory host's
     /// (`output/stage1/hosts/<hostname>/<file>`), patched from one compile;
@@ -165,6 +169,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Bench { command } => build::bench(&ctx, &command),
         Command::Ipxe(a) => ipxe::ipxe(&ctx, &a),
         Command::Publish(a) => publish::publish(&ctx, &a),
+        Command::Repro(a) => repro::repro(&ctx, &a),
         Command::Relay { .. } => unreachable!("handled before settings"),
     }
 }

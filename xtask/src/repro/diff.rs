@@ -1,0 +1,755 @@
+//! The structural diff: why two versions of an artifact differ, down to the
+//! smallest unit Kiln knows. Formats are recognised by their bytes, not by
+//! file names, and a differing file inside a container is examined in turn:
+//! an ISO's kernel leads to its compressed payload, then to the embedded
+//! initramfs, then to the one member and field that changed.
+//!
+//! Each finding is a path of places (`ISO file boot/vmlinuz`, `bzImage
+//! payload`, `cpio member etc/kiln-release`) and what differs there.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+
+use crate::archive::{fat, iso9660, newc, pe, ReadEntry};
+use crate::store::Digest;
+
+/// Containers are opened this deep at most (an ISO holding a FAT image
+/// holding a UKI holding an initramfs is four).
+const MAX_DEPTH: usize = 6;
+/// Findings listed per container before the rest are counted.
+const MAX_FINDINGS: usize = 20;
+
+/// One difference: where (outermost first) and what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    pub place: Vec<String>,
+    pub what: String,
+}
+
+impl std::fmt::Display for Finding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.place.is_empty() {
+            write!(f, "{}", self.what)
+        } else {
+            write!(f, "{}: {}", self.place.join(" › "), self.what)
+        }
+    }
+}
+
+/// Why `a` and `b` differ (empty when they are equal).
+pub fn explain(a: &[u8], b: &[u8]) -> Vec<Finding> {
+    let mut out = Findings::default();
+    compare(a, b, &mut Vec::new(), &mut out, 0);
+    out.list
+}
+
+#[derive(Default)]
+struct Findings {
+    list: Vec<Finding>,
+}
+
+impl Findings {
+    fn add(&mut self, place: &[String], what: String) {
+        self.list.push(Finding {
+            place: place.to_vec(),
+            what,
+        });
+    }
+}
+
+fn compare(a: &[u8], b: &[u8], place: &mut Vec<String>, out: &mut Findings, depth: usize) {
+    if a == b {
+        return;
+    }
+    if depth < MAX_DEPTH {
+        let before = out.list.len();
+        let examined = if iso9660::is_iso(a) && iso9660::is_iso(b) {
+            iso(a, b, place, out, depth)
+        } else if is_bzimage(a) && is_bzimage(b) {
+            bzimage(a, b, place, out, depth)
+        } else if a.starts_with(b"MZ") && b.starts_with(b"MZ") {
+            portable_executable(a, b, place, out, depth)
+        } else if is_fat(a) && is_fat(b) {
+            fat_image(a, b, place, out, depth)
+        } else if is_cpio_image(a) && is_cpio_image(b) {
+            cpio(a, b, place, out, depth)
+        } else {
+            false
+        };
+        // A container whose parts are all equal still differs somewhere:
+        // fall through to the bytes when nothing more precise was found.
+        if examined && out.list.len() > before {
+            return;
+        }
+    }
+    bytes(a, b, place, out);
+}
+
+fn sha(bytes: &[u8]) -> String {
+    Digest::of_bytes(bytes).hex()[..12].to_string()
+}
+
+/// `data sha256 …→… (n → m bytes)`, the line for two different contents.
+fn data_line(a: &[u8], b: &[u8]) -> String {
+    let sizes = if a.len() == b.len() {
+        format!("{} bytes", a.len())
+    } else {
+        format!("{} → {} bytes", a.len(), b.len())
+    };
+    format!("data sha256 {}… → {}… ({sizes})", sha(a), sha(b))
+}
+
+/// Compares parts keyed by name: only-in-one, then each field, then the
+/// contents of parts present in both (examined recursively).
+struct Parts<'a> {
+    kind: &'static str,
+    a: BTreeMap<String, Part<'a>>,
+    b: BTreeMap<String, Part<'a>>,
+}
+
+struct Part<'a> {
+    fields: Vec<(&'static str, String)>,
+    data: &'a [u8],
+}
+
+impl<'a> Parts<'a> {
+    fn new(kind: &'static str) -> Self {
+        Parts {
+            kind,
+            a: BTreeMap::new(),
+            b: BTreeMap::new(),
+        }
+    }
+
+    fn report(self, place: &mut Vec<String>, out: &mut Findings, depth: usize) {
+        let start = out.list.len();
+        let mut hidden = 0usize;
+        let full = |out: &Findings| out.list.len() - start >= MAX_FINDINGS;
+        let mut note = |out: &mut Findings, place: &[String], what: String| {
+            if full(out) {
+                hidden += 1;
+            } else {
+                out.add(place, what);
+            }
+        };
+        for name in self.a.keys().filter(|n| !self.b.contains_key(*n)) {
+            note(out, place, format!("{} {name} only in run 1", self.kind));
+        }
+        for name in self.b.keys().filter(|n| !self.a.contains_key(*n)) {
+            note(out, place, format!("{} {name} only in run 2", self.kind));
+        }
+        for (name, pa) in &self.a {
+            let Some(pb) = self.b.get(name) else { continue };
+            let here = format!("{} {name}", self.kind);
+            for ((field, va), (_, vb)) in pa.fields.iter().zip(&pb.fields) {
+                if va != vb {
+                    place.push(here.clone());
+                    note(out, place, format!("{field} {va} → {vb}"));
+                    place.pop();
+                }
+            }
+            if pa.data != pb.data {
+                if full(out) {
+                    note(out, place, String::new());
+                    continue;
+                }
+                place.push(here);
+                compare(pa.data, pb.data, place, out, depth + 1);
+                place.pop();
+            }
+        }
+        if hidden > 0 {
+            out.add(place, format!("… and {hidden} more differences"));
+        }
+    }
+}
+
+// ---- cpio (any compression) ----
+
+fn is_cpio_image(bytes: &[u8]) -> bool {
+    bytes.starts_with(b"0707")
+        || bytes.starts_with(&[0x1f, 0x8b])
+        || bytes.starts_with(&[0x28, 0xb5, 0x2f, 0xfd])
+        || bytes.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0])
+}
+
+fn cpio(a: &[u8], b: &[u8], place: &mut Vec<String>, out: &mut Findings, depth: usize) -> bool {
+    let (Ok(ra), Ok(rb)) = (
+        crate::archive::decompress_all(a),
+        crate::archive::decompress_all(b),
+    ) else {
+        return false;
+    };
+    let (Ok(ea), Ok(eb)) = (newc::read_archive(&ra), newc::read_archive(&rb)) else {
+        // Compressed, but not an initramfs: compare what it holds.
+        if ra == rb {
+            out.add(place, compressed_only(a, b));
+        } else {
+            place.push("decompressed".to_string());
+            compare(&ra, &rb, place, out, depth + 1);
+            place.pop();
+        }
+        return true;
+    };
+    if ra == rb {
+        out.add(place, compressed_only(a, b));
+        return true;
+    }
+    cpio_entries(&ea, &eb, place, out, depth);
+    if out.list.is_empty() || ea.len() == eb.len() {
+        // Same members and fields: then their order differs.
+        let names = |e: &[ReadEntry]| e.iter().map(|m| m.name.clone()).collect::<Vec<_>>();
+        let (na, nb) = (names(&ea), names(&eb));
+        if na != nb {
+            if let Some(i) = na.iter().zip(&nb).position(|(x, y)| x != y) {
+                out.add(
+                    place,
+                    format!("member order: position {i} is {} → {}", na[i], nb[i]),
+                );
+            }
+        }
+    }
+    true
+}
+
+fn compressed_only(a: &[u8], b: &[u8]) -> String {
+    format!(
+        "the archive's contents are identical; only the compressed stream differs ({}): another compressor, level or version",
+        data_line(a, b)
+    )
+}
+
+fn cpio_entries(
+    ea: &[ReadEntry],
+    eb: &[ReadEntry],
+    place: &mut Vec<String>,
+    out: &mut Findings,
+    depth: usize,
+) {
+    let part = |e: &ReadEntry| {
+        let mut fields = vec![
+            ("mode", format!("{:o}", e.mode)),
+            ("uid", e.uid.to_string()),
+            ("gid", e.gid.to_string()),
+            ("mtime", e.mtime.to_string()),
+            ("size", e.data.len().to_string()),
+            ("nlink", e.nlink.to_string()),
+            ("ino", e.ino.to_string()),
+            ("rdev", format!("{}:{}", e.rdev_major, e.rdev_minor)),
+            ("dev", format!("{}:{}", e.dev_major, e.dev_minor)),
+            ("archive", e.archive.to_string()),
+        ];
+        if let Some(target) = e.link_target() {
+            fields.push(("link target", target));
+        }
+        fields
+    };
+    let mut parts = Parts::new("cpio member");
+    for (map, entries) in [(&mut parts.a, ea), (&mut parts.b, eb)] {
+        for e in entries {
+            // A symlink's target is a field, not data to examine.
+            let data: &[u8] = if e.link_target().is_some() {
+                &[]
+            } else {
+                &e.data
+            };
+            map.insert(
+                e.name.clone(),
+                Part {
+                    fields: part(e),
+                    data,
+                },
+            );
+        }
+    }
+    parts.report(place, out, depth);
+}
+
+// ---- ISO 9660 ----
+
+fn iso(a: &[u8], b: &[u8], place: &mut Vec<String>, out: &mut Findings, depth: usize) -> bool {
+    let (Ok(ia), Ok(ib)) = (iso9660::read_image(a), iso9660::read_image(b)) else {
+        return false;
+    };
+    let (pa, pb) = (&ia.primary, &ib.primary);
+    let fields = |v: &iso9660::VolumeDescriptor| {
+        vec![
+            ("system id", v.system_id.clone()),
+            ("volume id", v.volume_id.clone()),
+            ("volume set id", v.volume_set_id.clone()),
+            ("publisher id", v.publisher_id.clone()),
+            ("preparer id", v.preparer_id.clone()),
+            ("application id", v.application_id.clone()),
+            ("volume space size", v.volume_space_size.to_string()),
+            ("logical block size", v.logical_block_size.to_string()),
+            ("creation date", v.creation.clone()),
+            ("modification date", v.modification.clone()),
+            ("expiration date", v.expiration.clone()),
+            ("effective date", v.effective.clone()),
+        ]
+    };
+    for ((name, va), (_, vb)) in fields(pa).into_iter().zip(fields(pb)) {
+        if va != vb {
+            out.add(
+                place,
+                format!("volume descriptor field {name}: {va:?} → {vb:?}"),
+            );
+        }
+    }
+    if ia.boot != ib.boot {
+        out.add(
+            place,
+            format!("El Torito boot catalog: {:?} → {:?}", ia.boot, ib.boot),
+        );
+    }
+    let mut parts = Parts::new("ISO file");
+    for (map, image) in [(&mut parts.a, &ia), (&mut parts.b, &ib)] {
+        for e in &image.entries {
+            let fields = vec![
+                ("mode", e.mode.map(|m| format!("{m:o}")).unwrap_or_default()),
+                ("uid", e.uid.map(|u| u.to_string()).unwrap_or_default()),
+                ("gid", e.gid.map(|g| g.to_string()).unwrap_or_default()),
+                ("mtime", e.mtime.clone()),
+                ("symlink", e.symlink.clone().unwrap_or_default()),
+                ("size", e.data.len().to_string()),
+                ("extent", e.extent.to_string()),
+            ];
+            map.insert(
+                e.path.clone(),
+                Part {
+                    fields,
+                    data: &e.data,
+                },
+            );
+        }
+    }
+    parts.report(place, out, depth);
+    true
+}
+
+// ---- PE/COFF (UKIs, EFI binaries) ----
+
+fn portable_executable(
+    a: &[u8],
+    b: &[u8],
+    place: &mut Vec<String>,
+    out: &mut Findings,
+    depth: usize,
+) -> bool {
+    let (Ok(pa), Ok(pb)) = (pe::PeImage::parse(a), pe::PeImage::parse(b)) else {
+        return false;
+    };
+    let header = |h: &pe::Headers| {
+        vec![
+            ("machine", format!("{:#x}", h.machine)),
+            ("NumberOfSections", h.number_of_sections.to_string()),
+            ("TimeDateStamp", h.timestamp.to_string()),
+            ("SectionAlignment", h.section_alignment.to_string()),
+            ("FileAlignment", h.file_alignment.to_string()),
+            ("SizeOfImage", h.size_of_image.to_string()),
+            ("SizeOfHeaders", h.size_of_headers.to_string()),
+            (
+                "SizeOfInitializedData",
+                h.size_of_initialized_data.to_string(),
+            ),
+            ("CheckSum", format!("{:#x}", h.checksum)),
+            ("Subsystem", h.subsystem.to_string()),
+        ]
+    };
+    for ((name, va), (_, vb)) in header(&pa.headers).into_iter().zip(header(&pb.headers)) {
+        if va != vb {
+            out.add(place, format!("PE header field {name}: {va} → {vb}"));
+        }
+    }
+    let mut parts = Parts::new("PE section");
+    for (map, image) in [(&mut parts.a, &pa), (&mut parts.b, &pb)] {
+        for s in &image.sections {
+            let fields = vec![
+                ("VirtualAddress", format!("{:#x}", s.virtual_address)),
+                ("VirtualSize", s.virtual_size.to_string()),
+                ("PointerToRawData", format!("{:#x}", s.raw_offset)),
+                ("SizeOfRawData", s.raw_size.to_string()),
+                ("Characteristics", format!("{:#x}", s.characteristics)),
+            ];
+            let data = image.section_data(&s.name).unwrap_or_default();
+            map.insert(s.name.clone(), Part { fields, data });
+        }
+    }
+    parts.report(place, out, depth);
+    true
+}
+
+// ---- FAT (EFI system partitions) ----
+
+fn is_fat(bytes: &[u8]) -> bool {
+    bytes.len() >= 512
+        && bytes[510..512] == [0x55, 0xaa]
+        && (bytes[54..59] == *b"FAT12" || bytes[54..59] == *b"FAT16" || bytes[82..87] == *b"FAT32")
+}
+
+fn fat_image(
+    a: &[u8],
+    b: &[u8],
+    place: &mut Vec<String>,
+    out: &mut Findings,
+    depth: usize,
+) -> bool {
+    let (Ok((ha, fa)), Ok((hb, fb))) = (fat::read_image(a), fat::read_image(b)) else {
+        return false;
+    };
+    let header = |h: &fat::FatHeader| {
+        vec![
+            ("type", h.fat_type.clone()),
+            ("volume id", format!("{:#010x}", h.volume_id)),
+            ("volume label", h.volume_label.clone()),
+            ("bytes per sector", h.bytes_per_sector.to_string()),
+            ("sectors per cluster", h.sectors_per_cluster.to_string()),
+            ("total sectors", h.total_sectors.to_string()),
+        ]
+    };
+    for ((name, va), (_, vb)) in header(&ha).into_iter().zip(header(&hb)) {
+        if va != vb {
+            out.add(
+                place,
+                format!("FAT boot sector field {name}: {va:?} → {vb:?}"),
+            );
+        }
+    }
+    let mut parts = Parts::new("FAT file");
+    for (map, files) in [(&mut parts.a, &fa), (&mut parts.b, &fb)] {
+        for f in files {
+            let (y, mo, d, h, mi, s) = f.modified;
+            let fields = vec![
+                (
+                    "modified",
+                    format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02}"),
+                ),
+                ("size", f.data.len().to_string()),
+            ];
+            map.insert(
+                f.path.clone(),
+                Part {
+                    fields,
+                    data: &f.data,
+                },
+            );
+        }
+    }
+    parts.report(place, out, depth);
+    true
+}
+
+// ---- bzImage: setup header, compressed payload, embedded initramfs ----
+
+fn is_bzimage(bytes: &[u8]) -> bool {
+    bytes.len() > 0x250 && bytes[0x202..0x206] == *b"HdrS" && bytes[0x1fe..0x200] == [0x55, 0xaa]
+}
+
+/// The setup part (real-mode code and header) and the compressed kernel.
+fn bzimage_parts(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
+    let sects = match bytes[0x1f1] {
+        0 => 4,
+        n => usize::from(n),
+    };
+    let setup_len = (sects + 1) * 512;
+    let u32_at = |o: usize| u32::from_le_bytes(bytes[o..o + 4].try_into().expect("4 bytes"));
+    let offset = setup_len + usize::try_from(u32_at(0x248)).ok()?;
+    let len = usize::try_from(u32_at(0x24c)).ok()?;
+    Some((
+        bytes.get(..setup_len)?,
+        bytes.get(offset..offset.checked_add(len)?)?,
+    ))
+}
+
+fn bzimage(a: &[u8], b: &[u8], place: &mut Vec<String>, out: &mut Findings, depth: usize) -> bool {
+    let (Some((sa, pa)), Some((sb, pb))) = (bzimage_parts(a), bzimage_parts(b)) else {
+        return false;
+    };
+    if sa != sb {
+        place.push("bzImage setup header".to_string());
+        let before = out.list.len();
+        setup_fields(a, b, place, out);
+        if out.list.len() == before {
+            bytes(sa, sb, place, out);
+        }
+        place.pop();
+    }
+    if pa == pb {
+        return true;
+    }
+    place.push("bzImage compressed payload".to_string());
+    match (decompress_one(pa), decompress_one(pb)) {
+        (Some(va), Some(vb)) => match (embedded_initramfs(&va), embedded_initramfs(&vb)) {
+            (Some((ia, ea)), Some((ib, eb))) if ia != ib => {
+                place.push("embedded initramfs".to_string());
+                let before = out.list.len();
+                cpio_entries(&ea, &eb, place, out, depth + 1);
+                if out.list.len() == before {
+                    out.add(place, compressed_only(ia, ib));
+                }
+                place.pop();
+            }
+            _ => {
+                place.push("vmlinux".to_string());
+                bytes(&va, &vb, place, out);
+                place.pop();
+            }
+        },
+        _ => out.add(
+            place,
+            format!("{} (not a compression Kiln reads)", data_line(pa, pb)),
+        ),
+    }
+    place.pop();
+    true
+}
+
+/// The boot protocol's size fields (Documentation/arch/x86/boot.rst) and,
+/// for an EFI-stub kernel, the PE header fields in front of them.
+fn setup_fields(a: &[u8], b: &[u8], place: &[String], out: &mut Findings) {
+    const FIELDS: [(&str, usize, usize); 6] = [
+        ("setup_sects", 0x1f1, 1),
+        ("syssize", 0x1f4, 4),
+        ("payload_offset", 0x248, 4),
+        ("payload_length", 0x24c, 4),
+        ("init_size", 0x260, 4),
+        ("kernel_info_offset", 0x268, 4),
+    ];
+    if let (Ok(pa), Ok(pb)) = (pe::PeImage::parse(a), pe::PeImage::parse(b)) {
+        let (ha, hb) = (&pa.headers, &pb.headers);
+        let pairs = [
+            ("SizeOfImage", ha.size_of_image, hb.size_of_image),
+            (
+                "SizeOfInitializedData",
+                ha.size_of_initialized_data,
+                hb.size_of_initialized_data,
+            ),
+            ("CheckSum", ha.checksum, hb.checksum),
+        ];
+        for (name, va, vb) in pairs {
+            if va != vb {
+                out.add(
+                    place,
+                    format!("EFI stub PE header field {name}: {va:#x} → {vb:#x}"),
+                );
+            }
+        }
+        for (sa, sb) in pa.sections.iter().zip(&pb.sections) {
+            if sa != sb {
+                out.add(
+                    place,
+                    format!("EFI stub PE section {} header: {sa:?} → {sb:?}", sa.name),
+                );
+            }
+        }
+    }
+    for (name, at, len) in FIELDS {
+        let value = |x: &[u8]| {
+            let mut v = [0u8; 4];
+            v[..len].copy_from_slice(&x[at..at + len]);
+            u32::from_le_bytes(v)
+        };
+        let (va, vb) = (value(a), value(b));
+        if va != vb {
+            out.add(
+                place,
+                format!("field {name} (offset {at:#x}): {va:#x} → {vb:#x}"),
+            );
+        }
+    }
+}
+
+/// Decodes one gzip, zstd or xz stream.
+fn decompress_one(bytes: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    if bytes.starts_with(&[0x1f, 0x8b]) {
+        flate2::read::GzDecoder::new(bytes)
+            .read_to_end(&mut out)
+            .ok()?;
+    } else if bytes.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        zstd::stream::read::Decoder::new(bytes)
+            .ok()?
+            .read_to_end(&mut out)
+            .ok()?;
+    } else if bytes.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
+        xz2::read::XzDecoder::new(bytes)
+            .read_to_end(&mut out)
+            .ok()?;
+    } else {
+        return None;
+    }
+    Some(out)
+}
+
+/// The initramfs built into a decompressed kernel: the first place that
+/// holds a cpio archive, plain or compressed (the payload is stripped of
+/// symbols, so `__initramfs_start` cannot be looked up).
+fn embedded_initramfs(vmlinux: &[u8]) -> Option<(&[u8], Vec<ReadEntry>)> {
+    let magics: [&[u8]; 4] = [
+        b"070701",
+        &[0x1f, 0x8b, 0x08],
+        &[0x28, 0xb5, 0x2f, 0xfd],
+        &[0xfd, b'7', b'z', b'X', b'Z', 0],
+    ];
+    let mut at = 0;
+    while at < vmlinux.len() {
+        let rest = &vmlinux[at..];
+        let next = magics.iter().filter_map(|m| find(rest, m)).min()?;
+        let candidate = &rest[next..];
+        let archive = if candidate.starts_with(b"0707") {
+            newc::archive_len(candidate)
+                .ok()
+                .map(|len| candidate[..len].to_vec())
+        } else {
+            decompress_one(candidate)
+        };
+        if let Some(entries) = archive
+            .and_then(|bytes| newc::read_archive(&bytes).ok())
+            .filter(|e| !e.is_empty())
+        {
+            return Some((candidate, entries));
+        }
+        at += next + 1;
+    }
+    None
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+// ---- bytes ----
+
+/// `bytes` as text when it is UTF-8 without control characters but line ends and tabs.
+fn as_text(bytes: &[u8]) -> Option<&str> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    let binary = text
+        .chars()
+        .any(|c| c.is_control() && !"\n\r\t".contains(c));
+    (!binary).then_some(text)
+}
+
+/// The first differing offset with 16 bytes of each side around it, or the
+/// first differing line of text.
+fn bytes(a: &[u8], b: &[u8], place: &[String], out: &mut Findings) {
+    if let (Some(ta), Some(tb)) = (as_text(a), as_text(b)) {
+        let (la, lb): (Vec<_>, Vec<_>) = (ta.lines().collect(), tb.lines().collect());
+        if let Some(i) = (0..la.len().max(lb.len())).find(|&i| la.get(i) != lb.get(i)) {
+            let show = |l: Option<&&str>| l.map_or("(none)".to_string(), |l| format!("{l:?}"));
+            out.add(
+                place,
+                format!(
+                    "{}; first at line {}: {} → {}",
+                    data_line(a, b),
+                    i + 1,
+                    show(la.get(i)),
+                    show(lb.get(i))
+                ),
+            );
+            return;
+        }
+    }
+    let at = a
+        .iter()
+        .zip(b)
+        .position(|(x, y)| x != y)
+        .unwrap_or(a.len().min(b.len()));
+    let window = |s: &[u8]| {
+        let start = at.saturating_sub(8);
+        let end = (at + 8).min(s.len());
+        s.get(start..end)
+            .unwrap_or_default()
+            .iter()
+            .map(|x| format!("{x:02x}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    out.add(
+        place,
+        format!(
+            "{}; first at offset {at:#x}: [{}] → [{}] (from {:#x})",
+            data_line(a, b),
+            window(a),
+            window(b),
+            at.saturating_sub(8)
+        ),
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::archive::{write_archive, CompressOptions, Compression, Entry};
+
+    fn initramfs(release: &[u8], compression: Compression) -> Vec<u8> {
+        let entries = vec![
+            Entry::dir("etc", 1),
+            Entry::file("etc/kiln-release", 0o644, 1, release.to_vec()),
+            Entry::file("init", 0o755, 1, b"#!/bin/sh\n".to_vec()),
+        ];
+        let mut out = Vec::new();
+        write_archive(&entries, compression, &CompressOptions::default(), &mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn a_cpio_member_is_named_with_its_field() {
+        for c in [
+            Compression::Gzip,
+            Compression::Zstd,
+            Compression::Xz,
+            Compression::None,
+        ] {
+            let found = explain(&initramfs(b"one\n", c), &initramfs(b"two!\n", c));
+            let text: Vec<String> = found.iter().map(|f| f.to_string()).collect();
+            assert!(
+                text.iter()
+                    .any(|l| l.starts_with("cpio member etc/kiln-release: size 4 → 5")),
+                "{c:?}: {text:#?}"
+            );
+            assert!(
+                text.iter()
+                    .any(|l| l.starts_with("cpio member etc/kiln-release: data sha256")),
+                "{text:#?}"
+            );
+            assert!(!text.iter().any(|l| l.contains("init:")), "{text:#?}");
+        }
+    }
+
+    #[test]
+    fn bytes_name_the_first_offset_and_text_the_first_line() {
+        let found = explain(&[0, 1, 2, 3, 4], &[0, 1, 9, 3, 4]);
+        assert!(
+            found[0]
+                .what
+                .contains("first at offset 0x2: [00 01 02 03 04]"),
+            "{found:?}"
+        );
+        let found = explain(b"a\nb\nc\n", b"a\nB\nc\n");
+        assert!(
+            found[0].what.ends_with("first at line 2: \"b\" → \"B\""),
+            "{found:?}"
+        );
+        assert!(explain(b"same", b"same").is_empty());
+    }
+
+    #[test]
+    fn a_recompressed_but_equal_archive_says_so() {
+        let a = initramfs(b"x", Compression::Gzip);
+        let mut b = Vec::new();
+        let entries = vec![
+            Entry::dir("etc", 1),
+            Entry::file("etc/kiln-release", 0o644, 1, b"x".to_vec()),
+            Entry::file("init", 0o755, 1, b"#!/bin/sh\n".to_vec()),
+        ];
+        let opts = CompressOptions {
+            level: Some(1),
+            ..CompressOptions::default()
+        };
+        write_archive(&entries, Compression::Gzip, &opts, &mut b).unwrap();
+        assert_ne!(a, b);
+        let found = explain(&a, &b);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].what.contains("only the compressed stream differs"));
+    }
+}

@@ -1,0 +1,477 @@
+//! `cargo xtask repro`: build the same targets twice, each run in its own
+//! directory with its own empty cache and a different environment, then
+//! compare every artifact and name what differs (`diff.rs`).
+//!
+//! A run is this binary started again (`build TARGET…`) on a copy of the
+//! project, so the two builds share nothing but the host's tools and the
+//! pinned inputs. What varies between the runs is listed in [`Variation`]s
+//! and printed, with any variation this host cannot apply.
+
+pub mod diff;
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+use crate::store::Digest;
+
+/// One thing that differs between the two runs.
+#[derive(Debug, Clone)]
+pub struct Variation {
+    pub name: &'static str,
+    pub run1: String,
+    pub run2: String,
+    /// Why it could not be applied here, if it could not.
+    pub skipped: Option<String>,
+}
+
+/// How one run is set up.
+#[derive(Debug, Clone)]
+pub struct Run {
+    pub number: u8,
+    /// Everything of this run lives under here.
+    pub dir: PathBuf,
+    /// The copy of the project (the recipes directory's parent).
+    pub project: PathBuf,
+    pub jobs: usize,
+    pub tz: String,
+    pub lang: String,
+    pub umask: u32,
+    /// Drop to this user (uid, gid) before running.
+    pub user: Option<(u32, u32, String)>,
+    /// Run in a new UTS namespace with this host name.
+    pub hostname: Option<String>,
+    /// Create each directory's entries in reverse name order.
+    pub reverse: bool,
+    pub vars: Vec<(String, String)>,
+}
+
+impl Run {
+    pub fn output(&self) -> PathBuf {
+        self.dir.join("output")
+    }
+    pub fn cache(&self) -> PathBuf {
+        self.dir.join("cache")
+    }
+    pub fn log(&self) -> PathBuf {
+        self.dir.join("build.log")
+    }
+}
+
+/// The two runs and what differs between them, for a work directory and
+/// this host. Run 2 sits deeper, under another zone, locale, umask and job
+/// count, as another user and host name when this process may switch them.
+pub fn plan_runs(work: &Path, project_name: &str, jobs: usize) -> (Run, Run, Vec<Variation>) {
+    let dir1 = work.join("run1");
+    let dir2 = work.join("run2/a/much/deeper/build/directory");
+    let jobs2 = if jobs > 1 { 1 } else { 2 };
+    let lang2 = installed_locale().unwrap_or_else(|| "C.UTF-8".to_string());
+    let root = is_root();
+    let user = root.then(nobody).flatten();
+    let (hostname, host_note) = if root {
+        match probe_uts() {
+            Ok(()) => (Some("kiln-repro-2".to_string()), None),
+            Err(e) => (None, Some(format!("no UTS namespace here: {e}"))),
+        }
+    } else {
+        (None, Some("needs root (unshare --uts)".to_string()))
+    };
+    let here = host_name();
+    let run1 = Run {
+        number: 1,
+        project: dir1.join(project_name),
+        dir: dir1,
+        jobs,
+        tz: "UTC".to_string(),
+        lang: "C".to_string(),
+        umask: 0o022,
+        user: None,
+        hostname: None,
+        reverse: false,
+        vars: Vec::new(),
+    };
+    let run2 = Run {
+        number: 2,
+        project: dir2.join(project_name),
+        dir: dir2,
+        jobs: jobs2,
+        tz: "Pacific/Kiritimati".to_string(),
+        lang: lang2.clone(),
+        umask: 0o077,
+        user: user.clone(),
+        hostname: hostname.clone(),
+        reverse: true,
+        vars: Vec::new(),
+    };
+    let me = current_user();
+    let variations = vec![
+        Variation {
+            name: "directory",
+            run1: run1.dir.display().to_string(),
+            run2: run2.dir.display().to_string(),
+            skipped: None,
+        },
+        Variation {
+            name: "TZ",
+            run1: run1.tz.clone(),
+            run2: run2.tz.clone(),
+            skipped: None,
+        },
+        Variation {
+            name: "LANG, LC_ALL",
+            run1: run1.lang.clone(),
+            run2: lang2,
+            skipped: None,
+        },
+        Variation {
+            name: "umask",
+            run1: format!("{:03o}", run1.umask),
+            run2: format!("{:03o}", run2.umask),
+            skipped: None,
+        },
+        Variation {
+            name: "jobs",
+            run1: run1.jobs.to_string(),
+            run2: run2.jobs.to_string(),
+            skipped: None,
+        },
+        Variation {
+            name: "file creation order",
+            run1: "by name".to_string(),
+            run2: "reversed".to_string(),
+            skipped: None,
+        },
+        Variation {
+            name: "user",
+            run1: me.clone(),
+            run2: user.as_ref().map_or(me, |u| u.2.clone()),
+            skipped: match (&user, root) {
+                (Some(_), _) => None,
+                (None, true) => Some("no `nobody` user".to_string()),
+                (None, false) => Some("needs root".to_string()),
+            },
+        },
+        Variation {
+            name: "hostname",
+            run1: here.clone(),
+            run2: hostname.unwrap_or(here),
+            skipped: host_note,
+        },
+    ];
+    (run1, run2, variations)
+}
+
+/// Copies the project (less `skip` and build products) and the local
+/// sources into the run's directory, hands it to the run's user, and builds
+/// `targets` there with this binary. The build's output goes to `run.log()`.
+pub fn build(
+    run: &Run,
+    exe: &Path,
+    project: &Path,
+    recipes_rel: &Path,
+    sources: &[(String, PathBuf)],
+    targets: &[String],
+    skip: &BTreeSet<PathBuf>,
+) -> Result<()> {
+    fs::create_dir_all(&run.dir)?;
+    let mut skip = skip.clone();
+    skip.extend(skip_in(project));
+    copy_tree(project, &run.project, run.reverse, &skip)
+        .with_context(|| format!("copying {} for run {}", project.display(), run.number))?;
+    let mut cmd = crate::tools::command_at(exe);
+    cmd.arg("--recipes")
+        .arg(run.project.join(recipes_rel))
+        .arg("--output")
+        .arg(run.output())
+        .arg("--cache")
+        .arg(run.cache())
+        .arg("-j")
+        .arg(run.jobs.to_string());
+    for (name, path) in sources {
+        let copy = run.dir.join("sources").join(name);
+        fs::create_dir_all(copy.parent().expect("has a parent"))?;
+        if path.is_dir() {
+            copy_tree(path, &copy, run.reverse, &BTreeSet::new())?;
+        } else {
+            fs::copy(path, &copy).with_context(|| format!("copying {}", path.display()))?;
+        }
+        cmd.arg("--source")
+            .arg(format!("{name}={}", copy.display()));
+    }
+    for (name, value) in &run.vars {
+        cmd.arg("--var").arg(format!("{name}={value}"));
+    }
+    cmd.arg("build").args(targets);
+    let home = run.dir.join("home");
+    fs::create_dir_all(&home)?;
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("KILN_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.env("HOME", &home)
+        .env("TZ", &run.tz)
+        .env("LANG", &run.lang)
+        .env("LC_ALL", &run.lang);
+    if let Some((uid, gid, name)) = &run.user {
+        cmd.env("USER", name).env("LOGNAME", name);
+        chown_tree(&run.dir, *uid, *gid)?;
+    }
+    let log = run.log();
+    if let Some((uid, gid, _)) = &run.user {
+        fs::File::create(&log)?;
+        std::os::unix::fs::chown(&log, Some(*uid), Some(*gid))?;
+    }
+    let setup = Setup {
+        umask: run.umask,
+        hostname: run.hostname.clone(),
+        user: run.user.as_ref().map(|u| (u.0, u.1)),
+    };
+    // SAFETY: between fork and exec `apply` makes only async-signal-safe
+    // system calls (umask, unshare, sethostname, setgroups, setgid,
+    // setuid) on memory prepared before the fork.
+    unsafe {
+        cmd.pre_exec(move || setup.apply());
+    }
+    let label = format!("run {}: building {}", run.number, targets.join(" "));
+    crate::tools::run_logged_with_progress(cmd, &log, &label)
+        .with_context(|| format!("run {} failed", run.number))
+}
+
+/// What a run's process changes about itself before it starts.
+struct Setup {
+    umask: u32,
+    hostname: Option<String>,
+    user: Option<(u32, u32)>,
+}
+
+impl Setup {
+    fn apply(&self) -> std::io::Result<()> {
+        let check = |r: libc::c_int| {
+            if r == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        };
+        // SAFETY: plain system calls on values owned by `self`.
+        unsafe {
+            libc::umask(self.umask as libc::mode_t);
+            if let Some(name) = &self.hostname {
+                check(libc::unshare(libc::CLONE_NEWUTS))?;
+                check(libc::sethostname(name.as_ptr().cast(), name.len()))?;
+            }
+            if let Some((uid, gid)) = self.user {
+                check(libc::setgroups(0, std::ptr::null()))?;
+                check(libc::setgid(gid))?;
+                check(libc::setuid(uid))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether a child may enter a new UTS namespace and name its host.
+fn probe_uts() -> Result<()> {
+    let setup = Setup {
+        umask: 0o022,
+        hostname: Some("kiln-probe".to_string()),
+        user: None,
+    };
+    let mut cmd = std::process::Command::new("true");
+    // SAFETY: as in `build`.
+    unsafe {
+        cmd.pre_exec(move || setup.apply());
+    }
+    let status = cmd.status().context("unshare(CLONE_NEWUTS)")?;
+    if !status.success() {
+        bail!("`true` failed in the namespace");
+    }
+    Ok(())
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid cannot fail and touches no memory.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// uid and gid of `nobody`, from /etc/passwd.
+fn nobody() -> Option<(u32, u32, String)> {
+    let passwd = fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        if f.len() > 3 && f[0] == "nobody" {
+            Some((f[2].parse().ok()?, f[3].parse().ok()?, "nobody".to_string()))
+        } else {
+            None
+        }
+    })
+}
+
+fn current_user() -> String {
+    // SAFETY: geteuid cannot fail and touches no memory.
+    let uid = unsafe { libc::geteuid() };
+    fs::read_to_string("/etc/passwd")
+        .ok()
+        .and_then(|p| {
+            p.lines().find_map(|l| {
+                let f: Vec<&str> = l.split(':').collect();
+                (f.len() > 2 && f[2] == uid.to_string()).then(|| f[0].to_string())
+            })
+        })
+        .unwrap_or_else(|| format!("uid {uid}"))
+}
+
+fn host_name() -> String {
+    fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "unknown".to_string())
+}
+
+/// A UTF-8 locale other than C that this host has, for run 2's LANG.
+fn installed_locale() -> Option<String> {
+    let out = std::process::Command::new("locale")
+        .arg("-a")
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let have: Vec<&str> = text.lines().collect();
+    ["fr_FR.utf8", "de_DE.utf8", "en_US.utf8", "C.utf8"]
+        .iter()
+        .find(|l| have.contains(l))
+        .map(|l| l.replace(".utf8", ".UTF-8"))
+}
+
+/// Names never copied with the project: build products and VCS data.
+fn skip_in(project: &Path) -> BTreeSet<PathBuf> {
+    ["target", "output", ".git", "node_modules"]
+        .iter()
+        .map(|n| project.join(n))
+        .collect()
+}
+
+/// Copies `src` to `dst` (modes and symlinks kept, `.git` and `skip`
+/// left out), creating each directory's entries in name order or in
+/// reverse.
+pub fn copy_tree(src: &Path, dst: &Path, reverse: bool, skip: &BTreeSet<PathBuf>) -> Result<()> {
+    fs::create_dir_all(dst).with_context(|| format!("creating {}", dst.display()))?;
+    let mut entries: Vec<_> = fs::read_dir(src)
+        .with_context(|| format!("listing {}", src.display()))?
+        .collect::<std::io::Result<_>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    if reverse {
+        entries.reverse();
+    }
+    for entry in entries {
+        let from = entry.path();
+        if skip.contains(&from) || entry.file_name() == ".git" {
+            continue;
+        }
+        let to = dst.join(entry.file_name());
+        let kind = entry.file_type()?;
+        if kind.is_symlink() {
+            std::os::unix::fs::symlink(fs::read_link(&from)?, &to)?;
+        } else if kind.is_dir() {
+            copy_tree(&from, &to, reverse, skip)?;
+            fs::set_permissions(&to, fs::metadata(&from)?.permissions())?;
+        } else if kind.is_file() {
+            fs::copy(&from, &to).with_context(|| format!("copying {}", from.display()))?;
+        }
+    }
+    Ok(())
+}
+
+fn chown_tree(dir: &Path, uid: u32, gid: u32) -> Result<()> {
+    for entry in walkdir::WalkDir::new(dir) {
+        let entry = entry?;
+        std::os::unix::fs::lchown(entry.path(), Some(uid), Some(gid))
+            .with_context(|| format!("chown {}", entry.path().display()))?;
+    }
+    Ok(())
+}
+
+/// One artifact in the comparison.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Row {
+    /// Relative to the output directory.
+    pub artifact: String,
+    pub run1: Option<Digest>,
+    pub run2: Option<Digest>,
+}
+
+impl Row {
+    pub fn identical(&self) -> bool {
+        self.run1.is_some() && self.run1 == self.run2
+    }
+}
+
+/// Every file under either output directory (tool logs aside), with its
+/// sha256 in each.
+pub fn compare_outputs(a: &Path, b: &Path) -> Result<Vec<Row>> {
+    let mut names = BTreeSet::new();
+    for dir in [a, b] {
+        for entry in walkdir::WalkDir::new(dir).sort_by_file_name() {
+            let entry = entry.with_context(|| format!("listing {}", dir.display()))?;
+            let rel = entry
+                .path()
+                .strip_prefix(dir)?
+                .to_string_lossy()
+                .into_owned();
+            if entry.file_type().is_file() && !rel.starts_with("logs/") {
+                names.insert(rel);
+            }
+        }
+    }
+    if names.is_empty() {
+        bail!("neither {} nor {} holds any file", a.display(), b.display());
+    }
+    let digest = |p: PathBuf| -> Result<Option<Digest>> {
+        if p.is_file() {
+            Ok(Some(Digest::of_file(&p)?.0))
+        } else {
+            Ok(None)
+        }
+    };
+    names
+        .into_iter()
+        .map(|name| {
+            Ok(Row {
+                run1: digest(a.join(&name))?,
+                run2: digest(b.join(&name))?,
+                artifact: name,
+            })
+        })
+        .collect()
+}
+
+/// The table: artifact, sha256 of each run (12 digits), identical or not.
+pub fn table(rows: &[Row]) -> String {
+    let width = rows
+        .iter()
+        .map(|r| r.artifact.len())
+        .max()
+        .unwrap_or(8)
+        .max(8);
+    let short = |d: &Option<Digest>| d.map_or("(missing)".to_string(), |d| d.short());
+    let mut out = format!(
+        "{:width$}  {:12}  {:12}  result\n",
+        "artifact", "run 1", "run 2"
+    );
+    for r in rows {
+        let result = if r.identical() {
+            "identical"
+        } else {
+            "DIFFERS"
+        };
+        out.push_str(&format!(
+            "{:width$}  {:12}  {:12}  {result}\n",
+            r.artifact,
+            short(&r.run1),
+            short(&r.run2)
+        ));
+    }
+    out
+}

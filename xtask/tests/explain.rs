@@ -96,17 +96,11 @@ fn explain_names_a_changed_tool_version() {
     run_ok(kiln(&recipes, &out, &shared_cache()).args(["build", "modules"]));
     let real = kiln::tools::find("depmod").expect("depmod is installed");
     let real_version = kiln::tools::version("depmod").unwrap();
-    let bin = dir.path().join("bin");
-    std::fs::create_dir(&bin).unwrap();
-    let fake = bin.join("depmod");
-    let script = format!("#!/bin/sh\n[ \"$1\" = --version ] && {{ echo 'kmod version 99'; exit 0; }}\nexec {} \"$@\"\n", real.display());
-    std::fs::write(&fake, script).unwrap();
-    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let path = format!(
-        "{}:{}",
-        bin.display(),
-        std::env::var("PATH").unwrap_or_default()
+    let script = format!(
+        "[ \"$1\" = --version ] && {{ echo 'kmod version 99'; exit 0; }}\nexec {} \"$@\"\n",
+        real.display()
     );
+    let path = fake_tool(dir.path(), "depmod", &script);
     let plan = run_ok(
         kiln(&recipes, &out, &shared_cache())
             .env("PATH", &path)

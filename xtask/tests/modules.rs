@@ -259,18 +259,9 @@ fn a_failing_tool_shows_its_exit_status_last_40_lines_and_full_log() {
     let out = dir.path().join("output");
     // A depmod that reports another version (so its step cannot be a
     // cache hit), prints 50 numbered lines and fails.
-    let bin = dir.path().join("bin");
-    std::fs::create_dir(&bin).unwrap();
-    let fake = bin.join("depmod");
-    let script = "#!/bin/sh\n[ \"$1\" = --version ] && { echo 'kmod version 0-failing'; exit 0; }\n\
+    let script = "[ \"$1\" = --version ] && { echo 'kmod version 0-failing'; exit 0; }\n\
                   i=1; while [ $i -le 50 ]; do echo \"depmod line $i\" >&2; i=$((i+1)); done\nexit 3\n";
-    std::fs::write(&fake, script).unwrap();
-    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let path = format!(
-        "{}:{}",
-        bin.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
+    let path = fake_tool(dir.path(), "depmod", script);
     let err = run_err(
         kiln(&recipes, &out, &shared_cache())
             .env("PATH", &path)

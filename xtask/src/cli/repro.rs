@@ -150,6 +150,13 @@ fn run_both(
         .collect();
     for run in [&run1, &run2] {
         let start = std::time::Instant::now();
+        println!(
+            "run {}: building {} with -j{} (log: {})",
+            run.number,
+            a.targets.join(" "),
+            run.jobs,
+            run.log().display()
+        );
         repro::build(run, &exe, project, recipes_rel, &sources, &a.targets, &skip)?;
         println!(
             "run {} built {} in {:.1}s",

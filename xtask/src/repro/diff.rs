@@ -107,9 +107,21 @@ struct Parts<'a> {
     b: BTreeMap<String, Part<'a>>,
 }
 
+/// Named values of one header or part, compared pairwise.
+type Fields = Vec<(&'static str, String)>;
+
 struct Part<'a> {
-    fields: Vec<(&'static str, String)>,
+    fields: Fields,
     data: &'a [u8],
+}
+
+/// One finding per field whose value differs: `<what> <field>: a → b`.
+fn fields_differ(place: &[String], out: &mut Findings, what: &str, a: Fields, b: Fields) {
+    for ((name, va), (_, vb)) in a.into_iter().zip(b) {
+        if va != vb {
+            out.add(place, format!("{what} {name}: {va} → {vb}"));
+        }
+    }
 }
 
 impl<'a> Parts<'a> {
@@ -119,6 +131,13 @@ impl<'a> Parts<'a> {
             a: BTreeMap::new(),
             b: BTreeMap::new(),
         }
+    }
+
+    /// Adds run 1's `a` and run 2's `b` items, each described as its name
+    /// and part.
+    fn fill<T>(&mut self, a: &'a [T], b: &'a [T], describe: impl Fn(&'a T) -> (String, Part<'a>)) {
+        self.a.extend(a.iter().map(&describe));
+        self.b.extend(b.iter().map(&describe));
     }
 
     fn report(self, place: &mut Vec<String>, out: &mut Findings, depth: usize) {
@@ -245,23 +264,16 @@ fn cpio_entries(
         fields
     };
     let mut parts = Parts::new("cpio member");
-    for (map, entries) in [(&mut parts.a, ea), (&mut parts.b, eb)] {
-        for e in entries {
-            // A symlink's target is a field, not data to examine.
-            let data: &[u8] = if e.link_target().is_some() {
-                &[]
-            } else {
-                &e.data
-            };
-            map.insert(
-                e.name.clone(),
-                Part {
-                    fields: part(e),
-                    data,
-                },
-            );
-        }
-    }
+    parts.fill(ea, eb, |e| {
+        // A symlink's target is a field, not data to examine.
+        let data: &[u8] = if e.link_target().is_some() {
+            &[]
+        } else {
+            &e.data
+        };
+        let fields = part(e);
+        (e.name.clone(), Part { fields, data })
+    });
     parts.report(place, out, depth);
 }
 
@@ -288,14 +300,13 @@ fn iso(a: &[u8], b: &[u8], place: &mut Vec<String>, out: &mut Findings, depth: u
             ("effective date", v.effective.clone()),
         ]
     };
-    for ((name, va), (_, vb)) in fields(pa).into_iter().zip(fields(pb)) {
-        if va != vb {
-            out.add(
-                place,
-                format!("volume descriptor field {name}: {va:?} → {vb:?}"),
-            );
-        }
-    }
+    fields_differ(
+        place,
+        out,
+        "volume descriptor field",
+        fields(pa),
+        fields(pb),
+    );
     if ia.boot != ib.boot {
         out.add(
             place,
@@ -303,35 +314,28 @@ fn iso(a: &[u8], b: &[u8], place: &mut Vec<String>, out: &mut Findings, depth: u
         );
     }
     let mut parts = Parts::new("ISO file");
-    for (map, image) in [(&mut parts.a, &ia), (&mut parts.b, &ib)] {
-        for e in &image.entries {
-            let fields = vec![
-                ("mode", e.mode.map(|m| format!("{m:o}")).unwrap_or_default()),
-                ("uid", e.uid.map(|u| u.to_string()).unwrap_or_default()),
-                ("gid", e.gid.map(|g| g.to_string()).unwrap_or_default()),
-                ("mtime", e.mtime.clone()),
-                ("symlink", e.symlink.clone().unwrap_or_default()),
-                ("size", e.data.len().to_string()),
-                ("extent", e.extent.to_string()),
-            ];
-            map.insert(
-                e.path.clone(),
-                Part {
-                    fields,
-                    data: &e.data,
-                },
-            );
-        }
-    }
+    parts.fill(&ia.entries, &ib.entries, |e| {
+        let fields = vec![
+            ("mode", e.mode.map(|m| format!("{m:o}")).unwrap_or_default()),
+            ("uid", e.uid.map(|u| u.to_string()).unwrap_or_default()),
+            ("gid", e.gid.map(|g| g.to_string()).unwrap_or_default()),
+            ("mtime", e.mtime.clone()),
+            ("symlink", e.symlink.clone().unwrap_or_default()),
+            ("size", e.data.len().to_string()),
+            ("extent", e.extent.to_string()),
+        ];
+        let data = &e.data[..];
+        (e.path.clone(), Part { fields, data })
+    });
     parts.report(place, out, depth);
     true
 }
 
 // ---- PE/COFF (UKIs, EFI binaries) ----
 
-fn portable_executable(
-    a: &[u8],
-    b: &[u8],
+fn portable_executable<'a>(
+    a: &'a [u8],
+    b: &'a [u8],
     place: &mut Vec<String>,
     out: &mut Findings,
     depth: usize,
@@ -356,25 +360,27 @@ fn portable_executable(
             ("Subsystem", h.subsystem.to_string()),
         ]
     };
-    for ((name, va), (_, vb)) in header(&pa.headers).into_iter().zip(header(&pb.headers)) {
-        if va != vb {
-            out.add(place, format!("PE header field {name}: {va} → {vb}"));
-        }
-    }
+    fields_differ(
+        place,
+        out,
+        "PE header field",
+        header(&pa.headers),
+        header(&pb.headers),
+    );
     let mut parts = Parts::new("PE section");
-    for (map, image) in [(&mut parts.a, &pa), (&mut parts.b, &pb)] {
-        for s in &image.sections {
-            let fields = vec![
-                ("VirtualAddress", format!("{:#x}", s.virtual_address)),
-                ("VirtualSize", s.virtual_size.to_string()),
-                ("PointerToRawData", format!("{:#x}", s.raw_offset)),
-                ("SizeOfRawData", s.raw_size.to_string()),
-                ("Characteristics", format!("{:#x}", s.characteristics)),
-            ];
-            let data = image.section_data(&s.name).unwrap_or_default();
-            map.insert(s.name.clone(), Part { fields, data });
-        }
-    }
+    let section = |image: &pe::PeImage<'a>, s: &pe::Section| {
+        let fields = vec![
+            ("VirtualAddress", format!("{:#x}", s.virtual_address)),
+            ("VirtualSize", s.virtual_size.to_string()),
+            ("PointerToRawData", format!("{:#x}", s.raw_offset)),
+            ("SizeOfRawData", s.raw_size.to_string()),
+            ("Characteristics", format!("{:#x}", s.characteristics)),
+        ];
+        let data = image.section_data(&s.name).unwrap_or_default();
+        (s.name.clone(), Part { fields, data })
+    };
+    parts.a.extend(pa.sections.iter().map(|s| section(&pa, s)));
+    parts.b.extend(pb.sections.iter().map(|s| section(&pb, s)));
     parts.report(place, out, depth);
     true
 }
@@ -407,34 +413,26 @@ fn fat_image(
             ("total sectors", h.total_sectors.to_string()),
         ]
     };
-    for ((name, va), (_, vb)) in header(&ha).into_iter().zip(header(&hb)) {
-        if va != vb {
-            out.add(
-                place,
-                format!("FAT boot sector field {name}: {va:?} → {vb:?}"),
-            );
-        }
-    }
+    fields_differ(
+        place,
+        out,
+        "FAT boot sector field",
+        header(&ha),
+        header(&hb),
+    );
     let mut parts = Parts::new("FAT file");
-    for (map, files) in [(&mut parts.a, &fa), (&mut parts.b, &fb)] {
-        for f in files {
-            let (y, mo, d, h, mi, s) = f.modified;
-            let fields = vec![
-                (
-                    "modified",
-                    format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02}"),
-                ),
-                ("size", f.data.len().to_string()),
-            ];
-            map.insert(
-                f.path.clone(),
-                Part {
-                    fields,
-                    data: &f.data,
-                },
-            );
-        }
-    }
+    parts.fill(&fa, &fb, |f| {
+        let (y, mo, d, h, mi, s) = f.modified;
+        let fields = vec![
+            (
+                "modified",
+                format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02}"),
+            ),
+            ("size", f.data.len().to_string()),
+        ];
+        let data = &f.data[..];
+        (f.path.clone(), Part { fields, data })
+    });
     parts.report(place, out, depth);
     true
 }

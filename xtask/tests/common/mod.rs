@@ -102,6 +102,21 @@ pub fn under_umask(cmd: &Command, umask: &str, tz: &str, subcommand: &str) -> Co
     sh
 }
 
+/// Puts an executable shell `script` named `name` in `dir/bin` and returns
+/// a PATH that finds it first.
+pub fn fake_tool(dir: &Path, name: &str, script: &str) -> String {
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let fake = bin.join(name);
+    std::fs::write(&fake, format!("#!/bin/sh\n{script}")).unwrap();
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    )
+}
+
 pub fn run_ok(cmd: &mut Command) -> Output {
     let out = cmd.output().expect("starting xtask");
     assert!(

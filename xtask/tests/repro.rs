@@ -88,6 +88,7 @@ fn a_varied_value_is_named_as_its_cpio_member_and_field() {
             "--keep",
             "--work",
             work.to_str().unwrap(),
+            "--diffoscope",
         ],
     );
     let text = stdout(&out);
@@ -113,6 +114,21 @@ fn a_varied_value_is_named_as_its_cpio_member_and_field() {
         text.contains("NOT reproducible: 2 of 2 artifacts differ"),
         "{text}"
     );
+    // diffoscope is used when installed, never needed.
+    let report = dir
+        .path()
+        .join("output/logs/diffoscope/stage2_stage2_initramfs.cpio.gz.txt");
+    if kiln::tools::find("diffoscope").is_some() {
+        assert!(
+            text.contains(&format!("  diffoscope: {}", report.display())),
+            "{text}"
+        );
+        assert!(std::fs::read_to_string(&report)
+            .unwrap()
+            .contains("kiln-release"));
+    } else {
+        assert!(text.contains("diffoscope is not installed"), "{text}");
+    }
     // --keep: both runs' outputs are there to inspect.
     assert!(
         text.contains(&format!("kept both runs in {}", work.display())),

@@ -87,6 +87,7 @@ fn build_targets(text: &str) -> Vec<Vec<String>> {
     let joined = text.replace("\\\n", " ");
     joined
         .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
         .filter_map(|l| {
             let rest = l.split_once("cargo xtask")?.1;
             rest.split_once(" build")

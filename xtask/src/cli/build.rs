@@ -160,6 +160,12 @@ pub struct Overrides {
     pub check_make: Vec<String>,
 }
 
+/// Loads the recipes and plans `targets`: every recipe or target error, and
+/// nothing run.
+pub(super) fn check_targets(s: &Settings, targets: &[String]) -> Result<()> {
+    session(s, targets).map(|_| ())
+}
+
 fn session(s: &Settings, targets: &[String]) -> Result<Session> {
     session_with(s, targets, &Overrides::default())
 }

@@ -129,6 +129,11 @@ pub fn main() -> ExitCode {
         .without_time()
         .init();
     crate::tools::interrupt::install();
+    // The caller's umask is not an input: tools write step outputs (kernel
+    // objects, depmod indexes) with modes that end up in tree digests, so
+    // a umask of 077 would change keys and the manifest (found by repro).
+    // SAFETY: umask cannot fail and touches no memory.
+    unsafe { libc::umask(0o022) };
     match run(cli) {
         Ok(code) => code,
         Err(_) if crate::tools::interrupt::interrupted() => {

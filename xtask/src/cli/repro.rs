@@ -70,6 +70,13 @@ pub fn repro(s: &Settings, a: &ReproArgs) -> Result<ExitCode> {
     if a.targets.is_empty() {
         bail!("name the targets to build twice, e.g. `cargo xtask repro stage2 modules` (the recipes in {})", s.recipes_dir.display());
     }
+    // An unknown target or a recipe error fails here, naming the real files,
+    // not later in a copy.
+    let mut first = s.clone();
+    for (name, one, _) in &a.vary {
+        first.vars.insert(name.clone(), one.clone());
+    }
+    super::build::check_targets(&first, &a.targets)?;
     let recipes = s
         .recipes_dir
         .canonicalize()

@@ -104,6 +104,11 @@ impl Executor<'_> {
         let mut running = 0usize;
         let (tx, rx) = mpsc::channel::<(usize, Result<NodeResult>)>();
         let mut batches = Batches::new(plan, self.quiet);
+        // Set when a step fails: steps already started but still waiting
+        // for a key lock then stop instead of building (and, with the same
+        // key, overwriting the failed step's log).
+        let failed = std::sync::atomic::AtomicBool::new(false);
+        let failed = &failed;
         std::thread::scope(|scope| -> Result<()> {
             loop {
                 for (i, node) in plan.nodes.iter().enumerate() {
@@ -121,7 +126,10 @@ impl Executor<'_> {
                     running += 1;
                     let tx = tx.clone();
                     scope.spawn(move || {
-                        let r = self.run_node(node, components, inputs);
+                        let r = self.run_node(node, components, inputs, failed);
+                        if r.is_err() {
+                            failed.store(true, std::sync::atomic::Ordering::SeqCst);
+                        }
                         let _ = tx.send((i, r));
                     });
                 }
@@ -156,6 +164,7 @@ impl Executor<'_> {
         node: &Node,
         components: KeyComponents,
         inputs: BTreeMap<String, Output>,
+        failed: &std::sync::atomic::AtomicBool,
     ) -> Result<NodeResult> {
         let label = node.step.label();
         let key = components.key();
@@ -174,6 +183,9 @@ impl Executor<'_> {
         let _lock = self.store.lock_key(&key)?;
         if let Some(record) = self.store.action(&key)? {
             return Ok(hit(record));
+        }
+        if failed.load(std::sync::atomic::Ordering::SeqCst) {
+            anyhow::bail!("`{label}` not started: another step failed");
         }
         let lines = !self.quiet && node.step.batch().is_none();
         if let Some(remote) = self.remote.filter(|r| r.up()) {

@@ -273,11 +273,8 @@ pub fn run_logged(mut cmd: Command, log: &Path) -> Result<()> {
     if interrupt::interrupted() {
         return Err(interrupt::Interrupted.into());
     }
-    let mut child = cmd
-        .stdout(file)
-        .stderr(err)
-        .spawn()
-        .with_context(|| format!("starting {what}"))?;
+    cmd.stdout(file).stderr(err);
+    let mut child = spawn(&mut cmd).with_context(|| format!("starting {what}"))?;
     let tracked = interrupt::track(child.id());
     let status = child.wait().with_context(|| format!("waiting for {what}"));
     drop(tracked);
@@ -392,12 +389,33 @@ fn last_line(path: &Path) -> Option<String> {
 /// Runs `cmd` and returns its stdout; stderr goes into the error on failure.
 pub fn capture(mut cmd: Command) -> Result<String> {
     let what = describe(&cmd);
-    let out = cmd.output().with_context(|| format!("starting {what}"))?;
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let out = spawn(&mut cmd)
+        .and_then(|child| child.wait_with_output())
+        .with_context(|| format!("starting {what}"))?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         bail!("{what} failed ({}): {}", out.status, stderr.trim());
     }
     String::from_utf8(out.stdout).with_context(|| format!("{what} printed non-UTF-8 output"))
+}
+
+/// Starts `cmd`, retrying for a while when the kernel says its program is
+/// busy (ETXTBSY). A program a step has just written (busybox copied into
+/// scratch) is still open for writing in any child another thread forked
+/// meanwhile, until that child execs: a race of milliseconds.
+fn spawn(cmd: &mut Command) -> std::io::Result<std::process::Child> {
+    let mut delay = std::time::Duration::from_millis(5);
+    for _ in 0..10 {
+        match cmd.spawn() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
+                std::thread::sleep(delay);
+                delay *= 2;
+            }
+            started => return started,
+        }
+    }
+    cmd.spawn()
 }
 
 fn describe(cmd: &Command) -> String {
@@ -416,10 +434,8 @@ fn describe(cmd: &Command) -> String {
 /// The child is tracked for interrupts until the guard drops.
 pub fn spawn_reading_stdout(mut cmd: Command) -> Result<(std::process::Child, interrupt::Tracked)> {
     let what = describe(&cmd);
-    let child = cmd
-        .stdout(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("starting {what}"))?;
+    cmd.stdout(Stdio::piped());
+    let child = spawn(&mut cmd).with_context(|| format!("starting {what}"))?;
     let tracked = interrupt::track(child.id());
     Ok((child, tracked))
 }

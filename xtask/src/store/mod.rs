@@ -516,10 +516,9 @@ impl Store {
                     // The copy keeps the blob's mtime like the links do: tools
                     // that compare mtimes (make) see one consistent source tree.
                     let mtime = fs::metadata(&blob)?.modified()?;
-                    File::options()
-                        .write(true)
-                        .open(&path)?
-                        .set_modified(mtime)?;
+                    // Times need ownership, not a writable handle: a mode
+                    // without owner write (0555) must not fail for non-root.
+                    File::open(&path)?.set_modified(mtime)?;
                 }
             }
         }
@@ -771,10 +770,8 @@ fn mark_used(path: &Path) {
         .and_then(|t| t.elapsed().ok())
         .is_some_and(|age| age > HOUR);
     if stale {
-        let _ = File::options()
-            .write(true)
-            .open(path)
-            .and_then(|f| f.set_modified(std::time::SystemTime::now()));
+        // A read-only handle: records are 0444, and times need ownership.
+        let _ = File::open(path).and_then(|f| f.set_modified(std::time::SystemTime::now()));
     }
 }
 

@@ -60,7 +60,9 @@ impl Step for LinkKernel {
             let dest = obj.join(INITRAMFS_NAME);
             std::fs::remove_file(&dest).ok();
             std::fs::copy(ctx.file("initramfs")?, &dest)?;
-            File::options().write(true).open(&dest)?.set_modified(now)?;
+            // The copy keeps the blob's read-only mode; setting times needs
+            // only ownership, not a writable handle (root would not notice).
+            File::open(&dest)?.set_modified(now)?;
         }
         let mut cmd = make(&src, &self.arch, self.epoch, self.threads)?;
         cmd.arg("bzImage");

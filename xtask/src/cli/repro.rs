@@ -65,7 +65,7 @@ fn parse_vary(s: &str) -> Result<(String, String, String), String> {
 pub fn repro(s: &Settings, a: &ReproArgs) -> Result<ExitCode> {
     if let Some(dirs) = &a.compare {
         let rows = compare(&dirs[0], &dirs[1])?;
-        return report(s, a, &rows, &dirs[0], &dirs[1]);
+        return report(s, a, &rows, (&dirs[0], &dirs[1]), None);
     }
     if a.targets.is_empty() {
         bail!("name the targets to build twice, e.g. `cargo xtask repro stage2 modules` (the recipes in {})", s.recipes_dir.display());
@@ -171,13 +171,22 @@ fn run_both(
             a.targets.join(" "),
             start.elapsed().as_secs_f64()
         );
-        if !a.keep {
-            // Each cache holds whole kernel trees: gone as soon as it served.
-            let _ = std::fs::remove_dir_all(run.cache());
-        }
     }
+    // Both stores stay until the report: a manifest that differs is
+    // explained by opening the differing step inputs in each (the caller
+    // removes them afterwards unless --keep).
+    let stores = (
+        crate::store::Store::open(&run1.cache())?,
+        crate::store::Store::open(&run2.cache())?,
+    );
     let rows = repro::compare_outputs(&run1.output(), &run2.output())?;
-    report(s, a, &rows, &run1.output(), &run2.output())
+    report(
+        s,
+        a,
+        &rows,
+        (&run1.output(), &run2.output()),
+        Some((&stores.0, &stores.1)),
+    )
 }
 
 fn make_work_dir(work: Option<&Path>) -> Result<PathBuf> {
@@ -236,7 +245,13 @@ fn compare(one: &Path, two: &Path) -> Result<Vec<Row>> {
     repro::compare_outputs(one, two)
 }
 
-fn report(s: &Settings, a: &ReproArgs, rows: &[Row], one: &Path, two: &Path) -> Result<ExitCode> {
+fn report(
+    s: &Settings,
+    a: &ReproArgs,
+    rows: &[Row],
+    (one, two): (&Path, &Path),
+    stores: repro::inputs::Stores,
+) -> Result<ExitCode> {
     println!();
     print!("{}", repro::table(rows));
     let differing: Vec<&Row> = rows.iter().filter(|r| !r.identical()).collect();
@@ -255,7 +270,9 @@ fn report(s: &Settings, a: &ReproArgs, rows: &[Row], one: &Path, two: &Path) -> 
             continue;
         }
         let (x, y) = (std::fs::read(path(one, r))?, std::fs::read(path(two, r))?);
-        for finding in diff::explain(&x, &y) {
+        let findings =
+            repro::inputs::explain(&x, &y, stores).unwrap_or_else(|| diff::explain(&x, &y));
+        for finding in findings {
             println!("  {finding}");
         }
         if a.diffoscope {

@@ -8,6 +8,7 @@
 //! and printed, with any variation this host cannot apply.
 
 pub mod diff;
+pub mod inputs;
 
 use std::collections::BTreeSet;
 use std::fs;

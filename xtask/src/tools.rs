@@ -132,7 +132,7 @@ fn version_arg(program: &str) -> &'static str {
     }
 }
 
-fn missing(program: &str) -> String {
+pub fn missing(program: &str) -> String {
     match host_tools().into_iter().find(|t| t.command == program) {
         Some(t) => format!(
             "`{program}` is not installed: run `apt-get install {}` (see `cargo xtask doctor`)",

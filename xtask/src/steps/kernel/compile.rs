@@ -32,7 +32,8 @@ impl Step for CompileKernel {
         "kernel-compile"
     }
     fn version(&self) -> u32 {
-        3
+        // 4: objects built with -g no longer record the scratch path.
+        4
     }
     fn label(&self) -> String {
         format!("kernel compile {}", self.name)

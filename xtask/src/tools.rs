@@ -9,7 +9,7 @@
 //! groups (Ctrl-C must stop a whole `make`) and output teed to logs.
 
 use std::collections::HashMap;
-use std::fs::File;
+use std::fs::{self, File};
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -165,6 +165,33 @@ pub fn clean_command(program: &str, home: &Path, epoch: u64) -> Result<Command> 
         .env("TZ", "UTC")
         .env("SOURCE_DATE_EPOCH", epoch.to_string());
     Ok(cmd)
+}
+
+/// A PATH whose `gcc` and `cc` (wrappers written to `wrappers`) run the
+/// real gcc with `-ffile-prefix-map=<tree>/=`, for builds whose `-g`
+/// objects end up in stored outputs: gcc records the working directory and
+/// source paths in debug info, and the tree is in a scratch directory with
+/// a random name. A wrapper named `gcc` changes neither `CC` nor
+/// `gcc --version`, which build systems record (the kernel's Kconfig).
+pub fn path_mapping_gcc(wrappers: &Path, tree: &Path) -> Result<std::ffi::OsString> {
+    use std::os::unix::fs::PermissionsExt;
+    let gcc = find("gcc").with_context(|| missing("gcc"))?;
+    fs::create_dir_all(wrappers).with_context(|| format!("creating {}", wrappers.display()))?;
+    let quote = |s: &str| format!("'{}'", s.replace('\'', r"'\''"));
+    let script = format!(
+        "#!/bin/sh\nexec {} {} \"$@\"\n",
+        quote(&gcc.to_string_lossy()),
+        quote(&format!("-ffile-prefix-map={}/=", tree.display()))
+    );
+    for name in ["gcc", "cc"] {
+        let path = wrappers.join(name);
+        fs::write(&path, &script).with_context(|| format!("writing {}", path.display()))?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755))?;
+    }
+    let mut path = std::ffi::OsString::from(wrappers.as_os_str());
+    path.push(":");
+    path.push(std::env::var_os("PATH").unwrap_or_default());
+    Ok(path)
 }
 
 /// A command for a program given by path (e.g. a binary from a step input).

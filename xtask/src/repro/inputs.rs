@@ -48,10 +48,13 @@ pub fn explain(a: &[u8], b: &[u8], stores: Stores) -> Option<Vec<Finding>> {
             .collect()
     };
     let (ma, mb) = (by_name(&a), by_name(&b));
+    // Many artifacts share an input (one zbin packs every ROM): each pair of
+    // digests is opened once and referred to after that.
+    let mut seen = Seen::new();
     for name in ma.keys().chain(mb.keys().filter(|n| !ma.contains_key(*n))) {
         let place = vec![format!("artifact {name}")];
         match (ma.get(name), mb.get(name)) {
-            (Some(x), Some(y)) => artifact(x, y, &place, stores, &mut out),
+            (Some(x), Some(y)) => artifact(x, y, &place, stores, &mut seen, &mut out),
             (x, _) => out.push(Finding {
                 place,
                 what: format!("only in run {}", if x.is_some() { 1 } else { 2 }),
@@ -65,7 +68,17 @@ pub fn explain(a: &[u8], b: &[u8], stores: Stores) -> Option<Vec<Finding>> {
     Some(out)
 }
 
-fn artifact(x: &Artifact, y: &Artifact, place: &[String], stores: Stores, out: &mut Vec<Finding>) {
+/// Input digest pairs already explained, with the artifact they were under.
+type Seen = BTreeMap<(Digest, Digest), String>;
+
+fn artifact(
+    x: &Artifact,
+    y: &Artifact,
+    place: &[String],
+    stores: Stores,
+    seen: &mut Seen,
+    out: &mut Vec<Finding>,
+) {
     let mut add = |what: String| {
         out.push(Finding {
             place: place.to_vec(),
@@ -118,7 +131,16 @@ fn artifact(x: &Artifact, y: &Artifact, place: &[String], stores: Stores, out: &
         let mut place = place.to_vec();
         place.push(format!("input {name}"));
         match (a, b) {
-            (Some(a), Some(b)) => input(a, b, &place, stores, out),
+            (Some(a), Some(b)) => match seen.get(&(*a, *b)) {
+                Some(first) => out.push(Finding {
+                    place,
+                    what: format!("the same difference as under artifact {first}"),
+                }),
+                None => {
+                    seen.insert((*a, *b), x.name.clone());
+                    input(a, b, &place, stores, out);
+                }
+            },
             (a, _) => out.push(Finding {
                 place,
                 what: format!("only in run {}", if a.is_some() { 1 } else { 2 }),
@@ -293,22 +315,26 @@ mod tests {
         let store = Store::open(&dir.join("cache")).unwrap();
         let objtree = store.put_tree(&tree).unwrap();
         let config = Digest::of_bytes(b"CONFIG_X=y\n");
-        let mut manifest = Manifest::new(1);
-        manifest.merge(vec![Artifact {
-            name: "stage2/stage2_vmlinuz".into(),
-            path: "stage2/stage2_vmlinuz".into(),
+        let kernel = |name: &str| Artifact {
+            name: name.into(),
+            path: name.into(),
             kind: "kernel".into(),
             arch: "x86_64".into(),
             sha256: Digest::of_bytes(b"same kernel"),
             size: 11,
             recipe: "recipes/stage2.toml".into(),
-            step_key: Digest::of_bytes(objtree.hex().as_bytes()),
+            step_key: Digest::of_bytes(format!("{name}{}", objtree.hex()).as_bytes()),
             inputs: BTreeMap::from([
                 ("config".to_string(), config),
                 ("objtree".to_string(), objtree),
             ]),
             details: None,
-        }]);
+        };
+        let mut manifest = Manifest::new(1);
+        manifest.merge(vec![
+            kernel("stage2/stage2_vmlinuz"),
+            kernel("stage3/vmlinuz"),
+        ]);
         (store, serde_json::to_vec_pretty(&manifest).unwrap())
     }
 
@@ -336,12 +362,16 @@ mod tests {
             "{found:#?}"
         );
         assert!(!found.iter().any(|l| l.contains("Makefile")), "{found:#?}");
+        // A second artifact with the same input refers to the first.
+        assert_eq!(
+            found.last().unwrap(),
+            "artifact stage3/vmlinuz › input objtree: the same difference as under artifact stage2/stage2_vmlinuz"
+        );
+        assert_eq!(found.len(), 4, "{found:#?}");
         // Without the stores the input is named, with how to see inside.
         let found = explain(&a, &b, None).unwrap();
         assert!(
-            found
-                .last()
-                .unwrap()
+            found[1]
                 .to_string()
                 .ends_with("(opened only when repro builds both runs itself)"),
             "{found:#?}"

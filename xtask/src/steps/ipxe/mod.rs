@@ -80,7 +80,8 @@ impl Step for BuildIpxe {
         "ipxe"
     }
     fn version(&self) -> u32 {
-        2
+        // 3: the stored zbin no longer records the scratch path.
+        3
     }
     fn label(&self) -> String {
         match self.note.as_str() {
@@ -302,11 +303,17 @@ impl BuildIpxe {
 
     fn make(&self, root: &Path, args: &[String]) -> Result<std::process::Command> {
         let mut cmd = tools::clean_command("make", root, self.epoch)?;
-        cmd.arg("-C")
-            .arg(root.join("src"))
-            .arg(format!("-j{}", self.threads.max(1)))
-            .arg(format!("SOURCE_DATE_EPOCH={}", self.epoch))
-            .args(args);
+        // `zbin`, a stored output, is a host program built with `-g`.
+        let scratch = root.parent().context("the iPXE tree has no parent")?;
+        cmd.env(
+            "PATH",
+            tools::path_mapping_gcc(&scratch.join("kiln-cc"), root)?,
+        )
+        .arg("-C")
+        .arg(root.join("src"))
+        .arg(format!("-j{}", self.threads.max(1)))
+        .arg(format!("SOURCE_DATE_EPOCH={}", self.epoch))
+        .args(args);
         if let Some(cross) = &self.cross {
             cmd.arg(format!("CROSS={cross}"));
         }

@@ -90,10 +90,16 @@ pub const KBUILD_TOOLS: &[&str] = &["make", "gcc", "ld", "flex", "bison", "bc"];
 /// variable is fixed and time comes from `epoch`.
 pub fn make(src: &Path, arch: &str, epoch: u64, jobs: usize) -> Result<Command> {
     let mut cmd = tools::clean_command("make", src, epoch)?;
-    let wrappers = path_free_compilers(src)?;
-    let mut path = std::ffi::OsString::from(wrappers.as_os_str());
-    path.push(":");
-    path.push(std::env::var_os("PATH").unwrap_or_default());
+    // kbuild names sources relatively, but gcc still records the working
+    // directory in objects built with `-g`: the real-mode setup code
+    // (`REALMODE_CFLAGS` has `-g`) and objtool. They are stripped from the
+    // bzImage, yet they are in the compiled tree, whose digest keys the link
+    // step. Neither takes user flags (`KCFLAGS` stops at `REALMODE_CFLAGS`),
+    // and a different `CC` would be recorded by Kconfig
+    // (`include/config/auto.conf.cmd`): the link step, in another scratch
+    // path, would re-run syncconfig and rebuild everything.
+    let scratch = src.parent().context("the source tree has no parent")?;
+    let path = tools::path_mapping_gcc(&scratch.join("kiln-cc"), src)?;
     cmd.env("PATH", path)
         .env("KBUILD_BUILD_TIMESTAMP", kbuild_timestamp(epoch))
         .env("KBUILD_BUILD_USER", "kiln")
@@ -105,39 +111,6 @@ pub fn make(src: &Path, arch: &str, epoch: u64, jobs: usize) -> Result<Command> 
         .arg(format!("ARCH={}", kernel_arch(arch)))
         .arg(format!("-j{}", jobs.max(1)));
     Ok(cmd)
-}
-
-/// Writes `gcc` and `cc` wrappers next to the source tree (in the step's
-/// scratch) that add `-ffile-prefix-map=<src>/=`, and returns their
-/// directory, which `make` puts first on PATH.
-///
-/// kbuild names sources relatively, but gcc still records the working
-/// directory (DW_AT_comp_dir) in objects built with `-g`: the real-mode
-/// setup code (`REALMODE_CFLAGS` has `-g`) and objtool. Those objects are
-/// stripped from the bzImage, yet they are in the compiled tree, whose
-/// digest keys the link step: with the scratch path in them, two builds of
-/// one kernel recorded different step keys. Neither takes user flags
-/// (`KCFLAGS` stops at `REALMODE_CFLAGS`), and a different `CC` would be
-/// recorded by Kconfig (`include/config/auto.conf.cmd`), so the next step
-/// with another scratch path would re-run syncconfig and rebuild. A wrapper
-/// named `gcc` leaves `CC` and `gcc --version` as they were.
-fn path_free_compilers(src: &Path) -> Result<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
-    let gcc = tools::find("gcc").with_context(|| tools::missing("gcc"))?;
-    let dir = src
-        .parent()
-        .context("the source tree has no parent")?
-        .join("kiln-cc");
-    std::fs::create_dir_all(&dir)?;
-    let quote = |p: &Path| format!("'{}'", p.to_string_lossy().replace('\'', r"'\''"));
-    let map = PathBuf::from(format!("-ffile-prefix-map={}/=", src.display()));
-    let script = format!("#!/bin/sh\nexec {} {} \"$@\"\n", quote(&gcc), quote(&map));
-    for name in ["gcc", "cc"] {
-        let path = dir.join(name);
-        std::fs::write(&path, &script).with_context(|| format!("writing {}", path.display()))?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
-    }
-    Ok(dir)
 }
 
 /// The kernel's name for a Kiln arch.

@@ -1,14 +1,20 @@
 //! `--explain`: why a step will run, by diffing the key components it had
 //! in its last build with the new ones, field by field (cargo's
-//! fingerprint approach). Tree inputs are diffed down to the changed files.
+//! fingerprint approach). Tree inputs are diffed down to the changed files,
+//! kernel config files (full configs and fragments) down to the options.
 
 use std::collections::BTreeMap;
 
 use crate::steps::KeyComponents;
 use crate::store::{Digest, Store, Tree, TreeKind};
 
-/// Changed files of a tree named in one reason, at most.
+/// Changed files of a tree, or options of a kernel config, named in one
+/// reason, at most.
 const MAX_FILES: usize = 3;
+
+/// Larger files are not read to explain a change (a full `.config` is
+/// about 300 KB).
+const MAX_CONFIG_BYTES: u64 = 1 << 20;
 
 /// One line: `never built`, or the changed components joined by `; `.
 pub fn explain(store: &Store, identity: &str, new: &KeyComponents) -> String {
@@ -121,18 +127,24 @@ fn inputs(
         .collect()
 }
 
-/// For two trees, the files that differ; otherwise the digests.
+/// For two trees, the files that differ; for two kernel configs, the
+/// options; otherwise the digests.
 fn input_change(store: &Store, old: &Digest, new: &Digest) -> String {
     let digests = format!("sha256 {}…→{}…", &old.hex()[..8], &new.hex()[..8]);
-    let (Ok(a), Ok(b)) = (store.tree(old), store.tree(new)) else {
-        return digests;
+    let changes = match (store.tree(old), store.tree(new)) {
+        (Ok(a), Ok(b)) => tree_changes(&a, &b),
+        _ => match config_changes(store, old, new) {
+            Some(options) if options.is_empty() => {
+                return format!("{digests}, every option as before");
+            }
+            options => options.unwrap_or_default(),
+        },
     };
-    let files = tree_changes(&a, &b);
-    if files.is_empty() {
+    if changes.is_empty() {
         return digests;
     }
-    let more = files.len().saturating_sub(MAX_FILES);
-    let mut text = files
+    let more = changes.len().saturating_sub(MAX_FILES);
+    let mut text = changes
         .into_iter()
         .take(MAX_FILES)
         .collect::<Vec<_>>()
@@ -141,6 +153,49 @@ fn input_change(store: &Store, old: &Digest, new: &Digest) -> String {
         text.push_str(&format!(" and {more} more"));
     }
     text
+}
+
+/// The options that differ when both blobs are kernel configs still in the
+/// store: `CONFIG_E1000=y added`, `CONFIG_E1000 y → m`, `CONFIG_E1000 removed`.
+fn config_changes(store: &Store, old: &Digest, new: &Digest) -> Option<Vec<String>> {
+    let a = kconfig(&store.small_blob(old, MAX_CONFIG_BYTES)?)?;
+    let b = kconfig(&store.small_blob(new, MAX_CONFIG_BYTES)?)?;
+    Some(
+        diff(&a, &b)
+            .into_iter()
+            .map(|(option, change)| match change {
+                Change::Added(v) => format!("{option}={v} added"),
+                Change::Changed(o, v) => format!("{option} {o} → {v}"),
+                Change::Removed => format!("{option} removed"),
+            })
+            .collect(),
+    )
+}
+
+/// A kernel config's options (`# CONFIG_X is not set` as `n`; a later line
+/// for an option wins, as when fragments merge), or `None` when the text
+/// is not a config: a line that is neither an assignment nor a comment, or
+/// no option at all.
+fn kconfig(bytes: &[u8]) -> Option<BTreeMap<String, String>> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    let mut options = BTreeMap::new();
+    for line in text.lines().map(str::trim) {
+        if let Some(option) = line
+            .strip_prefix("# ")
+            .and_then(|l| l.strip_suffix(" is not set"))
+            .filter(|o| o.starts_with("CONFIG_"))
+        {
+            options.insert(option.to_string(), "n".to_string());
+        } else if let Some((option, value)) = line.split_once('=') {
+            if !option.starts_with("CONFIG_") || option.contains(char::is_whitespace) {
+                return None;
+            }
+            options.insert(option.to_string(), value.to_string());
+        } else if !(line.is_empty() || line.starts_with('#')) {
+            return None;
+        }
+    }
+    (!options.is_empty()).then_some(options)
 }
 
 fn tree_changes(old: &Tree, new: &Tree) -> Vec<String> {
@@ -162,4 +217,65 @@ fn tree_changes(old: &Tree, new: &Tree) -> Vec<String> {
             Change::Removed => format!("{path} removed"),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn components(inputs: &[(&str, Digest)]) -> KeyComponents {
+        KeyComponents {
+            kind: "kernel-config".into(),
+            version: 1,
+            params: serde_json::json!({}),
+            inputs: inputs.iter().map(|(n, d)| (n.to_string(), *d)).collect(),
+            tools: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn a_changed_config_fragment_is_explained_by_its_options() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let old = store
+            .put_bytes(b"# net\nCONFIG_E1000E=y\nCONFIG_VIRTIO_NET=y\n# CONFIG_IPV6 is not set\n")
+            .unwrap();
+        let new = store
+            .put_bytes(b"# net\nCONFIG_E1000=y\nCONFIG_E1000E=m\nCONFIG_IPV6=y\n")
+            .unwrap();
+        let before = components(&[("fragment.0", old)]);
+        store
+            .put_last("config", &serde_json::to_value(&before).unwrap())
+            .unwrap();
+        assert_eq!(
+            explain(&store, "config", &components(&[("fragment.0", new)])),
+            "input fragment.0 changed (CONFIG_E1000=y added, CONFIG_E1000E y → m, \
+             CONFIG_IPV6 n → y and 1 more)"
+        );
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_config_or_keeps_its_options_is_explained_by_digests() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let old = store.put_bytes(b"CONFIG_A=y\n").unwrap();
+        let new = store.put_bytes(b"CONFIG_A=y\nexit 0\n").unwrap();
+        // Only a comment and a repeated line: a config, no option changed.
+        let same = store
+            .put_bytes(b"# other\nCONFIG_A=y\nCONFIG_A=y\n")
+            .unwrap();
+        let last = serde_json::to_value(components(&[("file", old)])).unwrap();
+        store.put_last("step", &last).unwrap();
+        let why = |changed: Digest| explain(&store, "step", &components(&[("file", changed)]));
+        let digests =
+            |changed: Digest| format!("sha256 {}…→{}…", &old.hex()[..8], &changed.hex()[..8]);
+        assert_eq!(why(new), format!("input file changed ({})", digests(new)));
+        assert_eq!(
+            why(same),
+            format!(
+                "input file changed ({}, every option as before)",
+                digests(same)
+            )
+        );
+    }
 }

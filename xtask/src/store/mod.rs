@@ -240,6 +240,18 @@ impl Store {
             .count()
     }
 
+    /// A blob's bytes if it is present, at most `max` bytes long and
+    /// intact; `None` otherwise, with no repair (for reports that only
+    /// say more when they can, like `--explain`).
+    pub fn small_blob(&self, d: &Digest, max: u64) -> Option<Vec<u8>> {
+        let path = self.blob_path(d);
+        if fs::metadata(&path).ok()?.len() > max {
+            return None;
+        }
+        let bytes = fs::read(&path).ok()?;
+        (Digest::of_bytes(&bytes) == *d).then_some(bytes)
+    }
+
     pub fn read_blob(&self, d: &Digest) -> Result<Vec<u8>> {
         let path = self.verified_blob(d)?;
         fs::read(&path).with_context(|| format!("reading {}", path.display()))

@@ -36,7 +36,7 @@ pub fn explain(store: &Store, identity: &str, new: &KeyComponents) -> String {
     }
     reasons.extend(params(&old.params, &new.params));
     reasons.extend(inputs(store, &old.inputs, &new.inputs));
-    reasons.extend(changed_map("tool", &old.tools, &new.tools));
+    reasons.extend(changed_map("tool ", &old.tools, &new.tools));
     reasons.join("; ")
 }
 
@@ -44,7 +44,7 @@ fn params(old: &serde_json::Value, new: &serde_json::Value) -> Vec<String> {
     let (mut a, mut b) = (BTreeMap::new(), BTreeMap::new());
     flatten("", old, &mut a);
     flatten("", new, &mut b);
-    changed_map("param", &a, &b)
+    changed_map("param ", &a, &b)
 }
 
 /// `{"vars": {"release": "x"}}` → `vars.release = "x"`.
@@ -95,17 +95,19 @@ fn diff<'a, T: PartialEq>(
     out
 }
 
+/// `<prefix><key>=<value> added`, `<prefix><key> <old> → <new>`,
+/// `<prefix><key> removed`: params, tools and kernel config options.
 fn changed_map(
-    what: &str,
+    prefix: &str,
     old: &BTreeMap<String, String>,
     new: &BTreeMap<String, String>,
 ) -> Vec<String> {
     diff(old, new)
         .into_iter()
         .map(|(k, change)| match change {
-            Change::Added(v) => format!("{what} {k}={v} added"),
-            Change::Changed(o, v) => format!("{what} {k} {o} → {v}"),
-            Change::Removed => format!("{what} {k} removed"),
+            Change::Added(v) => format!("{prefix}{k}={v} added"),
+            Change::Changed(o, v) => format!("{prefix}{k} {o} → {v}"),
+            Change::Removed => format!("{prefix}{k} removed"),
         })
         .collect()
 }
@@ -160,16 +162,7 @@ fn input_change(store: &Store, old: &Digest, new: &Digest) -> String {
 fn config_changes(store: &Store, old: &Digest, new: &Digest) -> Option<Vec<String>> {
     let a = kconfig(&store.small_blob(old, MAX_CONFIG_BYTES)?)?;
     let b = kconfig(&store.small_blob(new, MAX_CONFIG_BYTES)?)?;
-    Some(
-        diff(&a, &b)
-            .into_iter()
-            .map(|(option, change)| match change {
-                Change::Added(v) => format!("{option}={v} added"),
-                Change::Changed(o, v) => format!("{option} {o} → {v}"),
-                Change::Removed => format!("{option} removed"),
-            })
-            .collect(),
-    )
+    Some(changed_map("", &a, &b))
 }
 
 /// A kernel config's options (`# CONFIG_X is not set` as `n`; a later line
@@ -199,13 +192,7 @@ fn kconfig(bytes: &[u8]) -> Option<BTreeMap<String, String>> {
 }
 
 fn tree_changes(old: &Tree, new: &Tree) -> Vec<String> {
-    let map = |t: &Tree| {
-        t.entries
-            .iter()
-            .map(|e| (e.path.clone(), e.kind.clone()))
-            .collect::<BTreeMap<_, _>>()
-    };
-    let (a, b) = (map(old), map(new));
+    let (a, b) = (old.by_path(), new.by_path());
     diff(&a, &b)
         .into_iter()
         .map(|(path, change)| match change {

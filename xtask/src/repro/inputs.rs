@@ -221,13 +221,7 @@ fn tree(
     stores: (&Store, &Store),
     out: &mut Vec<Finding>,
 ) {
-    let index = |t: &crate::store::Tree| -> BTreeMap<String, TreeKind> {
-        t.entries
-            .iter()
-            .map(|e| (e.path.clone(), e.kind.clone()))
-            .collect()
-    };
-    let (ia, ib) = (index(a), index(b));
+    let (ia, ib) = (a.by_path(), b.by_path());
     let mut shown = 0;
     let mut more = 0;
     let paths: Vec<&String> = ia

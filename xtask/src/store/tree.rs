@@ -73,6 +73,14 @@ impl Tree {
         Tree { entries }
     }
 
+    /// Each entry's kind by path: what two trees are compared by.
+    pub fn by_path(&self) -> std::collections::BTreeMap<String, TreeKind> {
+        self.entries
+            .iter()
+            .map(|e| (e.path.clone(), e.kind.clone()))
+            .collect()
+    }
+
     pub fn files(&self) -> impl Iterator<Item = (&str, &Digest, u64)> {
         self.entries.iter().filter_map(|e| match &e.kind {
             TreeKind::File { digest, size, .. } => Some((e.path.as_str(), digest, *size)),

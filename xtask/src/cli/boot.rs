@@ -12,6 +12,7 @@ use super::build::{build_targets, deb_source_file, BootTestArgs, Firmware};
 use super::Settings;
 use crate::recipe::{self, Media};
 use crate::steps::iso::esp_image;
+use crate::steps::roms;
 use crate::verify::boot::{self, BootSpec, Medium, BOOT_SERVER};
 use crate::verify::http;
 
@@ -189,17 +190,9 @@ fn host_rom_table(archive: &Path) -> Result<Vec<(u16, u16)>> {
             .with_context(|| format!("reading {}", archive.display()))?;
     let table = entries
         .iter()
-        .find(|e| e.name == crate::steps::roms::TABLE)
-        .with_context(|| format!("{} has no {}", archive.display(), crate::steps::roms::TABLE))?;
-    let id = |s: Option<&str>| s.and_then(|s| u16::from_str_radix(s, 16).ok());
-    Ok(String::from_utf8_lossy(&table.data)
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let mut fields = l.split(' ');
-            Some((id(fields.next())?, id(fields.next())?))
-        })
-        .collect())
+        .find(|e| e.name == roms::TABLE)
+        .with_context(|| format!("{} has no {}", archive.display(), roms::TABLE))?;
+    Ok(roms::table_cards(&String::from_utf8_lossy(&table.data)))
 }
 
 /// `stage3`: the ROM updater in dry-run mode on two cards, a virtio-net

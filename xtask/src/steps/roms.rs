@@ -134,6 +134,19 @@ impl RomSpec {
     }
 }
 
+/// The cards (vendor, device) a `roms.conf` has a ROM for.
+pub fn table_cards(table: &str) -> Vec<(u16, u16)> {
+    let id = |s: Option<&str>| s.and_then(|s| u16::from_str_radix(s, 16).ok());
+    table
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let mut fields = l.split(' ');
+            Some((id(fields.next())?, id(fields.next())?))
+        })
+        .collect()
+}
+
 /// `bytes` stored, as a regular file of the tree.
 fn file(ctx: &StepContext, bytes: &[u8]) -> Result<TreeKind> {
     Ok(TreeKind::File {
@@ -141,4 +154,32 @@ fn file(ctx: &StepContext, bytes: &[u8]) -> Result<TreeKind> {
         size: bytes.len() as u64,
         mode: 0o644,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_cards_reads_the_lines_check_writes() {
+        // A one-image option ROM whose PCI data structure names 8086:10d3.
+        let mut rom = vec![0u8; 512];
+        rom[..2].copy_from_slice(&[0x55, 0xaa]);
+        rom[0x18] = 0x40;
+        rom[0x40..0x44].copy_from_slice(b"PCIR");
+        rom[0x44..0x48].copy_from_slice(&[0x86, 0x80, 0xd3, 0x10]);
+        rom[0x4a] = 0x18;
+        let spec = RomSpec {
+            file: "808610d3.rom".into(),
+            vendor: 0x8086,
+            device: 0x10d3,
+            method: "flashrom:nicintel_spi".into(),
+            version: None,
+            max_size: None,
+            path_in_tree: None,
+            origin: "stage3.toml:1:1".into(),
+        };
+        let table = format!("# vendor device …\n{}\n", spec.check(&rom).unwrap());
+        assert_eq!(table_cards(&table), [(0x8086, 0x10d3)]);
+    }
 }

@@ -8,6 +8,8 @@
 //! std::process is used rather than xshell because Kiln needs process
 //! groups (Ctrl-C must stop a whole `make`) and output teed to logs.
 
+pub mod apt;
+
 use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader};

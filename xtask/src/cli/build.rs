@@ -95,8 +95,13 @@ impl std::fmt::Display for Firmware {
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
-    /// Pack the Debian kernel's module tree with Kiln vs cpio | gzip -9, pigz -9, zstd.
-    Archive,
+    /// Pack the Debian kernel's module tree (or any directory) with Kiln vs
+    /// cpio | gzip -9, pigz -9, zstd.
+    Archive {
+        /// Pack this directory instead of the pinned linux-image package.
+        #[arg(long, value_name = "DIR")]
+        tree: Option<std::path::PathBuf>,
+    },
     /// The modules step on the whole module tree and a 20-driver subset vs cpio | gzip -9 / pigz -9.
     Modules,
     /// The stage2 kernel: full build from an empty cache vs relink after an
@@ -708,6 +713,31 @@ fn deb_tree_digest(s: &Settings, source: &str) -> Result<(Store, Digest)> {
     }
 }
 
+/// `sources fetch`: the named sources (all when none) into the store.
+pub(super) fn fetch_sources(s: &Settings, names: &[String]) -> Result<ExitCode> {
+    let recipes = recipe::load(&s.recipes_dir, &s.vars)?;
+    let store = Store::open(&s.cache_dir)?;
+    let opts = PlanOptions {
+        source_overrides: s.source_overrides.clone(),
+        threads: s.jobs,
+        ..PlanOptions::default()
+    };
+    let plan = plan::plan_sources(&recipes, names, &store, &opts)?;
+    let results = executor(s, &store, s.jobs).run(&plan)?;
+    for (node, result) in plan.nodes.iter().zip(&results) {
+        let state = if result.cached { "cached " } else { "fetched" };
+        println!("{state}  {}", node.step.label());
+    }
+    let fetched = results.iter().filter(|r| !r.cached).count();
+    println!(
+        "{} source step(s): {fetched} fetched, {} already in the store {}",
+        results.len(),
+        results.len() - fetched,
+        s.cache_dir.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 pub fn bench(s: &Settings, c: &BenchCommand) -> Result<ExitCode> {
     let table = match c {
         BenchCommand::Kernel => {
@@ -740,7 +770,11 @@ pub fn bench(s: &Settings, c: &BenchCommand) -> Result<ExitCode> {
             roms,
             samples,
         } => bench_fleet(s, *hosts, roms, *samples)?,
-        BenchCommand::Archive => {
+        BenchCommand::Archive { tree: Some(dir) } => {
+            let work = tempfile::tempdir().context("creating the benchmark's work directory")?;
+            crate::bench::archive::run(dir, work.path(), s.jobs)?
+        }
+        BenchCommand::Archive { tree: None } => {
             let (_store, _tree, _digest, root, work) = linux_image_tree(s)?;
             crate::bench::archive::run(&root, work.path(), s.jobs)?
         }

@@ -6,7 +6,8 @@ use std::process::ExitCode;
 use anyhow::Result;
 
 use super::Settings;
-use crate::tools;
+use crate::recipe::SourceKind;
+use crate::tools::{self, apt};
 
 pub fn doctor(s: &Settings) -> Result<ExitCode> {
     let mut missing = Vec::new();
@@ -66,6 +67,7 @@ pub fn doctor(s: &Settings) -> Result<ExitCode> {
              (stage1 tests skip without one)"
         );
     }
+    deb_pins(s);
     missing.sort();
     missing.dedup();
     if missing.is_empty() {
@@ -77,6 +79,52 @@ pub fn doctor(s: &Settings) -> Result<ExitCode> {
             missing.join(" ")
         );
         Ok(ExitCode::FAILURE)
+    }
+}
+
+/// Which pinned `deb` versions apt no longer offers, and whether each can
+/// still be fetched from a `[mirrors]` base by its recorded pool path.
+fn deb_pins(s: &Settings) {
+    let recipes = match crate::recipe::load(&s.recipes_dir, &s.vars) {
+        Ok(r) => r,
+        Err(e) => return println!("debs:    recipes do not load: {e:#}"),
+    };
+    let mut gone = Vec::new();
+    let mut debs = 0;
+    for (name, source) in &recipes.sources {
+        let SourceKind::Deb {
+            package,
+            version,
+            pool,
+            ..
+        } = &source.kind
+        else {
+            continue;
+        };
+        debs += 1;
+        match apt::show(package, Some(version)) {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                let fallback = match (pool, recipes.deb_mirrors.len()) {
+                    (Some(_), 0) => "pool path recorded, but no [mirrors] deb base to fetch it from",
+                    (Some(_), _) => "fetched by its pool path from [mirrors]",
+                    (None, _) => "no pool path recorded: fetching it fails (`cargo xtask sources update` re-pins)",
+                };
+                gone.push(format!("{name} ({package}={version}): {fallback}"));
+            }
+            Err(e) => gone.push(format!("{name}: cannot ask apt: {e:#}")),
+        }
+    }
+    if gone.is_empty() {
+        println!("debs:    apt offers every pinned version ({debs} deb sources)");
+    } else {
+        println!(
+            "debs:    apt no longer offers {} of {debs} pinned versions:",
+            gone.len()
+        );
+        for g in gone {
+            println!("           {g}");
+        }
     }
 }
 

@@ -1,4 +1,6 @@
-//! `sources update`: re-pin `deb` sources to apt's current candidates.
+//! `sources update`: re-pin `deb` sources to apt's current candidates (or
+//! record how to fetch the pinned versions); `sources fetch`: bring pinned
+//! sources into the store; `sources digest`: the pin of a tree.
 
 use std::process::ExitCode;
 
@@ -6,108 +8,122 @@ use anyhow::{Context, Result};
 use clap::Subcommand;
 
 use super::Settings;
-use crate::tools;
+use crate::recipe::pins::{self, DebPin};
+use crate::tools::apt;
 
 #[derive(Debug, Subcommand)]
 pub enum SourcesCommand {
-    /// Rewrite each `deb` source's version and sha256 from apt's candidate
+    /// Rewrite each `deb` source's version, sha256 and pool path (where the
+    /// .deb lives in a Debian archive, for `[mirrors]`) from apt's candidate
     /// (`apt-get update` first for fresh lists); shows what changed.
     Update {
         /// Only these sources (default: all `deb` sources).
         names: Vec<String>,
+        /// Keep every pinned version: only record the pool path of each
+        /// version apt still offers (its sha256 must match the pin).
+        #[arg(long)]
+        keep_versions: bool,
         /// Show the changes without writing sources.toml.
         #[arg(long)]
         dry_run: bool,
     },
-    /// Print the `tree_sha256` pin of an unpacked source tree (a checkout:
-    /// modes as git records them, `.git` left out), to pin a `url` tarball
-    /// whose bytes the server may regenerate.
+    /// Fetch pinned sources into the store (default: every source), e.g.
+    /// before going offline: through apt, from `[mirrors]` when apt no
+    /// longer offers a pinned version, or from the pinned URL.
+    Fetch {
+        /// Only these sources.
+        names: Vec<String>,
+    },
+    /// Print the `tree_sha256` pin of a source tree (a checkout: modes as
+    /// git records them, `.git` left out; or a tarball, unpacked with its top
+    /// directory stripped), to pin a `url` tarball whose bytes the server
+    /// may regenerate.
     Digest {
-        /// The tree's top directory.
-        dir: std::path::PathBuf,
+        /// The tree's top directory, or a .tar(.gz|.xz|.zst) file.
+        path: std::path::PathBuf,
     },
 }
 
 pub fn run(s: &Settings, c: &SourcesCommand) -> Result<ExitCode> {
-    let (names, dry_run) = match c {
-        SourcesCommand::Update { names, dry_run } => (names, dry_run),
-        SourcesCommand::Digest { dir } => return print_digest(s, dir),
-    };
-    let file = s.recipes_dir.join("sources.toml");
-    let text =
-        std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
-    let mut doc: toml_edit::DocumentMut = text
-        .parse()
-        .with_context(|| format!("parsing {}", file.display()))?;
-    let mut changes = 0;
-    for (name, item) in doc.as_table_mut().iter_mut() {
-        let Some(table) = item.as_table_like_mut() else {
-            continue;
-        };
-        let Some(package) = table
-            .get("deb")
-            .and_then(|v| v.as_str())
-            .map(str::to_string)
-        else {
-            continue;
-        };
-        if !names.is_empty() && !names.iter().any(|n| n.as_str() == name.get()) {
-            continue;
-        }
-        let (version, sha256) = candidate(&package)?;
-        let old_version = table
-            .get("version")
-            .and_then(|v| v.as_str())
-            .unwrap_or("")
-            .to_string();
-        let old_sha = table
-            .get("sha256")
-            .and_then(|v| v.as_str())
-            .unwrap_or("")
-            .to_string();
-        if old_version == version && old_sha == sha256 {
-            println!("{name}: {package} {version} (unchanged)");
-            continue;
-        }
-        println!("{name}: {package} {old_version} -> {version}\n    sha256 {old_sha} -> {sha256}");
-        table.insert("version", toml_edit::value(version));
-        table.insert("sha256", toml_edit::value(sha256));
-        changes += 1;
+    match c {
+        SourcesCommand::Update {
+            names,
+            keep_versions,
+            dry_run,
+        } => update(s, names, *keep_versions, *dry_run),
+        SourcesCommand::Fetch { names } => super::build::fetch_sources(s, names),
+        SourcesCommand::Digest { path } => print_digest(s, path),
     }
-    if changes > 0 && !dry_run {
-        let tmp = tempfile::NamedTempFile::new_in(&s.recipes_dir)?;
-        std::fs::write(tmp.path(), doc.to_string())?;
-        tmp.persist(&file)
-            .with_context(|| format!("writing {}", file.display()))?;
-        println!("{changes} source(s) re-pinned in {}", file.display());
-    } else if changes > 0 {
-        println!("--dry-run: {} left unchanged", file.display());
-    } else {
-        println!("every source is already pinned to apt's candidate");
+}
+
+fn update(s: &Settings, names: &[String], keep_versions: bool, dry_run: bool) -> Result<ExitCode> {
+    let file = s.recipes_dir.join("sources.toml");
+    let mut gone = Vec::new();
+    let changes = pins::update_deb_pins(&file, names, dry_run, |name, package, old| {
+        let version = keep_versions.then_some(old.version.as_str());
+        let Some(offered) = apt::show(package, version)? else {
+            gone.push(format!("{name} ({package}={})", old.version));
+            return Ok(None);
+        };
+        if keep_versions && offered.sha256 != old.sha256 {
+            anyhow::bail!(
+                "source `{name}`: apt's {package}={} has sha256 {}, the pin says {}",
+                old.version,
+                offered.sha256,
+                old.sha256
+            );
+        }
+        Ok(Some(DebPin {
+            version: offered.version,
+            sha256: offered.sha256,
+            pool: Some(offered.filename),
+        }))
+    })
+    .with_context(|| format!("updating {}", file.display()))?;
+    for c in &changes {
+        if c.old.version != c.new.version || c.old.sha256 != c.new.sha256 {
+            println!(
+                "{}: {} {} -> {}\n    sha256 {} -> {}",
+                c.name, c.package, c.old.version, c.new.version, c.old.sha256, c.new.sha256
+            );
+        }
+        if c.old.pool != c.new.pool {
+            println!(
+                "{}: pool {}",
+                c.name,
+                c.new.pool.as_deref().unwrap_or("(none)")
+            );
+        }
+    }
+    for g in &gone {
+        let what = if keep_versions {
+            "apt no longer offers this version; left as it is"
+        } else {
+            "apt offers no version; left as it is"
+        };
+        println!("{g}: {what}");
+    }
+    match (changes.len(), dry_run) {
+        (0, _) => println!("nothing to change in {}", file.display()),
+        (n, false) => println!("{n} source(s) changed in {}", file.display()),
+        (_, true) => println!("--dry-run: {} left unchanged", file.display()),
     }
     Ok(ExitCode::SUCCESS)
 }
 
-/// apt's candidate version of `package` and that version's sha256.
-fn candidate(package: &str) -> Result<(String, String)> {
-    let mut cmd = tools::command("apt-cache")?;
-    cmd.args(["show", "--no-all-versions", package]);
-    let out = tools::capture(cmd)
-        .with_context(|| format!("asking apt about `{package}` (run `apt-get update` first?)"))?;
-    let field = |name: &str| {
-        out.lines()
-            .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()))
-            .with_context(|| format!("`apt-cache show {package}` printed no {name} line"))
-    };
-    Ok((field("Version:")?, field("SHA256:")?))
-}
-
-fn print_digest(s: &Settings, dir: &std::path::Path) -> Result<ExitCode> {
-    if !dir.is_dir() {
-        anyhow::bail!("{} is not a directory", dir.display());
-    }
+fn print_digest(s: &Settings, path: &std::path::Path) -> Result<ExitCode> {
     let store = crate::store::Store::open(&s.cache_dir)?;
-    let digest = store.put_tree_with(dir, crate::store::Modes::GitLike)?;
+    let meta =
+        std::fs::metadata(path).with_context(|| format!("{} does not exist", path.display()))?;
+    let digest = if meta.is_dir() {
+        store.put_tree_with(path, crate::store::Modes::GitLike)?
+    } else {
+        let scratch = store.scratch("digest")?;
+        let what = path.display().to_string();
+        let top = crate::steps::tarball::unpack_stripped(path, scratch.path(), &what)
+            .with_context(|| format!("unpacking {what}"))?;
+        store.put_tree_owned_with(&top, crate::store::Modes::GitLike)?
+    };
     println!("tree_sha256 = \"{}\"", digest.hex());
     Ok(ExitCode::SUCCESS)
 }

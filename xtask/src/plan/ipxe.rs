@@ -235,13 +235,15 @@ impl Builder<'_> {
     }
 
     /// The upstream commit a source tree is: a checkout's `.git/HEAD`, or
-    /// the 40-hex-digit commit in a pinned archive URL. `None` if unknown.
+    /// the 40-hex-digit commit in a pinned archive URL (also for a local
+    /// tarball given instead, which must unpack to the pinned tree). `None`
+    /// if unknown.
     fn source_commit(&self, name: &str) -> Option<String> {
-        if let Some(path) = self.opts.source_overrides.get(name) {
-            return git_head(path);
-        }
-        let url = match &self.recipes.sources.get(name)?.kind {
-            SourceKind::Url { url, .. } | SourceKind::UrlTree { url, .. } => url,
+        let kind = &self.recipes.sources.get(name)?.kind;
+        let url = match (self.opts.source_overrides.get(name), kind) {
+            (Some(path), _) if path.is_dir() => return git_head(path),
+            (_, SourceKind::UrlTree { url, .. }) => url,
+            (None, SourceKind::Url { url, .. }) => url,
             _ => return None,
         };
         url.split(|c: char| !c.is_ascii_hexdigit())

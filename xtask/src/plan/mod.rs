@@ -22,7 +22,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::recipe::{self, Recipe, Recipes, SourceKind};
 use crate::steps::deb::UnpackDeb;
-use crate::steps::fetch::{FetchDeb, FetchTree, FetchUrl};
+use crate::steps::fetch::{FetchDeb, FetchTree, FetchUrl, UnpackPinnedTree};
 use crate::steps::initramfs::BuildInitramfs;
 use crate::steps::kernel::compile::CompileKernel;
 use crate::steps::kernel::config::KernelConfig;
@@ -669,6 +669,40 @@ impl<'a> Builder<'a> {
         Ok(InputRef::Value(value))
     }
 
+    /// The operator's local copy of source `name` (`--source NAME=PATH`).
+    /// For a source pinned by its tree's digest, a tarball must unpack to
+    /// the pinned tree (then it builds exactly what the download builds); a
+    /// directory is used as given, with a warning when it is another tree.
+    fn override_input(&mut self, name: &str, kind: &SourceKind, path: &Path) -> Result<InputRef> {
+        let value = self
+            .local_input(path)
+            .with_context(|| format!("reading --source {name}={}", path.display()))?;
+        let SourceKind::UrlTree { tree_sha256, .. } = kind else {
+            return Ok(InputRef::Value(value));
+        };
+        match &value {
+            Output::File { .. } => {
+                let step = UnpackPinnedTree {
+                    source: name.to_string(),
+                    file: display_path(path).display().to_string(),
+                    tree_sha256: tree_sha256.clone(),
+                };
+                let node = self.push(step, BTreeMap::from([("archive".to_string(), InputRef::Value(value))]));
+                return Ok(InputRef::Node {
+                    node,
+                    output: "tree".into(),
+                });
+            }
+            Output::Tree { digest } if digest.hex() != *tree_sha256 => eprintln!(
+                "warning: --source {name}={} is not the tree sources.toml pins (its tree_sha256 is {}, the pin {tree_sha256}): artifacts built from it differ from a build of the pin",
+                path.display(),
+                digest.hex()
+            ),
+            Output::Tree { .. } => {}
+        }
+        Ok(InputRef::Value(value))
+    }
+
     /// A source as a file or tree: fetched, or the operator's local copy.
     fn source_input(&mut self, name: &str) -> Result<InputRef> {
         if let Some(r) = self.sources.get(&(name.to_string(), "file")) {
@@ -680,22 +714,22 @@ impl<'a> Builder<'a> {
             .get(name)
             .with_context(|| format!("unknown source `{name}`"))?;
         let r = if let Some(path) = self.opts.source_overrides.get(name) {
-            let value = self
-                .local_input(path)
-                .with_context(|| format!("reading --source {name}={}", path.display()))?;
-            InputRef::Value(value)
+            self.override_input(name, &source.kind, path)?
         } else {
             match &source.kind {
                 SourceKind::Deb {
                     package,
                     version,
                     sha256,
+                    pool,
                 } => {
                     let step = FetchDeb {
                         source: name.into(),
                         package: package.clone(),
                         version: version.clone(),
                         sha256: sha256.clone(),
+                        pool: pool.clone(),
+                        mirrors: self.recipes.deb_mirrors.clone(),
                     };
                     InputRef::Node {
                         node: self.push(step, BTreeMap::new()),
@@ -830,5 +864,26 @@ pub fn plan_deb_tree(
 ) -> Result<Plan> {
     let mut b = Builder::new(recipes, store, opts);
     b.deb_tree(name)?;
+    Ok(b.plan)
+}
+
+/// A plan that fetches the sources `names` (every source when empty) into
+/// the store: `sources fetch`, e.g. before going offline.
+pub fn plan_sources(
+    recipes: &Recipes,
+    names: &[String],
+    store: &Store,
+    opts: &PlanOptions,
+) -> Result<Plan> {
+    let mut b = Builder::new(recipes, store, opts);
+    let all: Vec<String> = recipes.sources.keys().cloned().collect();
+    for name in if names.is_empty() { &all } else { names } {
+        if !recipes.sources.contains_key(name) {
+            let known = recipes.sources.keys().map(String::as_str);
+            let hint = recipe::diag::unknown_name_help(name, &known.collect::<Vec<_>>(), "sources");
+            bail!("no source `{name}` in sources.toml: {hint}");
+        }
+        b.source_input(name)?;
+    }
     Ok(b.plan)
 }

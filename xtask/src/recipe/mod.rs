@@ -12,8 +12,10 @@ pub mod diag;
 pub mod hosts;
 pub mod ipxe;
 pub mod media;
+pub mod pins;
 pub mod rom;
 mod schema;
+mod sources;
 pub mod template;
 
 use std::collections::BTreeMap;
@@ -30,6 +32,7 @@ pub use ipxe::{Ipxe, IpxeTarget};
 pub use media::{HostMedia, Iso, Media, Script, Uki};
 pub use rom::{FlashMethod, Rom, RomFrom};
 use schema::*;
+pub use sources::{Source, SourceKind, Sources};
 pub use template::Vars;
 
 /// Every recipe in a directory plus its pinned sources.
@@ -37,34 +40,9 @@ pub use template::Vars;
 pub struct Recipes {
     pub dir: PathBuf,
     pub sources: BTreeMap<String, Source>,
+    /// `[mirrors] deb` of sources.toml (see `sources::Sources`).
+    pub deb_mirrors: Vec<String>,
     pub targets: BTreeMap<String, Recipe>,
-}
-
-#[derive(Debug, Clone)]
-pub struct Source {
-    pub name: String,
-    pub kind: SourceKind,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SourceKind {
-    Url {
-        url: String,
-        sha256: String,
-    },
-    /// A tarball pinned by the digest of its unpacked tree.
-    UrlTree {
-        url: String,
-        tree_sha256: String,
-    },
-    Path {
-        path: PathBuf,
-    },
-    Deb {
-        package: String,
-        version: String,
-        sha256: String,
-    },
 }
 
 #[derive(Debug)]
@@ -189,7 +167,10 @@ const NOT_TARGETS: &[&str] = &["sources", "hosts"];
 /// `--var NAME=VALUE` values (they must name declared variables).
 pub fn load(dir: &Path, overrides: &BTreeMap<String, String>) -> Result<Recipes> {
     let sources_file = dir.join("sources.toml");
-    let sources = load_sources(&sources_file)?;
+    let Sources {
+        sources,
+        deb_mirrors,
+    } = sources::load_sources(&sources_file)?;
     let mut targets = BTreeMap::new();
     for file in toml_files(dir)? {
         let name = file
@@ -207,6 +188,7 @@ pub fn load(dir: &Path, overrides: &BTreeMap<String, String>) -> Result<Recipes>
     Ok(Recipes {
         dir: dir.to_path_buf(),
         sources,
+        deb_mirrors,
         targets,
     })
 }
@@ -316,91 +298,6 @@ fn unknown_field_hint(message: &str) -> Option<String> {
     let (unknown, expected) = rest.split_once('`')?;
     let valid: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
     Some(diag::unknown_name_help(unknown, &valid, "keys here"))
-}
-
-fn load_sources(file: &Path) -> Result<BTreeMap<String, Source>> {
-    let doc = Doc::read(file)?;
-    let raw: SourcesFile = doc.parse()?;
-    let base = file.parent().unwrap_or(Path::new("."));
-    let mut sources = BTreeMap::new();
-    let mut errors = Vec::new();
-    for (name, raw) in raw {
-        match source_kind(&doc, base, raw) {
-            Ok(kind) => {
-                sources.insert(name.clone(), Source { name, kind });
-            }
-            Err(e) => errors.push(e),
-        }
-    }
-    if errors.is_empty() {
-        Ok(sources)
-    } else {
-        Err(RecipeErrors(errors).into())
-    }
-}
-
-fn source_kind(doc: &Doc, base: &Path, raw: Spanned<RawSource>) -> Result<SourceKind, SourceError> {
-    let span = raw.span();
-    let raw = raw.into_inner();
-    let given = [raw.url.is_some(), raw.path.is_some(), raw.deb.is_some()];
-    if given.iter().filter(|g| **g).count() != 1 {
-        return Err(doc.error(span, "a source needs exactly one of `url`, `path` or `deb`"));
-    }
-    if let Some(path) = raw.path {
-        return Ok(SourceKind::Path {
-            path: base.join(path.into_inner()),
-        });
-    }
-    if let (Some(url), Some(tree)) = (&raw.url, &raw.tree_sha256) {
-        if raw.sha256.is_some() {
-            return Err(doc.error(
-                span,
-                "give `sha256` (of the file) or `tree_sha256`, not both",
-            ));
-        }
-        check_sha256(doc, tree)?;
-        return Ok(SourceKind::UrlTree {
-            url: url.get_ref().clone(),
-            tree_sha256: tree.get_ref().to_ascii_lowercase(),
-        });
-    }
-    if let Some(tree) = &raw.tree_sha256 {
-        return Err(doc.error(tree.span(), "`tree_sha256` pins a `url` tarball"));
-    }
-    let sha256 = required(doc, span.clone(), raw.sha256, "sha256")?;
-    check_sha256(doc, &sha256)?;
-    let sha256 = sha256.into_inner().to_ascii_lowercase();
-    if let Some(url) = raw.url {
-        return Ok(SourceKind::Url {
-            url: url.into_inner(),
-            sha256,
-        });
-    }
-    let package = raw.deb.map(Spanned::into_inner).unwrap_or_default();
-    let version = required(doc, span, raw.version, "version")?.into_inner();
-    Ok(SourceKind::Deb {
-        package,
-        version,
-        sha256,
-    })
-}
-
-fn required<T>(
-    doc: &Doc,
-    span: Range<usize>,
-    value: Option<Spanned<T>>,
-    key: &str,
-) -> Result<Spanned<T>, SourceError> {
-    value.ok_or_else(|| doc.error(span, format!("missing key `{key}`")))
-}
-
-fn check_sha256(doc: &Doc, value: &Spanned<String>) -> Result<(), SourceError> {
-    let v = value.get_ref();
-    if v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit()) {
-        Ok(())
-    } else {
-        Err(doc.error(value.span(), "a sha256 must be 64 hexadecimal digits"))
-    }
 }
 
 fn load_recipe(

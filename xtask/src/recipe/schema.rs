@@ -8,8 +8,55 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use toml::Spanned;
 
-/// `recipes/sources.toml`: one table per pinned source.
-pub type SourcesFile = BTreeMap<String, Spanned<RawSource>>;
+/// `recipes/sources.toml`: one table per pinned source, and `[mirrors]`.
+#[derive(Debug)]
+pub struct SourcesFile {
+    pub mirrors: Option<Spanned<RawMirrors>>,
+    pub sources: BTreeMap<String, Spanned<RawSource>>,
+}
+
+/// Every table is a source but `[mirrors]`. Written out because serde's
+/// `flatten` buffers values and so loses the spans `Spanned` keeps.
+impl<'de> Deserialize<'de> for SourcesFile {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Tables;
+        impl<'de> serde::de::Visitor<'de> for Tables {
+            type Value = SourcesFile;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a table per source, and [mirrors]")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<SourcesFile, A::Error> {
+                let mut file = SourcesFile {
+                    mirrors: None,
+                    sources: BTreeMap::new(),
+                };
+                while let Some(name) = map.next_key::<String>()? {
+                    if name == "mirrors" {
+                        file.mirrors = Some(map.next_value()?);
+                    } else {
+                        let source = map.next_value()?;
+                        file.sources.insert(name, source);
+                    }
+                }
+                Ok(file)
+            }
+        }
+        d.deserialize_map(Tables)
+    }
+}
+
+/// `[mirrors]`: where to fetch what apt no longer offers.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMirrors {
+    /// Base URLs of Debian archives (http, https or file) under which a
+    /// `deb` source's `pool` path is found.
+    #[serde(default)]
+    pub deb: Vec<Spanned<String>>,
+}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -24,6 +71,10 @@ pub struct RawSource {
     pub version: Option<Spanned<String>>,
     /// Expected sha256 of the downloaded file (with `url` and `deb`).
     pub sha256: Option<Spanned<String>>,
+    /// With `deb`: the package's path in a Debian archive
+    /// (`pool/main/b/busybox/…_amd64.deb`), for fetching that exact version
+    /// from a `[mirrors]` base once apt no longer offers it.
+    pub pool: Option<Spanned<String>>,
     /// With `url` instead of `sha256`: the digest of the unpacked tree
     /// (`cargo xtask sources digest DIR`), for archives a server may
     /// regenerate with other bytes (GitHub's commit archives).

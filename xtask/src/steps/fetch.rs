@@ -13,21 +13,34 @@ use crate::tools;
 
 /// A pinned digest did not match what was fetched. Nothing is stored.
 #[derive(Debug, thiserror::Error)]
-#[error("checksum mismatch for source `{source_name}` ({what}): expected sha256 {expected}, got {actual}; nothing was stored. If the new file is trusted, run `cargo xtask sources update`.")]
+#[error("checksum mismatch for source `{source_name}` ({what}): expected sha256 {expected}, got {actual}; nothing was stored. {hint}")]
 pub struct ChecksumMismatch {
     pub source_name: String,
     pub what: String,
     pub expected: String,
     pub actual: String,
+    /// What the operator can do about it.
+    pub hint: String,
 }
 
-/// `apt-get download PACKAGE=VERSION`, verified against the pinned sha256.
+/// The usual way out of a mismatch: a new upstream file is re-pinned.
+const REPIN_HINT: &str = "If the new file is trusted, run `cargo xtask sources update`.";
+
+/// A pinned Debian package: `apt-get download PACKAGE=VERSION` through the
+/// machine's apt configuration while apt offers that version, else the
+/// recorded `pool` path under each `[mirrors]` base in turn (a snapshot
+/// archive, a local mirror); whichever way, verified against the pinned
+/// sha256 before anything is stored.
 #[derive(Debug, Clone, Serialize)]
 pub struct FetchDeb {
     pub source: String,
     pub package: String,
     pub version: String,
     pub sha256: String,
+    /// Where the file is, not what it is: neither enters the key (the
+    /// sha256 does), so a mirror added later reuses every cached step.
+    pub pool: Option<String>,
+    pub mirrors: Vec<String>,
 }
 
 impl Step for FetchDeb {
@@ -49,6 +62,17 @@ impl Step for FetchDeb {
     }
 
     fn run(&self, ctx: &StepContext, scratch: &Path) -> Result<BTreeMap<String, Output>> {
+        let what = format!("{}={}", self.package, self.version);
+        let output = match self.apt_download(ctx, scratch) {
+            Ok(deb) => store_verified(ctx, &deb, &self.source, &self.sha256, &what)?,
+            Err(apt) => self.mirror_download(ctx, apt)?,
+        };
+        Ok(BTreeMap::from([("file".to_string(), output)]))
+    }
+}
+
+impl FetchDeb {
+    fn apt_download(&self, ctx: &StepContext, scratch: &Path) -> Result<std::path::PathBuf> {
         let mut cmd = tools::command("apt-get")?;
         cmd.current_dir(scratch)
             .arg("download")
@@ -57,22 +81,72 @@ impl Step for FetchDeb {
         let log = ctx.log(&format!("fetch-{}", self.source));
         let label = format!("downloading {}={}", self.package, self.version);
         let arrived = || Some(tools::human_bytes(dir_bytes(scratch)));
-        tools::with_progress(&label, arrived, || tools::run_logged(cmd, &log)).with_context(|| {
-            format!(
-                "downloading source `{}` (is `{}` version {} still offered by apt? `apt-cache policy {}` tells; `cargo xtask sources update` re-pins)",
-                self.source, self.package, self.version, self.package
-            )
-        })?;
-        let deb = single_deb(scratch)?;
-        let output = store_verified(
-            ctx,
-            &deb,
-            &self.source,
-            &self.sha256,
-            &format!("{}={}", self.package, self.version),
-        )?;
-        Ok(BTreeMap::from([("file".to_string(), output)]))
+        tools::with_progress(&label, arrived, || tools::run_logged(cmd, &log))?;
+        single_deb(scratch)
     }
+
+    /// The pool path under each mirror in turn, after apt failed with `apt`.
+    fn mirror_download(&self, ctx: &StepContext, apt: anyhow::Error) -> Result<Output> {
+        let hint = match (&self.pool, self.mirrors.is_empty()) {
+            (None, _) => "its `pool` path is not recorded: `cargo xtask sources update --keep-versions` records it while apt still offers the version, `cargo xtask sources update` re-pins",
+            (Some(_), true) => "no `[mirrors] deb` base URL in sources.toml to fetch its `pool` path from (a Debian snapshot archive or a local mirror)",
+            (Some(_), false) => "",
+        };
+        let download = || {
+            format!(
+                "downloading source `{}`: apt-get could not (`apt-cache policy {}` tells which versions apt offers)",
+                self.source, self.package
+            )
+        };
+        let Some(pool) = self.pool.as_deref().filter(|_| hint.is_empty()) else {
+            return Err(apt.context(format!("{}; {hint}", download())));
+        };
+        let mut tried = vec![format!("apt-get: {apt:#}")];
+        for base in &self.mirrors {
+            let url = format!("{base}{pool}");
+            let partial = ctx.store.partial_download(&self.sha256);
+            let fetched = fetch_any(&url, &partial, &self.source)
+                .and_then(|()| store_verified(ctx, &partial, &self.source, &self.sha256, &url));
+            match fetched {
+                Ok(output) => {
+                    let _ = std::fs::remove_file(&partial);
+                    tracing::warn!(
+                        "{}={} came from {url}: apt no longer offers it",
+                        self.package,
+                        self.version
+                    );
+                    return Ok(output);
+                }
+                Err(e) => {
+                    // Other bytes are never resumed; a cut transfer is.
+                    if e.is::<ChecksumMismatch>() {
+                        let _ = std::fs::remove_file(&partial);
+                    }
+                    tried.push(format!("{e:#}"));
+                }
+            }
+        }
+        bail!(
+            "{}, and no mirror gave {pool}:\n    {}",
+            download(),
+            tried.join("\n    ")
+        )
+    }
+}
+
+/// `url` into `partial`: HTTP(S) with retries and resume, or a copy for a
+/// `file://` mirror.
+fn fetch_any(url: &str, partial: &Path, source: &str) -> Result<()> {
+    if !url.starts_with("file:") {
+        return download_with_retries(url, partial, source);
+    }
+    let path = url::Url::parse(url)
+        .ok()
+        .and_then(|u| u.to_file_path().ok())
+        .with_context(|| format!("{url} is not a local path"))?;
+    std::fs::copy(&path, partial)
+        .map(drop)
+        .with_context(|| format!("copying {} for source `{source}`", path.display()))
 }
 
 /// The bytes of the files directly in `dir`.
@@ -119,6 +193,7 @@ pub fn store_verified(
             what: what.to_string(),
             expected: expected.to_string(),
             actual: actual.hex(),
+            hint: REPIN_HINT.to_string(),
         }
         .into());
     }
@@ -196,27 +271,112 @@ impl Step for FetchTree {
     fn run(&self, ctx: &StepContext, scratch: &Path) -> Result<BTreeMap<String, Output>> {
         let partial = ctx.store.partial_download(&self.tree_sha256);
         download_with_retries(&self.url, &partial, &self.source)?;
-        let top = super::tarball::unpack_stripped(&partial, scratch, &self.source);
+        let what = format!("unpacked tree of {}", self.url);
+        let hint = format!(
+            "If the new tree is trusted, pin it: `cargo xtask sources digest` of the unpacked tarball prints its tree_sha256 for [{}] in sources.toml.",
+            self.source
+        );
+        let digest = store_pinned_tree(
+            ctx,
+            &partial,
+            scratch,
+            &self.source,
+            &self.tree_sha256,
+            &what,
+            hint,
+        );
         let _ = std::fs::remove_file(&partial);
-        let top =
-            top.with_context(|| format!("unpacking source `{}` from {}", self.source, self.url))?;
-        let digest = ctx
-            .store
-            .put_tree_owned_with(&top, crate::store::Modes::GitLike)?;
-        if digest.hex() != self.tree_sha256 {
-            return Err(ChecksumMismatch {
-                source_name: self.source.clone(),
-                what: format!("unpacked tree of {}", self.url),
-                expected: self.tree_sha256.clone(),
-                actual: digest.hex(),
-            }
-            .into());
-        }
+        Ok(BTreeMap::from([(
+            "tree".to_string(),
+            Output::Tree { digest: digest? },
+        )]))
+    }
+}
+
+/// A local tarball standing in for a source pinned by its tree's digest
+/// (`--source ipxe=FILE.tar.xz` where the pinned URL cannot be reached).
+/// It is accepted only when its unpacked tree is the pinned one, so it
+/// gives the download's tree, hence the same keys and artifacts.
+#[derive(Debug, Clone, Serialize)]
+pub struct UnpackPinnedTree {
+    /// For messages only (not in the key).
+    #[serde(skip)]
+    pub source: String,
+    /// The tarball as the operator named it, for messages only: its bytes
+    /// are the `archive` input.
+    #[serde(skip)]
+    pub file: String,
+    pub tree_sha256: String,
+}
+
+impl Step for UnpackPinnedTree {
+    fn kind(&self) -> &'static str {
+        "unpack-pinned-tree"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn label(&self) -> String {
+        format!("unpack {} (source `{}`)", self.file, self.source)
+    }
+    fn identity(&self) -> String {
+        format!("fetch source {}", self.source)
+    }
+    fn params(&self) -> serde_json::Value {
+        serde_json::to_value(self).expect("params serialize")
+    }
+
+    fn run(&self, ctx: &StepContext, scratch: &Path) -> Result<BTreeMap<String, Output>> {
+        let archive = ctx.file("archive")?;
+        let what = format!("unpacked tree of {}", self.file);
+        let hint = format!(
+            "This tarball is not the tree sources.toml pins for [{0}]: to build with it anyway, unpack it and give the directory (--source {0}=DIR); to pin it, `cargo xtask sources digest {1}` prints its tree_sha256.",
+            self.source, self.file
+        );
+        let digest = store_pinned_tree(
+            ctx,
+            &archive,
+            scratch,
+            &self.source,
+            &self.tree_sha256,
+            &what,
+            hint,
+        )?;
         Ok(BTreeMap::from([(
             "tree".to_string(),
             Output::Tree { digest },
         )]))
     }
+}
+
+/// Unpacks `archive` (its top directory stripped) and stores the tree with
+/// modes as git records them; fails, naming `what`, unless its digest is
+/// `tree_sha256`.
+fn store_pinned_tree(
+    ctx: &StepContext,
+    archive: &Path,
+    scratch: &Path,
+    source: &str,
+    tree_sha256: &str,
+    what: &str,
+    hint: String,
+) -> Result<Digest> {
+    let top = super::tarball::unpack_stripped(archive, scratch, source)
+        .with_context(|| format!("unpacking source `{source}` ({what})"))?;
+    let digest = ctx
+        .store
+        .put_tree_owned_with(&top, crate::store::Modes::GitLike)?;
+    if digest.hex() != tree_sha256 {
+        return Err(ChecksumMismatch {
+            source_name: source.to_string(),
+            what: what.to_string(),
+            expected: tree_sha256.to_string(),
+            actual: digest.hex(),
+            hint,
+        }
+        .into());
+    }
+    Ok(digest)
 }
 
 fn download_with_retries(url: &str, partial: &Path, source: &str) -> Result<()> {

@@ -2,12 +2,10 @@
 //! environments give identical bytes, and a planted difference is named
 //! down to the member, file or section that holds it.
 
-mod common;
-
 use std::path::Path;
 use std::process::Output;
 
-use common::*;
+use crate::common::*;
 
 const INITRAMFS: &str = "stage2/stage2_initramfs.cpio.gz";
 
@@ -235,7 +233,14 @@ fn the_default_targets_reproduce_under_every_variation() {
     if let Some(tree) = ipxe_tree() {
         cmd.args(["stage1", "stage3", "--source"])
             .arg(format!("ipxe={}", tree.display()));
-        expected.extend(["stage1/x86_64/ipxe.lkrn", "stage3/stage3_update.iso"]);
+        expected.extend([
+            "stage1/x86_64/ipxe.lkrn",
+            "stage1/x86_64/15b31003.mrom",
+            "stage1/arm64/ipxe.efi",
+            "stage1/hosts/mlab1-lga0t.example.net/ipxe.efi",
+            "stage1/hosts/mlab2-lga0t.example.net/1af41000.rom",
+            "stage3/stage3_update.iso",
+        ]);
     }
     let out = cmd.output().unwrap();
     let text = stdout(&out);
@@ -247,5 +252,12 @@ fn the_default_targets_reproduce_under_every_variation() {
     for artifact in expected {
         assert!(row(&text, artifact).ends_with("identical"), "{text}");
     }
+    // 7 x86_64 and 2 arm64 targets, and 6 files for each of the two
+    // inventory hosts (4 non-ROM x86_64 targets and their 2 ROMs).
+    let stage1 = text.lines().filter(|l| l.starts_with("stage1/")).count();
+    assert!(
+        ipxe_tree().is_none() || stage1 == 9 + 2 * 6,
+        "{stage1} stage1 rows:\n{text}"
+    );
     println!("{text}");
 }

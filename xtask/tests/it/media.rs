@@ -2,13 +2,10 @@
 //! hybrid ISO's contents, per-host variants, determinism of the media
 //! steps, bad input, and QEMU boots of each medium on SeaBIOS and OVMF.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
-use common::*;
+use crate::common::*;
 use kiln::archive::{fat, pe::PeImage};
 use kiln::steps::{Step, StepContext};
 use kiln::store::{Digest, Output, Store};
@@ -20,10 +17,6 @@ const INITRAMFS: &str = "stage2/stage2_initramfs.cpio.gz";
 const CMDLINE: &str = "console=tty0 console=ttyS0,115200 panic=-1";
 const HOST: &str = "mlab2-lga0t.example.net";
 const HOST_ARGS: &str = "epoxy.ip=192.0.2.12::192.0.2.1:255.255.255.192:mlab2-lga0t.example.net:eth0::192.0.2.53: epoxy.hostname=mlab2-lga0t.example.net";
-
-/// QEMU under TCG is CPU-bound: boots run one at a time so that each gets
-/// a core and its timeout means something.
-static QEMU: Mutex<()> = Mutex::new(());
 
 /// Builds the stage2 media into a fresh output directory (shared cache).
 fn built() -> (tempfile::TempDir, PathBuf) {
@@ -292,7 +285,7 @@ fn a_stub_source_without_the_stub_fails_and_keeps_the_last_good_iso() {
 
 /// `boot-test` with `args`; returns its stdout.
 fn boot(args: &[&str]) -> String {
-    let _one_at_a_time = QEMU.lock().unwrap_or_else(|e| e.into_inner());
+    let _one_at_a_time = one_guest_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let recipes = copy_recipes(dir.path());
     let out = dir.path().join("output");

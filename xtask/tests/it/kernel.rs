@@ -6,11 +6,9 @@
 //! it happens once per run, except the reproducibility test, which must
 //! build from nothing.
 
-mod common;
-
 use std::path::Path;
 
-use common::*;
+use crate::common::*;
 
 const KERNEL: &str = "stage2/stage2_vmlinuz";
 
@@ -26,6 +24,7 @@ fn stage2_kernel_boots_in_qemu_without_an_initrd() {
     let dir = tempfile::tempdir().unwrap();
     let recipes = copy_recipes(dir.path());
     let out = dir.path().join("output");
+    let _one_at_a_time = one_guest_at_a_time();
     let boot = run_ok(kiln(&recipes, &out, &shared_cache()).args([
         "boot-test",
         "stage2",
@@ -59,11 +58,7 @@ fn an_initramfs_change_relinks_without_recompiling() {
     run_ok(kiln(&recipes, &out, &shared_cache()).args(["build", KERNEL]));
     let before = std::fs::read(out.join(KERNEL)).unwrap();
     // New on every run: the shared cache must not have seen it.
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    let release = &format!("relinked-{}-{nanos}", std::process::id());
+    let release = &format!("relinked-{}", unique());
     let plan = stdout(&run_ok(
         kiln(&recipes, &out, &shared_cache())
             .args(["--var", &format!("release={release}")])
@@ -82,6 +77,7 @@ fn an_initramfs_change_relinks_without_recompiling() {
         ],
         "{plan}"
     );
+    let _one_at_a_time = one_guest_at_a_time();
     let boot = stdout(&run_ok(
         kiln(&recipes, &out, &shared_cache())
             .args(["--var", &format!("release={release}")])

@@ -3,9 +3,7 @@
 //! the archive, appended to the stage2 initramfs, lets the guest modprobe a
 //! network driver.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 const ARCHIVE: &str = "modules/6.1.0-50-amd64/modules.cpio.gz";
 
@@ -150,6 +148,7 @@ fn modprobe_in_the_guest_brings_up_a_new_interface() {
     }
     let dir = tempfile::tempdir().unwrap();
     let recipes = copy_recipes(dir.path());
+    let _one_at_a_time = one_guest_at_a_time();
     let out = run_ok(
         kiln(&recipes, &dir.path().join("output"), &shared_cache()).args([
             "boot-test",

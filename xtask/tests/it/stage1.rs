@@ -4,15 +4,9 @@
 //! full chain boots: iPXE → DHCP → stage1to2.ipxe → stage2's kernel.
 //! Recipe errors need no tree and always run.
 
-mod common;
-
 use std::path::Path;
-use std::sync::Mutex;
 
-use common::*;
-
-/// QEMU under TCG gets a core to itself (see media.rs).
-static QEMU: Mutex<()> = Mutex::new(());
+use crate::common::*;
 
 /// `xtask` on a fresh copy of the recipes, output in `dir`, shared cache.
 fn kiln_in(dir: &Path) -> std::process::Command {
@@ -79,50 +73,31 @@ fn every_target_builds_and_each_efi_is_for_its_architecture() {
     );
 }
 
-/// `cargo xtask build stage1` in `root` (deep), its own cache, under
-/// `umask` and `tz`; returns every output file's bytes.
-fn build_stage1_in(root: &Path, umask: &str, tz: &str) -> Vec<(String, Vec<u8>)> {
-    let deep = root.join("a/much/deeper/checkout");
-    std::fs::create_dir_all(&deep).unwrap();
-    let recipes = copy_recipes(&deep);
-    let cmd = kiln(&recipes, &deep.join("output"), &root.join("cache"));
-    run_ok(&mut under_umask(&cmd, umask, tz, "build stage1"));
-    let dir = deep.join("output/stage1");
-    files(&dir)
-        .into_iter()
-        .map(|f| (f.clone(), std::fs::read(dir.join(&f)).unwrap()))
-        .collect()
-}
-
-#[test]
-fn clean_builds_in_different_directories_are_byte_identical() {
-    let Some(_tree) = ipxe_tree() else { return };
-    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let first = build_stage1_in(a.path(), "022", "UTC");
-    let second = build_stage1_in(b.path(), "077", "Asia/Tokyo");
-    // 7 x86_64 and 2 arm64 targets, and 6 files for each of the two
-    // inventory hosts (4 non-ROM x86_64 targets and their 2 ROMs).
-    assert_eq!(first.len(), 9 + 2 * 6, "x86_64, arm64 and host files");
-    for ((name, x), (_, y)) in first.iter().zip(&second) {
-        assert!(x == y, "{name} differs between two clean builds");
-    }
-}
-
-#[test]
-fn a_url_tarball_pinned_by_tree_digest_builds_what_the_checkout_builds() {
-    let Some(tree) = ipxe_tree() else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let tarball = dir.path().join("serve/ipxe.tar.gz");
-    std::fs::create_dir_all(tarball.parent().unwrap()).unwrap();
+/// `tree` as a gzipped tarball at `file` with one top directory, as
+/// GitHub's archives are, leaving out the paths `exclude`s match.
+fn tarball(tree: &Path, file: &Path, exclude: &[&str]) {
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
     let status = std::process::Command::new("tar")
-        .args(["-czf"])
-        .arg(&tarball)
-        .args(["--exclude=.git", "--transform=s,^\\.,ipxe-pinned,", "-C"])
-        .arg(&tree)
+        .arg("-czf")
+        .arg(file)
+        .arg("--exclude=.git")
+        .args(exclude.iter().map(|e| format!("--exclude={e}")))
+        .args(["--transform=s,^\\.,ipxe-pinned,", "-C"])
+        .arg(tree)
         .arg(".")
         .status()
         .unwrap();
     assert!(status.success());
+}
+
+/// Clean builds of stage1 in other directories and environments are the
+/// repro test's (`the_default_targets_reproduce_under_every_variation`).
+#[test]
+fn a_tarball_pinned_by_tree_digest_builds_what_the_checkout_builds() {
+    let Some(tree) = ipxe_tree() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let served = dir.path().join("serve/ipxe.tar.gz");
+    tarball(&tree, &served, &[]);
     let server = kiln::verify::http::serve(&dir.path().join("serve")).unwrap();
     let digest = run_ok(
         kiln_in(&dir.path().join("a"))
@@ -133,32 +108,83 @@ fn a_url_tarball_pinned_by_tree_digest_builds_what_the_checkout_builds() {
     let recipes = dir.path().join("a/recipes");
     let sources = std::fs::read_to_string(recipes.join("sources.toml")).unwrap();
     let start = sources.find("[ipxe]").unwrap();
+    let end = start + sources[start..].find("\n\n").unwrap();
     let pinned = format!(
-        "{}[ipxe]\nurl = \"http://127.0.0.1:{}/ipxe.tar.gz\"\n{pin}\n",
+        "{}[ipxe]\nurl = \"http://127.0.0.1:{}/ipxe.tar.gz\"\n{pin}{}",
         &sources[..start],
-        server.port
+        server.port,
+        &sources[end..]
     );
     std::fs::write(recipes.join("sources.toml"), pinned).unwrap();
     let out = dir.path().join("a/output");
-    let mut from_url = kiln(&recipes, &out, &dir.path().join("cache"));
-    from_url
-        .env_remove("KILN_SOURCE_IPXE")
-        .args(["ipxe", "--target", "ipxe.lkrn"]);
-    run_ok(&mut from_url);
+    let kiln_a = |cache: &Path| {
+        let mut cmd = kiln(&recipes, &out, cache);
+        cmd.env_remove("KILN_SOURCE_IPXE");
+        cmd
+    };
+    // From the URL, into an empty cache: the download must happen.
+    let fetched = run_ok(kiln_a(&dir.path().join("cache")).args(["sources", "fetch", "ipxe"]));
+    let said = String::from_utf8_lossy(&fetched.stdout);
+    assert!(said.contains("fetched  fetch http"), "{said}");
+    let log = server.log.lock().unwrap().join(", ");
+    assert!(log.contains("GET /ipxe.tar.gz 200"), "{log}");
+    // The same tarball given locally, and the checkout: one tree, one build.
+    run_ok(
+        kiln_a(&shared_cache())
+            .arg("--source")
+            .arg(format!("ipxe={}", served.display()))
+            .args(["ipxe", "--target", "ipxe.lkrn"]),
+    );
     let checkout = dir.path().join("b");
-    run_ok(kiln_in(&checkout).args(["ipxe", "--target", "ipxe.lkrn"]));
+    run_ok(
+        kiln_in(&checkout)
+            .arg("--source")
+            .arg(format!("ipxe={}", tree.display()))
+            .args(["ipxe", "--target", "ipxe.lkrn"]),
+    );
     let lkrn = "stage1/x86_64/ipxe.lkrn";
     assert_eq!(
         std::fs::read(out.join(lkrn)).unwrap(),
         std::fs::read(checkout.join("output").join(lkrn)).unwrap()
     );
-    let served = server.log.lock().unwrap().join(", ");
-    assert!(served.contains("GET /ipxe.tar.gz 200"), "{served}");
+    // A tarball of another tree is refused before anything is built.
+    let other = dir.path().join("other.tar.gz");
+    tarball(&tree, &other, &["README.md"]);
+    let err = run_err(
+        kiln_a(&shared_cache())
+            .arg("--source")
+            .arg(format!("ipxe={}", other.display()))
+            .args(["ipxe", "--target", "ipxe.lkrn"]),
+    );
+    let pinned_hex = pin
+        .trim_start_matches("tree_sha256 = \"")
+        .trim_end_matches('"');
+    assert!(
+        err.contains("checksum mismatch for source `ipxe`")
+            && err.contains(&format!("expected sha256 {pinned_hex}"))
+            && err.contains("This tarball is not the tree sources.toml pins for [ipxe]"),
+        "{err}"
+    );
+    // Another directory is built as given, with a warning.
+    let elsewhere = dir.path().join("elsewhere");
+    std::fs::create_dir_all(elsewhere.join("src")).unwrap();
+    std::fs::write(elsewhere.join("src/Makefile"), "all:\n").unwrap();
+    let plan = run_ok(
+        kiln_a(&shared_cache())
+            .arg("--source")
+            .arg(format!("ipxe={}", elsewhere.display()))
+            .args(["plan", "stage1"]),
+    );
+    let warned = String::from_utf8_lossy(&plan.stderr);
+    assert!(
+        warned.contains("is not the tree sources.toml pins"),
+        "{warned}"
+    );
 }
 
 /// `boot-test what` with more global `args`; returns its stdout.
 fn chain_boot(what: &str, args: &[&str]) -> String {
-    let _one_at_a_time = QEMU.lock().unwrap_or_else(|e| e.into_inner());
+    let _one_at_a_time = one_guest_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let mut cmd = kiln_in(dir.path());
     cmd.args(args).args(["boot-test", what, "--timeout", "300"]);

@@ -1,8 +1,6 @@
 //! `plan --explain`: the reason printed for each kind of change, exactly.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 const INITRAMFS: &str = "stage2/stage2_initramfs.cpio.gz";
 

@@ -4,8 +4,6 @@
 //! `fixrom.pl` finish. Needs an iPXE tree (`KILN_SOURCE_IPXE=PATH`) and builds it once, which
 //! takes a couple of minutes; skipped with a printed reason without one.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 
 use kiln::archive::optrom::{fix_checksums, pad};
@@ -20,7 +18,7 @@ const EPOCH: u64 = 1_700_000_000;
 /// so that make keeps them; returns the `bin/` directory.
 fn build(tree: &Path, dir: &Path) -> PathBuf {
     let root = dir.join("ipxe");
-    common::copy_tree(tree, &root);
+    crate::common::copy_tree(tree, &root);
     let goals = IMAGES
         .iter()
         .flat_map(|image| ["", ".bin", ".zinfo", ".zbin"].map(|ext| format!("bin/{image}{ext}")));
@@ -87,7 +85,7 @@ fn checksum_bytes(rom: &[u8]) -> Vec<usize> {
 
 #[test]
 fn zbin_outputs_check_and_roms_finish_to_makes_bytes() {
-    let Some(tree) = common::ipxe_tree() else {
+    let Some(tree) = crate::common::ipxe_tree() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();

@@ -2,6 +2,7 @@
 //! the repository's recipes and overlays.
 #![allow(dead_code)]
 
+pub mod prereq;
 pub mod servers;
 
 use std::path::{Path, PathBuf};
@@ -19,27 +20,60 @@ pub fn shared_cache() -> PathBuf {
     Path::new(env!("CARGO_TARGET_TMPDIR")).join("kiln-test-cache")
 }
 
-/// Whether QEMU is installed; prints why a boot test is skipped when not.
-pub fn qemu_available() -> bool {
-    let found = kiln::tools::find("qemu-system-x86_64").is_some();
-    if !found {
-        println!("SKIPPED: qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)");
-    }
-    found
+/// QEMU under TCG is CPU-bound: guests run one at a time, whichever module
+/// boots them, so that each gets a core and its timeout means something.
+pub fn one_guest_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static QEMU: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    QEMU.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The iPXE checkout to build, or `None` after saying why the test skips.
+/// Whether QEMU is installed (a skip or, in CI, a failure when not).
+pub fn qemu_available() -> bool {
+    prereq::program(
+        "qemu-system-x86_64",
+        "apt-get install qemu-system-x86, or run ci/setup",
+    )
+}
+
+/// The iPXE source the tests build: `KILN_SOURCE_IPXE`, a checkout of the
+/// pinned commit or its tarball (`.ci/run` gives the one beside the
+/// checkout, `../shared/sources/ipxe-<commit>.tar.xz`). A tarball is
+/// unpacked once per test run; Kiln itself is handed the tarball, through
+/// the inherited variable. `None` after reporting the skip.
 pub fn ipxe_tree() -> Option<PathBuf> {
-    match std::env::var_os("KILN_SOURCE_IPXE") {
-        Some(p) if Path::new(&p).join("src/Makefile").is_file() => Some(PathBuf::from(p)),
-        Some(p) => panic!("KILN_SOURCE_IPXE={p:?} has no src/Makefile"),
-        None => {
-            println!(
-                "SKIPPED: no iPXE tree; set KILN_SOURCE_IPXE to a checkout of ipxe/ipxe (e.g. commit 0ab2277) to run it"
-            );
-            None
-        }
+    let given = std::env::var_os("KILN_SOURCE_IPXE").map(PathBuf::from);
+    let how = "set KILN_SOURCE_IPXE to a checkout of ipxe/ipxe at the commit recipes/sources.toml pins, or to that commit's tarball";
+    if !prereq::have("iPXE source", given.is_some(), how) {
+        return None;
     }
+    let given = given.unwrap();
+    if given.join("src/Makefile").is_file() {
+        return Some(given);
+    }
+    assert!(
+        given.is_file(),
+        "KILN_SOURCE_IPXE={} is neither an iPXE checkout (no src/Makefile) nor a tarball",
+        given.display()
+    );
+    static UNPACKED: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    Some(UNPACKED.get_or_init(|| unpack_once(&given)).clone())
+}
+
+/// Unpacks the tarball `file` under the test target's temporary directory
+/// (top directory stripped), where later runs find it by the file's digest.
+fn unpack_once(file: &Path) -> PathBuf {
+    let (digest, _) = kiln::store::Digest::of_file(file).unwrap();
+    let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("ipxe-source");
+    let dest = root.join(&digest.hex()[..16]);
+    if !dest.join("src/Makefile").is_file() {
+        std::fs::create_dir_all(&root).unwrap();
+        let scratch = tempfile::tempdir_in(&root).unwrap();
+        let top = kiln::steps::tarball::unpack_stripped(file, scratch.path(), "the iPXE tarball")
+            .unwrap_or_else(|e| panic!("unpacking {}: {e:#}", file.display()));
+        let _ = std::fs::remove_dir_all(&dest);
+        std::fs::rename(top, &dest).unwrap();
+    }
+    dest
 }
 
 /// Copies `recipes/`, `overlays/` and `ipxe/` under `dir`, as a fresh
@@ -57,6 +91,16 @@ pub fn edit(path: &Path, from: &str, to: &str) {
     let text = std::fs::read_to_string(path).unwrap();
     assert!(text.contains(from), "{} has no `{from}`", path.display());
     std::fs::write(path, text.replace(from, to)).unwrap();
+}
+
+/// A string no earlier run has used: the suite's cache outlives a run, so
+/// a test that must see a step run again changes its input with this.
+pub fn unique() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!("{}-{nanos}", std::process::id())
 }
 
 /// Whether `needle` occurs in `hay`.

@@ -3,13 +3,11 @@
 //! refused and forced overwrites, dry runs, `--latest`, a server that dies
 //! mid-publish, and wrong credentials.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::servers::{self, Server};
-use common::*;
+use crate::common::servers::{self, Server};
+use crate::common::*;
 use kiln::store::Digest;
 
 const ARTIFACT: &str = "stage2/stage2_initramfs.cpio.gz";

@@ -1,12 +1,10 @@
 //! End to end: the stage2 recipe builds, caches, survives corruption and
 //! kills, reproduces bit for bit, and boots.
 
-mod common;
-
 use std::path::Path;
 use std::process::Stdio;
 
-use common::*;
+use crate::common::*;
 
 const INITRAMFS: &str = "stage2/stage2_initramfs.cpio.gz";
 
@@ -191,6 +189,7 @@ fn stage2_initramfs_boots_debian_kernel_in_qemu() {
     let dir = tempfile::tempdir().unwrap();
     let recipes = copy_recipes(dir.path());
     let out = dir.path().join("output");
+    let _one_at_a_time = one_guest_at_a_time();
     let result = run_ok(kiln(&recipes, &out, &shared_cache()).args([
         "boot-test",
         "stage2-initramfs",
@@ -278,6 +277,7 @@ fn multi_member_gzip_initramfs_is_read_by_zcat_and_boots() {
     );
     assert_eq!(read_back.len(), entries.len(), "zcat lost entries");
 
+    let _one_at_a_time = one_guest_at_a_time();
     let boot = run_ok(
         kiln(&recipes, &out, &shared_cache())
             .args(["boot-test", "stage2-initramfs", "--initrd"])

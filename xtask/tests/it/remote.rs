@@ -3,12 +3,10 @@
 //! 127.0.0.1), corruption on the remote, read-only use, and credentials
 //! that must never be printed.
 
-mod common;
-
 use std::path::Path;
 use std::process::Output;
 
-use common::*;
+use crate::common::*;
 
 const ARTIFACT: &str = "stage2/stage2_initramfs.cpio.gz";
 

@@ -1,7 +1,7 @@
 //! Object-storage servers on 127.0.0.1 for the remote cache and publish
 //! tests: moto's S3 server and gcp-storage-emulator (both from PyPI,
 //! installed by ci/setup). Each test starts its own on a free port; a
-//! missing server skips the test with a printed reason.
+//! missing server skips the test (`prereq`).
 
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
@@ -40,14 +40,8 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-fn installed(tool: &str) -> bool {
-    let found = kiln::tools::find(tool).is_some();
-    if !found {
-        println!(
-            "SKIPPED: {tool} is not installed (ci/setup installs ci/requirements.txt with pip)"
-        );
-    }
-    found
+fn installed(tool: &'static str) -> bool {
+    super::prereq::program(tool, "ci/setup installs ci/requirements.txt with pip")
 }
 
 fn start(mut cmd: Command, port: u16) -> Server {

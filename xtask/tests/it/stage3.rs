@@ -11,23 +11,18 @@
 //! (`ipxe-qemu`) instead of stage1's; with `KILN_SOURCE_IPXE` the default
 //! recipe (stage1's ROMs, per-host archives) is built and booted as well.
 
-mod common;
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 
-use common::*;
+use crate::common::*;
 use kiln::verify::boot::{self, BootSpec};
 
 const KERNEL: &str = "stage3/stage3_update_vmlinuz";
 const INITRAMFS: &str = "stage3/stage3_update_initramfs.cpio.gz";
 const E1000E_ROM: &str = "usr/lib/ipxe/qemu/pxe-e1000e.rom";
-
-/// QEMU runs one guest at a time (TCG is CPU-bound).
-static QEMU: Mutex<()> = Mutex::new(());
 
 /// `[[rom]]`s for machines without an iPXE tree: Debian's build of iPXE's
 /// e1000e ROM (a real option ROM for 8086:10d3).
@@ -639,7 +634,7 @@ fn dry_run_boot(
     let e1000e = format!("e1000e,romfile={}", e1000e_rom.display());
     let nics = boot::nics(&["virtio-net-pci", &e1000e]);
     let append = format!("console=ttyS0 panic=-1 kiln.dry_run=1 kiln.then=poweroff {extra}");
-    let _q = QEMU.lock().unwrap_or_else(|e| e.into_inner());
+    let _one_at_a_time = one_guest_at_a_time();
     let outcome = boot::boot(&BootSpec::stage3(kernel, initrd, &append, nics)).unwrap();
     outcome.serial
 }

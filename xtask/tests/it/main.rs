@@ -1,0 +1,29 @@
+//! Kiln's end-to-end tests, one module per area, in one test binary: one
+//! link instead of one per file, and one process whose locks (QEMU one guest
+//! at a time) and caches (the iPXE placeholder build, fetched debs) every
+//! module shares.
+//!
+//! A test whose prerequisite is missing (the iPXE source, QEMU, a test
+//! server) skips and says so, unless `KILN_TEST_REQUIRE=all` (CI) makes that
+//! a failure: see `common::prereq`.
+
+mod common;
+
+mod ci_configs;
+mod cpio_oracle;
+mod explain;
+mod fleet;
+mod kernel;
+mod media;
+mod modules;
+mod modules_oracle;
+mod noop;
+mod publish;
+mod recipe_errors;
+mod remote;
+mod repro;
+mod sources;
+mod stage1;
+mod stage2;
+mod stage3;
+mod zbin_oracle;

@@ -63,8 +63,9 @@ pub fn doctor(s: &Settings) -> Result<ExitCode> {
     if !s.source_overrides.contains_key("ipxe") {
         println!(
             "ipxe:    the pinned upstream archive is downloaded on first use; without internet, \
-             give a checkout of ipxe/ipxe: --source ipxe=PATH or KILN_SOURCE_IPXE=PATH \
-             (stage1 tests skip without one)"
+             give a checkout of ipxe/ipxe or its tarball: --source ipxe=PATH or \
+             KILN_SOURCE_IPXE=PATH (stage1, fleet and stage3 tests skip without one, \
+             and fail under KILN_TEST_REQUIRE=all)"
         );
     }
     deb_pins(s);

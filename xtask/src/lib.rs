@@ -14,5 +14,7 @@ pub mod recipe;
 pub mod repro;
 pub mod steps;
 pub mod store;
+#[doc(hidden)]
+pub mod testing;
 pub mod tools;
 pub mod verify;

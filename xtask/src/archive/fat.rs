@@ -814,17 +814,10 @@ mod tests {
     fn check_with_fsck(image: &[u8]) {
         let file = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(file.path(), image).unwrap();
-        let out = std::process::Command::new("fsck.fat")
-            .arg("-n")
-            .arg(file.path())
-            .output();
-        match out {
-            Ok(out) => assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stdout)
-            ),
-            Err(err) => println!("skipping the fsck.fat check: {err}"),
+        if crate::testing::program("fsck.fat", "apt-get install dosfstools, or run ci/setup") {
+            let mut fsck = crate::tools::command("fsck.fat").unwrap();
+            fsck.arg("-n").arg(file.path());
+            crate::tools::capture(fsck).unwrap_or_else(|e| panic!("{e:#}"));
         }
     }
 
@@ -834,15 +827,11 @@ mod tests {
         check_with_fsck(&image);
         let file = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(file.path(), &image).unwrap();
-        let mut mtype = std::process::Command::new("mtype");
-        match mtype
-            .arg("-i")
-            .arg(file.path())
-            .arg("::/EFI/BOOT/grub.cfg")
-            .output()
-        {
-            Ok(out) => assert_eq!(out.stdout, b"set timeout=0\n"),
-            Err(err) => println!("skipping the mtools check: {err}"),
+        if crate::testing::program("mtype", "apt-get install mtools, or run ci/setup") {
+            let mut mtype = crate::tools::command("mtype").unwrap();
+            mtype.arg("-i").arg(file.path()).arg("::/EFI/BOOT/grub.cfg");
+            let text = crate::tools::capture(mtype).unwrap_or_else(|e| panic!("{e:#}"));
+            assert_eq!(text, "set timeout=0\n");
         }
     }
 }

@@ -552,7 +552,6 @@ mod tests {
     use std::fs;
     use std::os::unix::fs::{symlink, MetadataExt};
     use std::path::Path;
-    use std::process::Command;
     use std::time::{Duration, SystemTime};
 
     const EPOCH: u64 = 1_700_000_000;
@@ -590,27 +589,21 @@ mod tests {
         src
     }
 
-    /// `xorriso <args> -o <dir>/<out> <dir>/src`; None, with a note, if xorriso cannot be run.
+    /// `xorriso <args> -o <dir>/<out> <dir>/src`; None when xorriso is
+    /// missing (a skip, or a failure under `KILN_TEST_REQUIRE=all`).
     fn xorriso(dir: &Path, out: &str, args: &[&str]) -> Option<Vec<u8>> {
+        if !crate::testing::program("xorriso", "apt-get install xorriso, or run ci/setup") {
+            return None;
+        }
         let iso = dir.join(out);
-        let run = Command::new("xorriso")
-            .args(args)
+        let mut cmd = crate::tools::command("xorriso").unwrap();
+        cmd.args(args)
             .arg("-o")
             .arg(&iso)
             .arg(dir.join("src"))
-            .env("SOURCE_DATE_EPOCH", EPOCH.to_string())
-            .output();
-        match run {
-            Err(e) => {
-                eprintln!("skipping: cannot run xorriso: {e}");
-                None
-            }
-            Ok(o) => {
-                let stderr = String::from_utf8_lossy(&o.stderr);
-                assert!(o.status.success(), "xorriso {args:?} failed: {stderr}");
-                Some(fs::read(iso).unwrap())
-            }
-        }
+            .env("SOURCE_DATE_EPOCH", EPOCH.to_string());
+        crate::tools::capture(cmd).unwrap_or_else(|e| panic!("{e:#}"));
+        Some(fs::read(iso).unwrap())
     }
 
     const MKISOFS: &[&str] = &["-as", "mkisofs", "-R", "-J", "-V", "KILNTEST"];

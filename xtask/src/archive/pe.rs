@@ -517,7 +517,8 @@ pub fn append_sections(image: &[u8], sections: &[(&str, &[u8])]) -> Result<Vec<u
 mod tests {
     use super::*;
 
-    const STUB: &str = "/tmp/debs/x/systemd-boot-efi/usr/lib/systemd/boot/efi/linuxx64.efi.stub";
+    /// systemd's EFI stub as Debian 12 ships it (the version sources.toml pins).
+    const STUB: &str = "/usr/lib/systemd/boot/efi/linuxx64.efi.stub";
     const OPT: usize = 0x58;
     const TABLE: usize = OPT + 240;
     const ONE: &[(&str, &[u8])] = &[(".a", b"x")];
@@ -725,9 +726,13 @@ mod tests {
     }
 
     fn real_stub() -> Option<Vec<u8>> {
-        let read = std::fs::read(STUB);
-        read.map_err(|e| eprintln!("skipping: cannot read {STUB}: {e}"))
-            .ok()
+        let how = "apt-get install systemd-boot-efi, or run ci/setup";
+        crate::testing::have(
+            "systemd's EFI stub",
+            std::path::Path::new(STUB).is_file(),
+            how,
+        )
+        .then(|| std::fs::read(STUB).unwrap())
     }
 
     #[test]
@@ -764,16 +769,11 @@ mod tests {
         }
         let file = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(file.path(), &uki).unwrap();
-        match std::process::Command::new("objdump")
-            .arg("-h")
-            .arg(file.path())
-            .output()
-        {
-            Ok(o) => assert!(
-                String::from_utf8_lossy(&o.stdout).contains(".linux"),
-                "{o:?}"
-            ),
-            Err(e) => eprintln!("skipping the objdump check: {e}"),
+        if crate::testing::program("objdump", "apt-get install binutils, or run ci/setup") {
+            let mut objdump = crate::tools::command("objdump").unwrap();
+            objdump.arg("-h").arg(file.path());
+            let headers = crate::tools::capture(objdump).unwrap();
+            assert!(headers.contains(".linux"), "{headers}");
         }
     }
 }

@@ -2,8 +2,9 @@
 //! the repository's recipes and overlays.
 #![allow(dead_code)]
 
-pub mod prereq;
 pub mod servers;
+
+pub use kiln::testing as prereq;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -1,5 +1,6 @@
 //! Whether a test's prerequisite is on this machine: the one place that
-//! decides to run, skip or fail.
+//! decides to run, skip or fail, for the unit tests here and the end-to-end
+//! tests in `xtask/tests/it` alike. Test support only: no build path uses it.
 //!
 //! `KILN_TEST_REQUIRE=all` (set by `.ci/run` and both CI pipelines) turns a
 //! missing prerequisite into a failure naming it and how to get it: in CI
@@ -67,5 +68,5 @@ extern "C" fn print_summary() {
 
 /// A program on PATH, named `program` in reports.
 pub fn program(program: &'static str, how: &str) -> bool {
-    have(program, kiln::tools::find(program).is_some(), how)
+    have(program, crate::tools::find(program).is_some(), how)
 }

@@ -8,6 +8,9 @@
 //! std::process is used rather than xshell because Kiln needs process
 //! groups (Ctrl-C must stop a whole `make`) and output teed to logs.
 
+// The one module allowed to start processes (clippy.toml says why).
+#![allow(clippy::disallowed_methods)]
+
 pub mod apt;
 
 use std::collections::HashMap;
@@ -416,17 +419,31 @@ fn last_line(path: &Path) -> Option<String> {
 }
 
 /// Runs `cmd` and returns its stdout; stderr goes into the error on failure.
-pub fn capture(mut cmd: Command) -> Result<String> {
+pub fn capture(cmd: Command) -> Result<String> {
+    let what = describe(&cmd);
+    String::from_utf8(capture_bytes(cmd)?)
+        .with_context(|| format!("{what} printed non-UTF-8 output"))
+}
+
+/// Runs `cmd` and returns its stdout as bytes (a tool that writes a binary
+/// file there, such as iPXE's `zbin`); stderr goes into the error on
+/// failure. An interrupt stops it like any other tool.
+pub fn capture_bytes(mut cmd: Command) -> Result<Vec<u8>> {
     let what = describe(&cmd);
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let out = spawn(&mut cmd)
-        .and_then(|child| child.wait_with_output())
-        .with_context(|| format!("starting {what}"))?;
+    let child = spawn(&mut cmd).with_context(|| format!("starting {what}"))?;
+    let _tracked = interrupt::track(child.id());
+    let out = child
+        .wait_with_output()
+        .with_context(|| format!("waiting for {what}"))?;
+    if interrupt::interrupted() {
+        return Err(interrupt::Interrupted.into());
+    }
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         bail!("{what} failed ({}): {}", out.status, stderr.trim());
     }
-    String::from_utf8(out.stdout).with_context(|| format!("{what} printed non-UTF-8 output"))
+    Ok(out.stdout)
 }
 
 /// Starts `cmd`, retrying for a while when the kernel says its program is

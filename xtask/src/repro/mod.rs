@@ -282,15 +282,12 @@ fn probe_uts() -> Result<()> {
         hostname: Some("kiln-probe".to_string()),
         user: None,
     };
-    let mut cmd = std::process::Command::new("true");
+    let mut cmd = crate::tools::command("true")?;
     // SAFETY: as in `build`.
     unsafe {
         cmd.pre_exec(move || setup.apply());
     }
-    let status = cmd.status().context("unshare(CLONE_NEWUTS)")?;
-    if !status.success() {
-        bail!("`true` failed in the namespace");
-    }
+    crate::tools::capture_bytes(cmd).context("unshare(CLONE_NEWUTS)")?;
     Ok(())
 }
 
@@ -334,11 +331,9 @@ fn host_name() -> String {
 
 /// A UTF-8 locale other than C that this host has, for run 2's LANG.
 fn installed_locale() -> Option<String> {
-    let out = std::process::Command::new("locale")
-        .arg("-a")
-        .output()
-        .ok()?;
-    let text = String::from_utf8_lossy(&out.stdout);
+    let mut locale = crate::tools::command("locale").ok()?;
+    locale.arg("-a");
+    let text = crate::tools::capture(locale).ok()?;
     let have: Vec<&str> = text.lines().collect();
     ["fr_FR.utf8", "de_DE.utf8", "en_US.utf8", "C.utf8"]
         .iter()

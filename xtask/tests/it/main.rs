@@ -7,6 +7,10 @@
 //! server) skips and says so, unless `KILN_TEST_REQUIRE=all` (CI) makes that
 //! a failure: see `common::prereq`.
 
+// The tests run Kiln's binary, the oracles (cpio, modprobe, make) and
+// servers as an operator would: directly, not through Kiln's `tools`.
+#![allow(clippy::disallowed_methods)]
+
 mod common;
 
 mod ci_configs;
@@ -26,4 +30,5 @@ mod sources;
 mod stage1;
 mod stage2;
 mod stage3;
+mod tidy;
 mod zbin_oracle;

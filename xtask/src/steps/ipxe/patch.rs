@@ -14,6 +14,7 @@ use super::fleet::{self, Finish};
 use crate::archive::{optrom, pe, zinfo};
 use crate::steps::{Step, StepContext};
 use crate::store::Output;
+use crate::tools;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct PatchIpxe {
@@ -190,19 +191,10 @@ impl Compressed<'_> {
         let zinfo_path = self.scratch.join(format!("{}.zinfo", self.name));
         std::fs::write(&bin_path, bin)?;
         std::fs::write(&zinfo_path, self.zinfo)?;
-        let out = std::process::Command::new(self.zbin)
-            .arg(&bin_path)
-            .arg(&zinfo_path)
-            .output()
-            .with_context(|| format!("running {}", self.zbin.display()))?;
-        if !out.status.success() {
-            bail!(
-                "zbin failed ({}): {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        let mut image = out.stdout;
+        let mut zbin = tools::command_at(self.zbin);
+        // zbin reads only its two arguments: no variable may reach it.
+        zbin.env_clear().arg(&bin_path).arg(&zinfo_path);
+        let mut image = tools::capture_bytes(zbin).context("packing with iPXE's zbin")?;
         zinfo::check_packed(&records, bin, &image)
             .context("the packed file does not unpack to the patched .bin")?;
         if let Some((block, fill)) = pad {

@@ -8,6 +8,7 @@ pub mod archive;
 pub mod bench;
 pub mod cli;
 pub mod elf;
+pub mod output;
 pub mod plan;
 pub mod publish;
 pub mod recipe;

@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use anyhow::{bail, Context, Result};
 use futures::stream::{self, StreamExt, TryStreamExt};
 
-use crate::steps::manifest::{Manifest, SCHEMA};
+use crate::output::manifest::{Manifest, SCHEMA};
 use crate::store::bucket::Bucket;
 use crate::store::Digest;
 use crate::tools::human_bytes;

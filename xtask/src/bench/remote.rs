@@ -39,7 +39,7 @@ fn timed(what: &str, args: &[&str]) -> Result<f64> {
 }
 
 pub fn publish(output: &Path, to: &str) -> Result<String> {
-    let manifest: crate::steps::manifest::Manifest = serde_json::from_slice(
+    let manifest: crate::output::manifest::Manifest = serde_json::from_slice(
         &std::fs::read(output.join("manifest.json"))
             .with_context(|| format!("bench publish needs a built {}", output.display()))?,
     )?;

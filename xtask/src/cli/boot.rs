@@ -7,12 +7,15 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
+use clap::Args;
 
-use super::build::{build_targets, deb_source_file, BootTestArgs, Firmware};
+use super::build::build_targets;
+use super::session::deb_tree_digest;
 use super::Settings;
 use crate::recipe::{self, Media};
 use crate::steps::iso::esp_image;
 use crate::steps::roms;
+use crate::store::TreeKind;
 use crate::verify::boot::{self, BootSpec, Medium, BOOT_SERVER};
 use crate::verify::http;
 
@@ -20,6 +23,211 @@ use crate::verify::http;
 const RECIPE: &str = "stage2";
 /// Where the ovmf deb keeps the combined code + vars image.
 const OVMF_FD: &str = "usr/share/ovmf/OVMF.fd";
+
+#[derive(Debug, Args)]
+pub struct BootTestArgs {
+    /// What to boot: `stage2` (the stage2 kernel with its embedded
+    /// initramfs, no -initrd, virtio-net and e1000 cards that must both come
+    /// up), `stage2-initramfs` (Debian's kernel with the stage2 initramfs),
+    /// `modules` (the same plus modules.cpio.gz as a second initrd;
+    /// modprobe virtio_net must bring up a new interface), `stage2-iso`
+    /// (the hybrid ISO through isolinux or its EFI image; see --firmware,
+    /// --usb, --host) or `stage2-uki` (the UKI on a FAT drive, UEFI). Media
+    /// tests check that the guest got the kernel arguments baked in.
+    /// `stage1-lkrn`, `stage1-efi` (OVMF, from a FAT drive) and `stage1-rom`
+    /// (virtio-net option ROM) boot iPXE, which must DHCP, chain
+    /// stage1to2.ipxe from Kiln's HTTP server and boot stage2 (needs an iPXE
+    /// tree: `--source ipxe=PATH`). `stage3` boots the ROM updater with
+    /// `kiln.dry_run=1` beside a virtio-net and an e1000e card (QEMU's own
+    /// ROMs): every card must get a `KILN-ROM` line and mstflint must run
+    /// (`--host` adds that host's ROM archive as a second initrd).
+    #[arg(value_enum)]
+    pub what: BootTest,
+    /// Firmware for media tests: `bios` (SeaBIOS; the ISO's default) or
+    /// `uefi` (OVMF from the pinned `ovmf` deb; the UKI's only choice).
+    #[arg(long, value_enum)]
+    pub firmware: Option<Firmware>,
+    /// Attach the ISO as a USB stick instead of a CD.
+    #[arg(long)]
+    pub usb: bool,
+    /// Boot this inventory host's ISO (`stage2/hosts/<HOST>/stage2.iso`),
+    /// or with `stage1-*` its patched iPXE file (`stage1/hosts/<HOST>/…`).
+    #[arg(long, value_name = "HOST")]
+    pub host: Option<String>,
+    /// Boot this initramfs instead of building the stage2 one.
+    #[arg(long, value_name = "FILE")]
+    pub initrd: Option<PathBuf>,
+    /// Seconds to wait for the serial marker.
+    #[arg(long, default_value_t = 180)]
+    pub timeout: u64,
+}
+
+/// Every boot test, so that clap lists them all and refuses any other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BootTest {
+    Stage2,
+    Stage2Initramfs,
+    Modules,
+    Stage2Iso,
+    Stage2Uki,
+    Stage1Lkrn,
+    Stage1Efi,
+    Stage1Rom,
+    Stage3,
+}
+
+impl BootTest {
+    fn is_media(self) -> bool {
+        matches!(self, BootTest::Stage2Iso | BootTest::Stage2Uki)
+    }
+
+    fn takes_host(self) -> bool {
+        self.is_media()
+            || matches!(
+                self,
+                BootTest::Stage1Lkrn | BootTest::Stage1Efi | BootTest::Stage1Rom | BootTest::Stage3
+            )
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Firmware {
+    Bios,
+    Uefi,
+}
+
+impl std::fmt::Display for Firmware {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Firmware::Bios => "SeaBIOS",
+            Firmware::Uefi => "OVMF",
+        })
+    }
+}
+
+const STAGE2_INITRAMFS: &str = "stage2/stage2_initramfs.cpio.gz";
+
+pub fn boot_test(s: &Settings, a: &BootTestArgs) -> Result<ExitCode> {
+    if (a.firmware.is_some() || a.usb) && !a.what.is_media() {
+        bail!("`--firmware` and `--usb` are for `stage2-iso` and `stage2-uki`");
+    }
+    if a.host.is_some() && !a.what.takes_host() {
+        bail!("`--host` is for `stage2-iso`, `stage2-uki`, `stage3` and the `stage1-*` boot tests");
+    }
+    match a.what {
+        BootTest::Stage3 => boot_stage3(s, a),
+        BootTest::Stage2Iso | BootTest::Stage2Uki => boot_media(s, a),
+        BootTest::Stage1Lkrn | BootTest::Stage1Efi | BootTest::Stage1Rom => boot_stage1(s, a),
+        BootTest::Stage2 => {
+            if a.initrd.is_some() {
+                bail!(
+                    "`--initrd` is for `stage2-initramfs`: the stage2 kernel embeds its initramfs"
+                );
+            }
+            build_targets(s, &["stage2".to_string()])?;
+            let kernel = s.output_dir.join("stage2/stage2_vmlinuz");
+            let outcome = boot::boot(&boot::BootSpec::kernel(&kernel, a.timeout))?;
+            let nics = boot::interfaces(&outcome.serial);
+            if !(nics.contains(&"eth0") && nics.contains(&"eth1")) {
+                bail!(
+                    "the stage2 kernel booted but did not bring up both network cards \
+                     (virtio-net, e1000): it reported {nics:?}"
+                );
+            }
+            let banner = outcome
+                .serial
+                .iter()
+                .find(|l| l.contains(" Kiln "))
+                .map_or("", |l| l.trim());
+            println!(
+                "boot test passed in {:.1}s: saw `{}`; banner `{banner}`; interfaces {}",
+                outcome.elapsed.as_secs_f64(),
+                outcome.marker,
+                nics.join(" ")
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        BootTest::Stage2Initramfs => {
+            let initrd = match &a.initrd {
+                Some(path) => path.clone(),
+                None => {
+                    build_targets(s, &[STAGE2_INITRAMFS.to_string()])?;
+                    s.output_dir.join(STAGE2_INITRAMFS)
+                }
+            };
+            let kernel = debian_kernel(s)?;
+            let outcome = boot::boot(&boot::BootSpec::stage2(&kernel, &initrd, a.timeout))?;
+            println!(
+                "boot test passed in {:.1}s: saw `{}`",
+                outcome.elapsed.as_secs_f64(),
+                outcome.marker
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        BootTest::Modules => {
+            let built = build_targets(s, &[STAGE2_INITRAMFS.to_string(), "modules".to_string()])?;
+            let kernel = debian_kernel(s)?;
+            let modules = built
+                .iter()
+                .find(|a| a.kind == "modules" && a.name.ends_with(".gz"))
+                .context("the modules recipe wrote no .gz archive")?;
+            let work = tempfile::tempdir().context("creating a temporary directory")?;
+            let initrd = work.path().join("stage2+modules.cpio.gz");
+            concatenate(
+                &[
+                    s.output_dir.join(STAGE2_INITRAMFS),
+                    s.output_dir.join(&modules.path),
+                ],
+                &initrd,
+            )?;
+            let spec =
+                boot::BootSpec::modules(&kernel, &initrd, &["virtio_pci", "virtio_net"], a.timeout);
+            let outcome = boot::boot(&spec)?;
+            println!(
+                "boot test passed in {:.1}s: saw `{}`",
+                outcome.elapsed.as_secs_f64(),
+                outcome.marker
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Concatenates initrds, as a boot loader loading several does.
+fn concatenate(parts: &[PathBuf], dest: &Path) -> Result<()> {
+    let mut out =
+        std::fs::File::create(dest).with_context(|| format!("creating {}", dest.display()))?;
+    for p in parts {
+        let mut f = std::fs::File::open(p).with_context(|| format!("opening {}", p.display()))?;
+        std::io::copy(&mut f, &mut out).with_context(|| format!("appending {}", p.display()))?;
+    }
+    Ok(())
+}
+
+/// `boot/vmlinuz-*` from the pinned `linux-image` source, as a store path.
+/// A file inside a `deb` source, fetched and unpacked as a build would.
+pub fn deb_source_file(s: &Settings, source: &str, path: &str) -> Result<PathBuf> {
+    let (store, digest) = deb_tree_digest(s, source)?;
+    let tree = store.tree(&digest)?;
+    match tree.get(path).map(|e| &e.kind) {
+        Some(TreeKind::File { digest, .. }) => store.verified_blob(digest),
+        _ => bail!("the `{source}` source has no file {path}"),
+    }
+}
+
+pub fn debian_kernel(s: &Settings) -> Result<PathBuf> {
+    let (store, digest) = deb_tree_digest(s, "linux-image")?;
+    let tree = store.tree(&digest)?;
+    let entry = tree
+        .entries
+        .iter()
+        .find(|e| e.path.starts_with("boot/vmlinuz-"))
+        .context("the linux-image source has no boot/vmlinuz-*")?;
+    match &entry.kind {
+        TreeKind::File { digest, .. } => store.verified_blob(digest),
+        _ => bail!("{} in linux-image is not a file", entry.path),
+    }
+}
 
 pub fn boot_media(s: &Settings, a: &BootTestArgs) -> Result<ExitCode> {
     let recipes = recipe::load(&s.recipes_dir, &s.vars)?;
@@ -29,10 +237,9 @@ pub fn boot_media(s: &Settings, a: &BootTestArgs) -> Result<ExitCode> {
         .with_context(|| format!("no recipe `{RECIPE}` in {}", s.recipes_dir.display()))?
         .media;
     let work = tempfile::tempdir().context("creating a temporary directory")?;
-    let (medium, firmware, expected) = match a.what.as_str() {
-        "stage2-iso" => iso_medium(s, a, media)?,
-        "stage2-uki" => uki_medium(s, a, media, work.path())?,
-        other => bail!("unknown boot test `{other}`"),
+    let (medium, firmware, expected) = match a.what {
+        BootTest::Stage2Uki => uki_medium(s, a, media, work.path())?,
+        _ => iso_medium(s, a, media)?,
     };
     let firmware_path = match firmware {
         Firmware::Uefi => Some(deb_source_file(s, "ovmf", OVMF_FD)?),
@@ -121,11 +328,10 @@ pub fn boot_stage1(s: &Settings, a: &BootTestArgs) -> Result<ExitCode> {
     t.output_dir = work.path().join("output");
     t.vars
         .insert("stage2_url".into(), format!("http://{BOOT_SERVER}/stage2"));
-    let (file, firmware) = match a.what.as_str() {
-        "stage1-lkrn" => ("ipxe.lkrn", None),
-        "stage1-efi" => ("ipxe.efi", Some(deb_source_file(s, "ovmf", OVMF_FD)?)),
-        "stage1-rom" => ("1af41000.rom", None),
-        other => bail!("unknown boot test `{other}`"),
+    let (file, firmware) = match a.what {
+        BootTest::Stage1Efi => ("ipxe.efi", Some(deb_source_file(s, "ovmf", OVMF_FD)?)),
+        BootTest::Stage1Rom => ("1af41000.rom", None),
+        _ => ("ipxe.lkrn", None),
     };
     let stage1 = match &a.host {
         Some(host) => crate::plan::ipxe_host_artifact("stage1", host, file),

@@ -8,7 +8,8 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
-use super::build::{build_targets_with, Overrides};
+use super::build::build_targets_with;
+use super::session::Overrides;
 use super::Settings;
 use crate::recipe::{self, ipxe::IpxeHost, IpxeTarget};
 

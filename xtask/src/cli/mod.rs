@@ -1,13 +1,16 @@
 //! `cargo xtask …`: argument parsing and the commands. Each command calls
 //! into the layers below and prints results; no build logic lives here.
 
+mod bench;
 mod boot;
 mod build;
 mod doctor;
 mod gc;
 mod ipxe;
+mod plan;
 mod publish;
 mod repro;
+mod session;
 mod sources;
 
 use std::collections::BTreeMap;
@@ -74,9 +77,9 @@ pub enum Command {
     /// Build targets (recipe names, e.g. `stage2`) into the output directory.
     Build(build::BuildArgs),
     /// Show every step of the targets: cached (hit), to run (miss) or waiting on another step.
-    Plan(build::PlanArgs),
+    Plan(plan::PlanArgs),
     /// Boot an artifact in QEMU and wait for its serial marker (e.g. `stage2-initramfs`).
-    BootTest(build::BootTestArgs),
+    BootTest(boot::BootTestArgs),
     /// List the host tools Kiln uses, their versions, and how to install what is missing.
     Doctor,
     /// Manage pinned sources (recipes/sources.toml).
@@ -89,7 +92,7 @@ pub enum Command {
     /// Benchmarks against the tools an operator would otherwise use.
     Bench {
         #[command(subcommand)]
-        command: build::BenchCommand,
+        command: bench::BenchCommand,
     },
     /// Upload the built output/ to object storage as one release:
     /// <URL>/<VERSION>/… with manifest.json written last.
@@ -166,12 +169,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
     let ctx = Settings::new(&cli.global)?;
     match cli.command {
         Command::Build(a) => build::build(&ctx, &a),
-        Command::Plan(a) => build::plan(&ctx, &a),
-        Command::BootTest(a) => build::boot_test(&ctx, &a),
+        Command::Plan(a) => plan::plan(&ctx, &a),
+        Command::BootTest(a) => boot::boot_test(&ctx, &a),
         Command::Doctor => doctor::doctor(&ctx),
         Command::Sources { command } => sources::run(&ctx, &command),
         Command::Gc(a) => gc::gc(&ctx, &a),
-        Command::Bench { command } => build::bench(&ctx, &command),
+        Command::Bench { command } => bench::bench(&ctx, &command),
         Command::Ipxe(a) => ipxe::ipxe(&ctx, &a),
         Command::Publish(a) => publish::publish(&ctx, &a),
         Command::Repro(a) => repro::repro(&ctx, &a),

@@ -76,7 +76,7 @@ pub fn repro(s: &Settings, a: &ReproArgs) -> Result<ExitCode> {
     for (name, one, _) in &a.vary {
         first.vars.insert(name.clone(), one.clone());
     }
-    super::build::check_targets(&first, &a.targets)?;
+    super::session::check_targets(&first, &a.targets)?;
     let recipes = s
         .recipes_dir
         .canonicalize()

@@ -7,8 +7,12 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::Subcommand;
 
+use super::session::executor;
 use super::Settings;
+use crate::plan::{self, PlanOptions};
+use crate::recipe;
 use crate::recipe::pins::{self, DebPin};
+use crate::store::Store;
 use crate::tools::apt;
 
 #[derive(Debug, Subcommand)]
@@ -51,7 +55,7 @@ pub fn run(s: &Settings, c: &SourcesCommand) -> Result<ExitCode> {
             keep_versions,
             dry_run,
         } => update(s, names, *keep_versions, *dry_run),
-        SourcesCommand::Fetch { names } => super::build::fetch_sources(s, names),
+        SourcesCommand::Fetch { names } => fetch(s, names),
         SourcesCommand::Digest { path } => print_digest(s, path),
     }
 }
@@ -108,6 +112,31 @@ fn update(s: &Settings, names: &[String], keep_versions: bool, dry_run: bool) ->
         (n, false) => println!("{n} source(s) changed in {}", file.display()),
         (_, true) => println!("--dry-run: {} left unchanged", file.display()),
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `sources fetch`: the named sources (all when none) into the store.
+fn fetch(s: &Settings, names: &[String]) -> Result<ExitCode> {
+    let recipes = recipe::load(&s.recipes_dir, &s.vars)?;
+    let store = Store::open(&s.cache_dir)?;
+    let opts = PlanOptions {
+        source_overrides: s.source_overrides.clone(),
+        threads: s.jobs,
+        ..PlanOptions::default()
+    };
+    let plan = plan::plan_sources(&recipes, names, &store, &opts)?;
+    let results = executor(s, &store, s.jobs).run(&plan)?;
+    for (node, result) in plan.nodes.iter().zip(&results) {
+        let state = if result.cached { "cached " } else { "fetched" };
+        println!("{state}  {}", node.step.label());
+    }
+    let fetched = results.iter().filter(|r| !r.cached).count();
+    println!(
+        "{} source step(s): {fetched} fetched, {} already in the store {}",
+        results.len(),
+        results.len() - fetched,
+        s.cache_dir.display()
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 
 use super::diff::{self, Finding};
-use crate::steps::manifest::{Artifact, Manifest};
+use crate::output::manifest::{Artifact, Manifest};
 use crate::store::{Digest, Store, TreeKind};
 
 /// Files of an input tree listed before the rest are counted.

@@ -12,7 +12,6 @@ pub mod initramfs;
 pub mod ipxe;
 pub mod iso;
 pub mod kernel;
-pub mod manifest;
 pub mod modules;
 pub mod programs;
 pub mod roms;

@@ -20,16 +20,19 @@ const ALLOWED: &[(&str, &[&str])] = &[
     (
         "cli",
         &[
-            "archive", "bench", "elf", "plan", "publish", "recipe", "repro", "steps", "store",
-            "tools", "verify",
+            "archive", "bench", "elf", "output", "plan", "publish", "recipe", "repro", "steps",
+            "store", "tools", "verify",
         ],
     ),
     (
         "bench",
-        &["archive", "plan", "recipe", "steps", "store", "tools"],
+        &[
+            "archive", "output", "plan", "recipe", "steps", "store", "tools",
+        ],
     ),
-    ("repro", &["archive", "steps", "store", "tools"]),
-    ("publish", &["store", "tools"]),
+    ("repro", &["archive", "output", "steps", "store", "tools"]),
+    ("publish", &["output", "store", "tools"]),
+    ("output", &["plan", "store"]),
     ("verify", &["archive", "store", "tools"]),
     ("plan", &["archive", "recipe", "steps", "store"]),
     ("recipe", &["archive"]),
@@ -63,11 +66,6 @@ const KNOWN_EDGES: &[(&str, &str, &str)] = &[
         "tools",
         "tool versions for keys are asked while executing the plan",
     ),
-    (
-        "publish.rs",
-        "steps",
-        "the manifest's reader lives in steps/manifest.rs, which is no step",
-    ),
 ];
 
 /// Lines a file may have before its tests: past this it holds more than one
@@ -77,7 +75,6 @@ const MAX_LINES: usize = 600;
 /// Files over `MAX_LINES` today, with the most lines each may keep.
 const KNOWN_LONG: &[(&str, usize)] = &[
     ("archive/zinfo.rs", 681),
-    ("cli/build.rs", 865),
     ("plan/mod.rs", 889),
     ("recipe/mod.rs", 736),
     ("repro/diff.rs", 676),

@@ -4,6 +4,7 @@
 //! `cli → plan → steps → archive / elf / store / tools`, with `recipe` feeding
 //! `plan` and `verify` proving artifacts after a build.
 
+pub mod arch;
 pub mod archive;
 pub mod bench;
 pub mod cli;

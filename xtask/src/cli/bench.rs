@@ -144,7 +144,7 @@ fn bench_ipxe(s: &Settings) -> Result<String> {
         .targets
         .get("stage1")
         .and_then(|r| r.ipxe.as_ref())
-        .and_then(|i| i.targets.get("x86_64"))
+        .and_then(|i| i.targets.get(&crate::arch::Arch::X86_64))
         .context("no x86_64 targets in the stage1 recipe's [ipxe]")?
         .iter()
         .map(|t| t.make_target())

@@ -335,7 +335,7 @@ pub fn boot_stage1(s: &Settings, a: &BootTestArgs) -> Result<ExitCode> {
     };
     let stage1 = match &a.host {
         Some(host) => crate::plan::ipxe_host_artifact("stage1", host, file),
-        None => crate::plan::ipxe_artifact("stage1", "x86_64", file),
+        None => crate::plan::ipxe_artifact("stage1", crate::arch::Arch::X86_64, file),
     };
     let targets = [
         "stage2/stage2_vmlinuz".to_string(),

@@ -11,13 +11,14 @@ use clap::Args;
 use super::build::build_targets_with;
 use super::session::Overrides;
 use super::Settings;
+use crate::arch::Arch;
 use crate::recipe::{self, ipxe::IpxeHost, IpxeTarget};
 
 #[derive(Debug, Args)]
 pub struct IpxeArgs {
     /// `x86_64` or `arm64` (arm64 cross-compiles with aarch64-linux-gnu-gcc).
-    #[arg(long, default_value = "x86_64")]
-    pub arch: String,
+    #[arg(long, value_enum, default_value_t = Arch::DEFAULT)]
+    pub arch: Arch,
     /// Only these targets, as the recipe names them (`bin/ipxe.lkrn`) or by
     /// file (`ipxe.lkrn`); repeatable. Default: all of the architecture's.
     #[arg(long = "target", value_name = "TARGET")]
@@ -51,7 +52,7 @@ pub fn ipxe(s: &Settings, a: &IpxeArgs) -> Result<ExitCode> {
         .as_ref()
         .with_context(|| format!("{} has no [ipxe] section", r.file.display()))?;
     let Some(targets) = ipxe.targets.get(&a.arch) else {
-        let arches: Vec<&str> = ipxe.targets.keys().map(String::as_str).collect();
+        let arches: Vec<&str> = ipxe.targets.keys().map(|a| a.name()).collect();
         bail!(
             "{} builds no `{}` targets; it has {}",
             r.file.display(),
@@ -86,7 +87,7 @@ pub fn ipxe(s: &Settings, a: &IpxeArgs) -> Result<ExitCode> {
     let mut wanted = Vec::new();
     if a.hosts.is_none() && a.only.is_empty() {
         for t in targets.iter().filter(|t| asked(t)) {
-            wanted.push(crate::plan::ipxe_artifact(&r.name, &a.arch, &t.file));
+            wanted.push(crate::plan::ipxe_artifact(&r.name, a.arch, &t.file));
         }
     }
     for h in &chosen {

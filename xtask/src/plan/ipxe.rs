@@ -12,7 +12,8 @@ use std::path::Path;
 use anyhow::Result;
 
 use super::{ArtifactSpec, Builder, Check, InputRef};
-use crate::recipe::{self, ipxe::cross_prefix, IpxeTarget, Recipe, SourceKind};
+use crate::arch::Arch;
+use crate::recipe::{self, IpxeTarget, Recipe, SourceKind};
 use crate::steps::ipxe::fleet::{self, Finish};
 use crate::steps::ipxe::patch::{zbin_input, PatchIpxe};
 use crate::steps::ipxe::BuildIpxe;
@@ -25,18 +26,18 @@ impl Builder<'_> {
         let shared = self.ipxe_inputs(ipxe)?;
         let commit = self.source_commit(&ipxe.source);
         let mut artifacts = Vec::new();
-        for (arch, targets) in &ipxe.targets {
-            artifacts.extend(self.add_ipxe_arch(recipe, ipxe, arch, targets, &shared));
+        for (&arch, targets) in &ipxe.targets {
+            let made = self.add_ipxe_arch(recipe, ipxe, arch, targets, &shared);
+            artifacts.extend(
+                made.into_iter()
+                    .map(|(name, t, node)| (name, t, node, arch)),
+            );
         }
-        for (name, t, node) in artifacts {
+        for (name, t, node, arch) in artifacts {
             self.plan.artifacts.push(ArtifactSpec {
                 name,
                 kind: t.kind(),
-                arch: if t.platform.contains("arm64") {
-                    "arm64"
-                } else {
-                    "x86_64"
-                },
+                arch,
                 recipe: recipe.file.clone(),
                 epoch: self.epoch(recipe),
                 node,
@@ -57,7 +58,7 @@ impl Builder<'_> {
         &mut self,
         recipe: &Recipe,
         ipxe: &'t recipe::Ipxe,
-        arch: &str,
+        arch: Arch,
         targets: &'t [IpxeTarget],
         shared: &BTreeMap<String, InputRef>,
     ) -> Vec<(String, &'t IpxeTarget, usize)> {
@@ -112,16 +113,16 @@ impl Builder<'_> {
         &self,
         recipe: &Recipe,
         ipxe: &recipe::Ipxe,
-        arch: &str,
+        arch: Arch,
         platform: &str,
         targets: &[&IpxeTarget],
         script: &str,
     ) -> BuildIpxe {
         BuildIpxe {
-            arch: arch.to_string(),
+            arch,
             platform: platform.to_string(),
             files: targets.iter().map(|t| t.file.clone()).collect(),
-            cross: cross_prefix(arch).map(str::to_string),
+            cross: arch.cross_prefix().map(str::to_string),
             script: script.to_string(),
             patches: ipxe
                 .patches
@@ -149,7 +150,7 @@ impl Builder<'_> {
     fn add_patch(
         &mut self,
         ipxe: &recipe::Ipxe,
-        arch: &str,
+        arch: Arch,
         who: &str,
         script: &str,
         targets: &[&IpxeTarget],
@@ -171,7 +172,7 @@ impl Builder<'_> {
             }
         }
         let step = PatchIpxe {
-            arch: arch.to_string(),
+            arch,
             platform: targets[0].platform.clone(),
             who: who.to_string(),
             script: script.to_string(),
@@ -192,7 +193,7 @@ impl Builder<'_> {
     ) {
         let ts: Vec<&IpxeTarget> = host.targets.iter().collect();
         for (platform, ts) in by_platform(&ts) {
-            let step = self.ipxe_build(recipe, ipxe, &host.arch, platform, &ts, &host.script);
+            let step = self.ipxe_build(recipe, ipxe, host.arch, platform, &ts, &host.script);
             let step = BuildIpxe {
                 note: format!("full make for {}", host.hostname),
                 ..step
@@ -273,7 +274,7 @@ fn git_head(checkout: &Path) -> Option<String> {
 }
 
 /// `stage1/x86_64/ipxe.lkrn`.
-pub fn artifact_name(recipe: &str, arch: &str, file: &str) -> String {
+pub fn artifact_name(recipe: &str, arch: Arch, file: &str) -> String {
     format!("{recipe}/{arch}/{file}")
 }
 

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use anyhow::Result;
 
 use super::{ArtifactSpec, Builder, InputRef};
+use crate::arch::Arch;
 use crate::recipe::{self, Recipe};
 use crate::steps::iso::BuildIso;
 use crate::steps::script::WriteScript;
@@ -146,7 +147,7 @@ impl Builder<'_> {
         self.plan.artifacts.push(ArtifactSpec {
             name: name.to_string(),
             kind,
-            arch: "x86_64",
+            arch: Arch::X86_64,
             recipe: recipe.file.clone(),
             epoch: self.epoch(recipe),
             node,

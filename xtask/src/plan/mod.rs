@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
+use crate::arch::Arch;
 use crate::recipe::{self, Recipe, Recipes, SourceKind};
 use crate::steps::deb::UnpackDeb;
 use crate::steps::fetch::{FetchDeb, FetchTree, FetchUrl, UnpackPinnedTree};
@@ -52,7 +53,7 @@ pub enum InputRef {
 pub struct ArtifactSpec {
     pub name: String,
     pub kind: &'static str,
-    pub arch: &'static str,
+    pub arch: Arch,
     pub recipe: PathBuf,
     pub epoch: u64,
     pub node: usize,
@@ -335,7 +336,7 @@ impl<'a> Builder<'a> {
         let config = self.push(
             KernelConfig {
                 name: k.output.clone(),
-                arch: k.arch.clone(),
+                arch: k.arch,
                 base,
                 fragments: k
                     .fragments
@@ -355,7 +356,7 @@ impl<'a> Builder<'a> {
         let compile = self.push(
             CompileKernel {
                 name: k.output.clone(),
-                arch: k.arch.clone(),
+                arch: k.arch,
                 epoch,
                 threads: self.opts.threads,
             },
@@ -387,7 +388,7 @@ impl<'a> Builder<'a> {
         let link = self.push(
             LinkKernel {
                 name: k.output.clone(),
-                arch: k.arch.clone(),
+                arch: k.arch,
                 epoch,
                 initramfs: initramfs.is_some(),
                 threads: self.opts.threads,
@@ -400,7 +401,7 @@ impl<'a> Builder<'a> {
         self.plan.artifacts.push(ArtifactSpec {
             name: k.output.clone(),
             kind: "kernel",
-            arch: "x86_64",
+            arch: Arch::X86_64,
             recipe: recipe.file.clone(),
             epoch,
             node: link,
@@ -436,7 +437,7 @@ impl<'a> Builder<'a> {
         self.plan.artifacts.push(ArtifactSpec {
             name,
             kind: "modules",
-            arch: "x86_64",
+            arch: Arch::X86_64,
             recipe: recipe.file.clone(),
             epoch: self.epoch(recipe),
             node,
@@ -546,7 +547,7 @@ impl<'a> Builder<'a> {
         self.plan.artifacts.push(ArtifactSpec {
             name: ir.output.clone(),
             kind: "initramfs",
-            arch: "x86_64",
+            arch: Arch::X86_64,
             recipe: recipe.file.clone(),
             epoch: self.epoch(recipe),
             node,
@@ -608,7 +609,7 @@ impl<'a> Builder<'a> {
             self.plan.artifacts.push(ArtifactSpec {
                 name: format!("modules/{}/modules.cpio.{ext}", m.kernel_release),
                 kind: "modules",
-                arch: "x86_64",
+                arch: Arch::X86_64,
                 recipe: recipe.file.clone(),
                 epoch: self.epoch(recipe),
                 node,

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use anyhow::{bail, Context, Result};
 
 use super::{ArtifactSpec, Builder, InputRef};
+use crate::arch::Arch;
 use crate::recipe::{self, Recipe, Rom, RomFrom};
 use crate::steps::initramfs::BuildInitramfs;
 use crate::steps::programs::CopyPrograms;
@@ -118,7 +119,7 @@ impl Builder<'_> {
             self.plan.artifacts.push(ArtifactSpec {
                 name,
                 kind: "initramfs",
-                arch: "x86_64",
+                arch: Arch::X86_64,
                 recipe: recipe.file.clone(),
                 epoch,
                 node: archive,

@@ -20,10 +20,10 @@ use std::path::Path;
 use anyhow::{bail, Result};
 use toml::Spanned;
 
-use super::ipxe::ARCHES;
 use super::schema::{RawHost, RawInventory};
 use super::template::{self, TemplateError, Vars};
 use super::{diag, Doc, RecipeErrors, SourceError};
+use crate::arch::Arch;
 
 /// One validated host.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,7 +38,7 @@ pub struct Host {
     /// say; `Some(vec![])`: none). Only their syntax is checked here.
     pub roms: Option<Vec<String>>,
     /// `x86_64` or `arm64`.
-    pub arch: String,
+    pub arch: Arch,
 }
 
 /// Every variable a host may provide, for "unknown variable" hints and for
@@ -358,15 +358,14 @@ fn roms(blame: &Blame, raw: &[Spanned<String>]) -> Result<Vec<String>, SourceErr
 }
 
 /// One of iPXE's architectures; the first (`x86_64`) when absent.
-fn arch(blame: &Blame, raw: Option<&Spanned<String>>) -> Result<String, SourceError> {
-    let known = ARCHES.iter().map(|(a, _, _)| *a);
+fn arch(blame: &Blame, raw: Option<&Spanned<String>>) -> Result<Arch, SourceError> {
     let Some(arch) = raw else {
-        return Ok(ARCHES[0].0.to_string());
+        return Ok(Arch::DEFAULT);
     };
-    if known.clone().any(|a| a == arch.get_ref()) {
-        return Ok(arch.get_ref().clone());
+    if let Some(known) = Arch::from_name(arch.get_ref()) {
+        return Ok(known);
     }
-    let list: Vec<String> = known.map(|a| format!("`{a}`")).collect();
+    let list: Vec<String> = Arch::ALL.iter().map(|a| format!("`{a}`")).collect();
     let why = format!("`{}` is not one of {}", arch.get_ref(), list.join(", "));
     Err(blame.at(arch.span(), "arch", why))
 }
@@ -637,10 +636,10 @@ mlab2-lga01, 192.0.2.11/26 ,192.0.2.1,8.8.8.8,,,,
         assert_eq!(json_table, toml);
         let roms = vec!["15b31003.mrom".to_string(), "808610d3.rom".to_string()];
         assert_eq!(toml[0].roms, Some(roms));
-        assert_eq!(toml[0].arch, "arm64");
+        assert_eq!(toml[0].arch, Arch::Arm64);
         assert_eq!(toml[0].vars["dns2"], "2001:4860:4860::8888");
         assert_eq!(toml[1].roms, None);
-        assert_eq!(toml[1].arch, "x86_64");
+        assert_eq!(toml[1].arch, Arch::X86_64);
         assert!(!toml[1].vars.contains_key("ipv6"));
     }
 
@@ -793,7 +792,7 @@ mlab2-lga01, 192.0.2.11/26 ,192.0.2.1,8.8.8.8,,,,
             "host `mlab1-lga01`: `arch` must be a string",
         );
         let absent = SAME_JSON.replace("\"arm64\"", "null");
-        assert_eq!(load_as("json", &absent).unwrap()[0].arch, "x86_64");
+        assert_eq!(load_as("json", &absent).unwrap()[0].arch, Arch::X86_64);
     }
 
     #[test]

@@ -12,18 +12,8 @@ use toml::Spanned;
 use super::hosts::{self, Host};
 use super::schema::RawIpxe;
 use super::{recipe_dir, recipe_file, render_file, Ctx, RecipeErrors, SourceError, Vars};
+use crate::arch::Arch;
 use crate::steps::ipxe::fleet::{self, DEFAULT_SCRIPT_SIZE, MAX_SCRIPT_SIZE, MIN_SCRIPT_SIZE};
-
-/// Platforms (iPXE's `bin-<arch>-<platform>` build directories) each
-/// architecture may build, and the cross compiler prefix it needs.
-pub const ARCHES: &[(&str, &[&str], Option<&str>)] = &[
-    (
-        "x86_64",
-        &["bin", "bin-x86_64-pcbios", "bin-x86_64-efi"],
-        None,
-    ),
-    ("arm64", &["bin-arm64-efi"], Some("aarch64-linux-gnu-")),
-];
 
 /// Output formats iPXE's make knows; `.rom`/`.mrom` are NIC ROMs.
 const FORMATS: &[&str] = &[
@@ -43,7 +33,7 @@ pub struct Ipxe {
     pub trust: Vec<PathBuf>,
     pub certs: Vec<PathBuf>,
     /// Architecture → targets.
-    pub targets: BTreeMap<String, Vec<IpxeTarget>>,
+    pub targets: BTreeMap<Arch, Vec<IpxeTarget>>,
     /// Every script is padded to this many bytes.
     pub script_size: usize,
     /// The recipe's variables, for rendering the script per host.
@@ -58,7 +48,7 @@ pub struct Ipxe {
 #[derive(Debug, Clone)]
 pub struct IpxeHost {
     pub hostname: String,
-    pub arch: String,
+    pub arch: Arch,
     /// The host's script, padded to `script_size`.
     pub script: String,
     /// The architecture's targets this host gets: every patchable one but
@@ -93,14 +83,6 @@ impl IpxeTarget {
     }
 }
 
-/// The cross-compiler prefix for `arch` (`None`: the host compiler).
-pub fn cross_prefix(arch: &str) -> Option<&'static str> {
-    ARCHES
-        .iter()
-        .find(|(a, _, _)| *a == arch)
-        .and_then(|(_, _, c)| *c)
-}
-
 pub(super) fn ipxe(ctx: &mut Ctx, raw: RawIpxe, vars: &Vars) -> Option<Ipxe> {
     let before = ctx.errors.len();
     let base = ctx.doc.dir();
@@ -131,8 +113,8 @@ pub(super) fn ipxe(ctx: &mut Ctx, raw: RawIpxe, vars: &Vars) -> Option<Ipxe> {
         .collect();
     let mut targets = BTreeMap::new();
     for (arch, list) in &raw.targets {
-        if let Some(t) = arch_targets(ctx, arch, list) {
-            targets.insert(arch.clone(), t);
+        if let Some((arch, t)) = arch_targets(ctx, arch, list) {
+            targets.insert(arch, t);
         }
     }
     let script_size = match &raw.script_size {
@@ -250,7 +232,7 @@ impl Ipxe {
         for h in hosts {
             let who = format!("host `{}` ({})", h.hostname, h.origin);
             let Some(targets) = self.targets.get(&h.arch) else {
-                let built: Vec<&str> = self.targets.keys().map(String::as_str).collect();
+                let built: Vec<&str> = self.targets.keys().map(|a| a.name()).collect();
                 errors.0.push((
                     format!(
                         "{who}: `arch` is {}, but {} builds only {}",
@@ -316,7 +298,7 @@ impl Ipxe {
                 .collect();
             out.push(IpxeHost {
                 hostname: h.hostname.clone(),
-                arch: h.arch.clone(),
+                arch: h.arch,
                 script,
                 targets,
             });
@@ -348,22 +330,23 @@ fn patch_files(ctx: &mut Ctx, dir: &Path, span: Option<std::ops::Range<usize>>) 
     files
 }
 
+/// One `[ipxe.targets]` entry: its architecture and parsed targets.
 fn arch_targets(
     ctx: &mut Ctx,
-    arch: &str,
+    name: &str,
     list: &Spanned<Vec<Spanned<String>>>,
-) -> Option<Vec<IpxeTarget>> {
-    let Some((_, platforms, _)) = ARCHES.iter().find(|(a, _, _)| *a == arch) else {
-        let known: Vec<&str> = ARCHES.iter().map(|(a, _, _)| *a).collect();
+) -> Option<(Arch, Vec<IpxeTarget>)> {
+    let Some(arch) = Arch::from_name(name) else {
         ctx.push(
             list.span(),
             format!(
-                "unknown architecture `{arch}`: use one of {}",
-                known.join(", ")
+                "unknown architecture `{name}`: use one of {}",
+                Arch::names()
             ),
         );
         return None;
     };
+    let platforms = arch.ipxe_platforms();
     let mut targets: Vec<IpxeTarget> = Vec::new();
     for t in list.get_ref() {
         let parsed = parse_target(t.get_ref(), platforms);
@@ -378,7 +361,7 @@ fn arch_targets(
             Err(why) => ctx.push(t.span(), why),
         }
     }
-    Some(targets)
+    Some((arch, targets))
 }
 
 fn parse_target(t: &str, platforms: &[&str]) -> Result<IpxeTarget, String> {
@@ -413,7 +396,7 @@ mod tests {
 
     #[test]
     fn targets_are_platform_and_file() {
-        let x86 = ARCHES[0].1;
+        let x86 = Arch::X86_64.ipxe_platforms();
         let t = parse_target("bin-x86_64-efi/snponly.efi", x86).unwrap();
         assert_eq!(
             (t.platform.as_str(), t.file.as_str()),

@@ -26,6 +26,7 @@ use anyhow::{Context, Result};
 use serde::de::DeserializeOwned;
 use toml::Spanned;
 
+use crate::arch::Arch;
 use crate::archive::Compression;
 pub use diag::{RecipeErrors, SourceError};
 pub use ipxe::{Ipxe, IpxeTarget};
@@ -68,7 +69,7 @@ pub struct Recipe {
 pub struct Kernel {
     pub output: String,
     pub source: String,
-    pub arch: String,
+    pub arch: Arch,
     pub config: KernelConfigFrom,
     /// (name as written in the recipe, resolved path)
     pub fragments: Vec<(String, PathBuf)>,
@@ -555,7 +556,8 @@ fn kernel(ctx: &mut Ctx, raw: Spanned<RawKernel>, has_initramfs: bool) -> Option
     let before = ctx.errors.len();
     let output = output_path(ctx, &raw.output);
     ctx.source(&raw.source);
-    if raw.arch.get_ref() != "x86_64" {
+    let arch = Arch::from_name(raw.arch.get_ref()).filter(|a| *a == Arch::X86_64);
+    if arch.is_none() {
         ctx.push(raw.arch.span(), "kernels are built for `x86_64` only");
     }
     let base = ctx.doc.dir();
@@ -610,7 +612,7 @@ fn kernel(ctx: &mut Ctx, raw: Spanned<RawKernel>, has_initramfs: bool) -> Option
     (ctx.errors.len() == before).then(|| Kernel {
         output,
         source: raw.source.into_inner(),
-        arch: raw.arch.into_inner(),
+        arch: arch.expect("checked above"),
         config: config.expect("checked above"),
         fragments,
         embed_initramfs: embed,

@@ -261,7 +261,7 @@ pub struct RawKernel {
 }
 
 fn default_arch() -> Spanned<String> {
-    Spanned::new(0..0, "x86_64".to_string())
+    Spanned::new(0..0, crate::arch::Arch::DEFAULT.name().to_string())
 }
 
 #[derive(Debug, Deserialize)]

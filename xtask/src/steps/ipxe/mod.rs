@@ -27,6 +27,7 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
 use super::{output_digest, Step, StepContext};
+use crate::arch::Arch;
 use crate::store::{Digest, Output, TreeKind};
 use crate::tools;
 
@@ -48,7 +49,7 @@ const ARM64_TOOLS: &[&str] = &[
 
 #[derive(Debug, Clone, Serialize)]
 pub struct BuildIpxe {
-    pub arch: String,
+    pub arch: Arch,
     /// `bin`, `bin-x86_64-efi`, …
     pub platform: String,
     /// Files to build in the platform directory (`ipxe.lkrn`, …).

@@ -11,6 +11,7 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
 use super::fleet::{self, Finish};
+use crate::arch::Arch;
 use crate::archive::{optrom, pe, zinfo};
 use crate::steps::{Step, StepContext};
 use crate::store::Output;
@@ -18,7 +19,7 @@ use crate::tools;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct PatchIpxe {
-    pub arch: String,
+    pub arch: Arch,
     /// The platform directory all `targets` are in (`bin`, `bin-x86_64-efi`).
     pub platform: String,
     /// Whose files these are: a host name, or the recipe's name.

@@ -11,6 +11,7 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use super::{checkout_source, make, unbind, BUILD_DIR, INITRAMFS_NAME, KBUILD_TOOLS};
+use crate::arch::Arch;
 use crate::archive::newc;
 use crate::steps::{Step, StepContext};
 use crate::store::Output;
@@ -21,7 +22,7 @@ pub struct CompileKernel {
     /// The artifact this kernel is for (messages only).
     #[serde(skip)]
     pub name: String,
-    pub arch: String,
+    pub arch: Arch,
     pub epoch: u64,
     #[serde(skip)]
     pub threads: usize,
@@ -53,14 +54,14 @@ impl Step for CompileKernel {
         // An empty archive stands in for the initramfs: the compiled tree
         // must not depend on it (the link step puts the real one here).
         std::fs::write(obj.join(INITRAMFS_NAME), newc::archive_bytes(&[])?)?;
-        let mut cmd = make(&src, &self.arch, self.epoch, self.threads)?;
+        let mut cmd = make(&src, self.arch, self.epoch, self.threads)?;
         cmd.arg("all");
         tools::run_logged_with_progress(cmd, &ctx.log("kernel-compile"), &self.label())
             .with_context(|| format!("compiling the kernel for {}", self.name))?;
         let modroot = scratch.join("modules");
         std::fs::create_dir(&modroot)?;
         if has_modules(&obj.join(".config"))? {
-            let mut cmd = make(&src, &self.arch, self.epoch, self.threads)?;
+            let mut cmd = make(&src, self.arch, self.epoch, self.threads)?;
             cmd.arg(format!("INSTALL_MOD_PATH={}", modroot.display()))
                 .arg("DEPMOD=true")
                 .arg("modules_install");

@@ -13,6 +13,7 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
 use super::{checkout_source, make, BUILD_DIR};
+use crate::arch::Arch;
 use crate::steps::{Step, StepContext};
 use crate::store::Output;
 use crate::tools;
@@ -22,7 +23,7 @@ pub struct KernelConfig {
     /// The artifact this config is for (messages only).
     #[serde(skip)]
     pub name: String,
-    pub arch: String,
+    pub arch: Arch,
     /// `tinyconfig`, `defconfig` or `allnoconfig`; `None` when the input
     /// `config` is a full config file.
     pub base: Option<String>,
@@ -63,7 +64,7 @@ impl Step for KernelConfig {
         let log = ctx.log("kernel-config");
         match &self.base {
             Some(base) => {
-                let mut cmd = make(&src, &self.arch, self.epoch, self.threads)?;
+                let mut cmd = make(&src, self.arch, self.epoch, self.threads)?;
                 cmd.arg(base);
                 tools::run_logged(cmd, &log)?;
             }
@@ -85,7 +86,7 @@ impl Step for KernelConfig {
             .with_context(|| format!("reading {}", dot_config.display()))?;
         let (merged, requested) = merge(&base_text, &fragments);
         std::fs::write(&dot_config, merged)?;
-        let mut cmd = make(&src, &self.arch, self.epoch, self.threads)?;
+        let mut cmd = make(&src, self.arch, self.epoch, self.threads)?;
         cmd.arg("olddefconfig");
         tools::run_logged(cmd, &ctx.log("kernel-olddefconfig"))?;
         let final_text = std::fs::read_to_string(&dot_config)?;

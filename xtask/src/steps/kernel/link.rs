@@ -12,6 +12,7 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use super::{checkout_source, make, rebind, BUILD_DIR, INITRAMFS_NAME, KBUILD_TOOLS};
+use crate::arch::Arch;
 use crate::steps::{set_mtimes, Step, StepContext};
 use crate::store::Output;
 use crate::tools;
@@ -21,7 +22,7 @@ pub struct LinkKernel {
     /// The artifact (messages only).
     #[serde(skip)]
     pub name: String,
-    pub arch: String,
+    pub arch: Arch,
     pub epoch: u64,
     /// Whether input `initramfs` is embedded (else the placeholder stays).
     pub initramfs: bool,
@@ -64,7 +65,7 @@ impl Step for LinkKernel {
             // only ownership, not a writable handle (root would not notice).
             File::open(&dest)?.set_modified(now)?;
         }
-        let mut cmd = make(&src, &self.arch, self.epoch, self.threads)?;
+        let mut cmd = make(&src, self.arch, self.epoch, self.threads)?;
         cmd.arg("bzImage");
         tools::run_logged_with_progress(cmd, &ctx.log("kernel-link"), &self.label())
             .with_context(|| format!("relinking the kernel for {}", self.name))?;

@@ -23,6 +23,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result};
 
+use crate::arch::Arch;
 use crate::steps::StepContext;
 use crate::tools;
 
@@ -88,7 +89,7 @@ pub const KBUILD_TOOLS: &[&str] = &["make", "gcc", "ld", "flex", "bison", "bc"];
 /// `make -C <src> O=kiln-build ARCH=<arch> -j<jobs> <targets>` with a clean
 /// environment: only PATH survives from the caller, every build-identity
 /// variable is fixed and time comes from `epoch`.
-pub fn make(src: &Path, arch: &str, epoch: u64, jobs: usize) -> Result<Command> {
+pub fn make(src: &Path, arch: Arch, epoch: u64, jobs: usize) -> Result<Command> {
     let mut cmd = tools::clean_command("make", src, epoch)?;
     // kbuild names sources relatively, but gcc still records the working
     // directory in objects built with `-g`: the real-mode setup code
@@ -108,18 +109,9 @@ pub fn make(src: &Path, arch: &str, epoch: u64, jobs: usize) -> Result<Command> 
         .arg("-C")
         .arg(src)
         .arg(format!("O={BUILD_DIR}"))
-        .arg(format!("ARCH={}", kernel_arch(arch)))
+        .arg(format!("ARCH={}", arch.kernel_arch()))
         .arg(format!("-j{}", jobs.max(1)));
     Ok(cmd)
-}
-
-/// The kernel's name for a Kiln arch.
-fn kernel_arch(arch: &str) -> &str {
-    match arch {
-        "x86_64" => "x86_64",
-        "arm64" | "aarch64" => "arm64",
-        other => other,
-    }
 }
 
 /// `epoch` as `date -u` prints it ("Tue Nov 14 22:13:20 UTC 2023"): the

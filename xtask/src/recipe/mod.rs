@@ -10,7 +10,9 @@
 
 pub mod diag;
 pub mod hosts;
+mod initramfs;
 pub mod ipxe;
+mod kernel;
 pub mod media;
 pub mod pins;
 pub mod rom;
@@ -26,10 +28,10 @@ use anyhow::{Context, Result};
 use serde::de::DeserializeOwned;
 use toml::Spanned;
 
-use crate::arch::Arch;
-use crate::archive::Compression;
 pub use diag::{RecipeErrors, SourceError};
+pub use initramfs::{Device, DeviceKind, Initramfs};
 pub use ipxe::{Ipxe, IpxeTarget};
+pub use kernel::{Kernel, KernelConfigFrom, Modules, WantedModule, KERNEL_BASES};
 pub use media::{HostMedia, Iso, Media, Script, Uki};
 pub use rom::{FlashMethod, Rom, RomFrom};
 use schema::*;
@@ -62,102 +64,6 @@ pub struct Recipe {
     pub ipxe: Option<Ipxe>,
     /// NIC ROMs for the image's updater (`[[rom]]`).
     pub roms: Vec<Rom>,
-}
-
-/// A kernel built from source (`[kernel]`).
-#[derive(Debug, Clone)]
-pub struct Kernel {
-    pub output: String,
-    pub source: String,
-    pub arch: Arch,
-    pub config: KernelConfigFrom,
-    /// (name as written in the recipe, resolved path)
-    pub fragments: Vec<(String, PathBuf)>,
-    pub embed_initramfs: bool,
-    /// Wanted modules from the kernel's own `=m` modules (empty: none).
-    pub modules: Vec<WantedModule>,
-    /// Recipe file and line of each `modules` item, for errors.
-    pub module_origins: Vec<String>,
-}
-
-#[derive(Debug, Clone)]
-pub enum KernelConfigFrom {
-    /// A `make` config target such as `tinyconfig`.
-    Base(String),
-    /// A full config file.
-    File(PathBuf),
-}
-
-/// Config targets a recipe may start from.
-pub const KERNEL_BASES: &[&str] = &["tinyconfig", "defconfig", "allnoconfig"];
-
-#[derive(Debug, Clone)]
-pub struct Modules {
-    pub kernel: String,
-    pub kernel_release: String,
-    pub wanted: Vec<WantedModule>,
-    /// (file as shown in messages, contents)
-    pub modprobe_d: Vec<(String, String)>,
-    pub firmware: Vec<String>,
-    pub compressions: Vec<Compression>,
-    /// Recipe file and the line of each `wanted` item, for errors.
-    pub origins: Vec<String>,
-}
-
-/// A `wanted` entry, classified as modprobe would read it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum WantedModule {
-    Name(String),
-    Alias(String),
-    Glob(String),
-}
-
-impl WantedModule {
-    pub fn parse(s: &str) -> WantedModule {
-        if s.contains('/') {
-            WantedModule::Glob(s.to_string())
-        } else if s.contains(':') {
-            WantedModule::Alias(s.to_string())
-        } else {
-            WantedModule::Name(s.to_string())
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct Initramfs {
-    pub output: String,
-    pub compression: Compression,
-    pub level: Option<i32>,
-    /// Overlay directories (resolved), merged in order.
-    pub overlays: Vec<PathBuf>,
-    pub templates: Vec<String>,
-    pub busybox: Option<String>,
-    pub devices: Vec<Device>,
-    /// `deb` sources searched for `programs` and their libraries, in order.
-    pub packages: Vec<String>,
-    /// ELF programs (paths inside `packages`) copied in with their closure.
-    pub programs: Vec<String>,
-    pub uid: u32,
-    pub gid: u32,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct Device {
-    pub path: String,
-    pub kind: DeviceKind,
-    pub major: u32,
-    pub minor: u32,
-    pub mode: u32,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DeviceKind {
-    Char,
-    Block,
-    Fifo,
 }
 
 /// Files in the recipes directory that are not build targets: the pinned
@@ -326,16 +232,16 @@ fn load_recipe(
     let initramfs = raw
         .initramfs
         .take()
-        .and_then(|raw| initramfs(&mut ctx, raw.into_inner()));
+        .and_then(|raw| initramfs::initramfs(&mut ctx, raw.into_inner()));
     let modules = raw
         .modules
         .take()
-        .and_then(|raw| modules(&mut ctx, raw.into_inner()));
+        .and_then(|raw| kernel::modules(&mut ctx, raw.into_inner()));
     let has_initramfs = initramfs.is_some();
     let kernel = raw
         .kernel
         .take()
-        .and_then(|raw| kernel(&mut ctx, raw, has_initramfs));
+        .and_then(|raw| kernel::kernel(&mut ctx, raw, has_initramfs));
     let kernel_output = kernel.as_ref().map(|k| k.output.as_str());
     let media = media::media(&mut ctx, &mut raw, &variables, kernel_output);
     let ipxe = raw
@@ -425,202 +331,6 @@ impl<'a> Ctx<'a> {
     }
 }
 
-fn initramfs(ctx: &mut Ctx, raw: RawInitramfs) -> Option<Initramfs> {
-    let before = ctx.errors.len();
-    let output = output_path(ctx, &raw.output);
-    let compression = raw
-        .compression
-        .get_ref()
-        .parse::<Compression>()
-        .unwrap_or_else(|_| {
-            ctx.push(
-                raw.compression.span(),
-                "unknown compression: use one of gz, zst, xz, none",
-            );
-            Compression::None
-        });
-    if let Some(level) = &raw.level {
-        let range = compression.levels();
-        if !range.contains(level.get_ref()) {
-            let msg = format!(
-                "`level` {} is out of range for {compression}: use {} to {}",
-                level.get_ref(),
-                range.start(),
-                range.end()
-            );
-            ctx.push(level.span(), msg);
-        }
-    }
-    let base = ctx.doc.dir();
-    let overlays = raw
-        .overlays
-        .iter()
-        .filter_map(|o| recipe_dir(ctx, &base, o, "overlay directory"))
-        .collect();
-    let templates = raw
-        .templates
-        .iter()
-        .filter_map(|t| image_path(ctx, t))
-        .collect();
-    let busybox = raw.busybox.as_ref().and_then(|b| ctx.deb_source(b));
-    let devices = raw.devices.iter().filter_map(|d| device(ctx, d)).collect();
-    let packages = raw
-        .packages
-        .iter()
-        .filter_map(|p| ctx.deb_source(p))
-        .collect();
-    let programs = raw
-        .programs
-        .iter()
-        .filter_map(|p| image_path(ctx, p))
-        .collect();
-    if let (Some(first), true) = (raw.programs.first(), raw.packages.is_empty()) {
-        ctx.push(
-            first.span(),
-            "`programs` come from `packages`: list the deb sources that hold them and their libraries",
-        );
-    }
-    (ctx.errors.len() == before).then(|| Initramfs {
-        output,
-        compression,
-        level: raw.level.map(Spanned::into_inner),
-        overlays,
-        templates,
-        busybox,
-        devices,
-        packages,
-        programs,
-        uid: raw.uid,
-        gid: raw.gid,
-    })
-}
-
-fn modules(ctx: &mut Ctx, raw: RawModules) -> Option<Modules> {
-    let before = ctx.errors.len();
-    let kernel = ctx.deb_source(&raw.kernel);
-    let release = raw.kernel_release.get_ref().clone();
-    if release.is_empty() || release.contains('/') {
-        ctx.push(
-            raw.kernel_release.span(),
-            "`kernel_release` must be a directory name under lib/modules/",
-        );
-    }
-    if raw.wanted.is_empty() {
-        ctx.push(raw.kernel.span(), "`wanted` lists no modules");
-    }
-    let origins = raw
-        .wanted
-        .iter()
-        .map(|w| location(ctx.doc, w.span()))
-        .collect();
-    let wanted = raw
-        .wanted
-        .iter()
-        .map(|w| WantedModule::parse(w.get_ref()))
-        .collect();
-    let base = ctx.doc.dir();
-    let mut modprobe_d = Vec::new();
-    for f in &raw.modprobe_d {
-        let path = base.join(f.get_ref());
-        match std::fs::read_to_string(&path) {
-            Ok(text) => modprobe_d.push((f.get_ref().clone(), text)),
-            Err(e) => ctx.push(f.span(), format!("cannot read {}: {e}", path.display())),
-        }
-    }
-    let firmware = raw
-        .firmware
-        .iter()
-        .filter_map(|f| ctx.deb_source(f))
-        .collect();
-    let mut compressions = Vec::new();
-    for c in &raw.compressions {
-        match c.get_ref().parse::<Compression>() {
-            Ok(c @ (Compression::Gzip | Compression::Zstd)) => compressions.push(c),
-            _ => ctx.push(c.span(), "module archives are written as \"gz\" or \"zst\""),
-        }
-    }
-    (ctx.errors.len() == before).then(|| Modules {
-        kernel: kernel.unwrap_or_default(),
-        kernel_release: release,
-        wanted,
-        modprobe_d,
-        firmware,
-        compressions,
-        origins,
-    })
-}
-
-fn kernel(ctx: &mut Ctx, raw: Spanned<RawKernel>, has_initramfs: bool) -> Option<Kernel> {
-    let span = raw.span();
-    let raw = raw.into_inner();
-    let before = ctx.errors.len();
-    let output = output_path(ctx, &raw.output);
-    ctx.source(&raw.source);
-    let arch = Arch::from_name(raw.arch.get_ref()).filter(|a| *a == Arch::X86_64);
-    if arch.is_none() {
-        ctx.push(raw.arch.span(), "kernels are built for `x86_64` only");
-    }
-    let base = ctx.doc.dir();
-    let config = match (&raw.base, &raw.config) {
-        (Some(b), None) if KERNEL_BASES.contains(&b.get_ref().as_str()) => {
-            Some(KernelConfigFrom::Base(b.get_ref().clone()))
-        }
-        (Some(b), None) => {
-            let msg = format!("unknown `base`: use one of {}", KERNEL_BASES.join(", "));
-            ctx.push(b.span(), msg);
-            None
-        }
-        (None, Some(c)) => recipe_file(ctx, &base, c).map(KernelConfigFrom::File),
-        (Some(_), Some(c)) => {
-            ctx.push(c.span(), "give either `base` or `config`, not both");
-            None
-        }
-        (None, None) => {
-            ctx.push(
-                span.clone(),
-                "[kernel] needs `base` (e.g. \"tinyconfig\") or `config`",
-            );
-            None
-        }
-    };
-    let fragments = raw
-        .fragments
-        .iter()
-        .filter_map(|f| Some((f.get_ref().clone(), recipe_file(ctx, &base, f)?)))
-        .collect();
-    let embed = match &raw.embed_initramfs {
-        Some(e) if *e.get_ref() && !has_initramfs => {
-            ctx.push(
-                e.span(),
-                "`embed_initramfs` needs an [initramfs] in this recipe",
-            );
-            false
-        }
-        Some(e) => *e.get_ref(),
-        None => has_initramfs,
-    };
-    let module_origins = raw
-        .modules
-        .iter()
-        .map(|w| location(ctx.doc, w.span()))
-        .collect();
-    let modules = raw
-        .modules
-        .iter()
-        .map(|w| WantedModule::parse(w.get_ref()))
-        .collect();
-    (ctx.errors.len() == before).then(|| Kernel {
-        output,
-        source: raw.source.into_inner(),
-        arch: arch.expect("checked above"),
-        config: config.expect("checked above"),
-        fragments,
-        embed_initramfs: embed,
-        modules,
-        module_origins,
-    })
-}
-
 /// A file named relative to the recipe, which must exist.
 fn recipe_file(ctx: &mut Ctx, base: &Path, raw: &Spanned<String>) -> Option<PathBuf> {
     let path = base.join(raw.get_ref());
@@ -692,41 +402,6 @@ fn render_file(ctx: &mut Ctx, file: &Path, at: Range<usize>, vars: &Vars) -> Opt
     }
 }
 
-fn device(ctx: &mut Ctx, raw: &Spanned<RawDevice>) -> Option<Device> {
-    let d = raw.get_ref();
-    let path = image_path(ctx, &d.path)?;
-    let kind = match d.kind.get_ref().as_str() {
-        "char" => DeviceKind::Char,
-        "block" => DeviceKind::Block,
-        "fifo" => DeviceKind::Fifo,
-        _ => {
-            ctx.push(
-                d.kind.span(),
-                "device `type` must be one of char, block, fifo",
-            );
-            return None;
-        }
-    };
-    let Some(mode) = parse_mode(d.mode.get_ref()) else {
-        ctx.push(
-            d.mode.span(),
-            "`mode` must be octal permission bits such as \"0600\"",
-        );
-        return None;
-    };
-    Some(Device {
-        path,
-        kind,
-        major: d.major,
-        minor: d.minor,
-        mode,
-    })
-}
-
-fn parse_mode(s: &str) -> Option<u32> {
-    u32::from_str_radix(s, 8).ok().filter(|m| *m <= 0o7777)
-}
-
 /// Checks every `{{variable}}` in a template file against the recipe's
 /// variables, with a located error (the overlay file, line, column).
 pub fn check_template(file: &Path, text: &str, vars: &Vars) -> Result<String> {
@@ -764,13 +439,5 @@ mod tests {
         let recipes = load(Path::new("../recipes"), &BTreeMap::new()).unwrap();
         assert!(recipes.targets.contains_key("stage2"));
         assert!(recipes.sources.contains_key("busybox"));
-    }
-
-    #[test]
-    fn modes_are_octal_and_bounded() {
-        assert_eq!(parse_mode("0600"), Some(0o600));
-        assert_eq!(parse_mode("4755"), Some(0o4755));
-        assert_eq!(parse_mode("0999"), None);
-        assert_eq!(parse_mode("77777"), None);
     }
 }

@@ -1,0 +1,190 @@
+//! Initramfs images and module archives in the plan: an image merges
+//! busybox, programs from packages, ROMs and the recipe's overlays with
+//! its templates rendered; a module archive is the closure of the wanted
+//! modules in a kernel's tree.
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context, Result};
+
+use super::sources::display_path;
+use super::{ArtifactSpec, Builder, InputRef};
+use crate::arch::Arch;
+use crate::recipe::{self, Recipe};
+use crate::steps::initramfs::BuildInitramfs;
+use crate::steps::modules::depmod::DepmodIndexes;
+use crate::steps::modules::step::BuildModules;
+use crate::store::{Modes, Output};
+
+impl Builder<'_> {
+    pub(super) fn add_initramfs(
+        &mut self,
+        recipe: &Recipe,
+        ir: &recipe::Initramfs,
+    ) -> Result<usize> {
+        let mut inputs = BTreeMap::new();
+        if let Some(bb) = &ir.busybox {
+            inputs.insert("busybox".to_string(), self.deb_tree(bb)?);
+        }
+        // Merged in this order, later wins: programs from packages, ROMs,
+        // then the recipe's own overlays.
+        let mut trees = Vec::new();
+        for (name, tree) in [
+            ("programs", self.add_programs(ir)?),
+            ("roms", self.add_rom_table(recipe)?),
+        ] {
+            if let Some(tree) = tree {
+                inputs.insert(name.to_string(), tree);
+                trees.push(name.to_string());
+            }
+        }
+        for (i, dir) in ir.overlays.iter().enumerate() {
+            let digest = self
+                .store
+                .put_local_tree(dir, Modes::GitLike)
+                .with_context(|| format!("hashing overlay {}", dir.display()))?;
+            inputs.insert(
+                format!("overlay.{i}"),
+                InputRef::Value(Output::Tree { digest }),
+            );
+        }
+        let vars = check_templates(recipe, ir)?;
+        let step = BuildInitramfs {
+            name: ir.output.clone(),
+            compression: compression_name(ir.compression).to_string(),
+            level: ir.level.or(ir.compression.default_level()),
+            epoch: self.epoch(recipe),
+            uid: ir.uid,
+            gid: ir.gid,
+            trees,
+            overlays: ir.overlays.len(),
+            busybox: ir.busybox.is_some(),
+            templates: ir.templates.clone(),
+            vars,
+            devices: ir.devices.clone(),
+            threads: self.opts.threads,
+        };
+        let node = self.push(step, inputs);
+        self.plan.artifacts.push(ArtifactSpec {
+            name: ir.output.clone(),
+            kind: "initramfs",
+            arch: Arch::X86_64,
+            recipe: recipe.file.clone(),
+            epoch: self.epoch(recipe),
+            node,
+            output: "image".into(),
+            details: None,
+            facts: None,
+        });
+        self.add_host_roms(recipe, ir)?;
+        Ok(node)
+    }
+
+    /// The inputs of a modules step over the module tree `kernel`: the tree
+    /// and its full depmod indexes (a step of their own, cached per kernel).
+    /// An empty `release` means the one release the tree holds.
+    pub(super) fn module_inputs(
+        &mut self,
+        kernel: InputRef,
+        release: &str,
+    ) -> BTreeMap<String, InputRef> {
+        let depmod = DepmodIndexes {
+            kernel_release: release.to_string(),
+        };
+        let indexes = self.push(
+            depmod,
+            BTreeMap::from([("kernel".to_string(), kernel.clone())]),
+        );
+        BTreeMap::from([
+            ("kernel".to_string(), kernel),
+            (
+                "indexes".to_string(),
+                InputRef::Node {
+                    node: indexes,
+                    output: "indexes".into(),
+                },
+            ),
+        ])
+    }
+
+    pub(super) fn add_modules(&mut self, recipe: &Recipe, m: &recipe::Modules) -> Result<()> {
+        let kernel = self.deb_tree(&m.kernel)?;
+        let mut inputs = self.module_inputs(kernel, &m.kernel_release);
+        for (i, fw) in m.firmware.iter().enumerate() {
+            inputs.insert(format!("firmware.{i}"), self.deb_tree(fw)?);
+        }
+        let compressions: Vec<&'static str> = m
+            .compressions
+            .iter()
+            .map(|c| compression_name(*c))
+            .collect();
+        let step = BuildModules {
+            name: format!("{} {}", recipe.name, m.kernel_release),
+            kernel_release: m.kernel_release.clone(),
+            wanted: m.wanted.clone(),
+            modprobe_d: m.modprobe_d.clone(),
+            firmware: m.firmware.len(),
+            compressions: compressions.iter().map(|c| c.to_string()).collect(),
+            epoch: self.epoch(recipe),
+            origins: m.origins.clone(),
+            threads: self.opts.threads,
+        };
+        let node = self.push(step, inputs);
+        for ext in compressions {
+            self.plan.artifacts.push(ArtifactSpec {
+                name: format!("modules/{}/modules.cpio.{ext}", m.kernel_release),
+                kind: "modules",
+                arch: Arch::X86_64,
+                recipe: recipe.file.clone(),
+                epoch: self.epoch(recipe),
+                node,
+                output: ext.into(),
+                details: Some("details"),
+                facts: None,
+            });
+        }
+        Ok(())
+    }
+}
+
+fn compression_name(c: crate::archive::Compression) -> &'static str {
+    use crate::archive::Compression::*;
+    match c {
+        Gzip => "gz",
+        Zstd => "zst",
+        Xz => "xz",
+        None => "none",
+    }
+}
+
+/// Renders every template once at plan time so that an unknown or unset
+/// variable is reported with the template's file, line and column before
+/// anything runs. Returns the variables the templates use: a variable no
+/// template names must not change the image's key.
+fn check_templates(recipe: &Recipe, ir: &recipe::Initramfs) -> Result<BTreeMap<String, String>> {
+    let mut used = std::collections::BTreeSet::new();
+    for t in &ir.templates {
+        let file = ir
+            .overlays
+            .iter()
+            .rev()
+            .map(|o| o.join(t))
+            .find(|p| p.is_file())
+            .with_context(|| {
+                format!(
+                    "{}: template `{t}` is not a file in any overlay of this recipe",
+                    recipe.file.display()
+                )
+            })?;
+        let text = std::fs::read_to_string(&file)
+            .with_context(|| format!("reading template {}", file.display()))?;
+        recipe::check_template(&display_path(&file), &text, &recipe.variables)?;
+        used.extend(recipe::template::referenced(&text));
+    }
+    Ok(recipe
+        .variables
+        .iter()
+        .filter(|(k, _)| used.contains(*k))
+        .filter_map(|(k, v)| v.clone().map(|v| (k.clone(), v)))
+        .collect())
+}

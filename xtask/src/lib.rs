@@ -16,6 +16,7 @@ pub mod recipe;
 pub mod repro;
 pub mod steps;
 pub mod store;
+pub mod template;
 #[doc(hidden)]
 pub mod testing;
 pub mod tools;

@@ -8,6 +8,42 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 
+/// A device node (or fifo) an image is asked to hold, as a recipe's
+/// `[[initramfs.devices]]` gives it: a parameter of the initramfs step.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Device {
+    pub path: String,
+    pub kind: DeviceKind,
+    pub major: u32,
+    pub minor: u32,
+    pub mode: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceKind {
+    Char,
+    Block,
+    Fifo,
+}
+
+impl Device {
+    /// The record kind of this node.
+    pub fn kind(&self) -> Kind {
+        match self.kind {
+            DeviceKind::Char => Kind::CharDev {
+                major: self.major,
+                minor: self.minor,
+            },
+            DeviceKind::Block => Kind::BlockDev {
+                major: self.major,
+                minor: self.minor,
+            },
+            DeviceKind::Fifo => Kind::Fifo,
+        }
+    }
+}
+
 /// Where a regular file's bytes come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Data {

@@ -26,6 +26,7 @@ pub mod compress;
 pub mod entry;
 pub mod fat;
 pub mod gzip;
+pub mod ipxe_script;
 pub mod iso9660;
 pub mod newc;
 pub mod optrom;

@@ -9,9 +9,9 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 
 use super::{shell, table, Row};
-use crate::recipe::WantedModule;
 use crate::steps::modules::depmod::DepmodIndexes;
 use crate::steps::modules::step::BuildModules;
+use crate::steps::modules::Wanted;
 use crate::steps::{Step, StepContext};
 use crate::store::{Output, Store};
 
@@ -60,7 +60,7 @@ pub fn run(input: &Input) -> Result<String> {
     )?;
     inputs.insert("indexes".into(), indexes["indexes"]);
     let mut rows = Vec::new();
-    let whole = vec![WantedModule::Glob("kernel/**".into())];
+    let whole = vec![Wanted::Glob("kernel/**".into())];
     kiln_row(
         input,
         &inputs,
@@ -69,10 +69,7 @@ pub fn run(input: &Input) -> Result<String> {
         0,
         &mut rows,
     )?;
-    let subset = SUBSET
-        .iter()
-        .map(|n| WantedModule::Name(n.to_string()))
-        .collect();
+    let subset = SUBSET.iter().map(|n| Wanted::Name(n.to_string())).collect();
     kiln_row(
         input,
         &inputs,
@@ -122,7 +119,7 @@ fn kiln_row(
     input: &Input,
     inputs: &BTreeMap<String, Output>,
     tool: &str,
-    wanted: Vec<WantedModule>,
+    wanted: Vec<Wanted>,
     reference: usize,
     rows: &mut Vec<Row>,
 ) -> Result<()> {

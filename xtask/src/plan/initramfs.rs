@@ -14,6 +14,7 @@ use crate::recipe::{self, Recipe};
 use crate::steps::initramfs::BuildInitramfs;
 use crate::steps::modules::depmod::DepmodIndexes;
 use crate::steps::modules::step::BuildModules;
+use crate::steps::modules::Wanted;
 use crate::store::{Modes, Output};
 
 impl Builder<'_> {
@@ -121,7 +122,7 @@ impl Builder<'_> {
         let step = BuildModules {
             name: format!("{} {}", recipe.name, m.kernel_release),
             kernel_release: m.kernel_release.clone(),
-            wanted: m.wanted.clone(),
+            wanted: wanted(&m.wanted),
             modprobe_d: m.modprobe_d.clone(),
             firmware: m.firmware.len(),
             compressions: compressions.iter().map(|c| c.to_string()).collect(),
@@ -179,7 +180,7 @@ fn check_templates(recipe: &Recipe, ir: &recipe::Initramfs) -> Result<BTreeMap<S
         let text = std::fs::read_to_string(&file)
             .with_context(|| format!("reading template {}", file.display()))?;
         recipe::check_template(&display_path(&file), &text, &recipe.variables)?;
-        used.extend(recipe::template::referenced(&text));
+        used.extend(crate::template::referenced(&text));
     }
     Ok(recipe
         .variables
@@ -187,4 +188,15 @@ fn check_templates(recipe: &Recipe, ir: &recipe::Initramfs) -> Result<BTreeMap<S
         .filter(|(k, _)| used.contains(*k))
         .filter_map(|(k, v)| v.clone().map(|v| (k.clone(), v)))
         .collect())
+}
+
+/// A recipe's `wanted` items as the modules step takes them.
+pub(super) fn wanted(items: &[recipe::WantedModule]) -> Vec<Wanted> {
+    use recipe::WantedModule as W;
+    let one = |w: &W| match w {
+        W::Name(n) => Wanted::Name(n.clone()),
+        W::Alias(a) => Wanted::Alias(a.clone()),
+        W::Glob(g) => Wanted::Glob(g.clone()),
+    };
+    items.iter().map(one).collect()
 }

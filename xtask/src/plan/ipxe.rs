@@ -2,7 +2,7 @@
 //! (`bin`, `bin-x86_64-efi`, …) compiles iPXE once with a fixed-size
 //! placeholder script; the recipe's own files (`<recipe>/<arch>/<file>`) and
 //! every inventory host's (`<recipe>/hosts/<hostname>/<file>`) are patched
-//! from it (`steps/ipxe/fleet.rs`). Formats that cannot be patched are built
+//! from it (`archive/ipxe_script.rs`). Formats that cannot be patched are built
 //! by a full `make` with the recipe's script. `--check-make` adds a full
 //! `make` per host as a reference each patched file must equal.
 
@@ -13,8 +13,8 @@ use anyhow::Result;
 
 use super::{ArtifactSpec, Builder, Check, InputRef};
 use crate::arch::Arch;
+use crate::archive::ipxe_script::{self, Finish};
 use crate::recipe::{self, IpxeTarget, Recipe, SourceKind};
-use crate::steps::ipxe::fleet::{self, Finish};
 use crate::steps::ipxe::patch::{zbin_input, PatchIpxe};
 use crate::steps::ipxe::BuildIpxe;
 
@@ -64,8 +64,8 @@ impl Builder<'_> {
     ) -> Vec<(String, &'t IpxeTarget, usize)> {
         let (patchable, direct): (Vec<&IpxeTarget>, Vec<&IpxeTarget>) = targets
             .iter()
-            .partition(|t| fleet::finish_of(&t.file).is_some());
-        let placeholder = String::from_utf8(fleet::placeholder(ipxe.script_size))
+            .partition(|t| ipxe_script::finish_of(&t.file).is_some());
+        let placeholder = String::from_utf8(ipxe_script::placeholder(ipxe.script_size))
             .expect("the placeholder is ASCII");
         let mut bases = Bases::new();
         for (platform, ts) in by_platform(&patchable) {
@@ -78,7 +78,7 @@ impl Builder<'_> {
             bases.extend(ts.iter().map(|t| (t.make_target(), node)));
         }
         let mut artifacts = Vec::new();
-        let script = fleet::padded(&ipxe.script, ipxe.script_size)
+        let script = ipxe_script::padded(&ipxe.script, ipxe.script_size)
             .expect("the script's size is checked on load");
         for (_, ts) in by_platform(&patchable) {
             let node = self.add_patch(ipxe, arch, &recipe.name, &script, &ts, &bases);
@@ -164,7 +164,7 @@ impl Builder<'_> {
                 inputs.insert(name, InputRef::Node { node, output });
             };
             from(target.clone(), target.clone());
-            if let Some(Finish::Zbin { .. }) = fleet::finish_of(&t.file) {
+            if let Some(Finish::Zbin { .. }) = ipxe_script::finish_of(&t.file) {
                 for ext in [".bin", ".zinfo"] {
                     from(format!("{target}{ext}"), format!("{target}{ext}"));
                 }

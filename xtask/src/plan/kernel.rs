@@ -144,7 +144,7 @@ impl Builder<'_> {
         let step = BuildModules {
             name: name.clone(),
             kernel_release: String::new(),
-            wanted: k.modules.clone(),
+            wanted: super::initramfs::wanted(&k.modules),
             modprobe_d: Vec::new(),
             firmware: 0,
             compressions: vec!["gz".to_string()],

@@ -7,6 +7,8 @@ use std::path::Path;
 
 use miette::{GraphicalReportHandler, GraphicalTheme, NamedSource, SourceSpan};
 
+pub use crate::template::nearest;
+
 /// An error located in a text file (a recipe, an overlay template).
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
 #[error("{message}")]
@@ -97,16 +99,6 @@ pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let line = before.matches('\n').count() + 1;
     let line_start = before.rfind('\n').map_or(0, |i| i + 1);
     (line, before[line_start..].chars().count() + 1)
-}
-
-/// The valid name closest to `unknown`, if any is close enough to be a typo.
-pub fn nearest<'a>(unknown: &str, valid: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
-    valid
-        .into_iter()
-        .map(|v| (strsim::damerau_levenshtein(unknown, v), v))
-        .filter(|(d, v)| *d <= 2.max(v.len() / 3))
-        .min()
-        .map(|(_, v)| v)
 }
 
 /// The help for an unknown name: the nearest valid one, if any is close,

@@ -21,9 +21,9 @@ use anyhow::{bail, Result};
 use toml::Spanned;
 
 use super::schema::{RawHost, RawInventory};
-use super::template::{self, TemplateError, Vars};
 use super::{diag, Doc, RecipeErrors, SourceError};
 use crate::arch::Arch;
+use crate::template::{self, TemplateError, Vars};
 
 /// One validated host.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -8,6 +8,7 @@ use toml::Spanned;
 
 use super::schema::*;
 use super::{image_path, output_path, recipe_dir, Ctx};
+use crate::archive::entry::{Device, DeviceKind};
 use crate::archive::Compression;
 
 #[derive(Debug, Clone)]
@@ -26,23 +27,6 @@ pub struct Initramfs {
     pub programs: Vec<String>,
     pub uid: u32,
     pub gid: u32,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct Device {
-    pub path: String,
-    pub kind: DeviceKind,
-    pub major: u32,
-    pub minor: u32,
-    pub mode: u32,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DeviceKind {
-    Char,
-    Block,
-    Fifo,
 }
 
 pub(super) fn initramfs(ctx: &mut Ctx, raw: RawInitramfs) -> Option<Initramfs> {

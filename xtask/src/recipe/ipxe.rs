@@ -13,7 +13,7 @@ use super::hosts::{self, Host};
 use super::schema::RawIpxe;
 use super::{recipe_dir, recipe_file, render_file, Ctx, RecipeErrors, SourceError, Vars};
 use crate::arch::Arch;
-use crate::steps::ipxe::fleet::{self, DEFAULT_SCRIPT_SIZE, MAX_SCRIPT_SIZE, MIN_SCRIPT_SIZE};
+use crate::archive::ipxe_script::{self, DEFAULT_SCRIPT_SIZE, MAX_SCRIPT_SIZE, MIN_SCRIPT_SIZE};
 
 /// Output formats iPXE's make knows; `.rom`/`.mrom` are NIC ROMs.
 const FORMATS: &[&str] = &[
@@ -274,7 +274,7 @@ impl Ipxe {
                     continue;
                 }
             };
-            let script = match fleet::padded(&script, self.script_size) {
+            let script = match ipxe_script::padded(&script, self.script_size) {
                 Ok(s) => s,
                 Err(len) => {
                     errors.0.push((
@@ -290,7 +290,7 @@ impl Ipxe {
             };
             let targets = targets
                 .iter()
-                .filter(|t| fleet::finish_of(&t.file).is_some())
+                .filter(|t| ipxe_script::finish_of(&t.file).is_some())
                 .filter(|t| {
                     t.kind() != "rom" || h.roms.as_ref().is_none_or(|r| r.contains(&t.file))
                 })

@@ -18,7 +18,6 @@ pub mod pins;
 pub mod rom;
 mod schema;
 mod sources;
-pub mod template;
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -28,15 +27,16 @@ use anyhow::{Context, Result};
 use serde::de::DeserializeOwned;
 use toml::Spanned;
 
+use crate::template;
+pub use crate::template::Vars;
 pub use diag::{RecipeErrors, SourceError};
-pub use initramfs::{Device, DeviceKind, Initramfs};
+pub use initramfs::Initramfs;
 pub use ipxe::{Ipxe, IpxeTarget};
 pub use kernel::{Kernel, KernelConfigFrom, Modules, WantedModule, KERNEL_BASES};
 pub use media::{HostMedia, Iso, Media, Script, Uki};
 pub use rom::{FlashMethod, Rom, RomFrom};
 use schema::*;
 pub use sources::{Source, SourceKind, Sources};
-pub use template::Vars;
 
 /// Every recipe in a directory plus its pinned sources.
 #[derive(Debug)]

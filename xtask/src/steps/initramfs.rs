@@ -11,9 +11,10 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use super::{Step, StepContext};
+use crate::archive::entry::Device;
 use crate::archive::{self, CompressOptions, Compression, Data, Entry, Kind};
-use crate::recipe::{template, Device, DeviceKind};
 use crate::store::{Output, Tree, TreeKind};
+use crate::template;
 use crate::tools;
 
 /// Where Debian's busybox-static puts the binary.
@@ -76,7 +77,7 @@ impl Step for BuildInitramfs {
         }
         self.render_templates(&mut image)?;
         for d in &self.devices {
-            image.insert(&d.path, d.mode, device_kind(d));
+            image.insert(&d.path, d.mode, d.kind());
         }
         let entries = archive::normalize(image.entries.into_values().collect(), self.epoch)?;
         let out = scratch.join("initramfs");
@@ -193,20 +194,6 @@ impl Image {
             self.insert(&e.path, mode, kind);
         }
         Ok(())
-    }
-}
-
-fn device_kind(d: &Device) -> Kind {
-    match d.kind {
-        DeviceKind::Char => Kind::CharDev {
-            major: d.major,
-            minor: d.minor,
-        },
-        DeviceKind::Block => Kind::BlockDev {
-            major: d.major,
-            minor: d.minor,
-        },
-        DeviceKind::Fifo => Kind::Fifo,
     }
 }
 

@@ -205,24 +205,22 @@ fn two_runs_of_the_modules_step_in_different_scratch_dirs_are_identical() {
         &inputs,
     );
     inputs.insert("indexes".into(), indexes["indexes"]);
-    let wanted = [
-        "virtio_net",
-        "e1000e",
-        "fs-ext4",
-        "kernel/drivers/net/ethernet/intel/**",
+    use kiln::steps::modules::Wanted;
+    let wanted = vec![
+        Wanted::Name("virtio_net".into()),
+        Wanted::Name("e1000e".into()),
+        Wanted::Name("fs-ext4".into()),
+        Wanted::Glob("kernel/drivers/net/ethernet/intel/**".into()),
     ];
     let step = BuildModules {
         name: "repro".into(),
         kernel_release: "6.1.0-50-amd64".into(),
-        wanted: wanted
-            .iter()
-            .map(|w| kiln::recipe::WantedModule::parse(w))
-            .collect(),
+        origins: wanted.iter().map(|_| "test".to_string()).collect(),
+        wanted,
         modprobe_d: Vec::new(),
         firmware: 0,
         compressions: vec!["gz".into(), "zst".into()],
         epoch: 1_700_000_000,
-        origins: wanted.iter().map(|_| "test".to_string()).collect(),
         threads: 2,
     };
     let (first, second) = (run(&step, &inputs), run(&step, &inputs));

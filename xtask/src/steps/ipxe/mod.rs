@@ -11,13 +11,12 @@
 //! `.rom`/`.efi` would differ between directories. Kiln's build id is the
 //! checksum of the target's name and this step's inputs and parameters
 //! except the script and the list of files, so a build with a placeholder
-//! script and one with a host's script get the same id (`fleet.rs`).
+//! script and one with a host's script get the same id (`archive/ipxe_script.rs`).
 //!
 //! A placeholder build (`intermediates`) also keeps each compressed
 //! target's `.bin` and `.zinfo` and the tree's `util/zbin`, and proves on
 //! the spot that Kiln's finishing of the `.bin` gives make's own file.
 
-pub mod fleet;
 pub mod patch;
 
 use std::collections::BTreeMap;
@@ -28,6 +27,7 @@ use serde::Serialize;
 
 use super::{output_digest, Step, StepContext};
 use crate::arch::Arch;
+use crate::archive::ipxe_script;
 use crate::store::{Digest, Output, TreeKind};
 use crate::tools;
 
@@ -157,9 +157,12 @@ impl BuildIpxe {
 
     /// Targets made from a `.zbin`.
     fn compressed(&self) -> impl Iterator<Item = &String> {
-        self.files
-            .iter()
-            .filter(|f| matches!(fleet::finish_of(f), Some(fleet::Finish::Zbin { .. })))
+        self.files.iter().filter(|f| {
+            matches!(
+                ipxe_script::finish_of(f),
+                Some(ipxe_script::Finish::Zbin { .. })
+            )
+        })
     }
 
     /// The `zbin` this platform's make built: `util/zbin32` for 32-bit
@@ -181,7 +184,7 @@ impl BuildIpxe {
     /// trusted to be what make would have built.
     fn check_finishing(&self, src: &Path, zbin: &Path, scratch: &Path) -> Result<()> {
         for f in self.compressed() {
-            let Some(fleet::Finish::Zbin { pad, rom }) = fleet::finish_of(f) else {
+            let Some(ipxe_script::Finish::Zbin { pad, rom }) = ipxe_script::finish_of(f) else {
                 continue;
             };
             let target = src.join(&self.platform).join(f);

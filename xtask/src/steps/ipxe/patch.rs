@@ -1,6 +1,6 @@
 //! The per-host iPXE step: one host's (or the recipe's own) files derived
 //! from the placeholder build by replacing the embedded script (see
-//! `fleet.rs`), each checked before it is stored: the script is read back
+//! `archive/ipxe_script.rs`), each checked before it is stored: the script is read back
 //! out of the finished file, and everything else must be the placeholder
 //! build's bytes.
 
@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
-use super::fleet::{self, Finish};
 use crate::arch::Arch;
+use crate::archive::ipxe_script::{self, Finish};
 use crate::archive::{optrom, pe, zinfo};
 use crate::steps::{Step, StepContext};
 use crate::store::Output;
@@ -70,13 +70,13 @@ impl Step for PatchIpxe {
                 self.size
             );
         }
-        let placeholder = fleet::placeholder(self.size);
+        let placeholder = ipxe_script::placeholder(self.size);
         // Installed on first use: EFI platforms have no zbin.
         let mut zbin: Option<PathBuf> = None;
         let mut outputs = BTreeMap::new();
         for target in &self.targets {
             let file = target.rsplit('/').next().unwrap_or(target);
-            let finish = fleet::finish_of(file)
+            let finish = ipxe_script::finish_of(file)
                 .with_context(|| format!("{target} cannot be patched per host"))?;
             let bytes = match finish {
                 Finish::Efi => {
@@ -147,7 +147,7 @@ pub fn patch_efi(image: &[u8], placeholder: &[u8], script: &[u8]) -> Result<Vec<
 }
 
 fn locate(image: &[u8], placeholder: &[u8]) -> Result<usize> {
-    fleet::find_once(image, placeholder).map_err(|n| match n {
+    ipxe_script::find_once(image, placeholder).map_err(|n| match n {
         0 => anyhow::anyhow!(
             "the {}-byte placeholder script is not in it: this is not a Kiln placeholder build \
              (or its script size differs)",
@@ -222,8 +222,8 @@ mod tests {
 
     #[test]
     fn a_file_without_the_placeholder_is_not_a_fleet_build() {
-        let placeholder = fleet::placeholder(SIZE);
-        let script = fleet::padded("#!ipxe\nexit\n", SIZE).unwrap();
+        let placeholder = ipxe_script::placeholder(SIZE);
+        let script = ipxe_script::padded("#!ipxe\nexit\n", SIZE).unwrap();
         let err = error(patch_efi(&[0u8; 4096], &placeholder, script.as_bytes()));
         assert!(err.contains("not a Kiln placeholder build"), "{err}");
         let mut twice = placeholder.clone();
@@ -234,7 +234,7 @@ mod tests {
 
     #[test]
     fn a_corrupt_zinfo_fails_before_zbin_runs() {
-        let placeholder = fleet::placeholder(SIZE);
+        let placeholder = ipxe_script::placeholder(SIZE);
         let mut bin = vec![0x90u8; 512];
         bin.extend(&placeholder);
         let scratch = tempfile::tempdir().unwrap();
@@ -245,7 +245,7 @@ mod tests {
             bin: &bin,
             zinfo: b"COPY\0\0\0\0\x10\0\0\0\x01\0\0\0tail",
         };
-        let script = fleet::padded("#!ipxe\nexit\n", SIZE).unwrap();
+        let script = ipxe_script::padded("#!ipxe\nexit\n", SIZE).unwrap();
         let err = error(parts.patch(&placeholder, script.as_bytes(), None, false));
         assert!(err.contains("the .zinfo is corrupt"), "{err}");
         assert_eq!(std::fs::read_dir(scratch.path()).unwrap().count(), 0);

@@ -9,8 +9,10 @@ use anyhow::{bail, Result};
 use super::config::{base_name, ModprobeConfig, Softdep, Weakdep};
 use super::index::{fnmatch, Found, ModuleIndex};
 
-/// What a recipe asks for.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What a recipe asks for. A parameter of the modules step: it keys the
+/// step as `{"name": …}`, `{"alias": …}` or `{"glob": …}`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Wanted {
     /// A module name (`-` and `_` are equivalent); if no module has that
     /// name it is tried as an alias, as modprobe does (`fs-ext4`).
@@ -21,6 +23,15 @@ pub enum Wanted {
     /// A path pattern relative to `lib/modules/<kver>`: `*` within a
     /// component, `**` across; the compression suffix may be omitted.
     Glob(String),
+}
+
+impl Wanted {
+    /// The item as the recipe wrote it.
+    pub fn text(&self) -> &str {
+        match self {
+            Wanted::Name(s) | Wanted::Alias(s) | Wanted::Glob(s) => s,
+        }
+    }
 }
 
 impl std::fmt::Display for Wanted {
@@ -196,5 +207,24 @@ impl<'a> Walk<'a> {
             self.take(f)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wanted_items_key_the_step_as_the_recipe_classified_them() {
+        let json = serde_json::to_string(&[
+            Wanted::Name("virtio_net".into()),
+            Wanted::Alias("pci:v1".into()),
+            Wanted::Glob("kernel/**".into()),
+        ])
+        .unwrap();
+        assert_eq!(
+            json,
+            r#"[{"name":"virtio_net"},{"alias":"pci:v1"},{"glob":"kernel/**"}]"#
+        );
     }
 }

@@ -11,7 +11,6 @@ use serde::Serialize;
 use super::depmod::{link_release, resolve_release, run_depmod};
 use super::{parse_modprobe_d, resolve, Closure, ModprobeConfig, ModuleIndex, Wanted};
 use crate::archive::{self, CompressOptions, Compression, TreeOptions};
-use crate::recipe::WantedModule;
 use crate::steps::{Step, StepContext};
 use crate::store::{Output, Tree, TreeKind, Verify};
 
@@ -28,7 +27,7 @@ pub struct BuildModules {
     #[serde(skip)]
     pub name: String,
     pub kernel_release: String,
-    pub wanted: Vec<WantedModule>,
+    pub wanted: Vec<Wanted>,
     /// (file name, contents) of each modprobe.d snippet.
     pub modprobe_d: Vec<(String, String)>,
     /// Inputs `firmware.0` … `firmware.{n-1}` are trees holding lib/firmware.
@@ -129,8 +128,7 @@ impl BuildModules {
     /// Resolves each item alone first, so an item that matches nothing is
     /// reported with its recipe line; then the whole set.
     fn closure(&self, index: &ModuleIndex, conf: &ModprobeConfig) -> Result<Closure> {
-        let wanted: Vec<Wanted> = self.wanted.iter().map(to_wanted).collect();
-        for (i, w) in wanted.iter().enumerate() {
+        for (i, w) in self.wanted.iter().enumerate() {
             if let Err(e) = resolve(index, std::slice::from_ref(w), conf) {
                 let origin = self
                     .origins
@@ -139,11 +137,11 @@ impl BuildModules {
                     .unwrap_or("the recipe");
                 return Err(e.context(format!(
                     "{origin}: wanted module `{}`",
-                    display(&self.wanted[i])
+                    self.wanted[i].text()
                 )));
             }
         }
-        resolve(index, &wanted, conf)
+        resolve(index, &self.wanted, conf)
     }
 
     fn add_firmware(
@@ -209,20 +207,6 @@ impl BuildModules {
             outputs.insert(name.clone(), Output::File { digest, size });
         }
         Ok(outputs)
-    }
-}
-
-fn to_wanted(w: &WantedModule) -> Wanted {
-    match w {
-        WantedModule::Name(n) => Wanted::Name(n.clone()),
-        WantedModule::Alias(a) => Wanted::Alias(a.clone()),
-        WantedModule::Glob(g) => Wanted::Glob(g.clone()),
-    }
-}
-
-fn display(w: &WantedModule) -> &str {
-    match w {
-        WantedModule::Name(s) | WantedModule::Alias(s) | WantedModule::Glob(s) => s,
     }
 }
 

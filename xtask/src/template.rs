@@ -1,5 +1,8 @@
 //! `{{name}}` templating. A variable must be declared in the recipe and have
 //! a value; anything else is an error, never an empty string.
+//!
+//! A leaf: recipe loading renders scripts and checks templates with it, and
+//! the initramfs step renders the templates inside its overlays.
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -60,7 +63,7 @@ fn lookup<'a>(name: &str, vars: &'a Vars, span: Range<usize>) -> Result<&'a str,
             ),
         }),
         None => {
-            let hint = super::diag::nearest(name, vars.keys().map(String::as_str))
+            let hint = nearest(name, vars.keys().map(String::as_str))
                 .map(|n| format!(" (did you mean `{n}`?)"))
                 .unwrap_or_default();
             Err(TemplateError {
@@ -69,6 +72,16 @@ fn lookup<'a>(name: &str, vars: &'a Vars, span: Range<usize>) -> Result<&'a str,
             })
         }
     }
+}
+
+/// The valid name closest to `unknown`, if any is close enough to be a typo.
+pub fn nearest<'a>(unknown: &str, valid: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    valid
+        .into_iter()
+        .map(|v| (strsim::damerau_levenshtein(unknown, v), v))
+        .filter(|(d, v)| *d <= 2.max(v.len() / 3))
+        .min()
+        .map(|(_, v)| v)
 }
 
 #[cfg(test)]

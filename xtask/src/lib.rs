@@ -9,6 +9,7 @@ pub mod archive;
 pub mod bench;
 pub mod cli;
 pub mod elf;
+pub mod exec;
 pub mod output;
 pub mod plan;
 pub mod publish;

@@ -11,8 +11,8 @@ use clap::Args;
 use super::plan::plan_lines;
 use super::session::{executor, session, session_with, Overrides, Session};
 use super::Settings;
+use crate::exec::NodeResult;
 use crate::output::manifest::Artifact;
-use crate::plan::exec::NodeResult;
 use crate::store::Output;
 
 #[derive(Debug, Args)]

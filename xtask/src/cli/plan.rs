@@ -7,7 +7,7 @@ use clap::Args;
 
 use super::session::{executor, session, Session};
 use super::Settings;
-use crate::plan::exec::Status;
+use crate::exec::Status;
 use crate::plan::Plan;
 
 #[derive(Debug, Args)]

@@ -6,7 +6,7 @@
 use anyhow::{bail, Context, Result};
 
 use super::Settings;
-use crate::plan::exec::Executor;
+use crate::exec::Executor;
 use crate::plan::{self, Plan, PlanOptions};
 use crate::recipe::{self, ipxe::IpxeHost};
 use crate::store::{Digest, Output, Store};

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use anyhow::{bail, Result};
 
-use crate::plan::exec::NodeResult;
+use crate::exec::NodeResult;
 use crate::plan::Plan;
 use crate::store::{Digest, Output, Store};
 use manifest::{Artifact, Manifest};

@@ -5,7 +5,6 @@
 //! Architecture invariant: planning runs no tools and fetches nothing; it
 //! may hash local inputs into the store. Execution lives in `exec`.
 
-pub mod exec;
 pub mod explain;
 mod initramfs;
 mod ipxe;

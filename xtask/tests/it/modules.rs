@@ -179,7 +179,7 @@ fn two_runs_of_the_modules_step_in_different_scratch_dirs_are_identical() {
         ..Default::default()
     };
     let plan = kiln::plan::plan_deb_tree(&recipes, "linux-image", &store, &opts).unwrap();
-    let exec = kiln::plan::exec::Executor {
+    let exec = kiln::exec::Executor {
         store: &store,
         jobs: 2,
         log_dir: std::env::temp_dir(),

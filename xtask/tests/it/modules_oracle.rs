@@ -59,7 +59,7 @@ fn unpack_linux_image(dest: &Path) -> anyhow::Result<()> {
         ..Default::default()
     };
     let plan = kiln::plan::plan_deb_tree(&recipes, "linux-image", &store, &opts)?;
-    let exec = kiln::plan::exec::Executor {
+    let exec = kiln::exec::Executor {
         store: &store,
         jobs: 2,
         log_dir: std::env::temp_dir(),

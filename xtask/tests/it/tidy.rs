@@ -14,14 +14,15 @@ use crate::common::workspace;
 
 /// For each top-level module of the crate, the modules it may use. One way
 /// down: cli → plan → steps → archive / elf / store / tools, with recipe
-/// feeding plan, and the tools around a build (bench, repro, publish,
-/// verify) called from cli. `testing` serves test code only.
+/// feeding plan, exec running a plan's steps (and asking tools their
+/// versions for keys), and the tools around a build (output, bench, repro,
+/// publish, verify) called from cli. `testing` serves test code only.
 const ALLOWED: &[(&str, &[&str])] = &[
     (
         "cli",
         &[
-            "archive", "bench", "elf", "output", "plan", "publish", "recipe", "repro", "steps",
-            "store", "tools", "verify",
+            "archive", "bench", "elf", "exec", "output", "plan", "publish", "recipe", "repro",
+            "steps", "store", "tools", "verify",
         ],
     ),
     (
@@ -32,7 +33,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ),
     ("repro", &["archive", "output", "steps", "store", "tools"]),
     ("publish", &["output", "store", "tools"]),
-    ("output", &["plan", "store"]),
+    ("output", &["exec", "plan", "store"]),
+    ("exec", &["plan", "steps", "store", "tools"]),
     ("verify", &["archive", "store", "tools"]),
     ("plan", &["archive", "recipe", "steps", "store"]),
     ("recipe", &["archive"]),
@@ -51,12 +53,9 @@ const ALLOWED: &[(&str, &[&str])] = &[
 /// (`{{variable}}` rendering, for recipes and the initramfs step alike).
 const SHARED: &[&str] = &["arch", "template"];
 
-/// Uses that break the diagram today: (file, module it uses, why).
-const KNOWN_EDGES: &[(&str, &str, &str)] = &[(
-    "plan/exec.rs",
-    "tools",
-    "tool versions for keys are asked while executing the plan",
-)];
+/// Uses that break the diagram today: (file, module it uses, why). None
+/// now; a breach that cannot be mended at once is listed here with why.
+const KNOWN_EDGES: &[(&str, &str, &str)] = &[];
 
 /// Lines a file may have before its tests: past this it holds more than one
 /// concept.

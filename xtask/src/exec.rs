@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
-use super::{InputRef, Node, Plan};
+use crate::plan::{InputRef, Node, Plan};
 use crate::steps::{output_digest, KeyComponents, StepContext};
 use crate::store::remote::{Pulled, Remote};
 use crate::store::{ActionRecord, Digest, Output, Store};

@@ -65,7 +65,6 @@ const MAX_LINES: usize = 600;
 const KNOWN_LONG: &[(&str, usize)] = &[
     ("archive/zinfo.rs", 681),
     ("repro/diff.rs", 676),
-    ("store/mod.rs", 846),
 ];
 
 /// Where a process may be started: `tools`, and `bench`, which times the

@@ -1,8 +1,10 @@
 //! Kiln: declarative recipes in, reproducible network-boot artifacts out.
 //!
-//! Layers, one way down (see docs/ARCHITECTURE.md):
-//! `cli → plan → steps → archive / elf / store / tools`, with `recipe` feeding
-//! `plan` and `verify` proving artifacts after a build.
+//! Layers, one way down (see docs/ARCHITECTURE.md; `xtask/tests/it/tidy.rs`
+//! checks them): `cli → plan → steps → archive / elf / store / tools`, with
+//! `recipe` feeding `plan`, `exec` running a plan's steps, `output`
+//! installing a build's artifacts, `verify` proving them, and `arch` and
+//! `template` as leaves any module may use.
 
 pub mod arch;
 pub mod archive;

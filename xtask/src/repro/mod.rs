@@ -167,9 +167,12 @@ pub fn plan_runs(work: &Path, project_name: &str, jobs: usize) -> (Run, Run, Vec
 
 /// Copies the project (less `skip` and build products) and the local
 /// sources into the run's directory, hands it to the run's user, and builds
-/// `targets` there with this binary. The build's output goes to `run.log()`.
+/// `targets` there with this binary. The build's output goes to `run.log()`;
+/// with `progress`, its latest line is shown on a terminal as it runs.
+#[allow(clippy::too_many_arguments)]
 pub fn build(
     run: &Run,
+    progress: bool,
     exe: &Path,
     project: &Path,
     recipes_rel: &Path,
@@ -238,8 +241,11 @@ pub fn build(
         cmd.pre_exec(move || setup.apply());
     }
     let label = format!("run {}: building {}", run.number, targets.join(" "));
-    crate::tools::run_logged_with_progress(cmd, &log, &label)
-        .with_context(|| format!("run {} failed", run.number))
+    match progress {
+        true => crate::tools::run_logged_with_progress(cmd, &log, &label),
+        false => crate::tools::run_logged(cmd, &log),
+    }
+    .with_context(|| format!("run {} failed", run.number))
 }
 
 /// What a run's process changes about itself before it starts.

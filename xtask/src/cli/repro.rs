@@ -22,8 +22,11 @@ and for each difference the smallest part that differs: the cpio member and fiel
 ISO or FAT image, the PE section or header field, the bzImage's setup header or compressed \
 payload and then its embedded initramfs member, or else the first differing offset. Exit status \
 1 when anything differs.\n\n\
-`--compare RUN1 RUN2` compares two output directories (or files) built earlier, such as a \
-published release and a rebuild of it."
+`--against DIR` builds once, as run 2, and compares with DIR in place of run 1: an output \
+directory built earlier by a plain `build`, by CI, or downloaded from a release. Only the \
+artifacts run 2 makes are compared (DIR may hold more); DIR's manifest is compared by those \
+artifacts' entries. `--compare RUN1 RUN2` builds nothing and compares two output directories \
+(or files) built earlier."
 )]
 pub struct ReproArgs {
     /// Targets built in both runs: recipe names or `<recipe>/<file>`, as for `build`.
@@ -43,9 +46,13 @@ pub struct ReproArgs {
     /// difference, to see which artifacts the variable reaches and how repro reports it.
     #[arg(long, value_name = "NAME=RUN1,RUN2", value_parser = parse_vary)]
     pub vary: Vec<(String, String, String)>,
+    /// Build the targets once, as run 2, and compare with DIR (an output directory built
+    /// earlier: `output/`, CI's, a release's) in place of building run 1.
+    #[arg(long, value_name = "DIR", conflicts_with = "vary")]
+    pub against: Option<PathBuf>,
     /// Build nothing: compare two output directories (or two files) built earlier.
     #[arg(long, num_args = 2, value_names = ["RUN1", "RUN2"],
-          conflicts_with_all = ["targets", "vary", "keep", "work"])]
+          conflicts_with_all = ["targets", "vary", "keep", "work", "against"])]
     pub compare: Option<Vec<PathBuf>>,
 }
 
@@ -66,6 +73,14 @@ pub fn repro(s: &Settings, a: &ReproArgs) -> Result<ExitCode> {
     if let Some(dirs) = &a.compare {
         let rows = compare(&dirs[0], &dirs[1])?;
         return report(s, a, &rows, (&dirs[0], &dirs[1]), None);
+    }
+    if let Some(dir) = &a.against {
+        if !dir.join("manifest.json").is_file() {
+            bail!(
+                "--against {}: no manifest.json there; give an output directory Kiln built",
+                dir.display()
+            );
+        }
     }
     if a.targets.is_empty() {
         bail!("name the targets to build twice, e.g. `cargo xtask repro stage2 modules` (the recipes in {})", s.recipes_dir.display());
@@ -89,12 +104,12 @@ pub fn repro(s: &Settings, a: &ReproArgs) -> Result<ExitCode> {
         .file_name()
         .map_or("project".to_string(), |n| n.to_string_lossy().into_owned());
     let work = make_work_dir(a.work.as_deref())?;
-    let result = run_both(s, a, &work, project, recipes_rel, &project_name);
+    let result = build_and_compare(s, a, &work, project, recipes_rel, &project_name);
     match &result {
         Ok(_) if !a.keep => {
             let _ = std::fs::remove_dir_all(&work);
         }
-        Ok(_) => println!("kept both runs in {}", work.display()),
+        Ok(_) => println!("kept the runs in {}", work.display()),
         Err(_) => {
             for run in ["run1", "run2/a/much/deeper/build/directory"] {
                 let _ = std::fs::remove_dir_all(work.join(run).join("cache"));
@@ -108,7 +123,7 @@ pub fn repro(s: &Settings, a: &ReproArgs) -> Result<ExitCode> {
     result
 }
 
-fn run_both(
+fn build_and_compare(
     s: &Settings,
     a: &ReproArgs,
     work: &Path,
@@ -135,10 +150,21 @@ fn run_both(
             skipped: None,
         });
     }
+    let against = a.against.as_deref();
     println!("variations between the runs:");
+    if let Some(dir) = against {
+        println!(
+            "  (run 1 is {}, built earlier: its side is what it was built under)",
+            dir.display()
+        );
+    }
     for v in &variations {
+        let one = match against {
+            Some(_) => "(as built)",
+            None => &v.run1,
+        };
         match &v.skipped {
-            None => println!("  {:26} {}  |  {}", v.name, v.run1, v.run2),
+            None => println!("  {:26} {one}  |  {}", v.name, v.run2),
             Some(why) => println!("  {:26} not varied: {why}", v.name),
         }
     }
@@ -155,9 +181,6 @@ fn run_both(
         .iter()
         .filter_map(|p| p.canonicalize().ok())
         .collect();
-    // The runs share nothing, so they build at the same time: run 2's
-    // smaller job count then leaves no CPU idle, and the check takes about
-    // as long as one build of both. Only run 1 shows progress on a terminal.
     let build = |run: &repro::Run| {
         let start = std::time::Instant::now();
         println!(
@@ -167,7 +190,8 @@ fn run_both(
             run.jobs,
             run.log().display()
         );
-        let progress = run.number == 1;
+        // One run shows its progress on a terminal: run 1, or run 2 alone.
+        let progress = run.number == 1 || against.is_some();
         let built = repro::build(
             run,
             progress,
@@ -188,6 +212,30 @@ fn run_both(
         }
         built
     };
+    if let Some(dir) = against {
+        build(&run2)?;
+        let view = work.join("against");
+        let left_out = repro::against_view(dir, &run2.output(), &view)?;
+        if left_out > 0 {
+            println!(
+                "{left_out} file(s) of {} not among run 2's artifacts: not compared",
+                dir.display()
+            );
+        }
+        // DIR's store is this cache when DIR came from it; opened only if it
+        // exists, to explain a differing manifest.
+        let mine = match s.cache_dir.is_dir() {
+            true => Some(crate::store::Store::open(&s.cache_dir)?),
+            false => None,
+        };
+        let theirs = crate::store::Store::open(&run2.cache())?;
+        let rows = repro::compare_outputs(&view, &run2.output())?;
+        let stores = mine.as_ref().map(|m| (m, &theirs));
+        return report(s, a, &rows, (&view, &run2.output()), stores);
+    }
+    // The runs share nothing, so they build at the same time: run 2's
+    // smaller job count then leaves no CPU idle, and the check takes about
+    // as long as one build of both.
     let (built1, built2) = std::thread::scope(|scope| {
         let second = scope.spawn(|| build(&run2));
         let first = build(&run1);

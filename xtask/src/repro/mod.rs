@@ -395,6 +395,45 @@ fn chown_tree(dir: &Path, uid: u32, gid: u32) -> Result<()> {
     Ok(())
 }
 
+/// Lays out in `view` what `--against DIR` compares with run 2's `output`:
+/// DIR's copy of each file run 2 made (logs aside), and DIR's manifest cut
+/// down to run 2's artifacts (DIR may hold more, from other builds).
+/// Returns how many of DIR's files are left out.
+pub fn against_view(dir: &Path, output: &Path, view: &Path) -> Result<usize> {
+    use crate::output::manifest::Manifest;
+    let made = files(output)?;
+    for name in &made {
+        let (from, to) = (dir.join(name), view.join(name));
+        if name == "manifest.json" || !from.is_file() {
+            continue;
+        }
+        fs::create_dir_all(to.parent().expect("under the view"))
+            .with_context(|| format!("creating {}", view.display()))?;
+        // A link costs nothing and the view is only read; copied across
+        // file systems.
+        fs::hard_link(&from, &to)
+            .or_else(|_| fs::copy(&from, &to).map(drop))
+            .with_context(|| format!("copying {}", from.display()))?;
+    }
+    let theirs = dir.join("manifest.json");
+    let bytes = fs::read(&theirs).with_context(|| format!("reading {}", theirs.display()))?;
+    let ours = Manifest::read_or_empty(&output.join("manifest.json"));
+    let names: BTreeSet<&str> = ours.artifacts.iter().map(|a| a.name.as_str()).collect();
+    // Unchanged bytes when DIR names the same artifacts; else DIR's entries
+    // for run 2's artifacts, written as Kiln writes a manifest.
+    let cut = match serde_json::from_slice::<Manifest>(&bytes) {
+        Ok(mut m) if m.artifacts.iter().any(|a| !names.contains(a.name.as_str())) => {
+            m.artifacts.retain(|a| names.contains(a.name.as_str()));
+            m.to_bytes()
+        }
+        _ => bytes,
+    };
+    fs::create_dir_all(view).with_context(|| format!("creating {}", view.display()))?;
+    fs::write(view.join("manifest.json"), cut)
+        .with_context(|| format!("writing {}", view.display()))?;
+    Ok(files(dir)?.difference(&made).count())
+}
+
 /// One artifact in the comparison.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Row {
@@ -410,23 +449,28 @@ impl Row {
     }
 }
 
+/// The files under an output directory, relative to it, tool logs aside.
+fn files(dir: &Path) -> Result<BTreeSet<String>> {
+    let mut names = BTreeSet::new();
+    for entry in walkdir::WalkDir::new(dir).sort_by_file_name() {
+        let entry = entry.with_context(|| format!("listing {}", dir.display()))?;
+        let rel = entry
+            .path()
+            .strip_prefix(dir)?
+            .to_string_lossy()
+            .into_owned();
+        if entry.file_type().is_file() && !rel.starts_with("logs/") {
+            names.insert(rel);
+        }
+    }
+    Ok(names)
+}
+
 /// Every file under either output directory (tool logs aside), with its
 /// sha256 in each.
 pub fn compare_outputs(a: &Path, b: &Path) -> Result<Vec<Row>> {
-    let mut names = BTreeSet::new();
-    for dir in [a, b] {
-        for entry in walkdir::WalkDir::new(dir).sort_by_file_name() {
-            let entry = entry.with_context(|| format!("listing {}", dir.display()))?;
-            let rel = entry
-                .path()
-                .strip_prefix(dir)?
-                .to_string_lossy()
-                .into_owned();
-            if entry.file_type().is_file() && !rel.starts_with("logs/") {
-                names.insert(rel);
-            }
-        }
-    }
+    let mut names = files(a)?;
+    names.extend(files(b)?);
     if names.is_empty() {
         bail!("neither {} nor {} holds any file", a.display(), b.display());
     }
@@ -476,4 +520,56 @@ pub fn table(rows: &[Row]) -> String {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::output::manifest::{Artifact, Manifest};
+
+    fn artifact(name: &str, bytes: &[u8]) -> Artifact {
+        Artifact {
+            name: name.into(),
+            path: name.into(),
+            kind: "initramfs".into(),
+            arch: "x86_64".into(),
+            sha256: Digest::of_bytes(bytes),
+            size: bytes.len() as u64,
+            recipe: "r".into(),
+            step_key: Digest::of_bytes(b"key"),
+            inputs: Default::default(),
+            details: None,
+        }
+    }
+
+    fn output(dir: &Path, files: &[(&str, &[u8])]) {
+        let mut m = Manifest::new(1);
+        for (name, bytes) in files {
+            fs::create_dir_all(dir.join(name).parent().unwrap()).unwrap();
+            fs::write(dir.join(name), bytes).unwrap();
+            m.merge(vec![artifact(name, bytes)]);
+        }
+        fs::create_dir_all(dir.join("logs")).unwrap();
+        fs::write(dir.join("logs/step.log"), "not compared").unwrap();
+        m.write(&dir.join("manifest.json")).unwrap();
+    }
+
+    #[test]
+    fn against_compares_only_what_run_2_made_and_their_manifest_entries() {
+        let t = tempfile::tempdir().unwrap();
+        let (dir, run2, view) = (t.path().join("dir"), t.path().join("o"), t.path().join("v"));
+        output(&dir, &[("a/x.img", b"x"), ("b/y.img", b"y")]);
+        output(&run2, &[("a/x.img", b"x")]);
+        assert_eq!(against_view(&dir, &run2, &view).unwrap(), 1);
+        let rows = compare_outputs(&view, &run2).unwrap();
+        let names: Vec<&str> = rows.iter().map(|r| r.artifact.as_str()).collect();
+        assert_eq!(names, ["a/x.img", "manifest.json"]);
+        assert!(rows.iter().all(Row::identical), "{rows:?}");
+        // Other bytes in DIR are a difference.
+        fs::write(dir.join("a/x.img"), b"z").unwrap();
+        let view2 = t.path().join("v2");
+        against_view(&dir, &run2, &view2).unwrap();
+        let rows = compare_outputs(&view2, &run2).unwrap();
+        assert!(!rows[0].identical());
+    }
 }

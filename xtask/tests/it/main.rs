@@ -14,6 +14,7 @@
 mod common;
 
 mod ci_configs;
+mod ci_repro;
 mod cpio_oracle;
 mod explain;
 mod fleet;

@@ -330,15 +330,28 @@ fn a_patch_applies_to_the_copy_and_never_to_the_checkout_or_the_cache() {
             .arg(&tree),
     );
     assert_eq!(before, after, "the build changed the operator's checkout");
-    // A second compile from the cached tree (a new config header changes
-    // its key) must find it pristine: `--forward` refuses a patch that is
-    // already applied.
-    std::fs::write(
-        dir.path().join("ipxe/config/branding.h"),
-        "/* a Kiln test */\n",
-    )
-    .unwrap();
-    build();
+    // A second build from the cached tree (a second patch changes its key)
+    // must find it pristine: `--forward` refuses a patch already applied.
+    // The second patch stops the compile at its first object, so proving
+    // both applied costs no second full compile.
+    let header = "src/include/compiler.h";
+    let first = std::fs::read_to_string(tree.join(header)).unwrap();
+    let mut stop = format!(
+        "--- a/{header}\n+++ b/{header}\n@@ -1,2 +1,3 @@\n+#error \"stopped by a Kiln test\"\n"
+    );
+    for l in first.lines().take(2) {
+        stop.push_str(&format!(" {l}\n"));
+    }
+    std::fs::write(dir.path().join("ipxe/patches/0002-stop.patch"), stop).unwrap();
+    let err = run_err(kiln(&recipes, &dir.path().join("out"), &cache).args([
+        "ipxe",
+        "--target",
+        "ipxe.lkrn",
+    ]));
+    assert!(
+        err.contains("stopped by a Kiln test") && !err.contains("no longer applies"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -1,0 +1,84 @@
+//! CI's reproducibility check: every default target, built by the suite
+//! into its shared cache, is built again from an empty cache under every
+//! variation (`repro --against`) and must come out byte for byte the same.
+//! In CI the shared cache starts empty, so both sides are builds of this
+//! commit; run 2 is serial (`-j1`), the longest test of the suite. libtest
+//! starts tests in name order: this module's name puts it among the first,
+//! so its serial run overlaps the rest of the suite instead of trailing it.
+
+use crate::common::*;
+use crate::repro::{row, stdout};
+
+/// stage1 and stage3 (which carries stage1's ROMs) join when an iPXE tree
+/// is given (KILN_SOURCE_IPXE).
+#[test]
+fn the_default_targets_reproduce_under_every_variation() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipes = workspace().join("recipes");
+    let built = dir.path().join("built");
+    let mut targets = vec!["stage2", "modules"];
+    let mut expected = vec![
+        "stage2/stage2_vmlinuz",
+        "stage2/stage2.iso",
+        "stage2/stage2.efi",
+        "modules/6.1.0-50-amd64/modules.cpio.gz",
+        "manifest.json",
+    ];
+    let mut source = Vec::new();
+    // Without an iPXE tree stage1 and stage3 are left out (ipxe_tree says why).
+    if let Some(tree) = ipxe_tree() {
+        targets.extend(["stage1", "stage3"]);
+        source = vec!["--source".to_string(), format!("ipxe={}", tree.display())];
+        expected.extend([
+            "stage1/x86_64/ipxe.lkrn",
+            "stage1/x86_64/15b31003.mrom",
+            "stage1/arm64/ipxe.efi",
+            "stage1/hosts/mlab1-lga0t.example.net/ipxe.efi",
+            "stage1/hosts/mlab2-lga0t.example.net/1af41000.rom",
+            "stage3/stage3_update.iso",
+        ]);
+    }
+    run_ok(
+        kiln(&recipes, &built, &shared_cache())
+            .args(&source)
+            .arg("build")
+            .args(&targets),
+    );
+    let out = kiln(
+        &recipes,
+        &dir.path().join("output"),
+        &dir.path().join("unused-cache"),
+    )
+    .args(&source)
+    .arg("repro")
+    .arg("--against")
+    .arg(&built)
+    .args(&targets)
+    .output()
+    .unwrap();
+    let text = stdout(&out);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for artifact in expected {
+        assert!(row(&text, artifact).ends_with("identical"), "{text}");
+    }
+    // Run 2 was varied: its side of each variation is printed.
+    for variation in ["directory", "TZ", "umask", "jobs", "file creation order"] {
+        assert!(
+            text.lines()
+                .any(|l| l.trim_start().starts_with(variation) && l.contains("(as built)  |  ")),
+            "variation {variation} not applied:\n{text}"
+        );
+    }
+    // 7 x86_64 and 2 arm64 targets, and 6 files for each of the two
+    // inventory hosts (4 non-ROM x86_64 targets and their 2 ROMs).
+    let stage1 = text.lines().filter(|l| l.starts_with("stage1/")).count();
+    assert!(
+        ipxe_tree().is_none() || stage1 == 9 + 2 * 6,
+        "{stage1} stage1 rows:\n{text}"
+    );
+    println!("{text}");
+}

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 
 use crate::plan::{InputRef, Node, Plan};
-use crate::steps::{output_digest, KeyComponents, StepContext};
+use crate::steps::{KeyComponents, StepContext};
 use crate::store::remote::{Pulled, Remote};
 use crate::store::{ActionRecord, Digest, Output, Store};
 use crate::tools;
@@ -52,20 +52,7 @@ impl Executor<'_> {
         let Some(inputs) = resolve(node, results) else {
             return Ok(None);
         };
-        let mut tools_map = BTreeMap::new();
-        for t in node.step.tools() {
-            tools_map.insert(t.to_string(), tools::version(t)?);
-        }
-        Ok(Some(KeyComponents {
-            kind: node.step.kind().to_string(),
-            version: node.step.version(),
-            params: node.step.params(),
-            inputs: inputs
-                .iter()
-                .map(|(k, o)| (k.clone(), output_digest(o)))
-                .collect(),
-            tools: tools_map,
-        }))
+        KeyComponents::of(node.step.as_ref(), &inputs, tools::version).map(Some)
     }
 
     /// Hit/miss for every node without running anything; nodes after a miss

@@ -11,6 +11,13 @@ use super::entry::Entry;
 use super::gzip;
 use super::newc::{archive_len, Writer};
 
+/// The key-bearing version (`super::Format`) of the compressed images: gzip
+/// members (`gzip.rs`), zstd and xz settings: bump it when the bytes change.
+pub const FORMAT: super::Format = super::Format {
+    name: "compress",
+    version: 1,
+};
+
 /// Chosen from the module-tree benchmark (Debian linux-image-6.1.0-50-amd64, 2 cores): libdeflate
 /// level 6 gave 111.3 MB in 4.2 s against `cpio | gzip -9` 111.7 MB in 120 s (29x) and
 /// `pigz -9` 111.9 MB in 58 s (14x). Level 8 is 1.002x smaller but 2.8x slower; level 9+ miss

@@ -8,6 +8,13 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 
+/// The key-bearing version (`super::Format`) of `normalize` (order, implied
+/// parent directories, their modes and mtimes): bump it when the bytes change.
+pub const FORMAT: super::Format = super::Format {
+    name: "normalize",
+    version: 1,
+};
+
 /// A device node (or fifo) an image is asked to hold, as a recipe's
 /// `[[initramfs.devices]]` gives it: a parameter of the initramfs step.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]

@@ -29,6 +29,13 @@ use std::sync::{Mutex, PoisonError};
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use fatfs::{Date, DateTime, FatType, FileSystem, FormatVolumeOptions, FsOptions, Time};
 
+/// The key-bearing version (`super::Format`) of the FAT image writer: bump it
+/// when the bytes change.
+pub const FORMAT: super::Format = super::Format {
+    name: "fat",
+    version: 1,
+};
+
 /// Image sizes are whole multiples of this, so small content changes rarely move the layout.
 pub const SIZE_UNIT: u64 = 64 * 1024;
 const SECTOR: u64 = 512;

@@ -16,6 +16,12 @@
 //!   `util/zbin` (built from the same tree) compresses again with the build's
 //!   `.zinfo`; then the padding and ROM checksums `make` applies follow.
 
+/// The key-bearing version (`super::Format`) of the placeholder script and how
+/// a host's script is padded into it: bump it when the bytes change.
+pub const FORMAT: super::Format = super::Format {
+    name: "ipxe-script",
+    version: 1,
+};
 /// The script size when the recipe gives none.
 pub const DEFAULT_SCRIPT_SIZE: usize = 2048;
 /// iPXE's own limit is memory; past this a ROM gets noticeably larger.

@@ -42,3 +42,17 @@ pub use compress::{
 pub use entry::{normalize, Data, Entry, Kind};
 pub use newc::{archive_bytes, read_archive, ReadEntry, Writer};
 pub use tree::{from_tree, TreeOptions};
+
+/// One of Kiln's own writers, versioned: the steps that call it name it in
+/// `Step::formats`, so its version is part of their keys. Bump a writer's
+/// `FORMAT` version in the same change that alters the bytes it writes;
+/// every entry made by the old code is then rebuilt instead of reused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Format {
+    pub name: &'static str,
+    pub version: u32,
+}
+
+/// What the initramfs and module archive steps write through: records from
+/// a tree, normalized, as newc, compressed.
+pub const CPIO_IMAGE: &[Format] = &[tree::FORMAT, entry::FORMAT, newc::FORMAT, compress::FORMAT];

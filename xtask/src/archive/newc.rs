@@ -12,6 +12,13 @@ use anyhow::{bail, ensure, Context, Result};
 
 use super::entry::{Data, Entry, Kind};
 
+/// The key-bearing version (`super::Format`) of the newc writer (headers, inode
+/// numbering, padding, trailer): bump it when the bytes change.
+pub const FORMAT: super::Format = super::Format {
+    name: "newc",
+    version: 1,
+};
+
 /// gen_init_cpio.c:28 `static unsigned int ino = 721;`
 pub const FIRST_INO: u32 = 721;
 /// gen_init_cpio.c writes every header with device 3:1 (`major`/`minor`, not `rmajor`/`rminor`).

@@ -18,6 +18,13 @@
 
 use std::ops::Range;
 
+/// The key-bearing version (`super::Format`) of ROM padding and checksums: bump
+/// it when the bytes change.
+pub const FORMAT: super::Format = super::Format {
+    name: "optrom",
+    version: 1,
+};
+
 const SIGNATURE: [u8; 2] = [0x55, 0xaa];
 /// ROM.pm reads the ROM header fields up to the $PnP pointer at 0x1a.
 const HEADER_LEN: usize = 0x1c;

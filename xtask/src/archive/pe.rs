@@ -21,6 +21,13 @@ use object::pe::{
     IMAGE_SCN_MEM_READ,
 };
 
+/// The key-bearing version (`super::Format`) of PE section appending and the
+/// checksum (UKIs, patched EFI files): bump it when the bytes change.
+pub const FORMAT: super::Format = super::Format {
+    name: "pe",
+    version: 1,
+};
+
 const E_LFANEW: usize = 0x3c;
 const COFF_LEN: usize = 20;
 const SECTION_HEADER_LEN: usize = 40;

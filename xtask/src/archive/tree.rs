@@ -10,6 +10,13 @@ use anyhow::{bail, Context, Result};
 
 use super::entry::{normalize, Data, Entry, Kind};
 
+/// The key-bearing version (`super::Format`) of `from_tree` (what a directory
+/// becomes: modes, owners, mtimes, hard links): bump it when the bytes change.
+pub const FORMAT: super::Format = super::Format {
+    name: "from_tree",
+    version: 1,
+};
+
 /// How `from_tree` maps what is on disk to records.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TreeOptions {

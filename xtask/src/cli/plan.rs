@@ -8,6 +8,7 @@ use clap::Args;
 use super::session::{executor, session, Session};
 use super::Settings;
 use crate::exec::Status;
+use crate::plan::explain::{self, Reason};
 use crate::plan::Plan;
 
 #[derive(Debug, Args)]
@@ -19,7 +20,8 @@ pub struct PlanArgs {
     /// build (an input file, a parameter, a tool version), or "never built".
     #[arg(long)]
     pub explain: bool,
-    /// Print the plan as JSON (one object per step, with `why`).
+    /// Print the plan as JSON: one object per step, with `why` (the line)
+    /// and `reasons` (the same as data, tagged by `reason`).
     #[arg(long)]
     pub json: bool,
 }
@@ -31,8 +33,11 @@ pub struct PlanLine {
     /// `hit`, `miss`, or `pending` (its key waits on steps that will run).
     pub status: &'static str,
     pub key: Option<String>,
-    /// Why a step that is not a hit will run.
+    /// Why a step that is not a hit will run, as one line.
     pub why: Option<String>,
+    /// The same as data, one per changed key component.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub reasons: Vec<Reason>,
 }
 
 pub(super) fn plan_lines(s: &Settings, sess: &Session) -> Result<Vec<PlanLine>> {
@@ -44,23 +49,21 @@ pub(super) fn plan_lines(s: &Settings, sess: &Session) -> Result<Vec<PlanLine>> 
         .zip(&statuses)
         .enumerate()
         .map(|(i, (node, status))| {
-            let (status, key, why) = match status {
-                Status::Hit(k) => ("hit", Some(k.hex()), None),
+            let (status, key, reasons) = match status {
+                Status::Hit(k) => ("hit", Some(k.hex()), Vec::new()),
                 Status::Miss(k, components) => {
-                    let why = crate::plan::explain::explain(
-                        &sess.store,
-                        &node.step.identity(),
-                        components,
-                    );
-                    ("miss", Some(k.hex()), Some(why))
+                    let identity = node.step.identity();
+                    let reasons = explain::explain(&sess.store, &identity, components);
+                    ("miss", Some(k.hex()), reasons)
                 }
-                Status::Pending => ("pending", None, Some(waits_on(&sess.plan, &statuses, i))),
+                Status::Pending => ("pending", None, vec![waits_on(&sess.plan, &statuses, i)]),
             };
             PlanLine {
                 step: node.step.label(),
                 status,
                 key,
-                why,
+                why: (!reasons.is_empty()).then(|| explain::line(&reasons)),
+                reasons,
             }
         });
     Ok(lines.collect())
@@ -94,8 +97,8 @@ pub fn plan(s: &Settings, a: &PlanArgs) -> Result<ExitCode> {
 }
 
 /// Why a step's key is not known yet: the steps it waits for.
-fn waits_on(plan: &Plan, statuses: &[Status], i: usize) -> String {
-    let upstream: Vec<String> = plan.nodes[i]
+fn waits_on(plan: &Plan, statuses: &[Status], i: usize) -> Reason {
+    let steps: Vec<String> = plan.nodes[i]
         .inputs
         .values()
         .filter_map(|r| match r {
@@ -107,8 +110,5 @@ fn waits_on(plan: &Plan, statuses: &[Status], i: usize) -> String {
             _ => None,
         })
         .collect();
-    format!(
-        "its inputs come from steps that will run first: {}",
-        upstream.join(", ")
-    )
+    Reason::AfterInputs { steps }
 }

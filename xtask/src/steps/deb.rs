@@ -17,6 +17,7 @@ use crate::store::Output;
 #[derive(Debug, Clone, Serialize)]
 pub struct UnpackDeb {
     /// For messages only (not in the key).
+    #[serde(skip)]
     pub source: String,
 }
 
@@ -29,9 +30,6 @@ impl Step for UnpackDeb {
     }
     fn label(&self) -> String {
         format!("unpack {}", self.source)
-    }
-    fn params(&self) -> serde_json::Value {
-        serde_json::json!({})
     }
 
     fn run(&self, ctx: &StepContext, scratch: &Path) -> Result<BTreeMap<String, Output>> {

@@ -33,13 +33,17 @@ const REPIN_HINT: &str = "If the new file is trusted, run `cargo xtask sources u
 /// sha256 before anything is stored.
 #[derive(Debug, Clone, Serialize)]
 pub struct FetchDeb {
+    /// The source's name is for messages only: renaming it must not refetch.
+    #[serde(skip)]
     pub source: String,
     pub package: String,
     pub version: String,
     pub sha256: String,
     /// Where the file is, not what it is: neither enters the key (the
     /// sha256 does), so a mirror added later reuses every cached step.
+    #[serde(skip)]
     pub pool: Option<String>,
+    #[serde(skip)]
     pub mirrors: Vec<String>,
 }
 
@@ -55,10 +59,6 @@ impl Step for FetchDeb {
     }
     fn identity(&self) -> String {
         format!("fetch source {}", self.source)
-    }
-    fn params(&self) -> serde_json::Value {
-        // The source's name is for messages only: renaming it must not refetch.
-        serde_json::json!({ "package": self.package, "version": self.version, "sha256": self.sha256 })
     }
 
     fn run(&self, ctx: &StepContext, scratch: &Path) -> Result<BTreeMap<String, Output>> {
@@ -208,7 +208,11 @@ const ATTEMPTS: u32 = 4;
 /// and verified against the pinned sha256 before anything is stored.
 #[derive(Debug, Clone, Serialize)]
 pub struct FetchUrl {
+    /// For messages only.
+    #[serde(skip)]
     pub source: String,
+    /// Only the content matters: a mirror with the same bytes is the same input.
+    #[serde(skip)]
     pub url: String,
     pub sha256: String,
 }
@@ -226,10 +230,6 @@ impl Step for FetchUrl {
     fn identity(&self) -> String {
         format!("fetch source {}", self.source)
     }
-    fn params(&self) -> serde_json::Value {
-        // Only the content matters: a mirror with the same bytes is the same input.
-        serde_json::json!({ "sha256": self.sha256 })
-    }
 
     fn run(&self, ctx: &StepContext, _scratch: &Path) -> Result<BTreeMap<String, Output>> {
         let partial = ctx.store.partial_download(&self.sha256);
@@ -246,7 +246,11 @@ impl Step for FetchUrl {
 /// unpacked with its top directory stripped, verified, stored as a tree.
 #[derive(Debug, Clone, Serialize)]
 pub struct FetchTree {
+    /// For messages only.
+    #[serde(skip)]
     pub source: String,
+    /// Only the tree matters, wherever it is served from.
+    #[serde(skip)]
     pub url: String,
     pub tree_sha256: String,
 }
@@ -263,9 +267,6 @@ impl Step for FetchTree {
     }
     fn identity(&self) -> String {
         format!("fetch source {}", self.source)
-    }
-    fn params(&self) -> serde_json::Value {
-        serde_json::json!({ "tree_sha256": self.tree_sha256 })
     }
 
     fn run(&self, ctx: &StepContext, scratch: &Path) -> Result<BTreeMap<String, Output>> {
@@ -321,9 +322,6 @@ impl Step for UnpackPinnedTree {
     }
     fn identity(&self) -> String {
         format!("fetch source {}", self.source)
-    }
-    fn params(&self) -> serde_json::Value {
-        serde_json::to_value(self).expect("params serialize")
     }
 
     fn run(&self, ctx: &StepContext, scratch: &Path) -> Result<BTreeMap<String, Output>> {

@@ -52,11 +52,11 @@ impl Step for BuildInitramfs {
         // 2: effective compression level in the key; gzip default 9 -> 6.
         2
     }
+    fn formats(&self) -> &'static [crate::archive::Format] {
+        crate::archive::CPIO_IMAGE
+    }
     fn label(&self) -> String {
         format!("initramfs {}", self.name)
-    }
-    fn params(&self) -> serde_json::Value {
-        serde_json::to_value(self).expect("params serialize")
     }
 
     fn run(&self, ctx: &StepContext, scratch: &Path) -> Result<BTreeMap<String, Output>> {

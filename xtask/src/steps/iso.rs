@@ -53,11 +53,11 @@ impl Step for BuildIso {
     fn version(&self) -> u32 {
         1
     }
+    fn formats(&self) -> &'static [crate::archive::Format] {
+        &[crate::archive::fat::FORMAT]
+    }
     fn label(&self) -> String {
         format!("iso {}", self.name)
-    }
-    fn params(&self) -> serde_json::Value {
-        serde_json::to_value(self).expect("params serialize")
     }
     fn tools(&self) -> &'static [&'static str] {
         &["xorriso"]

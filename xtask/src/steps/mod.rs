@@ -12,6 +12,7 @@ pub mod initramfs;
 pub mod ipxe;
 pub mod iso;
 pub mod kernel;
+pub mod key;
 pub mod modules;
 pub mod programs;
 pub mod roms;
@@ -23,29 +24,26 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
+
+pub use key::KeyComponents;
 
 use crate::store::{Digest, Output, Store, Tree};
 
-/// Everything that identifies a step's work. The key is the sha256 of its
-/// canonical JSON (struct fields in order, maps sorted); the stored copy
-/// lets a later build say which component changed.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct KeyComponents {
-    pub kind: String,
-    pub version: u32,
-    pub params: serde_json::Value,
-    pub inputs: BTreeMap<String, Digest>,
-    pub tools: BTreeMap<String, String>,
+/// The step's parameters as they enter its key: what its `Serialize`
+/// writes, so a new field is in the key unless it is `#[serde(skip)]`
+/// (listed with why in [`key::NOT_IN_KEYS`]).
+pub trait Params {
+    fn params(&self) -> serde_json::Value;
 }
 
-impl KeyComponents {
-    pub fn key(&self) -> Digest {
-        Digest::of_bytes(&serde_json::to_vec(self).expect("key components always serialize"))
+impl<T: Serialize> Params for T {
+    fn params(&self) -> serde_json::Value {
+        serde_json::to_value(self).expect("step parameters serialize")
     }
 }
 
-pub trait Step: Send + Sync {
+pub trait Step: Params + Send + Sync {
     /// Stable name of the step kind, part of the key.
     fn kind(&self) -> &'static str;
     /// Bumped whenever the step's code changes what it produces (the format
@@ -60,10 +58,13 @@ pub trait Step: Send + Sync {
     fn identity(&self) -> String {
         self.label()
     }
-    /// The step's parameters, serialized into the key.
-    fn params(&self) -> serde_json::Value;
     /// External programs whose versions enter the key.
     fn tools(&self) -> &'static [&'static str] {
+        &[]
+    }
+    /// Kiln's own archive writers the step calls: their format versions
+    /// enter the key.
+    fn formats(&self) -> &'static [crate::archive::Format] {
         &[]
     }
     /// Steps that run by the hundred (one per host) name their batch:

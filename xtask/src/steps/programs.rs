@@ -37,9 +37,6 @@ impl Step for CopyPrograms {
     fn identity(&self) -> String {
         format!("programs {}", self.name)
     }
-    fn params(&self) -> serde_json::Value {
-        serde_json::to_value(self).expect("params serialize")
-    }
 
     fn run(&self, ctx: &StepContext, scratch: &Path) -> Result<BTreeMap<String, Output>> {
         let mut trees = Vec::new();

@@ -61,11 +61,11 @@ impl Step for RomTable {
         // 2: etc/kiln/host in a host's table.
         2
     }
+    fn formats(&self) -> &'static [crate::archive::Format] {
+        &[crate::archive::optrom::FORMAT]
+    }
     fn label(&self) -> String {
         format!("ROM table {}", self.name)
-    }
-    fn params(&self) -> serde_json::Value {
-        serde_json::to_value(self).expect("params serialize")
     }
 
     fn run(&self, ctx: &StepContext, _scratch: &Path) -> Result<BTreeMap<String, Output>> {

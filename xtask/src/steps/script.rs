@@ -28,9 +28,6 @@ impl Step for WriteScript {
     fn label(&self) -> String {
         format!("script {}", self.name)
     }
-    fn params(&self) -> serde_json::Value {
-        serde_json::to_value(self).expect("params serialize")
-    }
 
     fn run(&self, ctx: &StepContext, _scratch: &Path) -> Result<BTreeMap<String, Output>> {
         let digest = ctx.store.put_bytes(self.text.as_bytes())?;

@@ -35,9 +35,6 @@ impl Step for UnpackTarball {
     fn label(&self) -> String {
         format!("unpack {} tarball", self.source)
     }
-    fn params(&self) -> serde_json::Value {
-        serde_json::to_value(self).expect("params serialize")
-    }
 
     fn run(&self, ctx: &StepContext, scratch: &Path) -> Result<BTreeMap<String, Output>> {
         let (archive, name) = match (&self.member, ctx.input("archive")?) {

@@ -33,11 +33,11 @@ impl Step for AssembleUki {
     fn version(&self) -> u32 {
         1
     }
+    fn formats(&self) -> &'static [crate::archive::Format] {
+        &[crate::archive::pe::FORMAT]
+    }
     fn label(&self) -> String {
         format!("uki {}", self.name)
-    }
-    fn params(&self) -> serde_json::Value {
-        serde_json::to_value(self).expect("params serialize")
     }
 
     fn run(&self, ctx: &StepContext, scratch: &Path) -> Result<BTreeMap<String, Output>> {

@@ -59,6 +59,19 @@ fn explain_names_the_changed_overlay_file_and_recipe_param() {
         .find(|s| s["status"] == "miss")
         .unwrap();
     assert_eq!(format!("why: {}", step["why"].as_str().unwrap()), expected);
+    // The same reason as data: an input whose tree changed in one file.
+    let reasons = step["reasons"].as_array().unwrap();
+    assert_eq!(reasons.len(), 1, "{reasons:?}");
+    assert_eq!(reasons[0]["reason"], "input");
+    assert_eq!(reasons[0]["name"], "overlay.0");
+    assert_eq!(reasons[0]["change"]["change"], "changed");
+    let file = &reasons[0]["inside"][0];
+    assert_eq!(
+        (&file["what"], &file["path"]),
+        (&"file".into(), &"init".into())
+    );
+    let digest = kiln::store::Digest::of_bytes(&after).hex();
+    assert_eq!(file["change"]["new"], digest.as_str());
     let build = run_ok(kiln(&recipes, &out, &cache).args(["build", INITRAMFS, "--explain"])).stdout;
     let reason = expected.trim_start_matches("why: ");
     let said = format!("initramfs stage2/stage2_initramfs.cpio.gz: {reason}");

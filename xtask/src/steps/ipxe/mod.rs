@@ -84,14 +84,14 @@ impl Step for BuildIpxe {
         // 3: the stored zbin no longer records the scratch path.
         3
     }
+    fn formats(&self) -> &'static [crate::archive::Format] {
+        &[crate::archive::ipxe_script::FORMAT]
+    }
     fn label(&self) -> String {
         match self.note.as_str() {
             "" => format!("ipxe {} {}", self.arch, self.platform),
             note => format!("ipxe {} {} ({note})", self.arch, self.platform),
         }
-    }
-    fn params(&self) -> serde_json::Value {
-        serde_json::to_value(self).expect("params serialize")
     }
     fn tools(&self) -> &'static [&'static str] {
         match self.cross {
@@ -294,7 +294,7 @@ impl BuildIpxe {
             .iter()
             .map(|(k, v)| (k, output_digest(v)))
             .collect();
-        let mut params = self.params();
+        let mut params = super::Params::params(self);
         if let Some(p) = params.as_object_mut() {
             for varying in ["script", "files", "intermediates"] {
                 p.remove(varying);

@@ -45,14 +45,18 @@ impl Step for PatchIpxe {
     fn version(&self) -> u32 {
         1
     }
+    fn formats(&self) -> &'static [crate::archive::Format] {
+        &[
+            crate::archive::ipxe_script::FORMAT,
+            crate::archive::optrom::FORMAT,
+            crate::archive::pe::FORMAT,
+        ]
+    }
     fn label(&self) -> String {
         format!(
             "ipxe {} {} files for {}",
             self.arch, self.platform, self.who
         )
-    }
-    fn params(&self) -> serde_json::Value {
-        serde_json::to_value(self).expect("params serialize")
     }
     fn tools(&self) -> &'static [&'static str] {
         &[]

@@ -36,11 +36,11 @@ impl Step for CompileKernel {
         // 4: objects built with -g no longer record the scratch path.
         4
     }
+    fn formats(&self) -> &'static [crate::archive::Format] {
+        &[crate::archive::newc::FORMAT]
+    }
     fn label(&self) -> String {
         format!("kernel compile {}", self.name)
-    }
-    fn params(&self) -> serde_json::Value {
-        serde_json::to_value(self).expect("params serialize")
     }
     fn tools(&self) -> &'static [&'static str] {
         KBUILD_TOOLS

@@ -49,9 +49,6 @@ impl Step for KernelConfig {
     fn label(&self) -> String {
         format!("kernel config {}", self.name)
     }
-    fn params(&self) -> serde_json::Value {
-        serde_json::to_value(self).expect("params serialize")
-    }
     fn tools(&self) -> &'static [&'static str] {
         &["make", "gcc", "flex", "bison"]
     }

@@ -40,9 +40,6 @@ impl Step for LinkKernel {
     fn label(&self) -> String {
         format!("kernel link {}", self.name)
     }
-    fn params(&self) -> serde_json::Value {
-        serde_json::to_value(self).expect("params serialize")
-    }
     fn tools(&self) -> &'static [&'static str] {
         KBUILD_TOOLS
     }

@@ -32,9 +32,6 @@ impl Step for DepmodIndexes {
             release => format!("depmod {release}"),
         }
     }
-    fn params(&self) -> serde_json::Value {
-        serde_json::to_value(self).expect("params serialize")
-    }
     fn tools(&self) -> &'static [&'static str] {
         &["depmod"]
     }

@@ -59,11 +59,11 @@ impl Step for BuildModules {
         // 2: full-tree indexes come from the depmod-indexes step.
         2
     }
+    fn formats(&self) -> &'static [crate::archive::Format] {
+        crate::archive::CPIO_IMAGE
+    }
     fn label(&self) -> String {
         format!("modules {}", self.name)
-    }
-    fn params(&self) -> serde_json::Value {
-        serde_json::to_value(self).expect("params serialize")
     }
     fn tools(&self) -> &'static [&'static str] {
         &["depmod"]

@@ -25,7 +25,9 @@ payload and then its embedded initramfs member, or else the first differing offs
 `--against DIR` builds once, as run 2, and compares with DIR in place of run 1: an output \
 directory built earlier by a plain `build`, by CI, or downloaded from a release. Only the \
 artifacts run 2 makes are compared (DIR may hold more); DIR's manifest is compared by those \
-artifacts' entries. `--compare RUN1 RUN2` builds nothing and compares two output directories \
+artifacts' entries. `--run1-cache DIR` lets run 1 build with an existing cache (the project's, \
+CI's shared one), which is then checked against run 2's build from nothing; both runs still \
+build at the same time. `--compare RUN1 RUN2` builds nothing and compares two output directories \
 (or files) built earlier."
 )]
 pub struct ReproArgs {
@@ -48,11 +50,15 @@ pub struct ReproArgs {
     pub vary: Vec<(String, String, String)>,
     /// Build the targets once, as run 2, and compare with DIR (an output directory built
     /// earlier: `output/`, CI's, a release's) in place of building run 1.
-    #[arg(long, value_name = "DIR", conflicts_with = "vary")]
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["vary", "run1_cache"])]
     pub against: Option<PathBuf>,
+    /// Run 1 builds with this cache (the project's, or CI's shared one) instead of an empty
+    /// one: what the cache already holds is then checked against run 2's build from nothing.
+    #[arg(long, value_name = "DIR")]
+    pub run1_cache: Option<PathBuf>,
     /// Build nothing: compare two output directories (or two files) built earlier.
     #[arg(long, num_args = 2, value_names = ["RUN1", "RUN2"],
-          conflicts_with_all = ["targets", "vary", "keep", "work", "against"])]
+          conflicts_with_all = ["targets", "vary", "keep", "work", "against", "run1_cache"])]
     pub compare: Option<Vec<PathBuf>>,
 }
 
@@ -109,7 +115,10 @@ pub fn repro(s: &Settings, a: &ReproArgs) -> Result<ExitCode> {
         Ok(_) if !a.keep => {
             let _ = std::fs::remove_dir_all(&work);
         }
-        Ok(_) => println!("kept the runs in {}", work.display()),
+        Ok(_) => match a.against {
+            None => println!("kept both runs in {}", work.display()),
+            Some(_) => println!("kept run 2 in {}", work.display()),
+        },
         Err(_) => {
             for run in ["run1", "run2/a/much/deeper/build/directory"] {
                 let _ = std::fs::remove_dir_all(work.join(run).join("cache"));
@@ -135,6 +144,7 @@ fn build_and_compare(
     std::fs::create_dir_all(work.join("bin"))?;
     std::fs::copy(std::env::current_exe()?, &exe).context("copying this program for the runs")?;
     let (mut run1, mut run2, mut variations) = repro::plan_runs(work, project_name, s.jobs);
+    run1.given_cache.clone_from(&a.run1_cache);
     for (name, value) in &s.vars {
         for run in [&mut run1, &mut run2] {
             run.vars.push((name.clone(), value.clone()));
@@ -170,17 +180,29 @@ fn build_and_compare(
     }
     let epoch = std::env::var("SOURCE_DATE_EPOCH")
         .map_or("unset (each recipe's epoch)".to_string(), |e| e.to_string());
-    println!("  held fixed: SOURCE_DATE_EPOCH {epoch}; no cache shared, no remote cache");
+    match &a.run1_cache {
+        None => println!("  held fixed: SOURCE_DATE_EPOCH {epoch}; no cache shared, no remote cache"),
+        Some(c) => println!(
+            "  held fixed: SOURCE_DATE_EPOCH {epoch}; run 1 builds with the cache {}, run 2 from an empty one; no remote cache",
+            c.display()
+        ),
+    }
     let sources: Vec<(String, PathBuf)> = s
         .source_overrides
         .iter()
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     // This output and cache, and the work directory, when inside the project.
-    let skip = [&s.output_dir, &s.cache_dir, &work.to_path_buf()]
-        .iter()
-        .filter_map(|p| p.canonicalize().ok())
-        .collect();
+    let skip = [
+        Some(&s.output_dir),
+        Some(&s.cache_dir),
+        Some(&work.to_path_buf()),
+        a.run1_cache.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    .filter_map(|p| p.canonicalize().ok())
+    .collect();
     let build = |run: &repro::Run| {
         let start = std::time::Instant::now();
         println!(

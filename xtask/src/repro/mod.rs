@@ -48,6 +48,8 @@ pub struct Run {
     /// Create each directory's entries in reverse name order.
     pub reverse: bool,
     pub vars: Vec<(String, String)>,
+    /// A cache to build with instead of the run's own empty one.
+    pub given_cache: Option<PathBuf>,
 }
 
 impl Run {
@@ -55,7 +57,9 @@ impl Run {
         self.dir.join("output")
     }
     pub fn cache(&self) -> PathBuf {
-        self.dir.join("cache")
+        self.given_cache
+            .clone()
+            .unwrap_or_else(|| self.dir.join("cache"))
     }
     pub fn log(&self) -> PathBuf {
         self.dir.join("build.log")
@@ -93,6 +97,7 @@ pub fn plan_runs(work: &Path, project_name: &str, jobs: usize) -> (Run, Run, Vec
         hostname: None,
         reverse: false,
         vars: Vec::new(),
+        given_cache: None,
     };
     let run2 = Run {
         number: 2,
@@ -106,6 +111,7 @@ pub fn plan_runs(work: &Path, project_name: &str, jobs: usize) -> (Run, Run, Vec
         hostname: hostname.clone(),
         reverse: true,
         vars: Vec::new(),
+        given_cache: None,
     };
     let me = current_user();
     let variations = vec![

@@ -209,3 +209,58 @@ fn compare_follows_a_difference_into_the_kernel_uki_and_iso() {
         "{text}"
     );
 }
+
+/// `--against DIR`: one varied build from an empty cache, compared with an
+/// output built earlier; other bytes there are a difference.
+#[test]
+fn against_compares_one_varied_build_with_an_output_built_earlier() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipes = copy_recipes(dir.path());
+    let built = dir.path().join("built");
+    run_ok(kiln(&recipes, &built, &shared_cache()).args(["build", INITRAMFS, "modules"]));
+    let against = |work: &str| {
+        repro(
+            &recipes,
+            dir.path(),
+            &[
+                "--against",
+                built.to_str().unwrap(),
+                "--work",
+                dir.path().join(work).to_str().unwrap(),
+                INITRAMFS,
+            ],
+        )
+    };
+    let out = against("w1");
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(row(&text, INITRAMFS).ends_with("identical"), "{text}");
+    // DIR's manifest is compared by run 2's artifacts' entries only.
+    assert!(row(&text, "manifest.json").ends_with("identical"), "{text}");
+    assert!(
+        text.contains("not among run 2's artifacts: not compared"),
+        "{text}"
+    );
+    assert!(
+        text.contains("umask                      (as built)  |  077"),
+        "{text}"
+    );
+    let mut other = std::fs::read(built.join(INITRAMFS)).unwrap();
+    other.push(0);
+    std::fs::write(built.join(INITRAMFS), other).unwrap();
+    let out = against("w2");
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(row(&text, INITRAMFS).ends_with("DIFFERS"), "{text}");
+    let err = repro(
+        &recipes,
+        dir.path(),
+        &["--against", "/nonexistent", INITRAMFS],
+    );
+    assert!(
+        String::from_utf8_lossy(&err.stderr)
+            .contains("--against /nonexistent: no manifest.json there"),
+        "{}",
+        String::from_utf8_lossy(&err.stderr)
+    );
+}

@@ -11,9 +11,9 @@ use super::sources::display_path;
 use super::{ArtifactSpec, Builder, InputRef};
 use crate::arch::Arch;
 use crate::recipe::{self, Recipe};
-use crate::steps::initramfs::BuildInitramfs;
-use crate::steps::modules::depmod::DepmodIndexes;
-use crate::steps::modules::step::BuildModules;
+use crate::steps::initramfs::{BuildInitramfs, BUSYBOX, IMAGE, OVERLAY, PROGRAMS, ROMS};
+use crate::steps::modules::depmod::{DepmodIndexes, INDEXES, KERNEL};
+use crate::steps::modules::step::{BuildModules, DETAILS, FIRMWARE};
 use crate::steps::modules::Wanted;
 use crate::store::{Modes, Output};
 
@@ -25,18 +25,18 @@ impl Builder<'_> {
     ) -> Result<usize> {
         let mut inputs = BTreeMap::new();
         if let Some(bb) = &ir.busybox {
-            inputs.insert("busybox".to_string(), self.deb_tree(bb)?);
+            inputs.insert(BUSYBOX.into(), self.deb_tree(bb)?);
         }
         // Merged in this order, later wins: programs from packages, ROMs,
         // then the recipe's own overlays.
         let mut trees = Vec::new();
         for (name, tree) in [
-            ("programs", self.add_programs(ir)?),
-            ("roms", self.add_rom_table(recipe)?),
+            (PROGRAMS, self.add_programs(ir)?),
+            (ROMS, self.add_rom_table(recipe)?),
         ] {
             if let Some(tree) = tree {
-                inputs.insert(name.to_string(), tree);
-                trees.push(name.to_string());
+                inputs.insert(name.into(), tree);
+                trees.push(name.into());
             }
         }
         for (i, dir) in ir.overlays.iter().enumerate() {
@@ -44,10 +44,7 @@ impl Builder<'_> {
                 .store
                 .put_local_tree(dir, Modes::GitLike)
                 .with_context(|| format!("hashing overlay {}", dir.display()))?;
-            inputs.insert(
-                format!("overlay.{i}"),
-                InputRef::Value(Output::Tree { digest }),
-            );
+            inputs.insert(OVERLAY.nth(i), InputRef::Value(Output::Tree { digest }));
         }
         let vars = check_templates(recipe, ir)?;
         let step = BuildInitramfs {
@@ -73,7 +70,7 @@ impl Builder<'_> {
             recipe: recipe.file.clone(),
             epoch: self.epoch(recipe),
             node,
-            output: "image".into(),
+            output: IMAGE.into(),
             details: None,
             facts: None,
         });
@@ -92,17 +89,14 @@ impl Builder<'_> {
         let depmod = DepmodIndexes {
             kernel_release: release.to_string(),
         };
-        let indexes = self.push(
-            depmod,
-            BTreeMap::from([("kernel".to_string(), kernel.clone())]),
-        );
+        let indexes = self.push(depmod, BTreeMap::from([(KERNEL.into(), kernel.clone())]));
         BTreeMap::from([
-            ("kernel".to_string(), kernel),
+            (KERNEL.into(), kernel),
             (
-                "indexes".to_string(),
+                INDEXES.into(),
                 InputRef::Node {
                     node: indexes,
-                    output: "indexes".into(),
+                    output: INDEXES.into(),
                 },
             ),
         ])
@@ -112,7 +106,7 @@ impl Builder<'_> {
         let kernel = self.deb_tree(&m.kernel)?;
         let mut inputs = self.module_inputs(kernel, &m.kernel_release);
         for (i, fw) in m.firmware.iter().enumerate() {
-            inputs.insert(format!("firmware.{i}"), self.deb_tree(fw)?);
+            inputs.insert(FIRMWARE.nth(i), self.deb_tree(fw)?);
         }
         let compressions: Vec<&'static str> = m
             .compressions
@@ -140,7 +134,7 @@ impl Builder<'_> {
                 epoch: self.epoch(recipe),
                 node,
                 output: ext.into(),
-                details: Some("details"),
+                details: Some(DETAILS.0),
                 facts: None,
             });
         }
@@ -148,7 +142,9 @@ impl Builder<'_> {
     }
 }
 
-fn compression_name(c: crate::archive::Compression) -> &'static str {
+/// A compression's name as the steps take it: also the name of a modules
+/// step's archive output.
+pub(super) fn compression_name(c: crate::archive::Compression) -> &'static str {
     use crate::archive::Compression::*;
     match c {
         Gzip => "gz",

@@ -15,8 +15,8 @@ use super::{ArtifactSpec, Builder, Check, InputRef};
 use crate::arch::Arch;
 use crate::archive::ipxe_script::{self, Finish};
 use crate::recipe::{self, IpxeTarget, Recipe, SourceKind};
-use crate::steps::ipxe::patch::{zbin_input, PatchIpxe};
-use crate::steps::ipxe::BuildIpxe;
+use crate::steps::ipxe::patch::{bin_input, zbin_input, zinfo_input, PatchIpxe};
+use crate::steps::ipxe::{BuildIpxe, CERT, CONFIG, PATCH, SOURCE, TRUST};
 
 /// Make target → the placeholder build node that made it.
 type Bases = BTreeMap<String, usize>;
@@ -165,9 +165,8 @@ impl Builder<'_> {
             };
             from(target.clone(), target.clone());
             if let Some(Finish::Zbin { .. }) = ipxe_script::finish_of(&t.file) {
-                for ext in [".bin", ".zinfo"] {
-                    from(format!("{target}{ext}"), format!("{target}{ext}"));
-                }
+                from(bin_input(&target), bin_input(&target));
+                from(zinfo_input(&target), zinfo_input(&target));
                 from(zbin_input(&t.platform), zbin_input(&t.platform));
             }
         }
@@ -217,19 +216,18 @@ impl Builder<'_> {
     /// The source tree, config directory, patches and certificates: the
     /// same inputs for every platform.
     fn ipxe_inputs(&mut self, ipxe: &recipe::Ipxe) -> Result<BTreeMap<String, InputRef>> {
-        let mut inputs =
-            BTreeMap::from([("source".to_string(), self.source_tree(&ipxe.source, None)?)]);
+        let mut inputs = BTreeMap::from([(SOURCE.into(), self.source_tree(&ipxe.source, None)?)]);
         if let Some(dir) = &ipxe.config {
-            inputs.insert("config".into(), self.local_value(dir)?);
+            inputs.insert(CONFIG.into(), self.local_value(dir)?);
         }
         let files = [
-            ("patch", &ipxe.patches),
-            ("trust", &ipxe.trust),
-            ("cert", &ipxe.certs),
+            (PATCH, &ipxe.patches),
+            (TRUST, &ipxe.trust),
+            (CERT, &ipxe.certs),
         ];
-        for (prefix, list) in files {
+        for (slot, list) in files {
             for (i, path) in list.iter().enumerate() {
-                inputs.insert(format!("{prefix}.{i}"), self.local_value(path)?);
+                inputs.insert(slot.nth(i), self.local_value(path)?);
             }
         }
         Ok(inputs)

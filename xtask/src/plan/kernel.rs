@@ -6,15 +6,18 @@ use std::collections::BTreeMap;
 
 use anyhow::Result;
 
+use super::initramfs::compression_name;
 use super::sources::display_path;
 use super::{beside, ArtifactSpec, Builder, InputRef};
 use crate::arch::Arch;
+use crate::archive::Compression;
 use crate::recipe::{self, Recipe};
-use crate::steps::kernel::compile::CompileKernel;
-use crate::steps::kernel::config::KernelConfig;
-use crate::steps::kernel::link::LinkKernel;
-use crate::steps::kernel::INITRAMFS_NAME;
-use crate::steps::modules::step::BuildModules;
+use crate::steps::initramfs::IMAGE;
+use crate::steps::kernel::compile::{CompileKernel, MODULES, OBJTREE};
+use crate::steps::kernel::config::{KernelConfig, CONFIG, FRAGMENT};
+use crate::steps::kernel::link::{LinkKernel, BZIMAGE, INITRAMFS};
+use crate::steps::kernel::{INITRAMFS_NAME, SOURCE};
+use crate::steps::modules::step::{BuildModules, DETAILS};
 
 impl Builder<'_> {
     /// Config, compile and link steps; the link step embeds `initramfs`
@@ -27,16 +30,16 @@ impl Builder<'_> {
         initramfs: Option<(usize, crate::archive::Compression)>,
     ) -> Result<usize> {
         let source = self.kernel_source(&k.source)?;
-        let mut inputs = BTreeMap::from([("source".to_string(), source.clone())]);
+        let mut inputs = BTreeMap::from([(SOURCE.into(), source.clone())]);
         let base = match &k.config {
             recipe::KernelConfigFrom::Base(b) => Some(b.clone()),
             recipe::KernelConfigFrom::File(f) => {
-                inputs.insert("config".into(), self.local_value(f)?);
+                inputs.insert(CONFIG.into(), self.local_value(f)?);
                 None
             }
         };
         for (i, (_, path)) in k.fragments.iter().enumerate() {
-            inputs.insert(format!("fragment.{i}"), self.local_value(path)?);
+            inputs.insert(FRAGMENT.nth(i), self.local_value(path)?);
         }
         let mut required = Vec::new();
         if let Some((_, compression)) = initramfs {
@@ -65,7 +68,7 @@ impl Builder<'_> {
         );
         let config = InputRef::Node {
             node: config,
-            output: "config".into(),
+            output: CONFIG.into(),
         };
         let compile = self.push(
             CompileKernel {
@@ -75,27 +78,27 @@ impl Builder<'_> {
                 threads: self.opts.threads,
             },
             BTreeMap::from([
-                ("source".to_string(), source.clone()),
-                ("config".to_string(), config.clone()),
+                (SOURCE.into(), source.clone()),
+                (CONFIG.into(), config.clone()),
             ]),
         );
         let mut inputs = BTreeMap::from([
-            ("source".to_string(), source),
-            ("config".to_string(), config),
+            (SOURCE.into(), source),
+            (CONFIG.into(), config),
             (
-                "objtree".to_string(),
+                OBJTREE.into(),
                 InputRef::Node {
                     node: compile,
-                    output: "objtree".into(),
+                    output: OBJTREE.into(),
                 },
             ),
         ]);
         if let Some((node, _)) = initramfs {
             inputs.insert(
-                "initramfs".into(),
+                INITRAMFS.into(),
                 InputRef::Node {
                     node,
-                    output: "image".into(),
+                    output: IMAGE.into(),
                 },
             );
         }
@@ -119,7 +122,7 @@ impl Builder<'_> {
             recipe: recipe.file.clone(),
             epoch,
             node: link,
-            output: "bzImage".into(),
+            output: BZIMAGE.into(),
             details: None,
             facts: None,
         });
@@ -137,17 +140,18 @@ impl Builder<'_> {
     ) {
         let kernel = InputRef::Node {
             node: compile,
-            output: "modules".into(),
+            output: MODULES.into(),
         };
         let inputs = self.module_inputs(kernel, "");
         let name = beside(&k.output, "modules.cpio.gz");
+        let gz = compression_name(Compression::Gzip);
         let step = BuildModules {
             name: name.clone(),
             kernel_release: String::new(),
             wanted: super::initramfs::wanted(&k.modules),
             modprobe_d: Vec::new(),
             firmware: 0,
-            compressions: vec!["gz".to_string()],
+            compressions: vec![gz.to_string()],
             epoch: self.epoch(recipe),
             origins: k.module_origins.clone(),
             threads: self.opts.threads,
@@ -160,8 +164,8 @@ impl Builder<'_> {
             recipe: recipe.file.clone(),
             epoch: self.epoch(recipe),
             node,
-            output: "gz".into(),
-            details: Some("details"),
+            output: gz.into(),
+            details: Some(DETAILS.0),
             facts: None,
         });
     }

@@ -9,9 +9,12 @@ use anyhow::Result;
 use super::{ArtifactSpec, Builder, InputRef};
 use crate::arch::Arch;
 use crate::recipe::{self, Recipe};
+use crate::steps::initramfs::IMAGE;
 use crate::steps::iso::BuildIso;
+use crate::steps::kernel::link::BZIMAGE;
 use crate::steps::script::WriteScript;
 use crate::steps::uki::{os_release, AssembleUki};
+use crate::steps::{self, Slot};
 
 impl Builder<'_> {
     /// `kernel` is the link node (output `bzImage`); `initramfs` the node
@@ -25,10 +28,10 @@ impl Builder<'_> {
         let m = &recipe.media;
         if let Some(uki) = &m.uki {
             let node = self.add_uki(recipe, uki, &m.cmdline, kernel, initramfs, &uki.output)?;
-            self.artifact(recipe, &uki.output, "uki", node, "efi");
+            self.artifact(recipe, &uki.output, "uki", node, steps::uki::EFI);
             if let Some(iso) = &m.iso {
                 let iso_node = self.add_iso(recipe, iso, &m.cmdline, kernel, node, &iso.output)?;
-                self.artifact(recipe, &iso.output, "iso", iso_node, "iso");
+                self.artifact(recipe, &iso.output, "iso", iso_node, steps::iso::ISO);
                 for host in &m.hosts {
                     self.add_host(recipe, uki, iso, host, kernel, initramfs)?;
                 }
@@ -42,7 +45,7 @@ impl Builder<'_> {
                 },
                 BTreeMap::new(),
             );
-            self.artifact(recipe, &script.output, "script", node, "file");
+            self.artifact(recipe, &script.output, "script", node, steps::script::FILE);
         }
         Ok(())
     }
@@ -61,7 +64,7 @@ impl Builder<'_> {
         let label = format!("{} ({})", uki.output, host.hostname);
         let uki_node = self.add_uki(recipe, uki, &host.cmdline, kernel, initramfs, &label)?;
         let iso_node = self.add_iso(recipe, iso, &host.cmdline, kernel, uki_node, &name)?;
-        self.artifact(recipe, &name, "iso", iso_node, "iso");
+        self.artifact(recipe, &name, "iso", iso_node, steps::iso::ISO);
         Ok(())
     }
 
@@ -75,21 +78,21 @@ impl Builder<'_> {
         name: &str,
     ) -> Result<usize> {
         let mut inputs = BTreeMap::from([
-            ("stub".to_string(), self.deb_tree(&uki.stub)?),
+            (steps::uki::STUB.into(), self.deb_tree(&uki.stub)?),
             (
-                "kernel".to_string(),
+                steps::uki::KERNEL.into(),
                 InputRef::Node {
                     node: kernel,
-                    output: "bzImage".into(),
+                    output: BZIMAGE.into(),
                 },
             ),
         ]);
         if let Some(node) = initramfs {
             let image = InputRef::Node {
                 node,
-                output: "image".into(),
+                output: IMAGE.into(),
             };
-            inputs.insert("initrd".to_string(), image);
+            inputs.insert(steps::uki::INITRD.into(), image);
         }
         let step = AssembleUki {
             name: name.to_string(),
@@ -110,20 +113,20 @@ impl Builder<'_> {
         name: &str,
     ) -> Result<usize> {
         let inputs = BTreeMap::from([
-            ("isolinux".to_string(), self.deb_tree(&iso.isolinux)?),
-            ("syslinux".to_string(), self.deb_tree(&iso.syslinux)?),
+            (steps::iso::ISOLINUX.into(), self.deb_tree(&iso.isolinux)?),
+            (steps::iso::SYSLINUX.into(), self.deb_tree(&iso.syslinux)?),
             (
-                "kernel".to_string(),
+                steps::iso::KERNEL.into(),
                 InputRef::Node {
                     node: kernel,
-                    output: "bzImage".into(),
+                    output: BZIMAGE.into(),
                 },
             ),
             (
-                "uki".to_string(),
+                steps::iso::UKI.into(),
                 InputRef::Node {
                     node: uki,
-                    output: "efi".into(),
+                    output: steps::uki::EFI.into(),
                 },
             ),
         ]);
@@ -142,7 +145,7 @@ impl Builder<'_> {
         name: &str,
         kind: &'static str,
         node: usize,
-        output: &'static str,
+        output: Slot,
     ) {
         self.plan.artifacts.push(ArtifactSpec {
             name: name.to_string(),

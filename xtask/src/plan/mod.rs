@@ -224,8 +224,8 @@ struct Builder<'a> {
     store: &'a Store,
     opts: &'a PlanOptions,
     plan: Plan,
-    /// Source name → its input (deduplicated across recipes).
-    sources: BTreeMap<(String, &'static str), InputRef>,
+    /// Source name and form → its input (deduplicated across recipes).
+    sources: BTreeMap<(String, sources::Form), InputRef>,
     /// Recipes already expanded.
     added: std::collections::BTreeSet<String>,
 }

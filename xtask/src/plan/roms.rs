@@ -10,9 +10,10 @@ use anyhow::{bail, Context, Result};
 use super::{ArtifactSpec, Builder, InputRef};
 use crate::arch::Arch;
 use crate::recipe::{self, Recipe, Rom, RomFrom};
-use crate::steps::initramfs::BuildInitramfs;
-use crate::steps::programs::CopyPrograms;
-use crate::steps::roms::{RomSpec, RomTable};
+use crate::steps::initramfs::{BuildInitramfs, IMAGE, ROMS};
+use crate::steps::programs::{self, CopyPrograms, PACKAGE};
+use crate::steps::roms::{self, RomSpec, RomTable, ROM};
+use crate::steps::Slot;
 
 /// The per-host ROM archive's file name (`<dir>/hosts/<hostname>/…`).
 const HOST_ROMS: &str = "stage3_roms.cpio.gz";
@@ -31,7 +32,7 @@ impl Builder<'_> {
         }
         let mut inputs = BTreeMap::new();
         for (i, p) in ir.packages.iter().enumerate() {
-            inputs.insert(format!("package.{i}"), self.deb_tree(p)?);
+            inputs.insert(PACKAGE.nth(i), self.deb_tree(p)?);
         }
         let node = self.push(
             CopyPrograms {
@@ -41,7 +42,7 @@ impl Builder<'_> {
             },
             inputs,
         );
-        Ok(Some(tree(node)))
+        Ok(Some(output(node, programs::TREE)))
     }
 
     /// The recipe's ROM table (ROMs + `roms.conf`) as a tree, if it has
@@ -52,7 +53,7 @@ impl Builder<'_> {
         }
         let mut inputs = BTreeMap::new();
         for (i, rom) in recipe.roms.iter().enumerate() {
-            inputs.insert(format!("rom.{i}"), self.rom_input(rom)?);
+            inputs.insert(ROM.nth(i), self.rom_input(rom)?);
         }
         let specs = recipe.roms.iter().map(spec).collect();
         let name = recipe
@@ -67,7 +68,7 @@ impl Builder<'_> {
             },
             inputs,
         );
-        Ok(Some(tree(node)))
+        Ok(Some(output(node, roms::TREE)))
     }
 
     /// `<initramfs dir>/hosts/<hostname>/stage3_roms.cpio.gz` for every
@@ -81,7 +82,7 @@ impl Builder<'_> {
             let mut specs = Vec::new();
             for rom in &recipe.roms {
                 if let Some(input) = self.host_rom(rom, &hostname) {
-                    inputs.insert(format!("rom.{}", specs.len()), input);
+                    inputs.insert(ROM.nth(specs.len()), input);
                     specs.push(spec(rom));
                 }
             }
@@ -106,7 +107,7 @@ impl Builder<'_> {
                     epoch,
                     uid: 0,
                     gid: 0,
-                    trees: vec!["roms".to_string()],
+                    trees: vec![ROMS.into()],
                     overlays: 0,
                     busybox: false,
                     templates: Vec::new(),
@@ -114,7 +115,7 @@ impl Builder<'_> {
                     devices: Vec::new(),
                     threads: self.opts.threads,
                 },
-                BTreeMap::from([("roms".to_string(), tree(table))]),
+                BTreeMap::from([(ROMS.into(), output(table, roms::TREE))]),
             );
             self.plan.artifacts.push(ArtifactSpec {
                 name,
@@ -123,7 +124,7 @@ impl Builder<'_> {
                 recipe: recipe.file.clone(),
                 epoch,
                 node: archive,
-                output: "image".into(),
+                output: IMAGE.into(),
                 details: None,
                 facts: None,
             });
@@ -198,9 +199,10 @@ fn spec(rom: &Rom) -> RomSpec {
     }
 }
 
-fn tree(node: usize) -> InputRef {
+/// Output `slot` of `node`.
+fn output(node: usize, slot: Slot) -> InputRef {
     InputRef::Node {
         node,
-        output: "tree".into(),
+        output: slot.into(),
     }
 }

@@ -10,17 +10,28 @@ use anyhow::{bail, Context, Result};
 
 use super::{Builder, InputRef, Plan, PlanOptions};
 use crate::recipe::{self, Recipes, SourceKind};
-use crate::steps::deb::UnpackDeb;
-use crate::steps::fetch::{FetchDeb, FetchTree, FetchUrl, UnpackPinnedTree};
-use crate::steps::tarball::UnpackTarball;
+use crate::steps::deb::{self, UnpackDeb};
+use crate::steps::fetch::{self, FetchDeb, FetchTree, FetchUrl, UnpackPinnedTree};
+use crate::steps::tarball::{self, UnpackTarball};
 use crate::store::{Modes, Output, Store};
+
+/// The forms in which a source is planned, each once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) enum Form {
+    /// As fetched or given: a file, or a tree (`source_input`).
+    Fetched,
+    /// A `deb`'s unpacked tree (`deb_tree`).
+    DebTree,
+    /// As a tree, a tarball unpacked (`source_tree`).
+    Unpacked,
+}
 
 impl Builder<'_> {
     /// A source as a tree: a `deb` source's tarball member `deb_member`, a
     /// `url` or `path` tarball (unpacked once, cached), or a local tree
     /// (a checkout given with `--source`) as is.
     pub(super) fn source_tree(&mut self, name: &str, deb_member: Option<&str>) -> Result<InputRef> {
-        if let Some(r) = self.sources.get(&(name.to_string(), "unpacked")) {
+        if let Some(r) = self.sources.get(&(name.to_string(), Form::Unpacked)) {
             return Ok(r.clone());
         }
         let is_deb = matches!(
@@ -36,12 +47,12 @@ impl Builder<'_> {
                 let input = self.source_input(name)?;
                 let is_tree = match &input {
                     InputRef::Value(Output::Tree { .. }) => true,
-                    InputRef::Node { output, .. } => output == "tree",
+                    InputRef::Node { output, .. } => output == fetch::TREE.0,
                     InputRef::Value(Output::File { .. }) => false,
                 };
                 if is_tree {
                     self.sources
-                        .insert((name.to_string(), "unpacked"), input.clone());
+                        .insert((name.to_string(), Form::Unpacked), input.clone());
                     return Ok(input);
                 }
                 (input, None)
@@ -52,39 +63,41 @@ impl Builder<'_> {
                 source: name.to_string(),
                 member,
             },
-            BTreeMap::from([("archive".to_string(), archive)]),
+            BTreeMap::from([(tarball::ARCHIVE.into(), archive)]),
         );
         let r = InputRef::Node {
             node,
-            output: "tree".into(),
+            output: tarball::TREE.into(),
         };
         self.sources
-            .insert((name.to_string(), "unpacked"), r.clone());
+            .insert((name.to_string(), Form::Unpacked), r.clone());
         Ok(r)
     }
 
     /// The unpacked tree of a `deb` source, or of its `--source` override:
     /// a `.deb` file is unpacked, a directory is taken as the unpacked tree.
     pub fn deb_tree(&mut self, name: &str) -> Result<InputRef> {
-        if let Some(r) = self.sources.get(&(name.to_string(), "tree")) {
+        if let Some(r) = self.sources.get(&(name.to_string(), Form::DebTree)) {
             return Ok(r.clone());
         }
-        let deb = self.source_input(name)?;
-        if let InputRef::Value(Output::Tree { .. }) = deb {
-            self.sources.insert((name.to_string(), "tree"), deb.clone());
-            return Ok(deb);
+        let package = self.source_input(name)?;
+        if let InputRef::Value(Output::Tree { .. }) = package {
+            self.sources
+                .insert((name.to_string(), Form::DebTree), package.clone());
+            return Ok(package);
         }
         let node = self.push(
             UnpackDeb {
                 source: name.to_string(),
             },
-            BTreeMap::from([("deb".to_string(), deb)]),
+            BTreeMap::from([(deb::DEB.into(), package)]),
         );
         let r = InputRef::Node {
             node,
-            output: "tree".into(),
+            output: deb::TREE.into(),
         };
-        self.sources.insert((name.to_string(), "tree"), r.clone());
+        self.sources
+            .insert((name.to_string(), Form::DebTree), r.clone());
         Ok(r)
     }
 
@@ -135,10 +148,10 @@ impl Builder<'_> {
                     file: display_path(path).display().to_string(),
                     tree_sha256: tree_sha256.clone(),
                 };
-                let node = self.push(step, BTreeMap::from([("archive".to_string(), InputRef::Value(value))]));
+                let node = self.push(step, BTreeMap::from([(fetch::ARCHIVE.into(), InputRef::Value(value))]));
                 return Ok(InputRef::Node {
                     node,
-                    output: "tree".into(),
+                    output: fetch::TREE.into(),
                 });
             }
             Output::Tree { digest } if digest.hex() != *tree_sha256 => eprintln!(
@@ -153,7 +166,7 @@ impl Builder<'_> {
 
     /// A source as a file or tree: fetched, or the operator's local copy.
     pub(super) fn source_input(&mut self, name: &str) -> Result<InputRef> {
-        if let Some(r) = self.sources.get(&(name.to_string(), "file")) {
+        if let Some(r) = self.sources.get(&(name.to_string(), Form::Fetched)) {
             return Ok(r.clone());
         }
         let source = self
@@ -181,7 +194,7 @@ impl Builder<'_> {
                     };
                     InputRef::Node {
                         node: self.push(step, BTreeMap::new()),
-                        output: "file".into(),
+                        output: fetch::FILE.into(),
                     }
                 }
                 SourceKind::Path { path } => {
@@ -198,7 +211,7 @@ impl Builder<'_> {
                     };
                     InputRef::Node {
                         node: self.push(step, BTreeMap::new()),
-                        output: "tree".into(),
+                        output: fetch::TREE.into(),
                     }
                 }
                 SourceKind::Url { url, sha256 } => {
@@ -209,12 +222,13 @@ impl Builder<'_> {
                     };
                     InputRef::Node {
                         node: self.push(step, BTreeMap::new()),
-                        output: "file".into(),
+                        output: fetch::FILE.into(),
                     }
                 }
             }
         };
-        self.sources.insert((name.to_string(), "file"), r.clone());
+        self.sources
+            .insert((name.to_string(), Form::Fetched), r.clone());
         Ok(r)
     }
 }

@@ -11,8 +11,13 @@ use std::sync::atomic::Ordering::Relaxed;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
-use super::{Step, StepContext};
+use super::{Slot, Step, StepContext};
 use crate::store::Output;
+
+/// Input: the `.deb` file.
+pub const DEB: Slot = Slot("deb");
+/// Output: the package's data member, unpacked.
+pub const TREE: Slot = Slot("tree");
 
 #[derive(Debug, Clone, Serialize)]
 pub struct UnpackDeb {
@@ -33,16 +38,13 @@ impl Step for UnpackDeb {
     }
 
     fn run(&self, ctx: &StepContext, scratch: &Path) -> Result<BTreeMap<String, Output>> {
-        let deb = ctx.file("deb")?;
+        let deb = ctx.file(DEB)?;
         let root = scratch.join("root");
         std::fs::create_dir(&root)?;
         unpack(&deb, &root, &self.source)
             .with_context(|| format!("unpacking source `{}` ({})", self.source, deb.display()))?;
         let digest = ctx.store.put_tree(&root)?;
-        Ok(BTreeMap::from([(
-            "tree".to_string(),
-            Output::Tree { digest },
-        )]))
+        Ok(BTreeMap::from([(TREE.into(), Output::Tree { digest })]))
     }
 }
 

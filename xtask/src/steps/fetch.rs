@@ -7,7 +7,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
-use super::{Step, StepContext};
+use super::{Slot, Step, StepContext};
 use crate::store::{Digest, Output};
 use crate::tools;
 
@@ -25,6 +25,13 @@ pub struct ChecksumMismatch {
 
 /// The usual way out of a mismatch: a new upstream file is re-pinned.
 const REPIN_HINT: &str = "If the new file is trusted, run `cargo xtask sources update`.";
+
+/// Output of `FetchDeb` and `FetchUrl`: the verified file.
+pub const FILE: Slot = Slot("file");
+/// Output of `FetchTree` and `UnpackPinnedTree`: the verified tree.
+pub const TREE: Slot = Slot("tree");
+/// Input of `UnpackPinnedTree`: the operator's local tarball.
+pub const ARCHIVE: Slot = Slot("archive");
 
 /// A pinned Debian package: `apt-get download PACKAGE=VERSION` through the
 /// machine's apt configuration while apt offers that version, else the
@@ -67,7 +74,7 @@ impl Step for FetchDeb {
             Ok(deb) => store_verified(ctx, &deb, &self.source, &self.sha256, &what)?,
             Err(apt) => self.mirror_download(ctx, apt)?,
         };
-        Ok(BTreeMap::from([("file".to_string(), output)]))
+        Ok(BTreeMap::from([(FILE.into(), output)]))
     }
 }
 
@@ -237,7 +244,7 @@ impl Step for FetchUrl {
         let result = store_verified(ctx, &partial, &self.source, &self.sha256, &self.url);
         // A finished download is never resumed: on a mismatch the next try starts over.
         let _ = std::fs::remove_file(&partial);
-        Ok(BTreeMap::from([("file".to_string(), result?)]))
+        Ok(BTreeMap::from([(FILE.into(), result?)]))
     }
 }
 
@@ -288,7 +295,7 @@ impl Step for FetchTree {
         );
         let _ = std::fs::remove_file(&partial);
         Ok(BTreeMap::from([(
-            "tree".to_string(),
+            TREE.into(),
             Output::Tree { digest: digest? },
         )]))
     }
@@ -325,7 +332,7 @@ impl Step for UnpackPinnedTree {
     }
 
     fn run(&self, ctx: &StepContext, scratch: &Path) -> Result<BTreeMap<String, Output>> {
-        let archive = ctx.file("archive")?;
+        let archive = ctx.file(ARCHIVE)?;
         let what = format!("unpacked tree of {}", self.file);
         let hint = format!(
             "This tarball is not the tree sources.toml pins for [{0}]: to build with it anyway, unpack it and give the directory (--source {0}=DIR); to pin it, `cargo xtask sources digest {1}` prints its tree_sha256.",
@@ -340,10 +347,7 @@ impl Step for UnpackPinnedTree {
             &what,
             hint,
         )?;
-        Ok(BTreeMap::from([(
-            "tree".to_string(),
-            Output::Tree { digest },
-        )]))
+        Ok(BTreeMap::from([(TREE.into(), Output::Tree { digest })]))
     }
 }
 

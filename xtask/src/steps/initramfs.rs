@@ -10,7 +10,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use super::{Step, StepContext};
+use super::{Slot, Step, StepContext};
 use crate::archive::entry::Device;
 use crate::archive::{self, CompressOptions, Compression, Data, Entry, Kind};
 use crate::store::{Output, Tree, TreeKind};
@@ -18,7 +18,18 @@ use crate::template;
 use crate::tools;
 
 /// Where Debian's busybox-static puts the binary.
-const BUSYBOX: &str = "bin/busybox";
+const BUSYBOX_BIN: &str = "bin/busybox";
+
+/// Input: the unpacked busybox-static package, when `busybox` is set.
+pub const BUSYBOX: Slot = Slot("busybox");
+/// Input: the programs step's tree, when named in `trees`.
+pub const PROGRAMS: Slot = Slot("programs");
+/// Input: the ROM table step's tree, when named in `trees`.
+pub const ROMS: Slot = Slot("roms");
+/// Inputs `overlay.0` …: the recipe's overlay trees, in order.
+pub const OVERLAY: Slot = Slot("overlay");
+/// Output: the compressed newc archive.
+pub const IMAGE: Slot = Slot("image");
 
 #[derive(Debug, Clone, Serialize)]
 pub struct BuildInitramfs {
@@ -73,7 +84,7 @@ impl Step for BuildInitramfs {
             image.add_tree(ctx, &ctx.tree(name)?)?;
         }
         for i in 0..self.overlays {
-            image.add_tree(ctx, &ctx.tree(&format!("overlay.{i}"))?)?;
+            image.add_tree(ctx, &ctx.tree(OVERLAY.nth(i))?)?;
         }
         self.render_templates(&mut image)?;
         for d in &self.devices {
@@ -84,7 +95,7 @@ impl Step for BuildInitramfs {
         self.write(&entries, &out)?;
         let (digest, size) = ctx.store.put_file(&out)?;
         Ok(BTreeMap::from([(
-            "image".to_string(),
+            IMAGE.into(),
             Output::File { digest, size },
         )]))
     }
@@ -92,16 +103,16 @@ impl Step for BuildInitramfs {
 
 impl BuildInitramfs {
     fn add_busybox(&self, ctx: &StepContext, scratch: &Path, image: &mut Image) -> Result<()> {
-        let tree = ctx.tree("busybox")?;
-        let (digest, size, mode) = match tree.get(BUSYBOX).map(|e| &e.kind) {
+        let tree = ctx.tree(BUSYBOX)?;
+        let (digest, size, mode) = match tree.get(BUSYBOX_BIN).map(|e| &e.kind) {
             Some(TreeKind::File { digest, size, mode }) => (*digest, *size, *mode),
             _ => anyhow::bail!(
-                "the busybox source has no {BUSYBOX}: is it the busybox-static package?"
+                "the busybox source has no {BUSYBOX_BIN}: is it the busybox-static package?"
             ),
         };
         let blob = ctx.store.verified_blob(&digest)?;
         image.insert(
-            BUSYBOX,
+            BUSYBOX_BIN,
             mode,
             Kind::File(Data::File {
                 path: blob.clone(),
@@ -109,8 +120,8 @@ impl BuildInitramfs {
             }),
         );
         for applet in applets(&blob, scratch)? {
-            if applet != BUSYBOX {
-                image.insert(&applet, 0o777, Kind::Symlink(format!("/{BUSYBOX}")));
+            if applet != BUSYBOX_BIN {
+                image.insert(&applet, 0o777, Kind::Symlink(format!("/{BUSYBOX_BIN}")));
             }
         }
         Ok(())

@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use super::{set_mtimes, Step, StepContext};
+use super::{set_mtimes, Slot, Step, StepContext};
 use crate::archive::fat::{self, FatOptions};
 use crate::store::Output;
 use crate::tools;
@@ -36,6 +36,17 @@ pub const EFI_BOOT_FILE: &str = "EFI/BOOT/BOOTX64.EFI";
 /// The ESP's serial number: fixed, where mkfs.fat would pick one from the
 /// clock ("KILN" in ASCII).
 pub const ESP_VOLUME_ID: u32 = 0x4b49_4c4e;
+
+/// Input: the unpacked isolinux package.
+pub const ISOLINUX: Slot = Slot("isolinux");
+/// Input: the unpacked syslinux-common package.
+pub const SYSLINUX: Slot = Slot("syslinux");
+/// Input: the bzImage isolinux boots.
+pub const KERNEL: Slot = Slot("kernel");
+/// Input: the UKI UEFI boots.
+pub const UKI: Slot = Slot("uki");
+/// Output: the hybrid ISO image.
+pub const ISO: Slot = Slot("iso");
 
 #[derive(Debug, Clone, Serialize)]
 pub struct BuildIso {
@@ -67,7 +78,7 @@ impl Step for BuildIso {
         let root = scratch.join("iso-root");
         self.stage(ctx, &root)?;
         let mbr = scratch.join("isohdpfx.bin");
-        let mbr_bytes = ctx.tree_file("isolinux", ISOHDPFX_BIN, "the isolinux package")?;
+        let mbr_bytes = ctx.tree_file(ISOLINUX, ISOHDPFX_BIN, "the isolinux package")?;
         write(&mbr, &mbr_bytes, 0o644)?;
         let out = scratch.join("image.iso");
         let mut cmd = tools::clean_command("xorriso", scratch, self.epoch)?;
@@ -80,7 +91,7 @@ impl Step for BuildIso {
             .put_file(&out)
             .context("xorriso did not write the ISO")?;
         Ok(BTreeMap::from([(
-            "iso".to_string(),
+            ISO.into(),
             Output::File { digest, size },
         )]))
     }
@@ -124,10 +135,10 @@ impl BuildIso {
     /// The ISO's file tree: isolinux and its config, the kernel, the EFI
     /// image; fixed modes, every mtime at the epoch.
     fn stage(&self, ctx: &StepContext, root: &Path) -> Result<()> {
-        let isolinux = ctx.tree_file("isolinux", ISOLINUX_BIN, "the isolinux package")?;
-        let ldlinux = ctx.tree_file("syslinux", LDLINUX_C32, "the syslinux-common package")?;
-        let kernel = std::fs::read(ctx.file("kernel")?).context("reading the kernel")?;
-        let uki = std::fs::read(ctx.file("uki")?).context("reading the UKI")?;
+        let isolinux = ctx.tree_file(ISOLINUX, ISOLINUX_BIN, "the isolinux package")?;
+        let ldlinux = ctx.tree_file(SYSLINUX, LDLINUX_C32, "the syslinux-common package")?;
+        let kernel = std::fs::read(ctx.file(KERNEL)?).context("reading the kernel")?;
+        let uki = std::fs::read(ctx.file(UKI)?).context("reading the UKI")?;
         let esp = esp_image(uki, self.epoch).context("writing the EFI boot image")?;
         write(&root.join("isolinux/isolinux.bin"), &isolinux, 0o644)?;
         write(&root.join("isolinux/ldlinux.c32"), &ldlinux, 0o644)?;

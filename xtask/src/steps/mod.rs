@@ -75,6 +75,38 @@ pub trait Step: Params + Send + Sync {
     fn run(&self, ctx: &StepContext, scratch: &Path) -> Result<BTreeMap<String, Output>>;
 }
 
+/// The name of one of a step's inputs or outputs, declared once as a
+/// constant beside the step that reads or writes it and used by the plan
+/// that wires it: a misspelt name fails to compile instead of failing the
+/// build with "step input `x` was not provided".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Slot(pub &'static str);
+
+impl Slot {
+    /// `<name>.<i>`: one of a numbered list of inputs (`overlay.0`, …).
+    pub fn nth(self, i: usize) -> String {
+        format!("{}.{i}", self.0)
+    }
+}
+
+impl std::fmt::Display for Slot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+impl AsRef<str> for Slot {
+    fn as_ref(&self) -> &str {
+        self.0
+    }
+}
+
+impl From<Slot> for String {
+    fn from(slot: Slot) -> String {
+        slot.0.to_string()
+    }
+}
+
 /// A step's view of the world: its named inputs, the store to read them
 /// from, and where tool logs go (not part of the key).
 pub struct StepContext<'a> {
@@ -87,20 +119,23 @@ pub struct StepContext<'a> {
 }
 
 impl StepContext<'_> {
-    pub fn input(&self, name: &str) -> Result<&Output> {
+    pub fn input(&self, name: impl AsRef<str>) -> Result<&Output> {
+        let name = name.as_ref();
         self.inputs
             .get(name)
             .with_context(|| format!("step input `{name}` was not provided"))
     }
 
-    pub fn file(&self, name: &str) -> Result<PathBuf> {
+    pub fn file(&self, name: impl AsRef<str>) -> Result<PathBuf> {
+        let name = name.as_ref();
         match self.input(name)? {
             Output::File { digest, .. } => self.store.verified_blob(digest),
             Output::Tree { .. } => bail!("step input `{name}` is a tree, expected a file"),
         }
     }
 
-    pub fn tree(&self, name: &str) -> Result<Tree> {
+    pub fn tree(&self, name: impl AsRef<str>) -> Result<Tree> {
+        let name = name.as_ref();
         match self.input(name)? {
             Output::Tree { digest } => self.store.tree(digest),
             Output::File { .. } => bail!("step input `{name}` is a file, expected a tree"),
@@ -109,7 +144,8 @@ impl StepContext<'_> {
 
     /// The bytes of `path` inside the tree input `input`; `what` says what
     /// the tree should have been when the file is missing.
-    pub fn tree_file(&self, input: &str, path: &str, what: &str) -> Result<Vec<u8>> {
+    pub fn tree_file(&self, input: impl AsRef<str>, path: &str, what: &str) -> Result<Vec<u8>> {
+        let input = input.as_ref();
         let tree = self.tree(input)?;
         match tree.get(path).map(|e| &e.kind) {
             Some(crate::store::TreeKind::File { digest, .. }) => self.store.read_blob(digest),
@@ -143,5 +179,16 @@ pub fn set_mtimes(dir: &Path, time: std::time::SystemTime) -> Result<()> {
 pub fn output_digest(o: &Output) -> Digest {
     match o {
         Output::File { digest, .. } | Output::Tree { digest } => *digest,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Slot;
+
+    #[test]
+    fn a_numbered_slot_is_its_name_dot_index() {
+        assert_eq!(Slot("overlay").nth(2), "overlay.2");
+        assert_eq!(String::from(Slot("tree")), "tree");
     }
 }

@@ -9,9 +9,14 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
-use super::{Step, StepContext};
+use super::{Slot, Step, StepContext};
 use crate::elf;
 use crate::store::{Output, Tree, TreeKind};
+
+/// Inputs `package.0` …: the unpacked packages, in the order of `packages`.
+pub const PACKAGE: Slot = Slot("package");
+/// Output: the programs and their libraries, as a tree of the packages' blobs.
+pub const TREE: Slot = Slot("tree");
 
 #[derive(Debug, Clone, Serialize)]
 pub struct CopyPrograms {
@@ -42,7 +47,7 @@ impl Step for CopyPrograms {
         let mut trees = Vec::new();
         let mut roots = Vec::new();
         for (i, name) in self.packages.iter().enumerate() {
-            let tree = ctx.tree(&format!("package.{i}"))?;
+            let tree = ctx.tree(PACKAGE.nth(i))?;
             // Named after the source, so that errors name the package.
             let root = scratch.join(name);
             ctx.store
@@ -88,10 +93,7 @@ impl Step for CopyPrograms {
             picked.insert(r.path.clone(), kind);
         }
         let digest = ctx.store.put_tree_manifest(&Tree::with_parents(picked))?;
-        Ok(BTreeMap::from([(
-            "tree".to_string(),
-            Output::Tree { digest },
-        )]))
+        Ok(BTreeMap::from([(TREE.into(), Output::Tree { digest })]))
     }
 }
 

@@ -16,7 +16,7 @@ use std::path::Path;
 use anyhow::{bail, Result};
 use serde::Serialize;
 
-use super::{Step, StepContext};
+use super::{Slot, Step, StepContext};
 use crate::archive::optrom;
 use crate::store::{Digest, Output, Tree, TreeKind};
 
@@ -24,6 +24,11 @@ use crate::store::{Digest, Output, Tree, TreeKind};
 pub const ROM_DIR: &str = "etc/kiln/roms";
 pub const TABLE: &str = "etc/kiln/roms.conf";
 pub const HOST: &str = "etc/kiln/host";
+
+/// Inputs `rom.0` …: each ROM, a file or the package tree holding it.
+pub const ROM: Slot = Slot("rom");
+/// Output: the ROMs and their table.
+pub const TREE: Slot = Slot("tree");
 
 #[derive(Debug, Clone, Serialize)]
 pub struct RomTable {
@@ -74,7 +79,7 @@ impl Step for RomTable {
             "# vendor device file size sha256 version method max_size (written by Kiln)\n",
         );
         for (i, spec) in self.roms.iter().enumerate() {
-            let input = format!("rom.{i}");
+            let input = ROM.nth(i);
             let bytes = match &spec.path_in_tree {
                 Some(path) => ctx.tree_file(&input, path, "the package holding this ROM")?,
                 None => std::fs::read(ctx.file(&input)?)?,
@@ -90,7 +95,7 @@ impl Step for RomTable {
         }
         let tree = ctx.store.put_tree_manifest(&Tree::with_parents(entries))?;
         Ok(BTreeMap::from([(
-            "tree".to_string(),
+            TREE.into(),
             Output::Tree { digest: tree },
         )]))
     }

@@ -8,8 +8,11 @@ use std::path::Path;
 use anyhow::Result;
 use serde::Serialize;
 
-use super::{Step, StepContext};
+use super::{Slot, Step, StepContext};
 use crate::store::Output;
+
+/// Output: the script's text.
+pub const FILE: Slot = Slot("file");
 
 #[derive(Debug, Clone, Serialize)]
 pub struct WriteScript {
@@ -32,7 +35,7 @@ impl Step for WriteScript {
     fn run(&self, ctx: &StepContext, _scratch: &Path) -> Result<BTreeMap<String, Output>> {
         let digest = ctx.store.put_bytes(self.text.as_bytes())?;
         Ok(BTreeMap::from([(
-            "file".to_string(),
+            FILE.into(),
             Output::File {
                 digest,
                 size: self.text.len() as u64,

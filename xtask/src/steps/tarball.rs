@@ -12,8 +12,13 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
-use super::{Step, StepContext};
+use super::{Slot, Step, StepContext};
 use crate::store::{Output, Tree};
+
+/// Input: the tarball, or a tree (an unpacked deb) holding it as `member`.
+pub const ARCHIVE: Slot = Slot("archive");
+/// Output: the tarball unpacked, its top directory stripped.
+pub const TREE: Slot = Slot("tree");
 
 #[derive(Debug, Clone, Serialize)]
 pub struct UnpackTarball {
@@ -37,9 +42,9 @@ impl Step for UnpackTarball {
     }
 
     fn run(&self, ctx: &StepContext, scratch: &Path) -> Result<BTreeMap<String, Output>> {
-        let (archive, name) = match (&self.member, ctx.input("archive")?) {
+        let (archive, name) = match (&self.member, ctx.input(ARCHIVE)?) {
             (Some(pattern), Output::Tree { .. }) => {
-                let tree = ctx.tree("archive")?;
+                let tree = ctx.tree(ARCHIVE)?;
                 let path = find_member(&tree, pattern).with_context(|| {
                     format!("source `{}` holds no file matching {pattern}", self.source)
                 })?;
@@ -49,15 +54,12 @@ impl Step for UnpackTarball {
                 };
                 (ctx.store.verified_blob(&digest)?, path)
             }
-            _ => (ctx.file("archive")?, self.source.clone()),
+            _ => (ctx.file(ARCHIVE)?, self.source.clone()),
         };
         let top = unpack_stripped(&archive, scratch, &name)
             .with_context(|| format!("unpacking {name} of source `{}`", self.source))?;
         let digest = ctx.store.put_tree_owned(&top)?;
-        Ok(BTreeMap::from([(
-            "tree".to_string(),
-            Output::Tree { digest },
-        )]))
+        Ok(BTreeMap::from([(TREE.into(), Output::Tree { digest })]))
     }
 }
 

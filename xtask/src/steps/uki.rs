@@ -8,12 +8,21 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
-use super::{Step, StepContext};
+use super::{Slot, Step, StepContext};
 use crate::archive::pe;
 use crate::store::Output;
 
 /// Where Debian's systemd-boot-efi puts the x86_64 stub.
 pub const STUB_X86_64: &str = "usr/lib/systemd/boot/efi/linuxx64.efi.stub";
+
+/// Input: the unpacked systemd-boot-efi package.
+pub const STUB: Slot = Slot("stub");
+/// Input: the bzImage.
+pub const KERNEL: Slot = Slot("kernel");
+/// Input: the initramfs for `.initrd`, when `initrd` is set.
+pub const INITRD: Slot = Slot("initrd");
+/// Output: the UKI.
+pub const EFI: Slot = Slot("efi");
 
 #[derive(Debug, Clone, Serialize)]
 pub struct AssembleUki {
@@ -41,11 +50,11 @@ impl Step for AssembleUki {
     }
 
     fn run(&self, ctx: &StepContext, scratch: &Path) -> Result<BTreeMap<String, Output>> {
-        let stub = ctx.tree_file("stub", STUB_X86_64, "the systemd-boot-efi package")?;
-        let linux = std::fs::read(ctx.file("kernel")?).context("reading the kernel")?;
+        let stub = ctx.tree_file(STUB, STUB_X86_64, "the systemd-boot-efi package")?;
+        let linux = std::fs::read(ctx.file(KERNEL)?).context("reading the kernel")?;
         let uname = kernel_release(&linux)?;
         let initrd = match self.initrd {
-            true => Some(std::fs::read(ctx.file("initrd")?).context("reading the initrd")?),
+            true => Some(std::fs::read(ctx.file(INITRD)?).context("reading the initrd")?),
             false => None,
         };
         // The specification's order, as ukify writes it: small metadata
@@ -69,7 +78,7 @@ impl Step for AssembleUki {
         std::fs::write(&out, image).with_context(|| format!("writing {}", out.display()))?;
         let (digest, size) = ctx.store.put_file(&out)?;
         Ok(BTreeMap::from([(
-            "efi".to_string(),
+            EFI.into(),
             Output::File { digest, size },
         )]))
     }

@@ -25,7 +25,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
-use super::{output_digest, Step, StepContext};
+use super::{output_digest, Slot, Step, StepContext};
 use crate::arch::Arch;
 use crate::archive::ipxe_script;
 use crate::store::{Digest, Output, TreeKind};
@@ -35,6 +35,17 @@ use crate::tools;
 pub const SCRIPT_NAME: &str = "stage1.ipxe";
 /// Where Kiln's own files (script, certificates) go, beside `src/`.
 const KILN_DIR: &str = "kiln";
+
+/// Input: the iPXE source tree.
+pub const SOURCE: Slot = Slot("source");
+/// Input: a tree of `config/local/*.h`, when `config` is set.
+pub const CONFIG: Slot = Slot("config");
+/// Inputs `patch.0` …: the patches, in the order of `patches`.
+pub const PATCH: Slot = Slot("patch");
+/// Inputs `trust.0` …: certificates iPXE trusts.
+pub const TRUST: Slot = Slot("trust");
+/// Inputs `cert.0` …: certificates embedded in the image.
+pub const CERT: Slot = Slot("cert");
 
 const HOST_TOOLS: &[&str] = &["make", "gcc", "ld", "perl", "patch", "openssl"];
 const ARM64_TOOLS: &[&str] = &[
@@ -102,7 +113,7 @@ impl Step for BuildIpxe {
 
     fn run(&self, ctx: &StepContext, scratch: &Path) -> Result<BTreeMap<String, Output>> {
         let root = scratch.canonicalize()?.join("ipxe");
-        ctx.store.checkout(&ctx.tree("source")?, &root)?;
+        ctx.store.checkout(&ctx.tree(SOURCE)?, &root)?;
         if !root.join("src/Makefile").is_file() {
             bail!("the iPXE source has no src/Makefile: give the top of an ipxe/ipxe checkout");
         }
@@ -148,8 +159,9 @@ impl BuildIpxe {
             .collect();
         if self.intermediates {
             for f in self.compressed() {
-                goals.push(format!("{}/{f}.bin", self.platform));
-                goals.push(format!("{}/{f}.zinfo", self.platform));
+                let target = format!("{}/{f}", self.platform);
+                goals.push(patch::bin_input(&target));
+                goals.push(patch::zinfo_input(&target));
             }
         }
         goals
@@ -221,7 +233,7 @@ impl BuildIpxe {
     /// the step by name.
     fn apply_patches(&self, ctx: &StepContext, root: &Path) -> Result<()> {
         for (i, name) in self.patches.iter().enumerate() {
-            let file = ctx.file(&format!("patch.{i}"))?;
+            let file = ctx.file(PATCH.nth(i))?;
             let mut cmd = tools::command("patch")?;
             cmd.args([
                 "-p1",
@@ -247,7 +259,7 @@ impl BuildIpxe {
         }
         let local = root.join("src/config/local");
         std::fs::create_dir_all(&local)?;
-        for entry in &ctx.tree("config")?.entries {
+        for entry in &ctx.tree(CONFIG)?.entries {
             if let TreeKind::File { digest, .. } = &entry.kind {
                 let dest = local.join(&entry.path);
                 if let Some(parent) = dest.parent() {
@@ -269,14 +281,14 @@ impl BuildIpxe {
         std::fs::create_dir_all(&dir)?;
         std::fs::write(dir.join(SCRIPT_NAME), &self.script)?;
         let mut args = vec![format!("EMBED=../{KILN_DIR}/{SCRIPT_NAME}")];
-        for (var, input, n) in [("TRUST", "trust", self.trust), ("CERT", "cert", self.certs)] {
+        for (var, input, n) in [("TRUST", TRUST, self.trust), ("CERT", CERT, self.certs)] {
             if n == 0 {
                 continue;
             }
             let mut names = Vec::new();
             for i in 0..n {
                 let name = format!("{input}-{i}.pem");
-                std::fs::copy(ctx.file(&format!("{input}.{i}"))?, dir.join(&name))?;
+                std::fs::copy(ctx.file(input.nth(i))?, dir.join(&name))?;
                 names.push(format!("../{KILN_DIR}/{name}"));
             }
             args.push(format!("{var}={}", names.join(",")));

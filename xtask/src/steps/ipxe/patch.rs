@@ -13,7 +13,7 @@ use serde::Serialize;
 use crate::arch::Arch;
 use crate::archive::ipxe_script::{self, Finish};
 use crate::archive::{optrom, pe, zinfo};
-use crate::steps::{Step, StepContext};
+use crate::steps::{Slot, Step, StepContext};
 use crate::store::Output;
 use crate::tools;
 
@@ -33,9 +33,24 @@ pub struct PatchIpxe {
     pub targets: Vec<String>,
 }
 
+/// The prefix of `zbin:<platform>`, the `zbin` a placeholder build compiled.
+pub const ZBIN: Slot = Slot("zbin");
+
 /// The input naming the `zbin` a platform's build compiled.
 pub fn zbin_input(platform: &str) -> String {
-    format!("zbin:{platform}")
+    format!("{ZBIN}:{platform}")
+}
+
+/// Make's uncompressed `<target>.bin` of a compressed target: a placeholder
+/// build's goal and output, and an input here.
+pub fn bin_input(target: &str) -> String {
+    format!("{target}.bin")
+}
+
+/// The `<target>.zinfo` telling zbin how to pack `<target>.bin`: a
+/// placeholder build's goal and output, and an input here.
+pub fn zinfo_input(target: &str) -> String {
+    format!("{target}.zinfo")
 }
 
 impl Step for PatchIpxe {
@@ -93,8 +108,8 @@ impl Step for PatchIpxe {
                         Some(path) => path,
                         None => zbin.insert(install_zbin(ctx, scratch, &self.platform)?),
                     };
-                    let bin = read_input(ctx, &format!("{target}.bin"))?;
-                    let info = read_input(ctx, &format!("{target}.zinfo"))?;
+                    let bin = read_input(ctx, &bin_input(target))?;
+                    let info = read_input(ctx, &zinfo_input(target))?;
                     let parts = Compressed {
                         zbin,
                         scratch,
@@ -123,7 +138,7 @@ fn read_input(ctx: &StepContext, name: &str) -> Result<Vec<u8>> {
 /// The platform's `zbin`, executable, in `scratch`.
 fn install_zbin(ctx: &StepContext, scratch: &Path, platform: &str) -> Result<PathBuf> {
     let dest = scratch.join(format!("zbin-{platform}"));
-    std::fs::copy(ctx.file(&zbin_input(platform))?, &dest)?;
+    std::fs::copy(ctx.file(zbin_input(platform))?, &dest)?;
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o755))?;
     Ok(dest)

@@ -10,12 +10,18 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::Serialize;
 
+use super::config::CONFIG;
 use super::{checkout_source, make, unbind, BUILD_DIR, INITRAMFS_NAME, KBUILD_TOOLS};
 use crate::arch::Arch;
 use crate::archive::newc;
-use crate::steps::{Step, StepContext};
+use crate::steps::{Slot, Step, StepContext};
 use crate::store::Output;
 use crate::tools;
+
+/// Output: the compiled object tree (`kiln-build/`).
+pub const OBJTREE: Slot = Slot("objtree");
+/// Output: the `=m` modules as `make modules_install` lays them out.
+pub const MODULES: Slot = Slot("modules");
 
 #[derive(Debug, Clone, Serialize)]
 pub struct CompileKernel {
@@ -50,7 +56,7 @@ impl Step for CompileKernel {
         let src = checkout_source(ctx, scratch)?;
         let obj = src.join(BUILD_DIR);
         std::fs::create_dir_all(&obj)?;
-        std::fs::copy(ctx.file("config")?, obj.join(".config"))?;
+        std::fs::copy(ctx.file(CONFIG)?, obj.join(".config"))?;
         // An empty archive stands in for the initramfs: the compiled tree
         // must not depend on it (the link step puts the real one here).
         std::fs::write(obj.join(INITRAMFS_NAME), newc::archive_bytes(&[])?)?;
@@ -79,8 +85,8 @@ impl Step for CompileKernel {
         let objtree = ctx.store.put_tree_owned(&obj)?;
         let modules = ctx.store.put_tree_owned(&modroot)?;
         Ok(BTreeMap::from([
-            ("objtree".to_string(), Output::Tree { digest: objtree }),
-            ("modules".to_string(), Output::Tree { digest: modules }),
+            (OBJTREE.into(), Output::Tree { digest: objtree }),
+            (MODULES.into(), Output::Tree { digest: modules }),
         ]))
     }
 }

@@ -14,9 +14,14 @@ use serde::Serialize;
 
 use super::{checkout_source, make, BUILD_DIR};
 use crate::arch::Arch;
-use crate::steps::{Step, StepContext};
+use crate::steps::{Slot, Step, StepContext};
 use crate::store::Output;
 use crate::tools;
+
+/// The `.config`: a full config file in (when there is no `base`), the resolved one out.
+pub const CONFIG: Slot = Slot("config");
+/// Inputs `fragment.0` …: the recipe's config fragments, in order.
+pub const FRAGMENT: Slot = Slot("fragment");
 
 #[derive(Debug, Clone, Serialize)]
 pub struct KernelConfig {
@@ -66,12 +71,12 @@ impl Step for KernelConfig {
                 tools::run_logged(cmd, &log)?;
             }
             None => {
-                std::fs::copy(ctx.file("config")?, &dot_config)?;
+                std::fs::copy(ctx.file(CONFIG)?, &dot_config)?;
             }
         }
         let mut fragments = Vec::new();
         for (i, name) in self.fragments.iter().enumerate() {
-            let text = std::fs::read_to_string(ctx.file(&format!("fragment.{i}"))?)
+            let text = std::fs::read_to_string(ctx.file(FRAGMENT.nth(i))?)
                 .with_context(|| format!("reading fragment {name}"))?;
             fragments.push((name.clone(), text));
         }
@@ -93,7 +98,7 @@ impl Step for KernelConfig {
         check_signing(&final_values)?;
         let (digest, size) = ctx.store.put_file(&dot_config)?;
         Ok(BTreeMap::from([(
-            "config".to_string(),
+            CONFIG.into(),
             Output::File { digest, size },
         )]))
     }

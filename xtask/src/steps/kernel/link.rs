@@ -11,11 +11,17 @@ use std::time::{Duration, SystemTime};
 use anyhow::{Context, Result};
 use serde::Serialize;
 
+use super::compile::OBJTREE;
 use super::{checkout_source, make, rebind, BUILD_DIR, INITRAMFS_NAME, KBUILD_TOOLS};
 use crate::arch::Arch;
-use crate::steps::{set_mtimes, Step, StepContext};
+use crate::steps::{set_mtimes, Slot, Step, StepContext};
 use crate::store::Output;
 use crate::tools;
+
+/// Input: the initramfs archive to embed, when `initramfs` is set.
+pub const INITRAMFS: Slot = Slot("initramfs");
+/// Output: the kernel image.
+pub const BZIMAGE: Slot = Slot("bzImage");
 
 #[derive(Debug, Clone, Serialize)]
 pub struct LinkKernel {
@@ -47,7 +53,7 @@ impl Step for LinkKernel {
     fn run(&self, ctx: &StepContext, scratch: &Path) -> Result<BTreeMap<String, Output>> {
         let src = checkout_source(ctx, scratch)?;
         let obj = src.join(BUILD_DIR);
-        ctx.store.materialize(&ctx.tree("objtree")?, &obj)?;
+        ctx.store.materialize(&ctx.tree(OBJTREE)?, &obj)?;
         rebind(&obj, &src)?;
         // make compares mtimes: give every restored file one time, after the
         // sources (linked from older blobs) and before the new initramfs,
@@ -57,7 +63,7 @@ impl Step for LinkKernel {
         if self.initramfs {
             let dest = obj.join(INITRAMFS_NAME);
             std::fs::remove_file(&dest).ok();
-            std::fs::copy(ctx.file("initramfs")?, &dest)?;
+            std::fs::copy(ctx.file(INITRAMFS)?, &dest)?;
             // The copy keeps the blob's read-only mode; setting times needs
             // only ownership, not a writable handle (root would not notice).
             File::open(&dest)?.set_modified(now)?;
@@ -72,7 +78,7 @@ impl Step for LinkKernel {
             .put_file(&image)
             .with_context(|| format!("make did not produce {}", image.display()))?;
         Ok(BTreeMap::from([(
-            "bzImage".to_string(),
+            BZIMAGE.into(),
             Output::File { digest, size },
         )]))
     }

@@ -24,7 +24,7 @@ use std::process::Command;
 use anyhow::{Context, Result};
 
 use crate::arch::Arch;
-use crate::steps::StepContext;
+use crate::steps::{Slot, StepContext};
 use crate::tools;
 
 /// The object tree, relative to the source tree.
@@ -35,12 +35,15 @@ pub const BUILD_DIR: &str = "kiln-build";
 /// compression (usr/Makefile), so one compiled tree serves any initramfs.
 pub const INITRAMFS_NAME: &str = "kiln-initramfs.cpio.img";
 
+/// Input of every kernel step: the kernel source tree.
+pub const SOURCE: Slot = Slot("source");
+
 /// Links the kernel source (input `source`) read-only into `scratch/src`
 /// and returns that path, canonical: kbuild records real paths, which
 /// `unbind`/`rebind` must match. The object tree goes in `src/kiln-build`.
 pub fn checkout_source(ctx: &StepContext, scratch: &Path) -> Result<PathBuf> {
     let src = scratch.canonicalize()?.join("src");
-    ctx.store.checkout(&ctx.tree("source")?, &src)?;
+    ctx.store.checkout(&ctx.tree(SOURCE)?, &src)?;
     Ok(src)
 }
 

@@ -9,9 +9,14 @@ use std::path::Path;
 use anyhow::{bail, Result};
 use serde::Serialize;
 
-use crate::steps::{Step, StepContext};
+use crate::steps::{Slot, Step, StepContext};
 use crate::store::{Output, Tree, Verify};
 use crate::tools;
+
+/// Input of the depmod and modules steps: a tree holding `lib/modules/<release>/`.
+pub const KERNEL: Slot = Slot("kernel");
+/// Output: depmod's `modules.*` index files for the whole tree.
+pub const INDEXES: Slot = Slot("indexes");
 
 #[derive(Debug, Clone, Serialize)]
 pub struct DepmodIndexes {
@@ -37,7 +42,7 @@ impl Step for DepmodIndexes {
     }
 
     fn run(&self, ctx: &StepContext, scratch: &Path) -> Result<BTreeMap<String, Output>> {
-        let tree = ctx.tree("kernel")?;
+        let tree = ctx.tree(KERNEL)?;
         let kver = &resolve_release(&self.kernel_release, &tree)?;
         let root = scratch.join("root");
         // depmod reads every module, so every blob is verified here.
@@ -58,10 +63,7 @@ impl Step for DepmodIndexes {
             }
         }
         let digest = ctx.store.put_tree(&indexes)?;
-        Ok(BTreeMap::from([(
-            "indexes".to_string(),
-            Output::Tree { digest },
-        )]))
+        Ok(BTreeMap::from([(INDEXES.into(), Output::Tree { digest })]))
     }
 }
 

@@ -8,10 +8,10 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
-use super::depmod::{link_release, resolve_release, run_depmod};
+use super::depmod::{link_release, resolve_release, run_depmod, INDEXES, KERNEL};
 use super::{parse_modprobe_d, resolve, Closure, ModprobeConfig, ModuleIndex, Wanted};
 use crate::archive::{self, CompressOptions, Compression, TreeOptions};
-use crate::steps::{Step, StepContext};
+use crate::steps::{Slot, Step, StepContext};
 use crate::store::{Output, Tree, TreeKind, Verify};
 
 /// Index files copied from the full tree so that depmod on the subset
@@ -21,6 +21,11 @@ const KEPT_INDEXES: &[&str] = &[
     "modules.builtin.modinfo",
     "modules.order",
 ];
+
+/// Inputs `firmware.0` …: trees holding `lib/firmware`, searched in order.
+pub const FIRMWARE: Slot = Slot("firmware");
+/// Output: the [`Details`] as JSON (each archive is output `gz`, `zst`, …).
+pub const DETAILS: Slot = Slot("details");
 
 #[derive(Debug, Clone, Serialize)]
 pub struct BuildModules {
@@ -70,7 +75,7 @@ impl Step for BuildModules {
     }
 
     fn run(&self, ctx: &StepContext, scratch: &Path) -> Result<BTreeMap<String, Output>> {
-        let tree = ctx.tree("kernel")?;
+        let tree = ctx.tree(KERNEL)?;
         let kver = &resolve_release(&self.kernel_release, &tree)?;
         let full = scratch.join("full");
         // Only the modules that end up in the archive are read for their
@@ -78,7 +83,7 @@ impl Step for BuildModules {
         link_release(ctx, &tree, kver, &full, Verify::Later)?;
         let dir = full.join("lib/modules").join(kver);
         ctx.store
-            .link_subtree(&ctx.tree("indexes")?, "", &dir, Verify::Now)?;
+            .link_subtree(&ctx.tree(INDEXES)?, "", &dir, Verify::Now)?;
         let index = ModuleIndex::load(&full, kver)?;
         let conf = self.config()?;
         let closure = self.closure(&index, &conf)?;
@@ -106,7 +111,7 @@ impl Step for BuildModules {
         let bytes = serde_json::to_vec_pretty(&details)?;
         let digest = ctx.store.put_bytes(&bytes)?;
         outputs.insert(
-            "details".into(),
+            DETAILS.into(),
             Output::File {
                 digest,
                 size: bytes.len() as u64,
@@ -151,7 +156,7 @@ impl BuildModules {
         closure: &Closure,
     ) -> Result<Vec<String>> {
         let trees: Vec<Tree> = (0..self.firmware)
-            .map(|i| ctx.tree(&format!("firmware.{i}")))
+            .map(|i| ctx.tree(FIRMWARE.nth(i)))
             .collect::<Result<_>>()?;
         let mut missing = Vec::new();
         for name in &closure.firmware {

@@ -26,11 +26,17 @@ pub const DEFAULT_GZIP_LEVEL: i32 = 6;
 pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
 pub const DEFAULT_XZ_PRESET: u32 = 6;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// Serialized by its file extension (`gz`, `zst`, `xz`, `none`), the names
+/// step keys have always recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 pub enum Compression {
+    #[serde(rename = "gz")]
     Gzip,
+    #[serde(rename = "zst")]
     Zstd,
+    #[serde(rename = "xz")]
     Xz,
+    #[serde(rename = "none")]
     None,
 }
 
@@ -62,6 +68,16 @@ impl fmt::Display for Compression {
 }
 
 impl Compression {
+    /// The file extension: `modules.cpio.gz`; also how it serializes.
+    pub fn extension(self) -> &'static str {
+        match self {
+            Compression::Gzip => "gz",
+            Compression::Zstd => "zst",
+            Compression::Xz => "xz",
+            Compression::None => "none",
+        }
+    }
+
     /// Levels the compressor accepts (libdeflate 1-12, zstd 1-22, xz 0-9).
     pub fn levels(self) -> std::ops::RangeInclusive<i32> {
         match self {
@@ -273,7 +289,11 @@ mod tests {
         ] {
             assert_eq!(name.parse::<Compression>().unwrap(), c);
             assert_eq!(c.to_string().parse::<Compression>().unwrap(), c);
+            // Step keys hold the extension: it must never change.
+            assert_eq!(c.extension(), name);
+            assert_eq!(serde_json::to_value(c).unwrap(), name);
         }
+        assert_eq!(serde_json::to_value(Compression::None).unwrap(), "none");
         assert!("lz4".parse::<Compression>().is_err());
     }
 

@@ -130,7 +130,7 @@ fn kiln_row(
         wanted,
         modprobe_d: Vec::new(),
         firmware: 0,
-        compressions: vec!["gz".into()],
+        compressions: vec![crate::archive::Compression::Gzip],
         epoch: 1_700_000_000,
         origins,
         threads: input.threads,

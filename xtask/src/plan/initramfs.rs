@@ -49,7 +49,7 @@ impl Builder<'_> {
         let vars = check_templates(recipe, ir)?;
         let step = BuildInitramfs {
             name: ir.output.clone(),
-            compression: compression_name(ir.compression).to_string(),
+            compression: ir.compression,
             level: ir.level.or(ir.compression.default_level()),
             epoch: self.epoch(recipe),
             uid: ir.uid,
@@ -108,24 +108,19 @@ impl Builder<'_> {
         for (i, fw) in m.firmware.iter().enumerate() {
             inputs.insert(FIRMWARE.nth(i), self.deb_tree(fw)?);
         }
-        let compressions: Vec<&'static str> = m
-            .compressions
-            .iter()
-            .map(|c| compression_name(*c))
-            .collect();
         let step = BuildModules {
             name: format!("{} {}", recipe.name, m.kernel_release),
             kernel_release: m.kernel_release.clone(),
             wanted: wanted(&m.wanted),
             modprobe_d: m.modprobe_d.clone(),
             firmware: m.firmware.len(),
-            compressions: compressions.iter().map(|c| c.to_string()).collect(),
+            compressions: m.compressions.clone(),
             epoch: self.epoch(recipe),
             origins: m.origins.clone(),
             threads: self.opts.threads,
         };
         let node = self.push(step, inputs);
-        for ext in compressions {
+        for ext in m.compressions.iter().map(|c| c.extension()) {
             self.plan.artifacts.push(ArtifactSpec {
                 name: format!("modules/{}/modules.cpio.{ext}", m.kernel_release),
                 kind: "modules",
@@ -139,18 +134,6 @@ impl Builder<'_> {
             });
         }
         Ok(())
-    }
-}
-
-/// A compression's name as the steps take it: also the name of a modules
-/// step's archive output.
-pub(super) fn compression_name(c: crate::archive::Compression) -> &'static str {
-    use crate::archive::Compression::*;
-    match c {
-        Gzip => "gz",
-        Zstd => "zst",
-        Xz => "xz",
-        None => "none",
     }
 }
 

@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 
 use anyhow::Result;
 
-use super::initramfs::compression_name;
 use super::sources::display_path;
 use super::{beside, ArtifactSpec, Builder, InputRef};
 use crate::arch::Arch;
@@ -144,14 +143,14 @@ impl Builder<'_> {
         };
         let inputs = self.module_inputs(kernel, "");
         let name = beside(&k.output, "modules.cpio.gz");
-        let gz = compression_name(Compression::Gzip);
+        let gz = Compression::Gzip;
         let step = BuildModules {
             name: name.clone(),
             kernel_release: String::new(),
             wanted: super::initramfs::wanted(&k.modules),
             modprobe_d: Vec::new(),
             firmware: 0,
-            compressions: vec![gz.to_string()],
+            compressions: vec![gz],
             epoch: self.epoch(recipe),
             origins: k.module_origins.clone(),
             threads: self.opts.threads,
@@ -164,7 +163,7 @@ impl Builder<'_> {
             recipe: recipe.file.clone(),
             epoch: self.epoch(recipe),
             node,
-            output: gz.into(),
+            output: gz.extension().into(),
             details: Some(DETAILS.0),
             facts: None,
         });

@@ -102,7 +102,7 @@ impl Builder<'_> {
             let archive = self.push(
                 BuildInitramfs {
                     name: name.clone(),
-                    compression: "gz".into(),
+                    compression: crate::archive::Compression::Gzip,
                     level: crate::archive::Compression::Gzip.default_level(),
                     epoch,
                     uid: 0,

@@ -35,7 +35,7 @@ pub const IMAGE: Slot = Slot("image");
 pub struct BuildInitramfs {
     #[serde(skip)]
     pub name: String,
-    pub compression: String,
+    pub compression: Compression,
     pub level: Option<i32>,
     pub epoch: u64,
     pub uid: u32,
@@ -152,10 +152,7 @@ impl BuildInitramfs {
     }
 
     fn write(&self, entries: &[Entry], out: &Path) -> Result<()> {
-        let compression: Compression = self
-            .compression
-            .parse()
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let compression = self.compression;
         let file =
             std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
         let mut w = BufWriter::new(file);

@@ -4,6 +4,7 @@
 //! network driver.
 
 use crate::common::*;
+use kiln::archive::Compression;
 
 const ARCHIVE: &str = "modules/6.1.0-50-amd64/modules.cpio.gz";
 
@@ -219,7 +220,7 @@ fn two_runs_of_the_modules_step_in_different_scratch_dirs_are_identical() {
         wanted,
         modprobe_d: Vec::new(),
         firmware: 0,
-        compressions: vec!["gz".into(), "zst".into()],
+        compressions: vec![Compression::Gzip, Compression::Zstd],
         epoch: 1_700_000_000,
         threads: 2,
     };

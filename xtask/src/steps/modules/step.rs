@@ -37,7 +37,7 @@ pub struct BuildModules {
     pub modprobe_d: Vec<(String, String)>,
     /// Inputs `firmware.0` … `firmware.{n-1}` are trees holding lib/firmware.
     pub firmware: usize,
-    pub compressions: Vec<String>,
+    pub compressions: Vec<Compression>,
     pub epoch: u64,
     /// `file:line:col` of each wanted item, for errors only.
     #[serde(skip)]
@@ -196,8 +196,8 @@ impl BuildModules {
         };
         let entries = archive::normalize(archive::from_tree(subset, &opts)?, self.epoch)?;
         let mut outputs = BTreeMap::new();
-        for name in &self.compressions {
-            let compression: Compression = name.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
+        for &compression in &self.compressions {
+            let name = compression.extension();
             let path = scratch.join(format!("modules.cpio.{name}"));
             let mut file = std::io::BufWriter::new(std::fs::File::create(&path)?);
             let copts = CompressOptions {
@@ -209,7 +209,7 @@ impl BuildModules {
             std::io::Write::flush(&mut file)?;
             drop(file);
             let (digest, size) = ctx.store.put_file(&path)?;
-            outputs.insert(name.clone(), Output::File { digest, size });
+            outputs.insert(name.to_string(), Output::File { digest, size });
         }
         Ok(outputs)
     }

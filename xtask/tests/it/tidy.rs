@@ -62,7 +62,7 @@ const KNOWN_EDGES: &[(&str, &str, &str)] = &[];
 const MAX_LINES: usize = 600;
 
 /// Files over `MAX_LINES` today, with the most lines each may keep.
-const KNOWN_LONG: &[(&str, usize)] = &[("repro/diff.rs", 676)];
+const KNOWN_LONG: &[(&str, usize)] = &[];
 
 /// Where a process may be started: `tools`, and `bench`, which times the
 /// commands an operator would type (clippy.toml enforces the same).

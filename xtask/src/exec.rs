@@ -13,7 +13,6 @@ use crate::plan::{InputRef, Node, Plan};
 use crate::steps::{KeyComponents, StepContext};
 use crate::store::remote::{Pulled, Remote};
 use crate::store::{ActionRecord, Digest, Output, Store};
-use crate::tools;
 
 /// What became of one node.
 #[derive(Debug, Clone)]
@@ -52,7 +51,7 @@ impl Executor<'_> {
         let Some(inputs) = resolve(node, results) else {
             return Ok(None);
         };
-        KeyComponents::of(node.step.as_ref(), &inputs, tools::version).map(Some)
+        KeyComponents::of(node.step.as_ref(), &inputs).map(Some)
     }
 
     /// Hit/miss for every node without running anything; nodes after a miss

@@ -42,17 +42,12 @@ pub struct KeyComponents {
 }
 
 impl KeyComponents {
-    /// The components of `step` given its resolved inputs; `tool_version`
-    /// answers `<tool> --version` (`tools::version`, or a fixed value in
-    /// tests).
-    pub fn of(
-        step: &dyn Step,
-        inputs: &BTreeMap<String, Output>,
-        tool_version: impl Fn(&str) -> Result<String>,
-    ) -> Result<KeyComponents> {
+    /// The components of `step` given its resolved inputs (tool versions
+    /// from `tools::version`, asked once per tool).
+    pub fn of(step: &dyn Step, inputs: &BTreeMap<String, Output>) -> Result<KeyComponents> {
         let mut tools = BTreeMap::new();
         for t in step.tools() {
-            tools.insert(t.to_string(), tool_version(t)?);
+            tools.insert(t.to_string(), crate::tools::version(t)?);
         }
         Ok(KeyComponents {
             kind: step.kind().to_string(),

@@ -129,7 +129,7 @@ pub fn publish(output_dir: &Path, opts: &Options) -> Result<Report> {
 /// then the manifest itself (last).
 fn local_objects(output_dir: &Path) -> Result<Vec<Object>> {
     let manifest_path = output_dir.join(MANIFEST);
-    let bytes = std::fs::read(&manifest_path).with_context(|| {
+    let bytes = fs_err::read(&manifest_path).with_context(|| {
         format!(
             "reading {} (run `cargo xtask build` first: publish uploads what a build wrote)",
             manifest_path.display()
@@ -345,7 +345,7 @@ impl Destination<'_> {
             stream::iter(objects.iter().map(|o| {
                 let (bar, done, sent) = (&bar, &done, &sent);
                 async move {
-                    let bytes = std::fs::read(&o.local)
+                    let bytes = fs_err::read(&o.local)
                         .with_context(|| format!("reading {}", o.local.display()))?;
                     // The file may have changed since it was checked.
                     if Digest::of_bytes(&bytes) != o.sha256 {

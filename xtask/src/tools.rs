@@ -13,8 +13,8 @@
 
 pub mod apt;
 
+use fs_err::{self as fs, File};
 use std::collections::HashMap;
-use std::fs::{self, File};
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -191,7 +191,7 @@ pub fn path_mapping_gcc(wrappers: &Path, tree: &Path) -> Result<std::ffi::OsStri
     for name in ["gcc", "cc"] {
         let path = wrappers.join(name);
         fs::write(&path, &script).with_context(|| format!("writing {}", path.display()))?;
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o755))?;
+        fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
     }
     let mut path = std::ffi::OsString::from(wrappers.as_os_str());
     path.push(":");
@@ -295,7 +295,7 @@ pub mod interrupt {
 pub fn run_logged(mut cmd: Command, log: &Path) -> Result<()> {
     let what = describe(&cmd);
     if let Some(dir) = log.parent() {
-        std::fs::create_dir_all(dir)
+        fs_err::create_dir_all(dir)
             .with_context(|| format!("creating log directory {}", dir.display()))?;
     }
     let file = File::create(log).with_context(|| format!("creating log {}", log.display()))?;
@@ -305,7 +305,7 @@ pub fn run_logged(mut cmd: Command, log: &Path) -> Result<()> {
     if interrupt::interrupted() {
         return Err(interrupt::Interrupted.into());
     }
-    cmd.stdout(file).stderr(err);
+    cmd.stdout(file.into_file()).stderr(err.into_file());
     let mut child = spawn(&mut cmd).with_context(|| format!("starting {what}"))?;
     let tracked = interrupt::track(child.id());
     let status = child.wait().with_context(|| format!("waiting for {what}"));

@@ -820,7 +820,7 @@ mod tests {
 
     fn check_with_fsck(image: &[u8]) {
         let file = tempfile::NamedTempFile::new().unwrap();
-        std::fs::write(file.path(), image).unwrap();
+        fs_err::write(file.path(), image).unwrap();
         if crate::testing::program("fsck.fat", "apt-get install dosfstools, or run ci/setup") {
             let mut fsck = crate::tools::command("fsck.fat").unwrap();
             fsck.arg("-n").arg(file.path());
@@ -833,7 +833,7 @@ mod tests {
         let image = write_image(&esp(), &opts()).unwrap();
         check_with_fsck(&image);
         let file = tempfile::NamedTempFile::new().unwrap();
-        std::fs::write(file.path(), &image).unwrap();
+        fs_err::write(file.path(), &image).unwrap();
         if crate::testing::program("mtype", "apt-get install mtools, or run ci/setup") {
             let mut mtype = crate::tools::command("mtype").unwrap();
             mtype.arg("-i").arg(file.path()).arg("::/EFI/BOOT/grub.cfg");

@@ -549,8 +549,9 @@ impl<'a> Walker<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::fs;
-    use std::os::unix::fs::{symlink, MetadataExt};
+    use fs_err as fs;
+    use fs_err::os::unix::fs::symlink;
+    use std::os::unix::fs::MetadataExt;
     use std::path::Path;
     use std::time::{Duration, SystemTime};
 

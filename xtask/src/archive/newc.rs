@@ -4,8 +4,8 @@
 //!
 //! Line references are to Linux 6.1 (`linux-source-6.1` 6.1.192).
 
+use fs_err::File;
 use std::collections::HashMap;
-use std::fs::File;
 use std::io::{self, Read, Write};
 
 use anyhow::{bail, ensure, Context, Result};
@@ -545,7 +545,7 @@ mod tests {
     fn files_that_change_size_after_recording_are_errors() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
-        std::fs::write(&path, b"12345").unwrap();
+        fs_err::write(&path, b"12345").unwrap();
         for recorded in [4, 6] {
             let mut entry = Entry::file("f", 0o644, 0, vec![]);
             entry.kind = Kind::File(Data::File {

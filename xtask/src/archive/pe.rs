@@ -739,7 +739,7 @@ mod tests {
             std::path::Path::new(STUB).is_file(),
             how,
         )
-        .then(|| std::fs::read(STUB).unwrap())
+        .then(|| fs_err::read(STUB).unwrap())
     }
 
     #[test]
@@ -775,7 +775,7 @@ mod tests {
             assert_eq!(pe.section_data(name), Some(data), "{name}");
         }
         let file = tempfile::NamedTempFile::new().unwrap();
-        std::fs::write(file.path(), &uki).unwrap();
+        fs_err::write(file.path(), &uki).unwrap();
         if crate::testing::program("objdump", "apt-get install binutils, or run ci/setup") {
             let mut objdump = crate::tools::command("objdump").unwrap();
             objdump.arg("-h").arg(file.path());

@@ -113,7 +113,7 @@ fn kind_of(path: &Path, meta: &Metadata) -> Result<Kind> {
     } else if ft.is_dir() {
         Kind::Dir
     } else if ft.is_symlink() {
-        let target = std::fs::read_link(path)
+        let target = fs_err::read_link(path)
             .with_context(|| format!("reading symlink {}", path.display()))?;
         match target.to_str() {
             Some(t) => Kind::Symlink(t.to_string()),
@@ -158,8 +158,9 @@ fn drop_single_member_groups(entries: &mut [Entry]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::fs;
-    use std::os::unix::fs::{symlink, PermissionsExt};
+    use fs_err as fs;
+    use fs_err::os::unix::fs::symlink;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn from_tree_maps_kinds_modes_and_hard_links() {
@@ -167,7 +168,7 @@ mod tests {
         let root = dir.path();
         fs::create_dir(root.join("d")).unwrap();
         fs::write(root.join("d/x"), b"data").unwrap();
-        fs::set_permissions(root.join("d/x"), fs::Permissions::from_mode(0o4755)).unwrap();
+        fs::set_permissions(root.join("d/x"), std::fs::Permissions::from_mode(0o4755)).unwrap();
         fs::hard_link(root.join("d/x"), root.join("y")).unwrap();
         symlink("d/x", root.join("s")).unwrap();
         let opts = TreeOptions {

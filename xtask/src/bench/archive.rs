@@ -3,7 +3,7 @@
 //! Developer tooling, not a build step: it spawns `sh`, `cpio`, `gzip`, `pigz` and `zstd`
 //! directly because its whole point is to time those programs.
 
-use std::fs::File;
+use fs_err::File;
 use std::io::BufWriter;
 use std::path::Path;
 use std::time::Instant;
@@ -18,7 +18,7 @@ use crate::archive::{
 /// Pack `tree` with Kiln (gzip at several libdeflate levels, zstd 3 and 19) and with shell
 /// pipelines, writing outputs under `work`; return a Markdown table.
 pub fn run(tree: &Path, work: &Path, threads: usize) -> Result<String> {
-    std::fs::create_dir_all(work).with_context(|| format!("creating {}", work.display()))?;
+    fs_err::create_dir_all(work).with_context(|| format!("creating {}", work.display()))?;
     let mut rows = Vec::new();
     let gzip_ref = rows.len();
     rows.push(kiln(

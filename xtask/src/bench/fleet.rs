@@ -26,7 +26,7 @@ pub struct Setup<'a> {
 
 pub fn run(setup: &Setup, work: &Path) -> Result<String> {
     let inventory = work.join("fleet.csv");
-    std::fs::write(&inventory, inventory_csv(setup))?;
+    fs_err::write(&inventory, inventory_csv(setup))?;
     let cache = work.join("cache");
     let cold = kiln(setup, work, &inventory, &cache, &[])?;
     let again = kiln(setup, work, &inventory, &cache, &[])?;
@@ -46,7 +46,7 @@ pub fn run(setup: &Setup, work: &Path) -> Result<String> {
             copy_tree(setup.tree, &copy)?;
             let script = host_script(work, n)?;
             full.push(make(setup, &copy, &script, std::slice::from_ref(rom))?);
-            std::fs::remove_dir_all(&copy)?;
+            fs_err::remove_dir_all(&copy)?;
         }
     }
     let full_each = full.iter().sum::<f64>() / full.len() as f64;
@@ -165,7 +165,7 @@ fn host_script(work: &Path, n: usize) -> Result<PathBuf> {
     let text = format!(
         "#!ipxe\nset net0/ip 10.0.{n}.10\nset net0/netmask 255.255.255.0\nset net0/gateway 10.0.{n}.1\nset dns 10.0.0.53\nset hostname mlab{n}.bench.example.net\nifopen net0\nchain http://boot.example.net/stage2/stage1to2.ipxe\n"
     );
-    std::fs::write(&path, text)?;
+    fs_err::write(&path, text)?;
     Ok(path)
 }
 

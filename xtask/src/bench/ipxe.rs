@@ -77,8 +77,8 @@ fn kiln(setup: &Setup, work: &Path, url: &str) -> Result<(f64, String)> {
 fn make(setup: &Setup, tree: &Path, script: &Path, variant: &str) -> Result<(f64, String)> {
     eprintln!("bench ipxe: make, script {variant}…");
     let text = format!("#!ipxe\necho bench {variant}\ndhcp\nchain http://bench-{variant}.example/stage2/stage1to2.ipxe\n");
-    if std::fs::read_to_string(script).ok().as_deref() != Some(text.as_str()) {
-        std::fs::write(script, text)?;
+    if fs_err::read_to_string(script).ok().as_deref() != Some(text.as_str()) {
+        fs_err::write(script, text)?;
     }
     let mut cmd = Command::new("make");
     cmd.arg("-C")
@@ -118,9 +118,9 @@ pub(super) fn copy_tree(from: &Path, to: &Path) -> Result<()> {
         let entry = entry?;
         let dest = to.join(entry.path().strip_prefix(from)?);
         if entry.file_type().is_dir() {
-            std::fs::create_dir_all(&dest)?;
+            fs_err::create_dir_all(&dest)?;
         } else if entry.file_type().is_file() {
-            std::fs::copy(entry.path(), &dest)?;
+            fs_err::copy(entry.path(), &dest)?;
         }
     }
     Ok(())

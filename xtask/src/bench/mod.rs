@@ -83,7 +83,7 @@ pub fn time_run(what: &str, mut cmd: Command) -> Result<f64> {
 }
 
 pub fn size_of(path: &Path) -> Result<u64> {
-    Ok(std::fs::metadata(path)
+    Ok(fs_err::metadata(path)
         .with_context(|| format!("stat {}", path.display()))?
         .len())
 }

@@ -159,11 +159,11 @@ fn extract(archive: &[u8], dir: &Path) -> Result<()> {
     for e in crate::archive::read_archive(&plain)? {
         let path = dir.join(&e.name);
         match (e.file_type(), e.link_target()) {
-            (0o040000, _) => std::fs::create_dir_all(&path)?,
-            (_, Some(target)) => std::os::unix::fs::symlink(target, &path)?,
+            (0o040000, _) => fs_err::create_dir_all(&path)?,
+            (_, Some(target)) => fs_err::os::unix::fs::symlink(target, &path)?,
             (0o100000, _) => {
-                std::fs::create_dir_all(path.parent().context("archive paths have parents")?)?;
-                std::fs::write(&path, &e.data)?;
+                fs_err::create_dir_all(path.parent().context("archive paths have parents")?)?;
+                fs_err::write(&path, &e.data)?;
             }
             (other, _) => bail!("unexpected entry type {other:o} for {}", e.name),
         }

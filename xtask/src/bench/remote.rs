@@ -40,7 +40,7 @@ fn timed(what: &str, args: &[&str]) -> Result<f64> {
 
 pub fn publish(output: &Path, to: &str) -> Result<String> {
     let manifest: crate::output::manifest::Manifest = serde_json::from_slice(
-        &std::fs::read(output.join("manifest.json"))
+        &fs_err::read(output.join("manifest.json"))
             .with_context(|| format!("bench publish needs a built {}", output.display()))?,
     )?;
     let bytes: u64 = manifest.artifacts.iter().map(|a| a.size).sum();
@@ -120,7 +120,7 @@ pub fn remote_cache(
         ];
         let secs = timed(what, &args)?;
         // The next build starts from an empty local store too.
-        std::fs::remove_dir_all(&dir).ok();
+        fs_err::remove_dir_all(&dir).ok();
         Ok(secs)
     };
     let without = build("cold build, no remote cache", "a", "")?;

@@ -196,9 +196,9 @@ pub fn boot_test(s: &Settings, a: &BootTestArgs) -> Result<ExitCode> {
 /// Concatenates initrds, as a boot loader loading several does.
 fn concatenate(parts: &[PathBuf], dest: &Path) -> Result<()> {
     let mut out =
-        std::fs::File::create(dest).with_context(|| format!("creating {}", dest.display()))?;
+        fs_err::File::create(dest).with_context(|| format!("creating {}", dest.display()))?;
     for p in parts {
-        let mut f = std::fs::File::open(p).with_context(|| format!("opening {}", p.display()))?;
+        let mut f = fs_err::File::open(p).with_context(|| format!("opening {}", p.display()))?;
         std::io::copy(&mut f, &mut out).with_context(|| format!("appending {}", p.display()))?;
     }
     Ok(())
@@ -380,17 +380,17 @@ pub fn boot_stage1(s: &Settings, a: &BootTestArgs) -> Result<ExitCode> {
 
 /// A FAT drive whose removable-media boot file is `efi`.
 fn esp_with(efi: &Path, work: &Path) -> Result<PathBuf> {
-    let bytes = std::fs::read(efi).with_context(|| format!("reading {}", efi.display()))?;
+    let bytes = fs_err::read(efi).with_context(|| format!("reading {}", efi.display()))?;
     let image = esp_image(bytes, 0)?;
     let path = work.join("esp.img");
-    std::fs::write(&path, image).with_context(|| format!("writing {}", path.display()))?;
+    fs_err::write(&path, image).with_context(|| format!("writing {}", path.display()))?;
     Ok(path)
 }
 
 /// The cards (vendor, device) a host's ROM archive has a ROM for: its
 /// `etc/kiln/roms.conf`, which replaces the image's own table.
 fn host_rom_table(archive: &Path) -> Result<Vec<(u16, u16)>> {
-    let bytes = std::fs::read(archive).with_context(|| format!("reading {}", archive.display()))?;
+    let bytes = fs_err::read(archive).with_context(|| format!("reading {}", archive.display()))?;
     let entries =
         crate::archive::newc::read_archive(&crate::archive::compress::decompress_all(&bytes)?)
             .with_context(|| format!("reading {}", archive.display()))?;

@@ -113,7 +113,7 @@ pub fn repro(s: &Settings, a: &ReproArgs) -> Result<ExitCode> {
     let result = build_and_compare(s, a, &work, project, recipes_rel, &project_name);
     match &result {
         Ok(_) if !a.keep => {
-            let _ = std::fs::remove_dir_all(&work);
+            let _ = fs_err::remove_dir_all(&work);
         }
         Ok(_) => match a.against {
             None => println!("kept both runs in {}", work.display()),
@@ -121,7 +121,7 @@ pub fn repro(s: &Settings, a: &ReproArgs) -> Result<ExitCode> {
         },
         Err(_) => {
             for run in ["run1", "run2/a/much/deeper/build/directory"] {
-                let _ = std::fs::remove_dir_all(work.join(run).join("cache"));
+                let _ = fs_err::remove_dir_all(work.join(run).join("cache"));
             }
             eprintln!(
                 "kept {} for inspection (caches removed; each run's build.log is there)",
@@ -141,8 +141,8 @@ fn build_and_compare(
     project_name: &str,
 ) -> Result<ExitCode> {
     let exe = work.join("bin/xtask");
-    std::fs::create_dir_all(work.join("bin"))?;
-    std::fs::copy(std::env::current_exe()?, &exe).context("copying this program for the runs")?;
+    fs_err::create_dir_all(work.join("bin"))?;
+    fs_err::copy(std::env::current_exe()?, &exe).context("copying this program for the runs")?;
     let (mut run1, mut run2, mut variations) = repro::plan_runs(work, project_name, s.jobs);
     run1.given_cache.clone_from(&a.run1_cache);
     for (name, value) in &s.vars {
@@ -292,7 +292,7 @@ fn make_work_dir(work: Option<&Path>) -> Result<PathBuf> {
                     dir.display()
                 );
             }
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            fs_err::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
             dir.canonicalize()?
         }
         None => tempfile::Builder::new()
@@ -302,11 +302,11 @@ fn make_work_dir(work: Option<&Path>) -> Result<PathBuf> {
             .keep(),
     };
     // Run 2 may run as another user: it must reach its own directory.
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
+    fs_err::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
     if repro::is_root() {
         let mut at = dir.parent();
         while let Some(parent) = at {
-            let mode = std::fs::metadata(parent)?.permissions().mode();
+            let mode = fs_err::metadata(parent)?.permissions().mode();
             if mode & 0o001 == 0 {
                 bail!(
                     "run 2 runs as `nobody`, who cannot enter {} (mode {:o}): give --work under a directory anyone can enter, such as /tmp",
@@ -362,7 +362,7 @@ fn report(
             println!("  only run {only} made it");
             continue;
         }
-        let (x, y) = (std::fs::read(path(one, r))?, std::fs::read(path(two, r))?);
+        let (x, y) = (fs_err::read(path(one, r))?, fs_err::read(path(two, r))?);
         let findings =
             repro::inputs::explain(&x, &y, stores).unwrap_or_else(|| diff::explain(&x, &y));
         for finding in findings {
@@ -395,7 +395,7 @@ fn diffoscope(s: &Settings, artifact: &str, one: &Path, two: &Path) -> Result<()
         return Ok(());
     };
     let dir = s.output_dir.join("logs/diffoscope");
-    std::fs::create_dir_all(&dir)?;
+    fs_err::create_dir_all(&dir)?;
     let report = dir.join(format!("{}.txt", artifact.replace('/', "_")));
     cmd.arg("--text").arg(&report).arg(one).arg(two);
     // diffoscope exits 1 when it finds differences: that is its answer.

@@ -143,7 +143,7 @@ fn fetch(s: &Settings, names: &[String]) -> Result<ExitCode> {
 fn print_digest(s: &Settings, path: &std::path::Path) -> Result<ExitCode> {
     let store = crate::store::Store::open(&s.cache_dir)?;
     let meta =
-        std::fs::metadata(path).with_context(|| format!("{} does not exist", path.display()))?;
+        fs_err::metadata(path).with_context(|| format!("{} does not exist", path.display()))?;
     let digest = if meta.is_dir() {
         store.put_tree_with(path, crate::store::Modes::GitLike)?
     } else {

@@ -22,8 +22,8 @@
 //! and that only exists under `usr/` in the trees (usrmerge moved `/lib64` to `/usr/lib64`) gets
 //! a symlink at the exact path.
 
+use fs_err as fs;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::fs;
 use std::path::{Path, PathBuf};
 
 use object::elf::{EM_386, EM_AARCH64, EM_X86_64};
@@ -362,7 +362,7 @@ impl Search<'_> {
             return Ok(info.clone());
         }
         let path = self.trees[tree].join(file);
-        let bytes = fs::read(&path).map_err(|source| TreeError::Io { path, source })?;
+        let bytes = fs::read(&path).map_err(TreeError::Io)?;
         let info = read_info(&bytes).map_err(|source| ClosureError::BadElf {
             tree: self.trees[tree].to_path_buf(),
             path: file.to_string(),
@@ -441,7 +441,7 @@ fn file_name(path: &str) -> &str {
 
 #[cfg(all(test, target_arch = "x86_64"))]
 mod tests {
-    use std::os::unix::fs::symlink;
+    use fs_err::os::unix::fs::symlink;
 
     use object::elf::{DT_NEEDED, DT_RUNPATH};
 

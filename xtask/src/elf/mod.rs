@@ -163,7 +163,7 @@ pub(super) mod tests {
     use super::*;
 
     fn host_ls() -> Vec<u8> {
-        std::fs::read("/usr/bin/ls").expect("/usr/bin/ls on the test host")
+        fs_err::read("/usr/bin/ls").expect("/usr/bin/ls on the test host")
     }
 
     #[test]
@@ -187,7 +187,7 @@ pub(super) mod tests {
         let candidates = ["/usr/sbin/ldconfig", "/sbin/ldconfig", "/bin/busybox"];
         let mut read_any = false;
         for path in candidates {
-            let Ok(bytes) = std::fs::read(path) else {
+            let Ok(bytes) = fs_err::read(path) else {
                 continue;
             };
             let info = read_info(&bytes).unwrap();

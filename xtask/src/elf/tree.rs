@@ -7,7 +7,7 @@
 //! a `..` that would climb above the tree's root is an error rather than the root itself, since
 //! a package that needs it is broken.
 
-use std::fs;
+use fs_err as fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -48,8 +48,9 @@ pub enum TreeError {
     Loop { tree: PathBuf, path: String },
     #[error("the symlink {link} in {} has a target that is not UTF-8", tree.display())]
     NonUtf8Link { tree: PathBuf, link: String },
-    #[error("reading {}: {source}", path.display())]
-    Io { path: PathBuf, source: io::Error },
+    /// fs_err's message names the path and the operation.
+    #[error(transparent)]
+    Io(#[from] io::Error),
 }
 
 /// The regular file `path` leads to inside `tree`, or `None` when it leads nowhere (a missing
@@ -124,8 +125,8 @@ impl Walk<'_> {
         let meta = match fs::symlink_metadata(&full) {
             Ok(meta) => meta,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-            Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => return Ok(false),
-            Err(source) => return Err(TreeError::Io { path: full, source }),
+            Err(e) if e.kind() == io::ErrorKind::NotADirectory => return Ok(false),
+            Err(source) => return Err(source.into()),
         };
         if meta.file_type().is_symlink() {
             return self.follow(rel, &full).map(|()| true);
@@ -145,10 +146,7 @@ impl Walk<'_> {
                 path: self.path.to_string(),
             });
         }
-        let target = fs::read_link(full).map_err(|source| TreeError::Io {
-            path: full.to_path_buf(),
-            source,
-        })?;
+        let target = fs::read_link(full)?;
         let Some(target) = target.to_str().map(str::to_string) else {
             return Err(TreeError::NonUtf8Link {
                 tree: self.tree.to_path_buf(),
@@ -168,7 +166,7 @@ impl Walk<'_> {
 
 #[cfg(test)]
 mod tests {
-    use std::os::unix::fs::symlink;
+    use fs_err::os::unix::fs::symlink;
 
     use super::*;
 

@@ -39,7 +39,7 @@ impl Manifest {
     /// Reads an existing manifest; a missing or unreadable one is empty (it
     /// is rewritten whole on every build).
     pub fn read_or_empty(path: &Path) -> Manifest {
-        std::fs::read(path)
+        fs_err::read(path)
             .ok()
             .and_then(|b| serde_json::from_slice::<Manifest>(&b).ok())
             .filter(|m| m.schema == SCHEMA)
@@ -78,10 +78,10 @@ impl Manifest {
     /// Writes through a temporary file and a rename.
     pub fn write(&self, path: &Path) -> Result<()> {
         let dir = path.parent().unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        fs_err::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let tmp = tempfile::NamedTempFile::new_in(dir)
             .with_context(|| format!("creating a file in {}", dir.display()))?;
-        std::fs::write(tmp.path(), self.to_bytes())
+        fs_err::write(tmp.path(), self.to_bytes())
             .with_context(|| format!("writing {}", tmp.path().display()))?;
         tmp.persist(path)
             .with_context(|| format!("renaming into place {}", path.display()))?;

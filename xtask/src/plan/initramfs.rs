@@ -156,7 +156,7 @@ fn check_templates(recipe: &Recipe, ir: &recipe::Initramfs) -> Result<BTreeMap<S
                     recipe.file.display()
                 )
             })?;
-        let text = std::fs::read_to_string(&file)
+        let text = fs_err::read_to_string(&file)
             .with_context(|| format!("reading template {}", file.display()))?;
         recipe::check_template(&display_path(&file), &text, &recipe.variables)?;
         used.extend(crate::template::referenced(&text));

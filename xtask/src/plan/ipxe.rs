@@ -255,15 +255,15 @@ impl Builder<'_> {
 /// in `refs/heads/`, or one in `packed-refs`), read without git.
 fn git_head(checkout: &Path) -> Option<String> {
     let git = checkout.join(".git");
-    let head = std::fs::read_to_string(git.join("HEAD")).ok()?;
+    let head = fs_err::read_to_string(git.join("HEAD")).ok()?;
     let head = head.trim();
     let Some(reference) = head.strip_prefix("ref: ") else {
         return Some(head.to_string());
     };
-    if let Ok(commit) = std::fs::read_to_string(git.join(reference)) {
+    if let Ok(commit) = fs_err::read_to_string(git.join(reference)) {
         return Some(commit.trim().to_string());
     }
-    let packed = std::fs::read_to_string(git.join("packed-refs")).ok()?;
+    let packed = fs_err::read_to_string(git.join("packed-refs")).ok()?;
     packed
         .lines()
         .filter_map(|l| l.split_once(' '))

@@ -105,8 +105,8 @@ impl Builder<'_> {
     /// is recorded with git-like modes: an operator's checkout must not
     /// change a key through its umask.
     pub(super) fn local_input(&self, path: &Path) -> Result<Output> {
-        let meta = std::fs::metadata(path)
-            .with_context(|| format!("{} does not exist", path.display()))?;
+        let meta =
+            fs_err::metadata(path).with_context(|| format!("{} does not exist", path.display()))?;
         if meta.is_dir() {
             Ok(Output::Tree {
                 digest: self.store.put_local_tree(path, Modes::GitLike)?,

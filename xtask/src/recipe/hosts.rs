@@ -472,7 +472,7 @@ mod tests {
     fn load_text(text: &str) -> Result<Vec<Host>> {
         let dir = tempfile::tempdir()?;
         let file = dir.path().join("hosts.toml");
-        std::fs::write(&file, text)?;
+        fs_err::write(&file, text)?;
         load(&file)
     }
 
@@ -597,7 +597,7 @@ mlab2-lga01, 192.0.2.11/26 ,192.0.2.1,8.8.8.8,,,,
     fn load_as(ext: &str, text: &str) -> Result<Vec<Host>> {
         let dir = tempfile::tempdir()?;
         let file = dir.path().join(format!("hosts.{ext}"));
-        std::fs::write(&file, text)?;
+        fs_err::write(&file, text)?;
         load(&file)
     }
 

@@ -226,7 +226,7 @@ impl Ipxe {
     /// to `script_size`, and the targets it gets. Every host is checked;
     /// all problems are returned together.
     pub fn host_files(&self, hosts: &[Host]) -> Result<Vec<IpxeHost>, HostErrors> {
-        let text = std::fs::read_to_string(&self.script_template).unwrap_or_default();
+        let text = fs_err::read_to_string(&self.script_template).unwrap_or_default();
         let mut errors = HostErrors::default();
         let mut out = Vec::new();
         for h in hosts {
@@ -312,7 +312,7 @@ impl Ipxe {
 
 /// Files of the patch directory in byte order of their names (`0001-…`).
 fn patch_files(ctx: &mut Ctx, dir: &Path, span: Option<std::ops::Range<usize>>) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
+    let mut files: Vec<PathBuf> = match fs_err::read_dir(dir) {
         Ok(entries) => entries
             .filter_map(Result::ok)
             .map(|e| e.path())

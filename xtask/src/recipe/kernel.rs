@@ -99,7 +99,7 @@ pub(super) fn modules(ctx: &mut Ctx, raw: RawModules) -> Option<Modules> {
     let mut modprobe_d = Vec::new();
     for f in &raw.modprobe_d {
         let path = base.join(f.get_ref());
-        match std::fs::read_to_string(&path) {
+        match fs_err::read_to_string(&path) {
             Ok(text) => modprobe_d.push((f.get_ref().clone(), text)),
             Err(e) => ctx.push(f.span(), format!("cannot read {}: {e}", path.display())),
         }

@@ -122,7 +122,7 @@ fn check_overrides(
 }
 
 fn toml_files(dir: &Path) -> Result<Vec<PathBuf>> {
-    let entries = std::fs::read_dir(dir)
+    let entries = fs_err::read_dir(dir)
         .with_context(|| format!("reading the recipes directory {}", dir.display()))?;
     let mut files = Vec::new();
     for entry in entries {
@@ -145,7 +145,7 @@ struct Doc {
 
 impl Doc {
     fn read(file: &Path) -> Result<Doc> {
-        let text = std::fs::read_to_string(file)
+        let text = fs_err::read_to_string(file)
             .with_context(|| format!("reading recipe file {}", file.display()))?;
         Ok(Doc {
             file: file.to_path_buf(),
@@ -385,7 +385,7 @@ fn recipe_dir(ctx: &mut Ctx, base: &Path, raw: &Spanned<String>, what: &str) -> 
 /// with `vars`: a read error points at the recipe, a template error into
 /// the template.
 fn render_file(ctx: &mut Ctx, file: &Path, at: Range<usize>, vars: &Vars) -> Option<String> {
-    let text = match std::fs::read_to_string(file) {
+    let text = match fs_err::read_to_string(file) {
         Ok(t) => t,
         Err(e) => {
             ctx.push(at, format!("cannot read {}: {e}", file.display()));

@@ -34,7 +34,7 @@ pub fn update_deb_pins(
     mut new_pin: impl FnMut(&str, &str, &DebPin) -> Result<Option<DebPin>>,
 ) -> Result<Vec<PinChange>> {
     let text =
-        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        fs_err::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     let mut doc: toml_edit::DocumentMut = text
         .parse()
         .with_context(|| format!("parsing {}", file.display()))?;
@@ -84,8 +84,7 @@ fn write_atomically(file: &Path, text: &str) -> Result<()> {
     let dir = file.parent().unwrap_or(Path::new("."));
     let tmp = tempfile::NamedTempFile::new_in(dir)
         .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
-    std::fs::write(tmp.path(), text)
-        .with_context(|| format!("writing {}", tmp.path().display()))?;
+    fs_err::write(tmp.path(), text).with_context(|| format!("writing {}", tmp.path().display()))?;
     tmp.persist(file)
         .with_context(|| format!("writing {}", file.display()))?;
     Ok(())
@@ -100,7 +99,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("sources.toml");
         let text = "# busybox\n[busybox]\ndeb = \"busybox-static\"\nversion = \"1\"\nsha256 = \"aa\"\n\n[ipxe]\nurl = \"https://x\"\n";
-        std::fs::write(&file, text).unwrap();
+        fs_err::write(&file, text).unwrap();
         let changes = update_deb_pins(&file, &[], false, |name, package, old| {
             assert_eq!(
                 (name, package, old.version.as_str()),
@@ -114,7 +113,7 @@ mod tests {
         })
         .unwrap();
         assert_eq!(changes.len(), 1);
-        let written = std::fs::read_to_string(&file).unwrap();
+        let written = fs_err::read_to_string(&file).unwrap();
         assert!(written.starts_with("# busybox\n[busybox]\n"), "{written}");
         assert!(
             written.contains("pool = \"pool/main/b/busybox/b_1.deb\""),

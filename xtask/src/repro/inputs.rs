@@ -299,9 +299,9 @@ mod tests {
     /// says `by`, and a manifest naming that tree as a kernel's input.
     fn run(dir: &std::path::Path, by: &str) -> (Store, Vec<u8>) {
         let tree = dir.join("objtree");
-        std::fs::create_dir_all(tree.join("include/generated")).unwrap();
-        std::fs::write(tree.join("Makefile"), "all:\n").unwrap();
-        std::fs::write(
+        fs_err::create_dir_all(tree.join("include/generated")).unwrap();
+        fs_err::write(tree.join("Makefile"), "all:\n").unwrap();
+        fs_err::write(
             tree.join("include/generated/compile.h"),
             format!("#define UTS_MACHINE \"x86_64\"\n#define LINUX_COMPILE_BY \"{by}\"\n"),
         )

@@ -10,8 +10,8 @@
 pub mod diff;
 pub mod inputs;
 
+use fs_err as fs;
 use std::collections::BTreeSet;
-use std::fs;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 
@@ -233,7 +233,7 @@ pub fn build(
     let log = run.log();
     if let Some((uid, gid, _)) = &run.user {
         fs::File::create(&log)?;
-        std::os::unix::fs::chown(&log, Some(*uid), Some(*gid))?;
+        fs_err::os::unix::fs::chown(&log, Some(*uid), Some(*gid))?;
     }
     let setup = Setup {
         umask: run.umask,
@@ -381,7 +381,7 @@ pub fn copy_tree(src: &Path, dst: &Path, reverse: bool, skip: &BTreeSet<PathBuf>
         let to = dst.join(entry.file_name());
         let kind = entry.file_type()?;
         if kind.is_symlink() {
-            std::os::unix::fs::symlink(fs::read_link(&from)?, &to)?;
+            fs_err::os::unix::fs::symlink(fs::read_link(&from)?, &to)?;
         } else if kind.is_dir() {
             copy_tree(&from, &to, reverse, skip)?;
             fs::set_permissions(&to, fs::metadata(&from)?.permissions())?;
@@ -395,7 +395,7 @@ pub fn copy_tree(src: &Path, dst: &Path, reverse: bool, skip: &BTreeSet<PathBuf>
 fn chown_tree(dir: &Path, uid: u32, gid: u32) -> Result<()> {
     for entry in walkdir::WalkDir::new(dir) {
         let entry = entry?;
-        std::os::unix::fs::lchown(entry.path(), Some(uid), Some(gid))
+        fs_err::os::unix::fs::lchown(entry.path(), Some(uid), Some(gid))
             .with_context(|| format!("chown {}", entry.path().display()))?;
     }
     Ok(())

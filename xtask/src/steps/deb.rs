@@ -2,8 +2,8 @@
 //! `data.tar.{xz,zst,gz}` member into a tree. No dpkg: the same bytes give
 //! the same tree on any host.
 
+use fs_err::File;
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::Path;
 use std::sync::atomic::Ordering::Relaxed;
@@ -40,7 +40,7 @@ impl Step for UnpackDeb {
     fn run(&self, ctx: &StepContext, scratch: &Path) -> Result<BTreeMap<String, Output>> {
         let deb = ctx.file(DEB)?;
         let root = scratch.join("root");
-        std::fs::create_dir(&root)?;
+        fs_err::create_dir(&root)?;
         unpack(&deb, &root, &self.source)
             .with_context(|| format!("unpacking source `{}` ({})", self.source, deb.display()))?;
         let digest = ctx.store.put_tree(&root)?;

@@ -116,7 +116,7 @@ impl FetchDeb {
                 .and_then(|()| store_verified(ctx, &partial, &self.source, &self.sha256, &url));
             match fetched {
                 Ok(output) => {
-                    let _ = std::fs::remove_file(&partial);
+                    let _ = fs_err::remove_file(&partial);
                     tracing::warn!(
                         "{}={} came from {url}: apt no longer offers it",
                         self.package,
@@ -127,7 +127,7 @@ impl FetchDeb {
                 Err(e) => {
                     // Other bytes are never resumed; a cut transfer is.
                     if e.is::<ChecksumMismatch>() {
-                        let _ = std::fs::remove_file(&partial);
+                        let _ = fs_err::remove_file(&partial);
                     }
                     tried.push(format!("{e:#}"));
                 }
@@ -151,14 +151,14 @@ fn fetch_any(url: &str, partial: &Path, source: &str) -> Result<()> {
         .ok()
         .and_then(|u| u.to_file_path().ok())
         .with_context(|| format!("{url} is not a local path"))?;
-    std::fs::copy(&path, partial)
+    fs_err::copy(&path, partial)
         .map(drop)
         .with_context(|| format!("copying {} for source `{source}`", path.display()))
 }
 
 /// The bytes of the files directly in `dir`.
 fn dir_bytes(dir: &Path) -> u64 {
-    std::fs::read_dir(dir)
+    fs_err::read_dir(dir)
         .into_iter()
         .flatten()
         .flatten()
@@ -170,7 +170,7 @@ fn dir_bytes(dir: &Path) -> u64 {
 
 fn single_deb(dir: &Path) -> Result<std::path::PathBuf> {
     let mut debs = Vec::new();
-    for entry in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+    for entry in fs_err::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
         let path = entry?.path();
         if path.extension().is_some_and(|e| e == "deb") {
             debs.push(path);
@@ -243,7 +243,7 @@ impl Step for FetchUrl {
         download_with_retries(&self.url, &partial, &self.source)?;
         let result = store_verified(ctx, &partial, &self.source, &self.sha256, &self.url);
         // A finished download is never resumed: on a mismatch the next try starts over.
-        let _ = std::fs::remove_file(&partial);
+        let _ = fs_err::remove_file(&partial);
         Ok(BTreeMap::from([(FILE.into(), result?)]))
     }
 }
@@ -293,7 +293,7 @@ impl Step for FetchTree {
             &what,
             hint,
         );
-        let _ = std::fs::remove_file(&partial);
+        let _ = fs_err::remove_file(&partial);
         Ok(BTreeMap::from([(
             TREE.into(),
             Output::Tree { digest: digest? },
@@ -424,7 +424,7 @@ impl DownloadError {
 /// when the server ignores the range.
 fn download(url: &str, partial: &Path) -> Result<(), DownloadError> {
     use std::io::Write;
-    let have = std::fs::metadata(partial).map(|m| m.len()).unwrap_or(0);
+    let have = fs_err::metadata(partial).map(|m| m.len()).unwrap_or(0);
     let client = reqwest::blocking::Client::builder()
         .connect_timeout(std::time::Duration::from_secs(30))
         .timeout(None)
@@ -442,7 +442,7 @@ fn download(url: &str, partial: &Path) -> Result<(), DownloadError> {
         )));
     }
     if status == reqwest::StatusCode::RANGE_NOT_SATISFIABLE {
-        let _ = std::fs::remove_file(partial);
+        let _ = fs_err::remove_file(partial);
         return Err(DownloadError::retry(anyhow::anyhow!(
             "{url}: partial download is stale; starting over"
         )));
@@ -453,7 +453,7 @@ fn download(url: &str, partial: &Path) -> Result<(), DownloadError> {
         )));
     }
     let resumed = status == reqwest::StatusCode::PARTIAL_CONTENT;
-    let mut file = std::fs::OpenOptions::new()
+    let mut file = fs_err::OpenOptions::new()
         .create(true)
         .write(true)
         .append(resumed)

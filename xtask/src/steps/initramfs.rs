@@ -139,7 +139,7 @@ impl BuildInitramfs {
                 .get_mut(path.as_str())
                 .with_context(|| format!("template {path} is not a file in any overlay"))?;
             let text = match &entry.kind {
-                Kind::File(Data::File { path: p, .. }) => std::fs::read_to_string(p)
+                Kind::File(Data::File { path: p, .. }) => fs_err::read_to_string(p)
                     .with_context(|| format!("template {path} is not UTF-8 text"))?,
                 Kind::File(Data::Bytes(b)) => String::from_utf8(b.clone())?,
                 _ => anyhow::bail!("template {path} is not a regular file"),
@@ -154,7 +154,7 @@ impl BuildInitramfs {
     fn write(&self, entries: &[Entry], out: &Path) -> Result<()> {
         let compression = self.compression;
         let file =
-            std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
+            fs_err::File::create(out).with_context(|| format!("creating {}", out.display()))?;
         let mut w = BufWriter::new(file);
         let opts = CompressOptions {
             level: self.level,
@@ -209,8 +209,8 @@ impl Image {
 /// binary is an input, so its answer is a function of the key.
 fn applets(blob: &Path, scratch: &Path) -> Result<Vec<String>> {
     let exe = scratch.join("busybox");
-    std::fs::copy(blob, &exe).context("copying busybox to scratch")?;
-    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755))?;
+    fs_err::copy(blob, &exe).context("copying busybox to scratch")?;
+    fs_err::set_permissions(&exe, std::fs::Permissions::from_mode(0o755))?;
     let mut cmd = tools::command_at(&exe);
     cmd.arg("--list-full");
     let list = tools::capture(cmd).context("asking busybox for its applets")?;

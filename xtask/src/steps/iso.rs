@@ -137,8 +137,8 @@ impl BuildIso {
     fn stage(&self, ctx: &StepContext, root: &Path) -> Result<()> {
         let isolinux = ctx.tree_file(ISOLINUX, ISOLINUX_BIN, "the isolinux package")?;
         let ldlinux = ctx.tree_file(SYSLINUX, LDLINUX_C32, "the syslinux-common package")?;
-        let kernel = std::fs::read(ctx.file(KERNEL)?).context("reading the kernel")?;
-        let uki = std::fs::read(ctx.file(UKI)?).context("reading the UKI")?;
+        let kernel = fs_err::read(ctx.file(KERNEL)?).context("reading the kernel")?;
+        let uki = fs_err::read(ctx.file(UKI)?).context("reading the UKI")?;
         let esp = esp_image(uki, self.epoch).context("writing the EFI boot image")?;
         write(&root.join("isolinux/isolinux.bin"), &isolinux, 0o644)?;
         write(&root.join("isolinux/ldlinux.c32"), &ldlinux, 0o644)?;
@@ -179,11 +179,11 @@ fn isolinux_cfg(cmdline: &str) -> String {
 
 fn write(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+        fs_err::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        fs_err::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
     }
-    std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+    fs_err::write(path, bytes).with_context(|| format!("writing {}", path.display()))?;
+    fs_err::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .with_context(|| format!("setting the mode of {}", path.display()))
 }
 

@@ -117,7 +117,7 @@ mod tests {
                 continue;
             }
             let rel = entry.path().strip_prefix(&root).unwrap();
-            let text = std::fs::read_to_string(entry.path()).unwrap();
+            let text = fs_err::read_to_string(entry.path()).unwrap();
             let mut lines = text.lines();
             while let Some(line) = lines.next() {
                 if line.trim() != "#[serde(skip)]" {

@@ -168,7 +168,7 @@ pub fn set_mtimes(dir: &Path, time: std::time::SystemTime) -> Result<()> {
         if entry.file_type().is_symlink() {
             continue;
         }
-        std::fs::File::open(entry.path())
+        fs_err::File::open(entry.path())
             .and_then(|f| f.set_modified(time))
             .with_context(|| format!("setting the mtime of {}", entry.path().display()))?;
     }

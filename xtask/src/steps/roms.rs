@@ -82,7 +82,7 @@ impl Step for RomTable {
             let input = ROM.nth(i);
             let bytes = match &spec.path_in_tree {
                 Some(path) => ctx.tree_file(&input, path, "the package holding this ROM")?,
-                None => std::fs::read(ctx.file(&input)?)?,
+                None => fs_err::read(ctx.file(&input)?)?,
             };
             let line = spec.check(&bytes)?;
             table.push_str(&line);

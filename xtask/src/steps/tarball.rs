@@ -4,8 +4,8 @@
 //! (`linux-6.1.90/`) is stripped, so every kernel source looks the same to
 //! the steps that read it.
 
+use fs_err::File;
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::Path;
 
@@ -114,14 +114,14 @@ pub fn unpack(archive: &Path, dest: &Path, what: &str) -> Result<()> {
 /// has one.
 pub fn unpack_stripped(archive: &Path, scratch: &Path, what: &str) -> Result<std::path::PathBuf> {
     let root = scratch.join("root");
-    std::fs::create_dir(&root)?;
+    fs_err::create_dir(&root)?;
     unpack(archive, &root, what)?;
     Ok(single_top_dir(&root)?.unwrap_or(root))
 }
 
 /// `Some(dir)` when `root` holds exactly one entry and it is a directory.
 fn single_top_dir(root: &Path) -> Result<Option<std::path::PathBuf>> {
-    let mut entries = std::fs::read_dir(root)?;
+    let mut entries = fs_err::read_dir(root)?;
     let Some(first) = entries.next().transpose()? else {
         bail!("the tarball is empty");
     };

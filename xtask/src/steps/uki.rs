@@ -51,10 +51,10 @@ impl Step for AssembleUki {
 
     fn run(&self, ctx: &StepContext, scratch: &Path) -> Result<BTreeMap<String, Output>> {
         let stub = ctx.tree_file(STUB, STUB_X86_64, "the systemd-boot-efi package")?;
-        let linux = std::fs::read(ctx.file(KERNEL)?).context("reading the kernel")?;
+        let linux = fs_err::read(ctx.file(KERNEL)?).context("reading the kernel")?;
         let uname = kernel_release(&linux)?;
         let initrd = match self.initrd {
-            true => Some(std::fs::read(ctx.file(INITRD)?).context("reading the initrd")?),
+            true => Some(fs_err::read(ctx.file(INITRD)?).context("reading the initrd")?),
             false => None,
         };
         // The specification's order, as ukify writes it: small metadata
@@ -75,7 +75,7 @@ impl Step for AssembleUki {
         let image = pe::append_sections(&stub, &sections)
             .with_context(|| format!("adding sections to {STUB_X86_64}"))?;
         let out = scratch.join("uki.efi");
-        std::fs::write(&out, image).with_context(|| format!("writing {}", out.display()))?;
+        fs_err::write(&out, image).with_context(|| format!("writing {}", out.display()))?;
         let (digest, size) = ctx.store.put_file(&out)?;
         Ok(BTreeMap::from([(
             EFI.into(),

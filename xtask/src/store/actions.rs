@@ -1,7 +1,7 @@
 //! Action records (a step key and the outputs it made), the key components
 //! a step identity last had (for `--explain`), and per-key build locks.
 
-use std::fs::{self, File};
+use fs_err::{self as fs, File};
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};

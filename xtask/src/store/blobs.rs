@@ -1,7 +1,7 @@
 //! Blobs: file contents named by their sha256, written through `tmp/` and
 //! renamed into place, verified on every read.
 
-use std::fs::{self};
+use fs_err as fs;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -38,7 +38,7 @@ impl Store {
         if !dest.is_file() {
             let dir = dest.parent().expect("store paths have parents");
             fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-            fs::set_permissions(path, fs::Permissions::from_mode(0o444))?;
+            fs::set_permissions(path, std::fs::Permissions::from_mode(0o444))?;
             // A file with several names moves once; later names find the blob.
             if fs::rename(path, &dest).is_err() {
                 return self.put_file(path);
@@ -136,7 +136,7 @@ impl Store {
         let tmp = tempfile::NamedTempFile::new_in(dir)
             .with_context(|| format!("creating a file in {}", dir.display()))?;
         fs::copy(&src, tmp.path()).with_context(|| format!("copying into {}", dir.display()))?;
-        fs::set_permissions(tmp.path(), fs::Permissions::from_mode(mode))?;
+        fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(mode))?;
         tmp.persist(dest)
             .with_context(|| format!("renaming into place {}", dest.display()))?;
         Ok(())
@@ -162,7 +162,7 @@ impl Store {
     pub(super) fn publish(&self, staged: &tempfile::NamedTempFile, dest: &Path) -> Result<()> {
         let dir = dest.parent().expect("store paths have parents");
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        fs::set_permissions(staged.path(), fs::Permissions::from_mode(0o444))?;
+        fs::set_permissions(staged.path(), std::fs::Permissions::from_mode(0o444))?;
         fs::rename(staged.path(), dest).with_context(|| format!("renaming into {}", dest.display()))
     }
 }

@@ -101,7 +101,7 @@ impl Bucket {
                 let dir = parsed
                     .to_file_path()
                     .map_err(|_| anyhow::anyhow!("{what} `{url}`: not a local path"))?;
-                std::fs::create_dir_all(&dir)
+                fs_err::create_dir_all(&dir)
                     .with_context(|| format!("creating {what} directory {}", dir.display()))?;
                 let store = object_store::local::LocalFileSystem::new_with_prefix(&dir)
                     .with_context(|| format!("{what} {url}"))?;

@@ -34,7 +34,7 @@ impl Digest {
 
     pub fn of_file(path: &Path) -> Result<(Digest, u64)> {
         let file =
-            std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+            fs_err::File::open(path).with_context(|| format!("opening {}", path.display()))?;
         Digest::of_reader(file).with_context(|| format!("reading {}", path.display()))
     }
 

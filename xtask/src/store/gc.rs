@@ -2,7 +2,7 @@
 //! remaining record reaches, stat caches of directories that are gone, and
 //! scratch left by killed builds.
 
-use std::fs;
+use fs_err as fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};

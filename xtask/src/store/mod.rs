@@ -32,8 +32,8 @@ mod statcache;
 mod tree;
 mod trees;
 
+use fs_err::{self as fs, File};
 use std::collections::BTreeMap;
-use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -161,7 +161,7 @@ mod tests {
         let store = Store::open(cache.path()).unwrap();
         let d = store.put_bytes(b"hello").unwrap();
         let path = store.blob_path(&d);
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         fs::write(&path, b"jello").unwrap();
         let err = store.read_blob(&d).unwrap_err();
         assert!(err.downcast_ref::<Corrupt>().is_some(), "{err:#}");
@@ -197,10 +197,10 @@ mod tests {
         fs::write(src.path().join("bin/tool"), b"#!/bin/sh\n").unwrap();
         fs::set_permissions(
             src.path().join("bin/tool"),
-            fs::Permissions::from_mode(0o755),
+            std::fs::Permissions::from_mode(0o755),
         )
         .unwrap();
-        std::os::unix::fs::symlink("tool", src.path().join("bin/alias")).unwrap();
+        fs_err::os::unix::fs::symlink("tool", src.path().join("bin/alias")).unwrap();
         let d = store.put_tree(src.path()).unwrap();
         let out = tempfile::tempdir().unwrap();
         store

@@ -62,7 +62,7 @@ pub struct StatCache {
 /// Whether the stat cache file at `path` describes a root that no longer
 /// exists (or cannot be read): `gc` removes it.
 pub fn is_stale(path: &Path) -> bool {
-    let saved: Option<Saved> = std::fs::read(path)
+    let saved: Option<Saved> = fs_err::read(path)
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok());
     !saved.and_then(|s| s.root).is_some_and(|r| r.exists())
@@ -98,7 +98,7 @@ impl StatCache {
         let abs = std::path::absolute(root).unwrap_or_else(|_| root.to_path_buf());
         let name = Digest::of_bytes(abs.as_os_str().as_encoded_bytes()).hex();
         let file = store_root.join("stat").join(format!("{name}.json"));
-        let old = std::fs::read(&file)
+        let old = fs_err::read(&file)
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default();
@@ -168,7 +168,7 @@ impl StatCache {
             files,
         };
         let Some(dir) = file.parent() else { return };
-        let _ = std::fs::create_dir_all(dir);
+        let _ = fs_err::create_dir_all(dir);
         if let Ok(tmp) = tempfile::NamedTempFile::new_in(&self.tmp) {
             if serde_json::to_writer(tmp.as_file(), &saved).is_ok() {
                 let _ = tmp.persist(&file);
@@ -185,7 +185,7 @@ mod tests {
     fn a_file_modified_just_before_the_save_is_hashed_again() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("f");
-        std::fs::write(&file, b"x").unwrap();
+        fs_err::write(&file, b"x").unwrap();
         let meta = file.metadata().unwrap();
         let digest = Digest::of_bytes(b"x");
         let entry = |saved_ns| StatCache {
@@ -214,7 +214,7 @@ mod tests {
         let later = mtime_ns(&meta) + 10 * RACY_NS;
         assert_eq!(entry(later).lookup("f", &meta), Some((digest, 1)));
         // Another size or inode: not trusted.
-        std::fs::write(&file, b"xy").unwrap();
+        fs_err::write(&file, b"xy").unwrap();
         assert_eq!(entry(later).lookup("f", &file.metadata().unwrap()), None);
     }
 }

@@ -2,7 +2,7 @@
 //! blobs (`tree.rs` is the manifest's type), and checked out again by
 //! copying or hard-linking.
 
-use std::fs::{self, File};
+use fs_err::{self as fs, File};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
@@ -51,7 +51,7 @@ impl Store {
         stat: &mut StatCache,
         rel: &str,
         path: &Path,
-        meta: &fs::Metadata,
+        meta: &std::fs::Metadata,
     ) -> Result<(Digest, u64)> {
         let found = match stat.lookup(rel, meta) {
             Some(hit) if self.has_blob(&hit.0) => hit,
@@ -89,7 +89,7 @@ impl Store {
         &self,
         dir: &Path,
         modes: Modes,
-        mut store: impl FnMut(&str, &Path, &fs::Metadata) -> Result<(Digest, u64)>,
+        mut store: impl FnMut(&str, &Path, &std::fs::Metadata) -> Result<(Digest, u64)>,
     ) -> Result<Digest> {
         let mut entries = Vec::new();
         let skip_vcs = modes == Modes::GitLike;
@@ -190,17 +190,17 @@ impl Store {
                     let src = self.verified_blob(digest)?;
                     fs::copy(&src, &path)
                         .with_context(|| format!("copying to {}", path.display()))?;
-                    fs::set_permissions(&path, fs::Permissions::from_mode(*mode))?;
+                    fs::set_permissions(&path, std::fs::Permissions::from_mode(*mode))?;
                 }
                 TreeKind::Symlink { target } => {
-                    std::os::unix::fs::symlink(target, &path)
+                    fs_err::os::unix::fs::symlink(target, &path)
                         .with_context(|| format!("creating symlink {}", path.display()))?;
                 }
             }
         }
         // Directory modes last: a read-only directory would refuse its children.
         for (path, mode) in dirs.into_iter().rev() {
-            fs::set_permissions(&path, fs::Permissions::from_mode(mode))?;
+            fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
         }
         Ok(())
     }
@@ -241,7 +241,7 @@ impl Store {
                             .with_context(|| format!("copying to {}", path.display()))?;
                     }
                 }
-                TreeKind::Symlink { target } => std::os::unix::fs::symlink(target, &path)
+                TreeKind::Symlink { target } => fs_err::os::unix::fs::symlink(target, &path)
                     .with_context(|| format!("creating symlink {}", path.display()))?,
             }
         }
@@ -264,7 +264,7 @@ impl Store {
                     fs::remove_file(&path)?;
                     fs::copy(&blob, &path)
                         .with_context(|| format!("copying to {}", path.display()))?;
-                    fs::set_permissions(&path, fs::Permissions::from_mode(*mode))?;
+                    fs::set_permissions(&path, std::fs::Permissions::from_mode(*mode))?;
                     // The copy keeps the blob's mtime like the links do: tools
                     // that compare mtimes (make) see one consistent source tree.
                     let mtime = fs::metadata(&blob)?.modified()?;

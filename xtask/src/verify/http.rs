@@ -50,7 +50,7 @@ fn handle(mut stream: TcpStream, root: &Path) -> std::io::Result<String> {
     let file = resolve(root, target).filter(|p| p.is_file());
     let status = match (method, &file) {
         ("GET" | "HEAD", Some(path)) => {
-            let body = std::fs::read(path)?;
+            let body = fs_err::read(path)?;
             let head = format!(
                 "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nContent-Type: application/octet-stream\r\nConnection: close\r\n\r\n",
                 body.len()
@@ -123,8 +123,8 @@ mod tests {
     #[test]
     fn files_are_served_and_nothing_outside_the_root() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join("stage2")).unwrap();
-        std::fs::write(dir.path().join("stage2/a.ipxe"), "#!ipxe\n").unwrap();
+        fs_err::create_dir(dir.path().join("stage2")).unwrap();
+        fs_err::write(dir.path().join("stage2/a.ipxe"), "#!ipxe\n").unwrap();
         let server = serve(dir.path()).unwrap();
         let ok = get(server.port, "/stage2/a.ipxe");
         assert!(

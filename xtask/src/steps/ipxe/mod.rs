@@ -202,7 +202,7 @@ impl BuildIpxe {
             let target = src.join(&self.platform).join(f);
             let read = |ext: &str| {
                 let path = target.with_file_name(format!("{f}{ext}"));
-                std::fs::read(&path).with_context(|| format!("reading {}", path.display()))
+                fs_err::read(&path).with_context(|| format!("reading {}", path.display()))
             };
             let (bin, zinfo, made) = (read(".bin")?, read(".zinfo")?, read("")?);
             let parts = patch::Compressed {
@@ -258,15 +258,15 @@ impl BuildIpxe {
             return Ok(());
         }
         let local = root.join("src/config/local");
-        std::fs::create_dir_all(&local)?;
+        fs_err::create_dir_all(&local)?;
         for entry in &ctx.tree(CONFIG)?.entries {
             if let TreeKind::File { digest, .. } = &entry.kind {
                 let dest = local.join(&entry.path);
                 if let Some(parent) = dest.parent() {
-                    std::fs::create_dir_all(parent)?;
+                    fs_err::create_dir_all(parent)?;
                 }
-                let _ = std::fs::remove_file(&dest);
-                std::fs::write(&dest, ctx.store.read_blob(digest)?)
+                let _ = fs_err::remove_file(&dest);
+                fs_err::write(&dest, ctx.store.read_blob(digest)?)
                     .with_context(|| format!("writing {}", dest.display()))?;
             }
         }
@@ -278,8 +278,8 @@ impl BuildIpxe {
     /// path reaches the image.
     fn kiln_files(&self, ctx: &StepContext, root: &Path) -> Result<Vec<String>> {
         let dir = root.join(KILN_DIR);
-        std::fs::create_dir_all(&dir)?;
-        std::fs::write(dir.join(SCRIPT_NAME), &self.script)?;
+        fs_err::create_dir_all(&dir)?;
+        fs_err::write(dir.join(SCRIPT_NAME), &self.script)?;
         let mut args = vec![format!("EMBED=../{KILN_DIR}/{SCRIPT_NAME}")];
         for (var, input, n) in [("TRUST", TRUST, self.trust), ("CERT", CERT, self.certs)] {
             if n == 0 {
@@ -288,7 +288,7 @@ impl BuildIpxe {
             let mut names = Vec::new();
             for i in 0..n {
                 let name = format!("{input}-{i}.pem");
-                std::fs::copy(ctx.file(input.nth(i))?, dir.join(&name))?;
+                fs_err::copy(ctx.file(input.nth(i))?, dir.join(&name))?;
                 names.push(format!("../{KILN_DIR}/{name}"));
             }
             args.push(format!("{var}={}", names.join(",")));

@@ -132,15 +132,15 @@ impl Step for PatchIpxe {
 
 fn read_input(ctx: &StepContext, name: &str) -> Result<Vec<u8>> {
     let path = ctx.file(name)?;
-    std::fs::read(&path).with_context(|| format!("reading {name} ({})", path.display()))
+    fs_err::read(&path).with_context(|| format!("reading {name} ({})", path.display()))
 }
 
 /// The platform's `zbin`, executable, in `scratch`.
 fn install_zbin(ctx: &StepContext, scratch: &Path, platform: &str) -> Result<PathBuf> {
     let dest = scratch.join(format!("zbin-{platform}"));
-    std::fs::copy(ctx.file(zbin_input(platform))?, &dest)?;
+    fs_err::copy(ctx.file(zbin_input(platform))?, &dest)?;
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o755))?;
+    fs_err::set_permissions(&dest, std::fs::Permissions::from_mode(0o755))?;
     Ok(dest)
 }
 
@@ -209,8 +209,8 @@ impl Compressed<'_> {
         let records = zinfo::parse(self.zinfo).context("the .zinfo is corrupt")?;
         let bin_path = self.scratch.join(format!("{}.bin", self.name));
         let zinfo_path = self.scratch.join(format!("{}.zinfo", self.name));
-        std::fs::write(&bin_path, bin)?;
-        std::fs::write(&zinfo_path, self.zinfo)?;
+        fs_err::write(&bin_path, bin)?;
+        fs_err::write(&zinfo_path, self.zinfo)?;
         let mut zbin = tools::command_at(self.zbin);
         // zbin reads only its two arguments: no variable may reach it.
         zbin.env_clear().arg(&bin_path).arg(&zinfo_path);
@@ -223,8 +223,8 @@ impl Compressed<'_> {
         if rom {
             optrom::fix_checksums(&mut image).context("fixing the ROM checksums")?;
         }
-        let _ = std::fs::remove_file(bin_path);
-        let _ = std::fs::remove_file(zinfo_path);
+        let _ = fs_err::remove_file(bin_path);
+        let _ = fs_err::remove_file(zinfo_path);
         Ok(image)
     }
 }
@@ -267,7 +267,7 @@ mod tests {
         let script = ipxe_script::padded("#!ipxe\nexit\n", SIZE).unwrap();
         let err = error(parts.patch(&placeholder, script.as_bytes(), None, false));
         assert!(err.contains("the .zinfo is corrupt"), "{err}");
-        assert_eq!(std::fs::read_dir(scratch.path()).unwrap().count(), 0);
+        assert_eq!(fs_err::read_dir(scratch.path()).unwrap().count(), 0);
         let parts = Compressed {
             bin: &bin[..600],
             ..parts

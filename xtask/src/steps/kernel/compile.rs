@@ -55,17 +55,17 @@ impl Step for CompileKernel {
     fn run(&self, ctx: &StepContext, scratch: &Path) -> Result<BTreeMap<String, Output>> {
         let src = checkout_source(ctx, scratch)?;
         let obj = src.join(BUILD_DIR);
-        std::fs::create_dir_all(&obj)?;
-        std::fs::copy(ctx.file(CONFIG)?, obj.join(".config"))?;
+        fs_err::create_dir_all(&obj)?;
+        fs_err::copy(ctx.file(CONFIG)?, obj.join(".config"))?;
         // An empty archive stands in for the initramfs: the compiled tree
         // must not depend on it (the link step puts the real one here).
-        std::fs::write(obj.join(INITRAMFS_NAME), newc::archive_bytes(&[])?)?;
+        fs_err::write(obj.join(INITRAMFS_NAME), newc::archive_bytes(&[])?)?;
         let mut cmd = make(&src, self.arch, self.epoch, self.threads)?;
         cmd.arg("all");
         tools::run_logged_with_progress(cmd, &ctx.log("kernel-compile"), &self.label())
             .with_context(|| format!("compiling the kernel for {}", self.name))?;
         let modroot = scratch.join("modules");
-        std::fs::create_dir(&modroot)?;
+        fs_err::create_dir(&modroot)?;
         if has_modules(&obj.join(".config"))? {
             let mut cmd = make(&src, self.arch, self.epoch, self.threads)?;
             cmd.arg(format!("INSTALL_MOD_PATH={}", modroot.display()))
@@ -74,10 +74,10 @@ impl Step for CompileKernel {
             tools::run_logged(cmd, &ctx.log("kernel-modules-install"))
                 .with_context(|| format!("installing the kernel modules for {}", self.name))?;
             // `build` and `source` point at this scratch directory.
-            for entry in std::fs::read_dir(modroot.join("lib/modules"))? {
+            for entry in fs_err::read_dir(modroot.join("lib/modules"))? {
                 let release = entry?.path();
                 for link in ["build", "source"] {
-                    std::fs::remove_file(release.join(link)).ok();
+                    fs_err::remove_file(release.join(link)).ok();
                 }
             }
         }
@@ -94,7 +94,7 @@ impl Step for CompileKernel {
 /// Whether the config builds any loadable module.
 fn has_modules(config: &Path) -> Result<bool> {
     let text =
-        std::fs::read_to_string(config).with_context(|| format!("reading {}", config.display()))?;
+        fs_err::read_to_string(config).with_context(|| format!("reading {}", config.display()))?;
     let module = super::config::Value::Set("m".into());
     Ok(super::config::parse(&text).values().any(|v| *v == module))
 }

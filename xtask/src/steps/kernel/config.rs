@@ -61,7 +61,7 @@ impl Step for KernelConfig {
     fn run(&self, ctx: &StepContext, scratch: &Path) -> Result<BTreeMap<String, Output>> {
         let src = checkout_source(ctx, scratch)?;
         let obj = src.join(BUILD_DIR);
-        std::fs::create_dir_all(&obj)?;
+        fs_err::create_dir_all(&obj)?;
         let dot_config = obj.join(".config");
         let log = ctx.log("kernel-config");
         match &self.base {
@@ -71,12 +71,12 @@ impl Step for KernelConfig {
                 tools::run_logged(cmd, &log)?;
             }
             None => {
-                std::fs::copy(ctx.file(CONFIG)?, &dot_config)?;
+                fs_err::copy(ctx.file(CONFIG)?, &dot_config)?;
             }
         }
         let mut fragments = Vec::new();
         for (i, name) in self.fragments.iter().enumerate() {
-            let text = std::fs::read_to_string(ctx.file(FRAGMENT.nth(i))?)
+            let text = fs_err::read_to_string(ctx.file(FRAGMENT.nth(i))?)
                 .with_context(|| format!("reading fragment {name}"))?;
             fragments.push((name.clone(), text));
         }
@@ -84,14 +84,14 @@ impl Step for KernelConfig {
             "(kiln: embedded initramfs)".into(),
             self.required.join("\n"),
         ));
-        let base_text = std::fs::read_to_string(&dot_config)
+        let base_text = fs_err::read_to_string(&dot_config)
             .with_context(|| format!("reading {}", dot_config.display()))?;
         let (merged, requested) = merge(&base_text, &fragments);
-        std::fs::write(&dot_config, merged)?;
+        fs_err::write(&dot_config, merged)?;
         let mut cmd = make(&src, self.arch, self.epoch, self.threads)?;
         cmd.arg("olddefconfig");
         tools::run_logged(cmd, &ctx.log("kernel-olddefconfig"))?;
-        let final_text = std::fs::read_to_string(&dot_config)?;
+        let final_text = fs_err::read_to_string(&dot_config)?;
         let final_values = parse(&final_text);
         check(&requested, &final_values, &src)
             .with_context(|| format!("kernel config for {}", self.name))?;
@@ -253,7 +253,7 @@ impl KconfigIndex {
     }
 
     fn walk(&mut self, src: &Path, rel: &str, conds: &mut Vec<String>, depth: usize) {
-        let Ok(text) = std::fs::read_to_string(src.join(rel)) else {
+        let Ok(text) = fs_err::read_to_string(src.join(rel)) else {
             return;
         };
         if depth > 64 {
@@ -431,15 +431,15 @@ mod tests {
     #[test]
     fn a_dropped_option_is_named_with_its_unmet_dependency() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
+        fs_err::write(
             dir.path().join("Kconfig"),
             "config NET\n\tbool \"Networking\"\n\thelp\n\t  Say Y\n\n\t  if unsure.\n\t  depends on nothing\n\nconfig E1000\n\ttristate \"e1000\"\n\
              \tdepends on PCI && NET\n\nconfig HIDDEN\n\tbool\n\
              if BLOCK\nsource \"fs/Kconfig\"\nendif\n",
         )
         .unwrap();
-        std::fs::create_dir(dir.path().join("fs")).unwrap();
-        std::fs::write(
+        fs_err::create_dir(dir.path().join("fs")).unwrap();
+        fs_err::write(
             dir.path().join("fs/Kconfig"),
             "menu \"File systems\"\n\tdepends on NET\nconfig EXT4_FS\n\ttristate \"ext4\"\nendmenu\n",
         )

@@ -3,8 +3,8 @@
 //! every object up to date and only regenerates the `usr/` archive, relinks
 //! vmlinux and recompresses the image: seconds instead of a full build.
 
+use fs_err::File;
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
@@ -62,8 +62,8 @@ impl Step for LinkKernel {
         set_mtimes(&obj, now - Duration::from_secs(60))?;
         if self.initramfs {
             let dest = obj.join(INITRAMFS_NAME);
-            std::fs::remove_file(&dest).ok();
-            std::fs::copy(ctx.file(INITRAMFS)?, &dest)?;
+            fs_err::remove_file(&dest).ok();
+            fs_err::copy(ctx.file(INITRAMFS)?, &dest)?;
             // The copy keeps the blob's read-only mode; setting times needs
             // only ownership, not a writable handle (root would not notice).
             File::open(&dest)?.set_modified(now)?;

@@ -72,13 +72,13 @@ fn rewrite_dep_files(obj: &Path, from: &str, to: &str) -> Result<()> {
         if !dep_file || !entry.file_type().is_file() {
             continue;
         }
-        let bytes = std::fs::read(entry.path())?;
+        let bytes = fs_err::read(entry.path())?;
         let text = String::from_utf8_lossy(&bytes);
         if text.contains(from) {
             // Write a new file: restored files may be links into the store.
             let path = entry.path();
-            std::fs::remove_file(path)?;
-            std::fs::write(path, text.replace(from, to))
+            fs_err::remove_file(path)?;
+            fs_err::write(path, text.replace(from, to))
                 .with_context(|| format!("rewriting {}", path.display()))?;
         }
     }

@@ -50,8 +50,8 @@ impl Step for DepmodIndexes {
         run_depmod(ctx, &root, kver, "depmod-full")?;
         let dir = root.join("lib/modules").join(kver);
         let indexes = scratch.join("indexes");
-        std::fs::create_dir(&indexes)?;
-        for entry in std::fs::read_dir(&dir)? {
+        fs_err::create_dir(&indexes)?;
+        for entry in fs_err::read_dir(&dir)? {
             let path = entry?.path();
             let name = path
                 .file_name()
@@ -59,7 +59,7 @@ impl Step for DepmodIndexes {
                 .unwrap_or_default()
                 .to_string();
             if name.starts_with("modules.") && path.is_file() {
-                std::fs::copy(&path, indexes.join(&name))?;
+                fs_err::copy(&path, indexes.join(&name))?;
             }
         }
         let digest = ctx.store.put_tree(&indexes)?;

@@ -1,8 +1,8 @@
 //! What kmod consults, loaded from `lib/modules/<kver>/` (depmod's text
 //! indexes plus each module's `.modinfo`), and name lookup in kmod's order.
 
+use fs_err as fs;
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 

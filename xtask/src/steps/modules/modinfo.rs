@@ -3,7 +3,7 @@
 //! `.ko`, `.ko.xz`, `.ko.zst` or `.ko.gz`; the ELF is read after
 //! decompressing in memory.
 
-use std::fs;
+use fs_err as fs;
 use std::io::Read;
 use std::path::Path;
 

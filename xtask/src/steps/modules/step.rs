@@ -172,8 +172,8 @@ impl BuildModules {
             match found {
                 Some((path, digest)) => {
                     let dest = subset.join(&path);
-                    std::fs::create_dir_all(dest.parent().expect("firmware paths have parents"))?;
-                    std::fs::copy(ctx.store.verified_blob(&digest)?, &dest)
+                    fs_err::create_dir_all(dest.parent().expect("firmware paths have parents"))?;
+                    fs_err::copy(ctx.store.verified_blob(&digest)?, &dest)
                         .with_context(|| format!("copying firmware {path}"))?;
                 }
                 None => missing.push(name.clone()),
@@ -199,7 +199,7 @@ impl BuildModules {
         for &compression in &self.compressions {
             let name = compression.extension();
             let path = scratch.join(format!("modules.cpio.{name}"));
-            let mut file = std::io::BufWriter::new(std::fs::File::create(&path)?);
+            let mut file = std::io::BufWriter::new(fs_err::File::create(&path)?);
             let copts = CompressOptions {
                 level: compression.default_level(),
                 threads: self.threads.max(1),
@@ -242,7 +242,7 @@ fn copy_subset(
 }
 
 fn copy_file(src: &Path, dst: &Path) -> Result<()> {
-    std::fs::create_dir_all(dst.parent().expect("module paths have parents"))?;
-    std::fs::copy(src, dst).with_context(|| format!("copying {}", src.display()))?;
+    fs_err::create_dir_all(dst.parent().expect("module paths have parents"))?;
+    fs_err::copy(src, dst).with_context(|| format!("copying {}", src.display()))?;
     Ok(())
 }

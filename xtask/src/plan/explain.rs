@@ -36,10 +36,11 @@ pub enum Reason {
         new_kind: String,
         new_version: u32,
     },
-    /// A parameter, by its path in the parameters (`vars.release`).
+    /// A parameter, by its path in the parameters (`vars.release`), with
+    /// its values as they are in the key (strings, numbers, lists).
     Param {
         name: String,
-        change: Change<String>,
+        change: Change<serde_json::Value>,
     },
     /// An input file or tree; `inside` says what moved in it when it can
     /// be opened (files of a tree, options of a kernel config), `more`
@@ -130,7 +131,7 @@ pub fn line(reasons: &[Reason]) -> String {
 }
 
 /// `{"vars": {"release": "x"}}` → `vars.release = "x"`.
-fn flatten(prefix: &str, v: &serde_json::Value, out: &mut BTreeMap<String, String>) {
+fn flatten(prefix: &str, v: &serde_json::Value, out: &mut BTreeMap<String, serde_json::Value>) {
     match v {
         serde_json::Value::Object(map) => {
             for (k, v) in map {
@@ -143,7 +144,7 @@ fn flatten(prefix: &str, v: &serde_json::Value, out: &mut BTreeMap<String, Strin
             }
         }
         other => {
-            out.insert(prefix.to_string(), other.to_string());
+            out.insert(prefix.to_string(), other.clone());
         }
     }
 }
@@ -456,13 +457,13 @@ mod tests {
                 Reason::Param {
                     name: "vars.release".into(),
                     change: Change::Changed {
-                        old: "\"a\"".into(),
-                        new: "\"b\"".into()
+                        old: "a".into(),
+                        new: "b".into()
                     }
                 },
                 Reason::Param {
                     name: "gone".into(),
-                    change: Change::Removed { old: "1".into() }
+                    change: Change::Removed { old: 1.into() }
                 },
                 Reason::Tool {
                     name: "make".into(),

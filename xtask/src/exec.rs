@@ -191,15 +191,9 @@ impl Executor<'_> {
             eprintln!("   running {label} [{}]", key.short());
         }
         let scratch = self.store.scratch(node.step.kind())?;
-        let ctx = StepContext {
-            store: self.store,
-            inputs,
-            log_dir: self.log_dir.clone(),
-            log_tag: key.short(),
-        };
-        let outputs = node
-            .step
-            .run(&ctx, scratch.path())
+        let ctx = StepContext::new(self.store, inputs, self.log_dir.clone(), key.short());
+        let outputs = ctx
+            .run_step(node.step.as_ref(), scratch.path())
             .with_context(|| format!("step `{label}` failed"))?;
         let record = ActionRecord {
             step: label.clone(),

@@ -102,15 +102,15 @@ fn timed(
     step: &dyn Step,
 ) -> Result<(BTreeMap<String, Output>, f64)> {
     let scratch = input.store.scratch("bench-modules")?;
-    let ctx = StepContext {
-        store: input.store,
-        inputs: inputs.clone(),
-        log_dir: input.work.join("logs"),
-        log_tag: "bench".to_string(),
-    };
+    let ctx = StepContext::new(
+        input.store,
+        inputs.clone(),
+        input.work.join("logs"),
+        "bench".into(),
+    );
     let start = Instant::now();
-    let out = step
-        .run(&ctx, scratch.path())
+    let out = ctx
+        .run_step(step, scratch.path())
         .with_context(|| format!("running {}", step.label()))?;
     Ok((out, start.elapsed().as_secs_f64()))
 }

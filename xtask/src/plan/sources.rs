@@ -138,6 +138,18 @@ impl Builder<'_> {
         let value = self
             .local_input(path)
             .with_context(|| format!("reading --source {name}={}", path.display()))?;
+        if let (Output::Tree { digest }, false) = (&value, matches!(kind, SourceKind::Deb { .. })) {
+            // A source tree is recorded as it is; a link out of it would
+            // make a build read (or write) what lies where it points.
+            let tree = self.store.tree(digest)?;
+            if let Some((link, target)) = tree.links_out().first() {
+                bail!(
+                    "--source {name}={}: {link} is a symbolic link to {target}, outside the tree; \
+                     Kiln does not follow links out of a source tree (replace it with what it points to)",
+                    path.display()
+                );
+            }
+        }
         let SourceKind::UrlTree { tree_sha256, .. } = kind else {
             return Ok(InputRef::Value(value));
         };

@@ -557,12 +557,7 @@ mod tests {
     }
 
     fn ctx(store: &Store) -> StepContext<'_> {
-        StepContext {
-            store,
-            inputs: BTreeMap::new(),
-            log_dir: std::env::temp_dir(),
-            log_tag: "test".to_string(),
-        }
+        StepContext::new(store, BTreeMap::new(), std::env::temp_dir(), "test".into())
     }
 
     #[test]

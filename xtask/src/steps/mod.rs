@@ -22,13 +22,14 @@ pub mod uki;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
 pub use key::KeyComponents;
 
-use crate::store::{Digest, Output, Store, Tree};
+use crate::store::{Digest, Output, Shared, Store, Tree, Verify};
 
 /// The step's parameters as they enter its key: what its `Serialize`
 /// writes, so a new field is in the key unless it is `#[serde(skip)]`
@@ -116,9 +117,59 @@ pub struct StepContext<'a> {
     /// Tells apart the logs of one step built with different keys: the
     /// key's short form, as the `running … [key]` line prints it.
     pub log_tag: String,
+    /// Store blobs this step's checkouts hard-linked into its scratch.
+    shared: Mutex<Shared>,
 }
 
-impl StepContext<'_> {
+impl<'a> StepContext<'a> {
+    pub fn new(
+        store: &'a Store,
+        inputs: BTreeMap<String, Output>,
+        log_dir: PathBuf,
+        log_tag: String,
+    ) -> StepContext<'a> {
+        StepContext {
+            store,
+            inputs,
+            log_dir,
+            log_tag,
+            shared: Mutex::default(),
+        }
+    }
+
+    /// Runs `step` in `scratch`, then checks that no tool wrote into a
+    /// store blob through a checkout (`Store::verify_shared`).
+    pub fn run_step(&self, step: &dyn Step, scratch: &Path) -> Result<BTreeMap<String, Output>> {
+        let result = step.run(self, scratch);
+        let shared = std::mem::take(&mut *self.shared.lock().expect("not poisoned"));
+        match (result, self.store.verify_shared(&shared)) {
+            (Ok(outputs), Ok(())) => Ok(outputs),
+            (Err(e), Ok(())) | (Ok(_), Err(e)) => Err(e),
+            (Err(e), Err(written)) => Err(e.context(format!("{written:#}"))),
+        }
+    }
+
+    /// `tree` read-only at `dest` (`Store::checkout`), its hard links
+    /// checked after the step.
+    pub fn checkout(&self, tree: &Tree, dest: &Path) -> Result<()> {
+        let shared = self.store.checkout(tree, dest)?;
+        self.shared.lock().expect("not poisoned").append(shared);
+        Ok(())
+    }
+
+    /// `Store::link_subtree`, its hard links checked after the step.
+    pub fn link_subtree(
+        &self,
+        tree: &Tree,
+        prefix: &str,
+        dest: &Path,
+        verify: Verify,
+    ) -> Result<()> {
+        let shared = self.store.link_subtree(tree, prefix, dest, verify)?;
+        self.shared.lock().expect("not poisoned").append(shared);
+        Ok(())
+    }
+
     pub fn input(&self, name: impl AsRef<str>) -> Result<&Output> {
         let name = name.as_ref();
         self.inputs

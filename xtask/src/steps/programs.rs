@@ -50,8 +50,7 @@ impl Step for CopyPrograms {
             let tree = ctx.tree(PACKAGE.nth(i))?;
             // Named after the source, so that errors name the package.
             let root = scratch.join(name);
-            ctx.store
-                .checkout(&tree, &root)
+            ctx.checkout(&tree, &root)
                 .with_context(|| format!("checking out package `{name}`"))?;
             trees.push(tree);
             roots.push(root);

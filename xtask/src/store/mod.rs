@@ -22,6 +22,7 @@
 //! fs4 crate is not needed.
 
 mod actions;
+pub mod beneath;
 mod blobs;
 pub mod bucket;
 mod digest;
@@ -44,6 +45,7 @@ pub use digest::Digest;
 use gc::{list_files, mark_used};
 pub use statcache::StatCache;
 pub use tree::{Tree, TreeEntry, TreeKind};
+pub use trees::Shared;
 
 /// What a step produced: named outputs, each a file or a tree.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -213,5 +215,62 @@ mod tests {
             Path::new("tool")
         );
         assert_eq!(store.put_tree(&out.path().join("t")).unwrap(), d);
+    }
+
+    #[test]
+    fn a_write_through_a_checked_out_link_is_caught_and_the_blob_dropped() {
+        let cache = tempfile::tempdir().unwrap();
+        let store = Store::open(cache.path()).unwrap();
+        let src = tempfile::tempdir().unwrap();
+        fs::write(src.path().join("a.c"), b"int main;\n").unwrap();
+        fs::write(src.path().join("a.o"), b"stale object").unwrap();
+        let d = store.put_tree(src.path()).unwrap();
+        let tree = store.tree(&d).unwrap();
+        let work = tempfile::tempdir().unwrap();
+        let shared = store.checkout(&tree, &work.path().join("w")).unwrap();
+        store.verify_shared(&shared).unwrap();
+        // A compiler writing over the stale object opens it for writing, in
+        // place; root ignores the blob's 0444 (others are given write here).
+        let object = work.path().join("w/a.o");
+        fs::set_permissions(&object, std::fs::Permissions::from_mode(0o644)).unwrap();
+        fs::write(&object, b"fresh object").unwrap();
+        let err = format!("{:#}", store.verify_shared(&shared).unwrap_err());
+        assert!(
+            err.contains("wrote into 1 file(s)") && err.contains(&object.display().to_string()),
+            "{err}"
+        );
+        let (_, digest, _) = tree.files().find(|(p, _, _)| *p == "a.o").unwrap();
+        assert!(!store.has_blob(digest), "the changed blob is gone");
+        assert!(!store.has_tree(&d), "and so is the tree naming it");
+        // A copied checkout shares nothing.
+        let copy = work.path().join("c");
+        store.put_tree(src.path()).unwrap();
+        store
+            .checkout_copy(&store.tree(&d).unwrap(), &copy)
+            .unwrap();
+        fs::write(copy.join("a.c"), b"changed").unwrap();
+        assert_eq!(
+            store.read_blob(&Digest::of_bytes(b"int main;\n")).unwrap(),
+            b"int main;\n"
+        );
+    }
+
+    #[test]
+    fn a_tampered_tree_manifest_is_refused_when_read() {
+        let cache = tempfile::tempdir().unwrap();
+        let store = Store::open(cache.path()).unwrap();
+        let blob = store.put_bytes(b"x").unwrap();
+        let evil = format!(
+            r#"{{"entries":[{{"path":"../../escaped","type":"file","digest":"{}","size":1,"mode":420}}]}}"#,
+            blob.hex()
+        );
+        let d = Digest::of_bytes(evil.as_bytes());
+        fs::write(
+            cache.path().join(format!("v1/trees/{}.json", d.hex())),
+            &evil,
+        )
+        .unwrap();
+        let err = format!("{:#}", store.tree(&d).unwrap_err());
+        assert!(err.contains("is refused") && err.contains("`..`"), "{err}");
     }
 }

@@ -169,6 +169,13 @@ impl Remote {
                     };
                     let tree: Tree = serde_json::from_slice(&bytes)
                         .with_context(|| format!("parsing {name} from {}", self.url))?;
+                    // Its paths decide where a checkout writes: never outside.
+                    if let Err(why) = tree.check() {
+                        return Ok(Pulled::Broken(format!(
+                            "{name} from the remote cache {} is refused: {why}",
+                            self.url
+                        )));
+                    }
                     if let Err(e) = self.pull_pack(digest, &tree, local)? {
                         return Ok(Pulled::Broken(e));
                     }

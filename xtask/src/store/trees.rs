@@ -2,12 +2,13 @@
 //! blobs (`tree.rs` is the manifest's type), and checked out again by
 //! copying or hard-linking.
 
-use fs_err::{self as fs, File};
+use fs_err as fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 
+use super::beneath::Beneath;
 use super::*;
 
 impl Store {
@@ -132,6 +133,8 @@ impl Store {
     /// that picks files out of other trees copies no data). Entries must be
     /// sorted, parents first; every file's blob must exist.
     pub fn put_tree_manifest(&self, tree: &Tree) -> Result<Digest> {
+        tree.check()
+            .map_err(|why| anyhow!("tree {} is refused: {why}", tree.digest().hex()))?;
         for (path, digest, _) in tree.files() {
             if !self.has_blob(digest) {
                 bail!(
@@ -170,37 +173,32 @@ impl Store {
             fs::read(&path).with_context(|| format!("reading tree manifest {}", path.display()))?;
         let actual = Digest::of_bytes(&bytes);
         check_digest(&path, d, actual)?;
-        serde_json::from_slice(&bytes)
-            .with_context(|| format!("parsing tree manifest {}", path.display()))
+        let tree: Tree = serde_json::from_slice(&bytes)
+            .with_context(|| format!("parsing tree manifest {}", path.display()))?;
+        tree.check()
+            .map_err(|why| anyhow!("tree manifest {} is refused: {why}", path.display()))?;
+        Ok(tree)
     }
 
     /// Writes a tree out as real files under `dest` (which must not exist).
     pub fn materialize(&self, tree: &Tree, dest: &Path) -> Result<()> {
-        fs::create_dir_all(dest).with_context(|| format!("creating {}", dest.display()))?;
+        let out = Beneath::open(dest)?;
         let mut dirs = Vec::new();
         for e in &tree.entries {
-            let path = dest.join(&e.path);
             match &e.kind {
                 TreeKind::Dir { mode } => {
-                    fs::create_dir_all(&path)
-                        .with_context(|| format!("creating {}", path.display()))?;
-                    dirs.push((path, *mode));
+                    out.dir(&e.path)?;
+                    dirs.push((e.path.as_str(), *mode));
                 }
                 TreeKind::File { digest, mode, .. } => {
-                    let src = self.verified_blob(digest)?;
-                    fs::copy(&src, &path)
-                        .with_context(|| format!("copying to {}", path.display()))?;
-                    fs::set_permissions(&path, std::fs::Permissions::from_mode(*mode))?;
+                    out.copy(&e.path, &self.verified_blob(digest)?, *mode)?;
                 }
-                TreeKind::Symlink { target } => {
-                    fs_err::os::unix::fs::symlink(target, &path)
-                        .with_context(|| format!("creating symlink {}", path.display()))?;
-                }
+                TreeKind::Symlink { target } => out.symlink(&e.path, target)?,
             }
         }
         // Directory modes last: a read-only directory would refuse its children.
         for (path, mode) in dirs.into_iter().rev() {
-            fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
+            out.set_dir_mode(path, mode)?;
         }
         Ok(())
     }
@@ -211,70 +209,156 @@ impl Store {
     /// inode, whose mode stays read-only, so callers take modes from the
     /// tree. With `Verify::Later` blobs are linked unread (fast for large
     /// trees); the caller must then verify every blob whose bytes it passes
-    /// on (`verified_blob`).
+    /// on (`verified_blob`). `dest` may already hold files (another
+    /// subtree's); nothing is written through a symlink there.
     pub fn link_subtree(
         &self,
         tree: &Tree,
         prefix: &str,
         dest: &Path,
         verify: Verify,
-    ) -> Result<()> {
+    ) -> Result<Shared> {
+        let mut shared = Shared::default();
         let prefix = match prefix.trim_end_matches('/') {
             "" => String::new(),
             p => format!("{p}/"),
         };
-        fs::create_dir_all(dest).with_context(|| format!("creating {}", dest.display()))?;
+        let out = Beneath::open(dest)?;
         for e in tree.entries.iter().filter(|e| e.path.starts_with(&prefix)) {
-            let path = dest.join(&e.path[prefix.len()..]);
+            let rel = &e.path[prefix.len()..];
             match &e.kind {
-                TreeKind::Dir { .. } => fs::create_dir_all(&path)
-                    .with_context(|| format!("creating {}", path.display()))?,
-                TreeKind::File { digest, .. } => {
+                TreeKind::Dir { .. } => out.dir(rel)?,
+                TreeKind::File { digest, mode, .. } => {
                     let src = match verify {
                         Verify::Now => self.verified_blob(digest)?,
                         Verify::Later => self.present_blob(digest)?,
                     };
                     // Never write through an existing name: it may be a link to a blob.
-                    let _ = fs::remove_file(&path);
-                    if fs::hard_link(&src, &path).is_err() {
-                        fs::copy(&src, &path)
-                            .with_context(|| format!("copying to {}", path.display()))?;
+                    out.remove(rel)?;
+                    let before = fs::metadata(&src)?;
+                    if out.hard_link(rel, &src)? {
+                        shared.links.push(SharedLink {
+                            path: dest.join(rel),
+                            digest: *digest,
+                            len: before.len(),
+                            modified: before.modified()?,
+                        });
+                    } else {
+                        out.copy(rel, &src, *mode)?;
                     }
                 }
-                TreeKind::Symlink { target } => fs_err::os::unix::fs::symlink(target, &path)
-                    .with_context(|| format!("creating symlink {}", path.display()))?,
+                TreeKind::Symlink { target } => out.symlink(rel, target)?,
             }
         }
+        Ok(shared)
+    }
+
+    /// A read-only working copy of `tree` at `dest` (a new directory) for a
+    /// tool that reads a large tree (a kernel source): files are hard links
+    /// to their blobs, except executables, which are copied so that their
+    /// mode bits apply. Blobs are linked unread: the tree's files were
+    /// digest-checked when it was recorded and the copy is never stored.
+    /// The links are returned for `verify_shared` after the tool ran.
+    pub fn checkout(&self, tree: &Tree, dest: &Path) -> Result<Shared> {
+        self.checkout_with(tree, dest, |mode| mode & 0o111 != 0)
+    }
+
+    /// `checkout` with every file copied, for a tool that writes inside
+    /// the tree it builds (iPXE's make builds in `src/bin*`).
+    pub fn checkout_copy(&self, tree: &Tree, dest: &Path) -> Result<()> {
+        let shared = self.checkout_with(tree, dest, |_| true)?;
+        debug_assert!(shared.links.is_empty());
         Ok(())
     }
 
-    /// A read-only working copy of `tree` at `dest` for a tool that reads a
-    /// large tree (a kernel source): files are hard links to their blobs,
-    /// except executables, which are copied (with the blob's mtime) so that
-    /// their mode bits apply.
-    /// Blobs are linked unread (`Verify::Later`): the tree's files were
-    /// digest-checked when it was recorded and the copy is never stored.
-    pub fn checkout(&self, tree: &Tree, dest: &Path) -> Result<()> {
-        self.link_subtree(tree, "", dest, Verify::Later)?;
+    fn checkout_with(
+        &self,
+        tree: &Tree,
+        dest: &Path,
+        copy: impl Fn(u32) -> bool,
+    ) -> Result<Shared> {
+        let out = Beneath::open(dest)?;
+        let mut shared = Shared::default();
         for e in &tree.entries {
-            if let TreeKind::File { digest, mode, .. } = &e.kind {
-                if mode & 0o111 != 0 {
-                    let path = dest.join(&e.path);
-                    let blob = self.blob_path(digest);
-                    fs::remove_file(&path)?;
-                    fs::copy(&blob, &path)
-                        .with_context(|| format!("copying to {}", path.display()))?;
-                    fs::set_permissions(&path, std::fs::Permissions::from_mode(*mode))?;
-                    // The copy keeps the blob's mtime like the links do: tools
-                    // that compare mtimes (make) see one consistent source tree.
-                    let mtime = fs::metadata(&blob)?.modified()?;
-                    // Times need ownership, not a writable handle: a mode
-                    // without owner write (0555) must not fail for non-root.
-                    File::open(&path)?.set_modified(mtime)?;
+            match &e.kind {
+                TreeKind::Dir { .. } => out.dir(&e.path)?,
+                TreeKind::Symlink { target } => out.symlink(&e.path, target)?,
+                TreeKind::File { digest, mode, .. } => {
+                    let blob = self.present_blob(digest)?;
+                    let before = fs::metadata(&blob)?;
+                    let modified = before.modified()?;
+                    if !copy(*mode) && out.hard_link(&e.path, &blob)? {
+                        shared.links.push(SharedLink {
+                            path: dest.join(&e.path),
+                            digest: *digest,
+                            len: before.len(),
+                            modified,
+                        });
+                        continue;
+                    }
+                    // A copy keeps the blob's mtime like the links do: tools
+                    // that compare mtimes (make) see one consistent tree.
+                    out.copy(&e.path, &blob, *mode)?
+                        .set_modified(modified)
+                        .with_context(|| format!("setting the time of {}", e.path))?;
                 }
             }
         }
-        Ok(())
+        Ok(shared)
+    }
+
+    /// Checks that no tool wrote through the links `shared` made. Root
+    /// ignores a blob's 0444, so a tool that rewrites a checked-out file in
+    /// place (a compiler writing over a stale object of a dirty checkout)
+    /// changes the store's copy. A blob whose size or mtime moved is hashed
+    /// again; one whose bytes changed is removed, with the trees naming it,
+    /// and the error names the file the tool wrote.
+    pub fn verify_shared(&self, shared: &Shared) -> Result<()> {
+        let mut seen = std::collections::HashSet::new();
+        let mut written = Vec::new();
+        for link in &shared.links {
+            if !seen.insert(link.digest) {
+                continue;
+            }
+            let moved = fs::metadata(self.blob_path(&link.digest))
+                .map(|m| m.len() != link.len || m.modified().ok() != Some(link.modified))
+                .unwrap_or(true);
+            if moved && self.verified_blob(&link.digest).is_err() {
+                written.push(link.path.display().to_string());
+            }
+        }
+        match written.as_slice() {
+            [] => Ok(()),
+            [one, ..] => bail!(
+                "a tool wrote into {} file(s) hard-linked from the store (first: {one}); those store \
+                 entries were removed and are made again by the next build. A step's tools must \
+                 not modify its checked-out inputs",
+                written.len()
+            ),
+        }
+    }
+}
+
+/// The store blobs a checkout hard-linked into a scratch directory, as they
+/// were then; `Store::verify_shared` checks them once the tools have run.
+#[must_use = "check it once the step's tools have run (StepContext does)"]
+#[derive(Debug, Default)]
+pub struct Shared {
+    links: Vec<SharedLink>,
+}
+
+#[derive(Debug)]
+struct SharedLink {
+    /// Where the link is (what a tool would have written).
+    path: PathBuf,
+    digest: Digest,
+    len: u64,
+    modified: std::time::SystemTime,
+}
+
+impl Shared {
+    pub fn append(&mut self, other: Shared) {
+        self.links.extend(other.links);
     }
 }
 

@@ -27,6 +27,7 @@ mod publish;
 mod recipe_errors;
 mod remote;
 mod repro;
+mod security;
 mod sources;
 mod stage1;
 mod stage2;

@@ -154,13 +154,8 @@ fn run_step(
     output: &str,
 ) -> Digest {
     std::fs::create_dir_all(scratch).unwrap();
-    let ctx = StepContext {
-        store,
-        inputs: inputs.clone(),
-        log_dir: scratch.to_path_buf(),
-        log_tag: "test".to_string(),
-    };
-    match &step.run(&ctx, scratch).unwrap()[output] {
+    let ctx = StepContext::new(store, inputs.clone(), scratch.to_path_buf(), "test".into());
+    match &ctx.run_step(step, scratch).unwrap()[output] {
         Output::File { digest, .. } => *digest,
         Output::Tree { .. } => panic!("{output} is a tree"),
     }

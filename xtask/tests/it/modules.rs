@@ -190,13 +190,8 @@ fn two_runs_of_the_modules_step_in_different_scratch_dirs_are_identical() {
     let kernel = exec.run(&plan).unwrap().last().unwrap().outputs["tree"];
     let run = |step: &dyn Step, inputs: &BTreeMap<String, Output>| {
         let scratch = tempfile::tempdir().unwrap();
-        let ctx = StepContext {
-            store: &store,
-            inputs: inputs.clone(),
-            log_dir: std::env::temp_dir(),
-            log_tag: "test".to_string(),
-        };
-        step.run(&ctx, scratch.path()).unwrap()
+        let ctx = StepContext::new(&store, inputs.clone(), std::env::temp_dir(), "test".into());
+        ctx.run_step(step, scratch.path()).unwrap()
     };
     let mut inputs = BTreeMap::from([("kernel".to_string(), kernel)]);
     let indexes = run(

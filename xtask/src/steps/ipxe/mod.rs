@@ -28,6 +28,7 @@ use serde::Serialize;
 use super::{output_digest, Slot, Step, StepContext};
 use crate::arch::Arch;
 use crate::archive::ipxe_script;
+use crate::store::beneath::Beneath;
 use crate::store::{Digest, Output, TreeKind};
 use crate::tools;
 
@@ -113,7 +114,8 @@ impl Step for BuildIpxe {
 
     fn run(&self, ctx: &StepContext, scratch: &Path) -> Result<BTreeMap<String, Output>> {
         let root = scratch.canonicalize()?.join("ipxe");
-        ctx.store.checkout(&ctx.tree(SOURCE)?, &root)?;
+        // Copied, not linked: make writes inside the tree.
+        ctx.store.checkout_copy(&ctx.tree(SOURCE)?, &root)?;
         if !root.join("src/Makefile").is_file() {
             bail!("the iPXE source has no src/Makefile: give the top of an ipxe/ipxe checkout");
         }
@@ -257,17 +259,22 @@ impl BuildIpxe {
         if !self.config {
             return Ok(());
         }
-        let local = root.join("src/config/local");
-        fs_err::create_dir_all(&local)?;
+        // Beneath the tree only: `src/config/local` may be a symlink in an
+        // operator's checkout, and Kiln's headers must not land where it points.
+        let tree = Beneath::open(root)?;
+        let local = "src/config/local";
+        tree.dir_all(local)?;
         for entry in &ctx.tree(CONFIG)?.entries {
-            if let TreeKind::File { digest, .. } = &entry.kind {
-                let dest = local.join(&entry.path);
-                if let Some(parent) = dest.parent() {
-                    fs_err::create_dir_all(parent)?;
+            let rel = format!("{local}/{}", entry.path);
+            match &entry.kind {
+                TreeKind::Dir { .. } => tree.dir(&rel)?,
+                TreeKind::File { digest, .. } => {
+                    tree.remove(&rel)?;
+                    let mut file = tree.create(&rel, 0o644)?;
+                    std::io::Write::write_all(&mut file, &ctx.store.read_blob(digest)?)
+                        .with_context(|| format!("writing {}", root.join(&rel).display()))?;
                 }
-                let _ = fs_err::remove_file(&dest);
-                fs_err::write(&dest, ctx.store.read_blob(digest)?)
-                    .with_context(|| format!("writing {}", dest.display()))?;
+                TreeKind::Symlink { .. } => {}
             }
         }
         Ok(())

@@ -43,7 +43,7 @@ pub const SOURCE: Slot = Slot("source");
 /// `unbind`/`rebind` must match. The object tree goes in `src/kiln-build`.
 pub fn checkout_source(ctx: &StepContext, scratch: &Path) -> Result<PathBuf> {
     let src = scratch.canonicalize()?.join("src");
-    ctx.store.checkout(&ctx.tree(SOURCE)?, &src)?;
+    ctx.checkout(&ctx.tree(SOURCE)?, &src)?;
     Ok(src)
 }
 

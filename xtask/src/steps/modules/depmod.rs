@@ -108,8 +108,7 @@ pub fn link_release(
             releases(tree).join(", ")
         );
     }
-    ctx.store
-        .link_subtree(tree, &prefix, &root.join(&prefix), verify)
+    ctx.link_subtree(tree, &prefix, &root.join(&prefix), verify)
 }
 
 pub fn run_depmod(ctx: &StepContext, root: &Path, kver: &str, log: &str) -> Result<()> {

@@ -82,8 +82,7 @@ impl Step for BuildModules {
         // bytes; copy_subset verifies exactly those.
         link_release(ctx, &tree, kver, &full, Verify::Later)?;
         let dir = full.join("lib/modules").join(kver);
-        ctx.store
-            .link_subtree(&ctx.tree(INDEXES)?, "", &dir, Verify::Now)?;
+        ctx.link_subtree(&ctx.tree(INDEXES)?, "", &dir, Verify::Now)?;
         let index = ModuleIndex::load(&full, kver)?;
         let conf = self.config()?;
         let closure = self.closure(&index, &conf)?;

@@ -1,0 +1,139 @@
+//! What a bucket, a checkout or a variable could make Kiln do: each case was
+//! an attack or an accident that worked, and must now be refused, with
+//! nothing written outside Kiln's directories.
+
+use std::path::Path;
+
+use crate::common::*;
+
+/// A recipe whose initramfs copies a program out of an unpacked package:
+/// the `programs` step checks that package's tree out on disk.
+const PROBE: &str = r#"
+description = "busybox, copied out of its package as a program"
+epoch = 1700000000
+
+[initramfs]
+output = "probe/probe.cpio.gz"
+compression = "gz"
+busybox = "busybox"
+packages = ["busybox"]
+programs = ["bin/busybox"]
+"#;
+
+/// The record in the `file://` remote at `remote` of the step labelled `step`.
+fn remote_record(remote: &Path, step: &str) -> (std::path::PathBuf, serde_json::Value) {
+    for name in files(&remote.join("actions")) {
+        let path = remote.join("actions").join(name);
+        let record: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        if record["step"] == step {
+            return (path, record);
+        }
+    }
+    panic!("no record of `{step}` in {}", remote.display())
+}
+
+#[test]
+fn a_remote_tree_that_climbs_out_is_refused_and_nothing_is_written_outside() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipes = copy_recipes(dir.path());
+    std::fs::write(recipes.join("probe.toml"), PROBE).unwrap();
+    let remote_dir = dir.path().join("remote");
+    let remote = format!("file://{}", remote_dir.display());
+    let build = |who: &str, extra: &[&str]| {
+        let out = dir.path().join(who).join("output");
+        let mut cmd = kiln(&recipes, &out, &dir.path().join(who).join("cache"));
+        cmd.args(["--remote-cache", &remote])
+            .args(extra)
+            .args(["build", "probe"]);
+        let result = run_ok(&mut cmd);
+        let image = std::fs::read(out.join("probe/probe.cpio.gz")).unwrap();
+        (String::from_utf8_lossy(&result.stderr).into_owned(), image)
+    };
+    let (_, good) = build("writer", &[]);
+
+    // A writer of the bucket adds two files to the unpacked package: one by
+    // an absolute path, one climbing out of the checkout. They reuse a blob
+    // of the tree, so the tree's pack serves the new tree unchanged.
+    let (record_path, mut record) = remote_record(&remote_dir, "unpack busybox");
+    let old = record["outputs"]["tree"]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let trees = remote_dir.join("trees");
+    let mut tree: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(trees.join(format!("{old}.json"))).unwrap()).unwrap();
+    let entries = tree["entries"].as_array_mut().unwrap();
+    let file = entries
+        .iter()
+        .find(|e| e["type"] == "file")
+        .unwrap()
+        .clone();
+    let absolute = dir.path().join("pwned-abs");
+    for path in [
+        absolute.display().to_string(),
+        "../../../../pwned-rel".into(),
+    ] {
+        let mut planted = file.clone();
+        planted["path"] = path.into();
+        entries.push(planted);
+    }
+    let bytes = serde_json::to_vec(&tree).unwrap();
+    let new = kiln::store::Digest::of_bytes(&bytes).hex();
+    std::fs::write(trees.join(format!("{new}.json")), &bytes).unwrap();
+    let packs = remote_dir.join("packs");
+    std::fs::copy(
+        packs.join(format!("{old}.zst")),
+        packs.join(format!("{new}.zst")),
+    )
+    .unwrap();
+    record["outputs"]["tree"]["digest"] = new.clone().into();
+    std::fs::write(&record_path, serde_json::to_vec(&record).unwrap()).unwrap();
+
+    let (said, image) = build("reader", &["--remote-cache-readonly"]);
+    assert!(
+        said.contains(&format!(
+            "trees/{new}.json from the remote cache {remote} is refused"
+        )) && said.contains("absolute path")
+            && said.contains("building it here"),
+        "{said}"
+    );
+    assert_eq!(image, good, "the reader built the package itself");
+    assert!(!absolute.exists(), "{} was written", absolute.display());
+    let escaped: Vec<String> = files(dir.path())
+        .into_iter()
+        .filter(|f| f.contains("pwned"))
+        .collect();
+    assert!(escaped.is_empty(), "written: {escaped:?}");
+    assert!(!Path::new("/pwned-rel").exists());
+}
+
+#[test]
+fn a_source_checkout_linking_out_of_itself_is_refused_before_anything_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipes = copy_recipes(dir.path());
+    let checkout = dir.path().join("ipxe");
+    let outside = dir.path().join("elsewhere");
+    std::fs::create_dir_all(checkout.join("src/config")).unwrap();
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(checkout.join("src/Makefile"), "all:\n").unwrap();
+    std::os::unix::fs::symlink(&outside, checkout.join("src/config/local")).unwrap();
+    let said = run_err(
+        kiln(
+            &recipes,
+            &dir.path().join("output"),
+            &dir.path().join("cache"),
+        )
+        .arg("--source")
+        .arg(format!("ipxe={}", checkout.display()))
+        .args(["build", "stage1"]),
+    );
+    assert!(
+        said.contains(&format!(
+            "src/config/local is a symbolic link to {}, outside the tree",
+            outside.display()
+        )),
+        "{said}"
+    );
+    assert!(files(&outside).is_empty());
+}

@@ -196,6 +196,7 @@ impl Executor<'_> {
             .run_step(node.step.as_ref(), scratch.path())
             .with_context(|| format!("step `{label}` failed"))?;
         let record = ActionRecord {
+            key,
             step: label.clone(),
             components: serde_json::to_value(&components)?,
             outputs: outputs.clone(),

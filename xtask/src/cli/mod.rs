@@ -70,6 +70,26 @@ pub struct Global {
     /// pull requests).
     #[arg(long, global = true, env = "KILN_REMOTE_CACHE_READONLY")]
     pub remote_cache_readonly: bool,
+    /// Sign the records this build uploads to the remote cache with this
+    /// Ed25519 private key (PEM, as `openssl genpkey -algorithm ed25519`
+    /// writes it). Readers that trust its public key use only signed records.
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        env = "KILN_REMOTE_CACHE_SIGNING_KEY"
+    )]
+    pub remote_cache_signing_key: Option<PathBuf>,
+    /// Use only remote-cache records signed by this Ed25519 public key (PEM,
+    /// as `openssl pkey -pubout` writes it); others are ignored and their
+    /// steps built here. See docs/REMOTE_CACHE.md.
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        env = "KILN_REMOTE_CACHE_TRUST"
+    )]
+    pub remote_cache_trust: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -219,9 +239,26 @@ impl Settings {
             jobs: jobs.max(1),
             quiet: g.quiet,
             remote: match &g.remote_cache {
-                Some(url) if !url.is_empty() => Some(std::sync::Arc::new(
-                    crate::store::remote::Remote::open(url, g.remote_cache_readonly)?,
-                )),
+                Some(url) if !url.is_empty() => {
+                    use crate::store::signing::{Signer, Trust};
+                    let auth = crate::store::remote::Auth {
+                        signer: g
+                            .remote_cache_signing_key
+                            .as_deref()
+                            .map(Signer::load)
+                            .transpose()?,
+                        trust: g
+                            .remote_cache_trust
+                            .as_deref()
+                            .map(Trust::load)
+                            .transpose()?,
+                    };
+                    Some(std::sync::Arc::new(crate::store::remote::Remote::open(
+                        url,
+                        g.remote_cache_readonly,
+                        auth,
+                    )?))
+                }
                 _ => None,
             },
         })

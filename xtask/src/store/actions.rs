@@ -32,6 +32,15 @@ impl Store {
                 return Ok(None);
             }
         };
+        if record.key != *key {
+            tracing::warn!(
+                "dropping action record {}: it is the record of another key ({})",
+                path.display(),
+                record.key.hex()
+            );
+            let _ = fs::remove_file(&path);
+            return Ok(None);
+        }
         if let Err(e) = self.check_outputs(&record) {
             tracing::warn!("{e:#}");
             let _ = fs::remove_file(&path);

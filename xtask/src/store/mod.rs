@@ -29,6 +29,7 @@ mod digest;
 mod gc;
 mod gcs;
 pub mod remote;
+pub mod signing;
 mod statcache;
 mod tree;
 mod trees;
@@ -50,6 +51,9 @@ pub use trees::Shared;
 /// What a step produced: named outputs, each a file or a tree.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ActionRecord {
+    /// The step key this record answers: a record read under another
+    /// key's name is refused (see `signing`).
+    pub key: Digest,
     /// Human name of the step, e.g. `initramfs stage2/stage2_initramfs.cpio.gz`.
     pub step: String,
     /// The key's components, kept so a later build can say what changed.
@@ -179,6 +183,7 @@ mod tests {
         let mut outputs = BTreeMap::new();
         outputs.insert("out".to_string(), Output::File { digest: d, size: 3 });
         let record = ActionRecord {
+            key,
             step: "t".into(),
             components: serde_json::Value::Null,
             outputs,

@@ -16,6 +16,9 @@
 //! missing. A cache written before packs existed has none: its tree steps
 //! are reported as broken, rebuilt and their packs uploaded.
 //!
+//! Records are signed by writers and checked by readers that name a trusted
+//! key (`signing.rs`); a record is always refused under another key's name.
+//!
 //! The objects live in a `Bucket` (`bucket.rs`: backends, credentials,
 //! and the rule that no message names a credential); this module offers
 //! blocking calls, as the rest of Kiln is synchronous.
@@ -27,6 +30,7 @@ use anyhow::{Context, Result};
 use futures::stream::{self, StreamExt, TryStreamExt};
 
 use super::bucket::Bucket;
+use super::signing::{self, Signer, Trust};
 use super::{ActionRecord, Digest, Output, Store, Tree};
 
 /// Objects transferred at once.
@@ -44,6 +48,18 @@ pub struct Remote {
     /// Set at the first failure to reach the cache: the rest of the run
     /// builds without it instead of waiting on every step.
     down: std::sync::atomic::AtomicBool,
+    auth: Auth,
+    /// Set once an untrusted record was refused (said once per run).
+    refused: std::sync::atomic::AtomicBool,
+}
+
+/// Who this builder is to the cache: the key it signs its uploads with,
+/// and the key it accepts records from (without one, any record of the
+/// right key is used).
+#[derive(Default)]
+pub struct Auth {
+    pub signer: Option<Signer>,
+    pub trust: Option<Trust>,
 }
 
 impl std::fmt::Debug for Remote {
@@ -65,13 +81,15 @@ pub enum Pulled {
 }
 
 impl Remote {
-    pub fn open(url: &str, readonly: bool) -> Result<Remote> {
+    pub fn open(url: &str, readonly: bool, auth: Auth) -> Result<Remote> {
         Ok(Remote {
             url: url.to_string(),
             readonly,
             bucket: Bucket::open(url, "remote cache")?,
             corrupt: Mutex::new(BTreeSet::new()),
             down: std::sync::atomic::AtomicBool::new(false),
+            auth,
+            refused: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -135,15 +153,30 @@ impl Remote {
     /// Read-through: the action `key` and every object it names, verified
     /// and stored locally. The local record is written last.
     pub fn pull(&self, key: &Digest, local: &Store) -> Result<Pulled> {
-        let Some(bytes) = self.get(&format!("actions/{}.json", key.hex()))? else {
+        let name = format!("actions/{}.json", key.hex());
+        let Some(bytes) = self.get(&name)? else {
             return Ok(Pulled::Miss);
         };
-        let record: ActionRecord = match serde_json::from_slice(&bytes) {
-            Ok(r) => r,
-            Err(e) => {
+        // Nothing the record names is fetched before it is trusted.
+        let record = match signing::open(&bytes, key, self.auth.trust.as_ref()) {
+            Ok(record) => record,
+            Err(why @ (signing::Refused::Unsigned | signing::Refused::BadSignature)) => {
+                if !self
+                    .refused
+                    .swap(true, std::sync::atomic::Ordering::Relaxed)
+                {
+                    eprintln!(
+                        "warning: the remote cache {} holds records the trusted key did not sign \
+                         (first: {name}: {why}); nothing is used from them, and those steps are built here",
+                        self.url
+                    );
+                }
+                return Ok(Pulled::Miss);
+            }
+            Err(why) => {
                 return Ok(Pulled::Broken(format!(
-                    "action record {} is unreadable: {e}",
-                    key.hex()
+                    "{name} in the remote cache {} is refused: {why}",
+                    self.url
                 )))
             }
         };
@@ -308,7 +341,10 @@ impl Remote {
                         .with_context(|| format!("uploading {name}"))?;
                 }
                 let name = format!("actions/{}.json", key.hex());
-                let bytes = serde_json::to_vec(record)?;
+                let bytes = match &self.auth.signer {
+                    Some(signer) => signer.sign(record)?,
+                    None => serde_json::to_vec(record)?,
+                };
                 let digest = Digest::of_bytes(&bytes);
                 upload(bucket, &name, Some(&digest), true, || Ok(bytes))
                     .await

@@ -137,3 +137,159 @@ fn a_source_checkout_linking_out_of_itself_is_refused_before_anything_runs() {
     );
     assert!(files(&outside).is_empty());
 }
+
+const INITRAMFS: &str = "stage2/stage2_initramfs.cpio.gz";
+
+/// The `/etc/kiln-release` an initramfs carries.
+fn release_file(image: &Path) -> String {
+    let entries = archive_entries(image);
+    let entry = entries
+        .iter()
+        .find(|e| e.name == "etc/kiln-release")
+        .unwrap();
+    String::from_utf8_lossy(&entry.data).into_owned()
+}
+
+/// An Ed25519 key pair as OpenSSL writes it: (private PEM, public PEM).
+fn openssl_key_pair(dir: &Path, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (private, public) = (
+        dir.join(format!("{name}.pem")),
+        dir.join(format!("{name}.pub")),
+    );
+    let genpkey = std::process::Command::new("openssl")
+        .args(["genpkey", "-algorithm", "ed25519", "-out"])
+        .arg(&private)
+        .status()
+        .unwrap();
+    let pubout = std::process::Command::new("openssl")
+        .args(["pkey", "-pubout", "-in"])
+        .arg(&private)
+        .arg("-out")
+        .arg(&public)
+        .status()
+        .unwrap();
+    assert!(genpkey.success() && pubout.success());
+    (private, public)
+}
+
+/// Builds the stage2 initramfs with a store of its own under `dir/who`,
+/// the `file://` remote `remote` and `extra` arguments; (stderr, image path).
+fn initramfs(
+    recipes: &Path,
+    dir: &Path,
+    who: &str,
+    remote: &str,
+    extra: &[&str],
+) -> (std::process::Output, std::path::PathBuf) {
+    let out = dir.join(who).join("output");
+    let mut cmd = kiln(recipes, &out, &dir.join(who).join("cache"));
+    cmd.args(["--remote-cache", remote])
+        .args(extra)
+        .args(["build", INITRAMFS]);
+    (run_ok(&mut cmd), out.join(INITRAMFS))
+}
+
+#[test]
+fn a_record_moved_under_another_key_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipes = copy_recipes(dir.path());
+    let remote_dir = dir.path().join("remote");
+    let remote = format!("file://{}", remote_dir.display());
+    initramfs(
+        &recipes,
+        dir.path(),
+        "writer-rc1",
+        &remote,
+        &["--var", "release=rc1"],
+    );
+    let rc1 = remote_record(&remote_dir, "initramfs stage2/stage2_initramfs.cpio.gz").0;
+    std::fs::rename(&rc1, dir.path().join("rc1.json")).unwrap();
+    initramfs(
+        &recipes,
+        dir.path(),
+        "writer-c2",
+        &remote,
+        &["--var", "release=c2"],
+    );
+    let c2 = remote_record(&remote_dir, "initramfs stage2/stage2_initramfs.cpio.gz").0;
+    // The bucket's writer serves c2's record as rc1's.
+    std::fs::copy(&c2, &rc1).unwrap();
+    let (result, image) = initramfs(
+        &recipes,
+        dir.path(),
+        "reader",
+        &remote,
+        &["--var", "release=rc1"],
+    );
+    let said = String::from_utf8_lossy(&result.stderr);
+    let name = rc1.file_name().unwrap().to_string_lossy();
+    assert!(
+        said.contains(&format!("actions/{name} in the remote cache {remote} is refused: it is the record of another key")),
+        "{said}"
+    );
+    assert_eq!(release_file(&image), "KILN_RELEASE=\"rc1\"\n");
+}
+
+#[test]
+fn a_reader_that_trusts_a_key_uses_only_records_it_signed() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipes = copy_recipes(dir.path());
+    let remote_dir = dir.path().join("remote");
+    let remote = format!("file://{}", remote_dir.display());
+    let (private, public) = openssl_key_pair(dir.path(), "writer");
+    let signing = ["--remote-cache-signing-key", private.to_str().unwrap()];
+    let trusting = [
+        "--remote-cache-trust",
+        public.to_str().unwrap(),
+        "--remote-cache-readonly",
+    ];
+    let (_, good) = initramfs(&recipes, dir.path(), "writer", &remote, &signing);
+
+    // Signed by the trusted key: everything comes from the remote.
+    let (result, image) = initramfs(&recipes, dir.path(), "reader", &remote, &trusting);
+    assert_eq!(
+        steps_run(&result),
+        0,
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    assert_eq!(
+        std::fs::read(&image).unwrap(),
+        std::fs::read(&good).unwrap()
+    );
+
+    // A builder without the key uploads records for another release: a
+    // trusting reader uses none of them, says so once, builds them itself.
+    let rc2 = ["--var", "release=rc2"];
+    initramfs(&recipes, dir.path(), "unsigned", &remote, &rc2);
+    let (result, image) = initramfs(
+        &recipes,
+        dir.path(),
+        "reader2",
+        &remote,
+        &[&trusting[..], &rc2[..]].concat(),
+    );
+    let said = String::from_utf8_lossy(&result.stderr);
+    assert_eq!(
+        said.matches("the trusted key did not sign").count(),
+        1,
+        "{said}"
+    );
+    assert!(
+        said.contains("it is not signed") && !said.contains("    remote initramfs"),
+        "{said}"
+    );
+    assert_eq!(release_file(&image), "KILN_RELEASE=\"rc2\"\n");
+
+    // A signed record edited afterwards to name other outputs.
+    let (path, mut record) = remote_record(&remote_dir, "unpack busybox");
+    let (_, c2) = remote_record(&remote_dir, "initramfs stage2/stage2_initramfs.cpio.gz");
+    record["outputs"] = c2["outputs"].clone();
+    std::fs::write(&path, serde_json::to_vec(&record).unwrap()).unwrap();
+    let (result, _) = initramfs(&recipes, dir.path(), "reader3", &remote, &trusting);
+    let said = String::from_utf8_lossy(&result.stderr);
+    assert!(
+        said.contains("its signature is not from the trusted key"),
+        "{said}"
+    );
+}

@@ -1,6 +1,16 @@
 //! `{{name}}` templating. A variable must be declared in the recipe and have
 //! a value; anything else is an error, never an empty string.
 //!
+//! Values come from `--var` (a CI job passing a branch name) and inventory
+//! fields, and land in files that something parses: a shell sourcing
+//! `/etc/kiln-release`, iPXE running a script, the kernel splitting its
+//! command line. So every value must be one line of printable text, and
+//! each `Syntax` refuses what would change the meaning of the file it lands
+//! in (a `"` closing a shell string, a space starting a new iPXE token).
+//! Refused, not escaped: escaping right needs the quoting at the very
+//! spot, and an error naming the variable, the character and the template
+//! line is easy to act on.
+//!
 //! A leaf: recipe loading renders scripts and checks templates with it, and
 //! the initramfs step renders the templates inside its overlays.
 
@@ -17,7 +27,104 @@ pub struct TemplateError {
 /// Variables visible to a template: declared name → value (None = declared, unset).
 pub type Vars = BTreeMap<String, Option<String>>;
 
-pub fn render(template: &str, vars: &Vars) -> Result<String, TemplateError> {
+/// What parses the rendered file, which decides what a value may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Syntax {
+    /// Read as data: any one line of printable text.
+    Text,
+    /// Sourced by a POSIX shell (overlay templates such as
+    /// `etc/kiln-release`, which `/init` sources): inside `"…"` no `"`, `$`,
+    /// `` ` `` or `\`; inside `'…'` no `'`; unquoted only characters no
+    /// shell treats specially.
+    Shell,
+    /// An iPXE script: iPXE splits a line into tokens at whitespace, a
+    /// token `||`, `&&` or `;` ends a command, `#` starts a comment, and
+    /// `${…}` expands a setting; so no whitespace, `$` or `#`.
+    Ipxe,
+    /// A kernel command line: split at whitespace, `"` quotes; neither.
+    Cmdline,
+}
+
+impl Syntax {
+    fn name(self) -> &'static str {
+        match self {
+            Syntax::Text => "a template",
+            Syntax::Shell => "a shell-sourced template",
+            Syntax::Ipxe => "an iPXE script",
+            Syntax::Cmdline => "a kernel command line",
+        }
+    }
+
+    /// The first character of `value` this syntax refuses at `before` (the
+    /// template's text up to the placeholder), and why.
+    fn refuses(self, before: &str, value: &str) -> Option<(char, &'static str)> {
+        if let Some(c) = value.chars().find(|c| c.is_control()) {
+            return Some((c, "a value must be one line of printable text"));
+        }
+        let line = before.rsplit('\n').next().unwrap_or(before);
+        let refused = |c: char| match self {
+            Syntax::Text => None,
+            Syntax::Shell => match shell_quoting(line) {
+                Quote::Double => matches!(c, '"' | '$' | '`' | '\\')
+                    .then_some("inside double quotes it would end the string or expand"),
+                Quote::Single => {
+                    (c == '\'').then_some("inside single quotes it would end the string")
+                }
+                Quote::None => (!(c.is_ascii_alphanumeric() || "._:/@%+=,~^-".contains(c)))
+                    .then_some("unquoted, the shell would treat it specially"),
+            },
+            Syntax::Ipxe => (c.is_whitespace() || c == '$' || c == '#').then_some(
+                "iPXE would split the command there, expand a setting or start a comment",
+            ),
+            Syntax::Cmdline => (c.is_whitespace() || c == '"')
+                .then_some("the kernel would split the argument there"),
+        };
+        value.chars().find_map(|c| refused(c).map(|why| (c, why)))
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Quote {
+    None,
+    Single,
+    Double,
+}
+
+/// The shell quoting in force at the end of `line` (a template line up to
+/// a placeholder; earlier placeholders count as plain words).
+fn shell_quoting(line: &str) -> Quote {
+    let mut quote = Quote::None;
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        quote = match (quote, c) {
+            (Quote::None, '\'') => Quote::Single,
+            (Quote::None, '"') => Quote::Double,
+            (Quote::Single, '\'') | (Quote::Double, '"') => Quote::None,
+            (q @ (Quote::None | Quote::Double), '\\') => {
+                chars.next();
+                q
+            }
+            (q, _) => q,
+        };
+    }
+    quote
+}
+
+/// `template` with every `{{name}}` replaced by its value, each value
+/// checked for `syntax`. The names in `composed` are values Kiln put
+/// together itself (a whole kernel command line for a script's `kernel`
+/// line), checked where they were made, and taken as they are.
+pub fn render(template: &str, vars: &Vars, syntax: Syntax) -> Result<String, TemplateError> {
+    render_with(template, vars, syntax, &[])
+}
+
+/// `render`, with `composed` values exempt from the syntax check.
+pub fn render_with(
+    template: &str,
+    vars: &Vars,
+    syntax: Syntax,
+    composed: &[&str],
+) -> Result<String, TemplateError> {
     let mut out = String::with_capacity(template.len());
     let mut rest = template;
     let mut offset = 0;
@@ -31,7 +138,19 @@ pub fn render(template: &str, vars: &Vars) -> Result<String, TemplateError> {
         })?;
         let name = after[..close].trim();
         let span = start..start + 2 + close + 2;
-        out.push_str(lookup(name, vars, span)?);
+        let value = lookup(name, vars, span.clone())?;
+        if !composed.contains(&name) {
+            if let Some((c, why)) = syntax.refuses(&template[..start], value) {
+                return Err(TemplateError {
+                    span,
+                    message: format!(
+                        "`{name}` is {value:?}, and {c:?} cannot go into {}: {why}",
+                        syntax.name()
+                    ),
+                });
+            }
+        }
+        out.push_str(value);
         let consumed = open + 2 + close + 2;
         rest = &rest[consumed..];
         offset += consumed;
@@ -98,13 +217,16 @@ mod tests {
     #[test]
     fn declared_variables_are_substituted() {
         let v = vars(&[("host", Some("mlab1")), ("site", Some("lga01"))]);
-        assert_eq!(render("{{host}}.{{ site }}!", &v).unwrap(), "mlab1.lga01!");
+        assert_eq!(
+            render("{{host}}.{{ site }}!", &v, Syntax::Text).unwrap(),
+            "mlab1.lga01!"
+        );
     }
 
     #[test]
     fn unknown_variable_is_an_error_with_its_span() {
         let v = vars(&[("hostname", Some("x"))]);
-        let err = render("a {{hostnme}} b", &v).unwrap_err();
+        let err = render("a {{hostnme}} b", &v, Syntax::Text).unwrap_err();
         assert_eq!(err.span, 2..13);
         assert!(
             err.message.contains("did you mean `hostname`"),
@@ -116,7 +238,7 @@ mod tests {
     #[test]
     fn unset_variable_is_an_error_not_an_empty_string() {
         let v = vars(&[("ip", None)]);
-        let err = render("ip={{ip}}", &v).unwrap_err();
+        let err = render("ip={{ip}}", &v, Syntax::Text).unwrap_err();
         assert!(err.message.contains("--var ip=VALUE"), "{}", err.message);
     }
 
@@ -128,6 +250,55 @@ mod tests {
 
     #[test]
     fn unclosed_braces_are_an_error() {
-        assert!(render("x {{oops", &Vars::new()).is_err());
+        assert!(render("x {{oops", &Vars::new(), Syntax::Text).is_err());
+    }
+
+    #[test]
+    fn each_syntax_refuses_what_would_change_its_file() {
+        let refused = |template: &str, value: &str, syntax: Syntax| {
+            let v = vars(&[("v", Some(value))]);
+            render(template, &v, syntax).err().map(|e| e.message)
+        };
+        // Everywhere: one line of printable text.
+        for syntax in [Syntax::Text, Syntax::Shell, Syntax::Ipxe, Syntax::Cmdline] {
+            let err = refused("x={{v}}", "http://x\nshell", syntax).unwrap();
+            assert!(err.contains("'\\n'") && err.contains("one line"), "{err}");
+        }
+        assert_eq!(refused("{{v}}", "a b \"c\" $d", Syntax::Text), None);
+        // Shell: by the quoting at the placeholder.
+        let release = "x\"; reboot -f; \"";
+        let err = refused("KILN_RELEASE=\"{{v}}\"", release, Syntax::Shell).unwrap();
+        assert!(
+            err.contains("`v` is") && err.contains("'\"'") && err.contains("double quotes"),
+            "{err}"
+        );
+        assert_eq!(
+            refused("A=\"{{v}}\"", "rc 1; it's (ok)", Syntax::Shell),
+            None
+        );
+        assert!(refused("A=\"{{v}}\"", "$(reboot)", Syntax::Shell).is_some());
+        assert!(refused("A='{{v}}'", "it's", Syntax::Shell).is_some());
+        assert_eq!(refused("A='{{v}}'", "$x \"y\"", Syntax::Shell), None);
+        assert!(refused("A={{v}}", "a;b", Syntax::Shell).is_some());
+        assert_eq!(refused("A={{v}}", "2026.11-rc1+x", Syntax::Shell), None);
+        // An escaped quote does not open a string.
+        assert!(refused("A=\"\\\"\" B={{v}}", "a b", Syntax::Shell).is_some());
+        // iPXE: one token, no expansion, no comment.
+        assert!(refused("chain {{v}}", "http://x || shell", Syntax::Ipxe).is_some());
+        assert!(refused("chain {{v}}", "${net0/mac}", Syntax::Ipxe).is_some());
+        assert_eq!(
+            refused("chain {{v}}/a", "http://x:8080/y?a=b&c=d", Syntax::Ipxe),
+            None
+        );
+        // Kernel command line: one argument.
+        assert!(refused("ip={{v}}", "1 init=/bin/sh", Syntax::Cmdline).is_some());
+        assert!(refused("ip={{v}}", "\"", Syntax::Cmdline).is_some());
+        // Values Kiln composed itself are taken as they are.
+        let v = vars(&[("cmdline", Some("console=ttyS0 quiet"))]);
+        assert!(render("kernel k {{cmdline}}", &v, Syntax::Ipxe).is_err());
+        assert_eq!(
+            render_with("kernel k {{cmdline}}", &v, Syntax::Ipxe, &["cmdline"]).unwrap(),
+            "kernel k console=ttyS0 quiet"
+        );
     }
 }

@@ -62,14 +62,19 @@ impl Host {
     /// `template` rendered with the recipe's `vars` and this host's fields.
     /// A field the host does not have is reported naming the host and the
     /// inventory field; any other error is the template's own.
-    pub fn render(&self, template: &str, vars: &Vars) -> Result<String, TemplateError> {
+    pub fn render(
+        &self,
+        template: &str,
+        vars: &Vars,
+        syntax: template::Syntax,
+    ) -> Result<String, TemplateError> {
         let mut all = vars.clone();
         all.extend(
             HOST_VARIABLES
                 .iter()
                 .map(|v| (v.to_string(), self.vars.get(*v).cloned())),
         );
-        template::render(template, &all).map_err(|mut e| {
+        template::render(template, &all, syntax).map_err(|mut e| {
             let name = template[e.span.clone()]
                 .trim_matches(|c| c == '{' || c == '}')
                 .trim();

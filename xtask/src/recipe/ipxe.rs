@@ -14,6 +14,7 @@ use super::schema::RawIpxe;
 use super::{recipe_dir, recipe_file, render_file, Ctx, RecipeErrors, SourceError, Vars};
 use crate::arch::Arch;
 use crate::archive::ipxe_script::{self, DEFAULT_SCRIPT_SIZE, MAX_SCRIPT_SIZE, MIN_SCRIPT_SIZE};
+use crate::template::Syntax;
 
 /// Output formats iPXE's make knows; `.rom`/`.mrom` are NIC ROMs.
 const FORMATS: &[&str] = &[
@@ -90,7 +91,7 @@ pub(super) fn ipxe(ctx: &mut Ctx, raw: RawIpxe, vars: &Vars) -> Option<Ipxe> {
     let script_template = recipe_file(ctx, &base, &raw.script);
     let script = script_template
         .as_ref()
-        .and_then(|t| render_file(ctx, t, raw.script.span(), vars));
+        .and_then(|t| render_file(ctx, t, raw.script.span(), vars, Syntax::Ipxe, &[]));
     let config = raw
         .config
         .as_ref()
@@ -266,7 +267,7 @@ impl Ipxe {
                     ));
                 }
             }
-            let script = match h.render(&text, &self.vars) {
+            let script = match h.render(&text, &self.vars, Syntax::Ipxe) {
                 Ok(s) => s,
                 Err(e) => {
                     let place = InTemplate(self.script_template.clone(), text.clone(), e.span);

@@ -10,6 +10,7 @@ use toml::Spanned;
 use super::hosts::{self, Host};
 use super::schema::{RawHosts, RawIso, RawRecipe, RawScript, RawUki};
 use super::{image_path, recipe_file, render_file, Ctx, RecipeErrors, Vars};
+use crate::template::Syntax;
 
 /// The kernel's `COMMAND_LINE_SIZE` on x86 is 2048 bytes with the NUL, and
 /// isolinux prepends `BOOT_IMAGE=/boot/vmlinuz `.
@@ -213,7 +214,7 @@ fn render_for_host(
     host: &Host,
     vars: &Vars,
 ) -> Option<String> {
-    match host.render(text.get_ref(), vars) {
+    match host.render(text.get_ref(), vars, Syntax::Cmdline) {
         Ok(s) => Some(s),
         Err(e) => {
             let start = text.span().start + 1 + e.span.start;
@@ -240,7 +241,17 @@ fn script(
     all.insert("cmdline".into(), Some(cmdline.to_string()));
     let file_name = kernel.rsplit('/').next().unwrap_or(kernel);
     all.insert("kernel".into(), Some(file_name.to_string()));
-    let text = render_file(ctx, &template, raw.template.span(), &all)?;
+    // `cmdline` is the whole command line (its host values were checked
+    // when it was rendered) and `kernel` a file name Kiln chose.
+    let composed = ["cmdline", "kernel"];
+    let text = render_file(
+        ctx,
+        &template,
+        raw.template.span(),
+        &all,
+        Syntax::Ipxe,
+        &composed,
+    )?;
     Some(Script {
         output: output?,
         template,

@@ -384,7 +384,14 @@ fn recipe_dir(ctx: &mut Ctx, base: &Path, raw: &Spanned<String>, what: &str) -> 
 /// Reads the template `file` (named at `at` in the recipe) and renders it
 /// with `vars`: a read error points at the recipe, a template error into
 /// the template.
-fn render_file(ctx: &mut Ctx, file: &Path, at: Range<usize>, vars: &Vars) -> Option<String> {
+fn render_file(
+    ctx: &mut Ctx,
+    file: &Path,
+    at: Range<usize>,
+    vars: &Vars,
+    syntax: template::Syntax,
+    composed: &[&str],
+) -> Option<String> {
     let text = match fs_err::read_to_string(file) {
         Ok(t) => t,
         Err(e) => {
@@ -392,7 +399,7 @@ fn render_file(ctx: &mut Ctx, file: &Path, at: Range<usize>, vars: &Vars) -> Opt
             return None;
         }
     };
-    match template::render(&text, vars) {
+    match template::render_with(&text, vars, syntax, composed) {
         Ok(rendered) => Some(rendered),
         Err(e) => {
             let err = SourceError::new(file, &text, e.span, e.message).label("in this template");
@@ -402,10 +409,11 @@ fn render_file(ctx: &mut Ctx, file: &Path, at: Range<usize>, vars: &Vars) -> Opt
     }
 }
 
-/// Checks every `{{variable}}` in a template file against the recipe's
-/// variables, with a located error (the overlay file, line, column).
+/// Checks every `{{variable}}` in an overlay template (a shell-sourced
+/// file) against the recipe's variables and their values, with a located
+/// error (the overlay file, line, column).
 pub fn check_template(file: &Path, text: &str, vars: &Vars) -> Result<String> {
-    template::render(text, vars).map_err(|e| {
+    template::render(text, vars, template::Syntax::Shell).map_err(|e| {
         let err = SourceError::new(file, text, e.span, e.message).label("in this template");
         RecipeErrors(vec![err]).into()
     })

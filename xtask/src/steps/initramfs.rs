@@ -144,7 +144,7 @@ impl BuildInitramfs {
                 Kind::File(Data::Bytes(b)) => String::from_utf8(b.clone())?,
                 _ => anyhow::bail!("template {path} is not a regular file"),
             };
-            let rendered = template::render(&text, &vars)
+            let rendered = template::render(&text, &vars, template::Syntax::Shell)
                 .map_err(|e| anyhow::anyhow!("template {path}: {}", e.message))?;
             entry.kind = Kind::File(Data::Bytes(rendered.into_bytes()));
         }

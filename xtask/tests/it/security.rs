@@ -293,3 +293,44 @@ fn a_reader_that_trusts_a_key_uses_only_records_it_signed() {
         "{said}"
     );
 }
+
+#[test]
+fn a_variable_cannot_become_code_where_it_lands() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipes = copy_recipes(dir.path());
+    let (out, cache) = (dir.path().join("output"), dir.path().join("cache"));
+    let plan = |var: &str, target: &str| {
+        run_err(kiln(&recipes, &out, &cache).args(["--var", var, "plan", target]))
+    };
+    // A line break in a URL would add a `shell` command to the iPXE scripts
+    // (stage1's, the first loaded, is where the error points).
+    let said = plan("stage2_url=http://x\nshell", "stage2");
+    assert!(
+        said.contains(
+            r#"`stage2_url` is "http://x\nshell", and '\n' cannot go into an iPXE script"#
+        ) && said.contains("ipxe/stage1.ipxe:28:28"),
+        "{said}"
+    );
+    // A quote in a release name would put a command into /etc/kiln-release,
+    // which /init sources.
+    let said = plan(r#"release=x"; reboot -f; ""#, INITRAMFS);
+    assert!(
+        said.contains(r#"'"' cannot go into a shell-sourced template: inside double quotes"#)
+            && said.contains("etc/kiln-release:1:"),
+        "{said}"
+    );
+    // A value that is text to every parser builds.
+    let ok = kiln(&recipes, &out, &cache)
+        .args(["--var", "release=2026.12 rc1 (Kiln's)", "build", INITRAMFS])
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert_eq!(
+        release_file(&out.join(INITRAMFS)),
+        "KILN_RELEASE=\"2026.12 rc1 (Kiln's)\"\n"
+    );
+}

@@ -3,8 +3,8 @@
 //! Layers, one way down (see docs/ARCHITECTURE.md; `xtask/tests/it/tidy.rs`
 //! checks them): `cli → plan → steps → archive / elf / store / tools`, with
 //! `recipe` feeding `plan`, `exec` running a plan's steps, `output`
-//! installing a build's artifacts, `verify` proving them, and `arch` and
-//! `template` as leaves any module may use.
+//! installing a build's artifacts, `verify` proving them, and `arch`,
+//! `layout` and `template` as leaves any module may use.
 
 pub mod arch;
 pub mod archive;
@@ -12,6 +12,7 @@ pub mod bench;
 pub mod cli;
 pub mod elf;
 pub mod exec;
+pub mod layout;
 pub mod output;
 pub mod plan;
 pub mod publish;

@@ -51,8 +51,9 @@ pub(super) fn build_targets_with(
 ) -> Result<Vec<Artifact>> {
     let start = Instant::now();
     let sess = session_with(s, targets, o)?;
+    let lock = crate::output::OutputLock::acquire(&s.output_dir)?;
     let results = executor(s, &sess.store, sess.executor_jobs).run(&sess.plan)?;
-    let artifacts = crate::output::install(&s.output_dir, &sess.store, &sess.plan, &results)?;
+    let artifacts = crate::output::install(&lock, &sess.store, &sess.plan, &results)?;
     run_checks(&sess, &results, &artifacts)?;
     let ran = results.iter().filter(|r| !r.cached).count();
     // A fleet has thousands of files: the manifest lists them all.
@@ -76,7 +77,7 @@ pub(super) fn build_targets_with(
         results.len(),
         results.len() - ran,
         artifacts.len(),
-        s.output_dir.join("manifest.json").display()
+        s.output_dir.join(crate::layout::MANIFEST).display()
     );
     let mut slow: Vec<(Duration, String)> = results
         .iter()

@@ -75,7 +75,7 @@ pub(super) fn executor<'a>(s: &'a Settings, store: &'a Store, jobs: usize) -> Ex
     Executor {
         store,
         jobs,
-        log_dir: s.output_dir.join("logs"),
+        log_dir: s.output_dir.join(crate::layout::LOGS),
         quiet: s.quiet,
         remote: s.remote.as_deref(),
     }

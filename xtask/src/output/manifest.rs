@@ -78,11 +78,23 @@ impl Manifest {
     /// Writes through a temporary file and a rename.
     pub fn write(&self, path: &Path) -> Result<()> {
         let dir = path.parent().unwrap_or(Path::new("."));
+        self.write_via(path, dir)
+    }
+
+    /// Writes through a temporary file in `staging` (on the same file
+    /// system) and a rename.
+    pub fn write_via(&self, path: &Path, staging: &Path) -> Result<()> {
+        let dir = staging;
         fs_err::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let tmp = tempfile::NamedTempFile::new_in(dir)
             .with_context(|| format!("creating a file in {}", dir.display()))?;
         fs_err::write(tmp.path(), self.to_bytes())
             .with_context(|| format!("writing {}", tmp.path().display()))?;
+        // Readable like the artifacts it names (a temporary file is 0600).
+        fs_err::set_permissions(
+            tmp.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o644),
+        )?;
         tmp.persist(path)
             .with_context(|| format!("renaming into place {}", path.display()))?;
         Ok(())

@@ -119,6 +119,19 @@ pub fn plan(
     }
     let whole: Vec<&String> = targets.iter().filter(|t| !t.contains('/')).collect();
     let plan = b.plan;
+    // Recipe loading refuses two declared outputs with one path; this also
+    // catches a declared path that meets a derived one (a host's files).
+    let mut seen = BTreeMap::new();
+    for a in &plan.artifacts {
+        if let Some(other) = seen.insert(a.name.as_str(), a.recipe.as_path()) {
+            bail!(
+                "two artifacts would be written to the same output path `{}`: one of {} and one of {}",
+                a.name,
+                other.display(),
+                a.recipe.display()
+            );
+        }
+    }
     // Artifacts of recipes planned only as another's dependency (stage1's
     // ROMs inside stage3) are built as far as needed but not installed.
     let keep = |a: &ArtifactSpec| {

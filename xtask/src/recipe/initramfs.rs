@@ -31,7 +31,7 @@ pub struct Initramfs {
 
 pub(super) fn initramfs(ctx: &mut Ctx, raw: RawInitramfs) -> Option<Initramfs> {
     let before = ctx.errors.len();
-    let output = output_path(ctx, &raw.output);
+    let output = output_path(ctx, &raw.output).unwrap_or_default();
     let compression = raw
         .compression
         .get_ref()

@@ -135,7 +135,7 @@ pub(super) fn kernel(
     let span = raw.span();
     let raw = raw.into_inner();
     let before = ctx.errors.len();
-    let output = output_path(ctx, &raw.output);
+    let output = output_path(ctx, &raw.output).unwrap_or_default();
     ctx.source(&raw.source);
     let arch = Arch::from_name(raw.arch.get_ref()).filter(|a| *a == Arch::X86_64);
     if arch.is_none() {

@@ -9,7 +9,7 @@ use toml::Spanned;
 
 use super::hosts::{self, Host};
 use super::schema::{RawHosts, RawIso, RawRecipe, RawScript, RawUki};
-use super::{image_path, recipe_file, render_file, Ctx, RecipeErrors, Vars};
+use super::{output_path, recipe_file, render_file, Ctx, RecipeErrors, Vars};
 use crate::template::Syntax;
 
 /// The kernel's `COMMAND_LINE_SIZE` on x86 is 2048 bytes with the NUL, and
@@ -118,13 +118,13 @@ pub(super) fn media(
 }
 
 fn uki(ctx: &mut Ctx, raw: RawUki) -> Option<Uki> {
-    let output = image_path(ctx, &raw.output)?;
+    let output = output_path(ctx, &raw.output)?;
     let stub = ctx.deb_source(&raw.stub)?;
     Some(Uki { output, stub })
 }
 
 fn iso(ctx: &mut Ctx, raw: RawIso) -> Option<Iso> {
-    let output = image_path(ctx, &raw.output);
+    let output = output_path(ctx, &raw.output);
     let isolinux = ctx.deb_source(&raw.isolinux);
     let syslinux = ctx.deb_source(&raw.syslinux);
     let volume_id = match &raw.volume_id {
@@ -234,7 +234,7 @@ fn script(
     cmdline: &str,
     kernel: &str,
 ) -> Option<Script> {
-    let output = image_path(ctx, &raw.output);
+    let output = output_path(ctx, &raw.output);
     let base_dir = ctx.doc.dir();
     let template = recipe_file(ctx, &base_dir, &raw.template)?;
     let mut all = vars.clone();

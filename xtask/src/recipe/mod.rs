@@ -79,6 +79,7 @@ pub fn load(dir: &Path, overrides: &BTreeMap<String, String>) -> Result<Recipes>
         deb_mirrors,
     } = sources::load_sources(&sources_file)?;
     let mut targets = BTreeMap::new();
+    let mut outputs = BTreeMap::new();
     for file in toml_files(dir)? {
         let name = file
             .file_stem()
@@ -88,7 +89,7 @@ pub fn load(dir: &Path, overrides: &BTreeMap<String, String>) -> Result<Recipes>
         if NOT_TARGETS.contains(&name.as_str()) {
             continue;
         }
-        let recipe = load_recipe(&file, &name, &sources, overrides)?;
+        let recipe = load_recipe(&file, &name, &sources, overrides, &mut outputs)?;
         targets.insert(name, recipe);
     }
     check_overrides(&targets, overrides)?;
@@ -212,6 +213,7 @@ fn load_recipe(
     name: &str,
     sources: &BTreeMap<String, Source>,
     overrides: &BTreeMap<String, String>,
+    outputs: &mut BTreeMap<String, String>,
 ) -> Result<Recipe> {
     let doc = Doc::read(file)?;
     let mut raw: RawRecipe = doc.parse()?;
@@ -228,6 +230,7 @@ fn load_recipe(
         doc: &doc,
         sources,
         errors: &mut errors,
+        outputs,
     };
     let initramfs = raw
         .initramfs
@@ -289,6 +292,9 @@ struct Ctx<'a> {
     doc: &'a Doc,
     sources: &'a BTreeMap<String, Source>,
     errors: &'a mut Vec<SourceError>,
+    /// Every artifact path declared so far, in all recipes, with where
+    /// (`file:line:col`): two artifacts never share one.
+    outputs: &'a mut BTreeMap<String, String>,
 }
 
 impl<'a> Ctx<'a> {
@@ -348,11 +354,35 @@ fn location(doc: &Doc, span: Range<usize>) -> String {
     format!("{}:{line}:{col}", doc.file.display())
 }
 
-fn output_path(ctx: &mut Ctx, raw: &Spanned<String>) -> String {
-    image_path(ctx, raw).unwrap_or_default()
+/// An artifact's path under `output/`: relative, not a name Kiln keeps
+/// for itself there, and not another artifact's (in any recipe).
+fn output_path(ctx: &mut Ctx, raw: &Spanned<String>) -> Option<String> {
+    if raw.get_ref().starts_with('/') {
+        ctx.push(
+            raw.span(),
+            "an artifact's path is relative to the output directory, not absolute",
+        );
+        return None;
+    }
+    let path = image_path(ctx, raw)?;
+    if let Some(what) = crate::layout::reserved(&path) {
+        ctx.push(
+            raw.span(),
+            format!("`{path}` is {what}: choose another path"),
+        );
+        return None;
+    }
+    let here = location(ctx.doc, raw.span());
+    if let Some(there) = ctx.outputs.get(&path) {
+        let msg = format!("`{path}` is already the output of the artifact at {there}: two artifacts cannot share a path");
+        ctx.push(raw.span(), msg);
+        return None;
+    }
+    ctx.outputs.insert(path.clone(), here);
+    Some(path)
 }
 
-/// A relative path without `..`: used for output names and image paths.
+/// A relative path without `..`: used for paths inside images.
 fn image_path(ctx: &mut Ctx, raw: &Spanned<String>) -> Option<String> {
     let p = raw.get_ref().trim_start_matches('/');
     let bad = p.is_empty() || p.split('/').any(|c| c.is_empty() || c == "." || c == "..");

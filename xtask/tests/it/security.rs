@@ -12,10 +12,15 @@ const PROBE: &str = r#"
 description = "busybox, copied out of its package as a program"
 epoch = 1700000000
 
+[variables]
+release = "probe"
+
 [initramfs]
 output = "probe/probe.cpio.gz"
 compression = "gz"
 busybox = "busybox"
+overlays = ["../overlays/stage2"]
+templates = ["etc/kiln-release"]
 packages = ["busybox"]
 programs = ["bin/busybox"]
 "#;
@@ -333,4 +338,247 @@ fn a_variable_cannot_become_code_where_it_lands() {
         release_file(&out.join(INITRAMFS)),
         "KILN_RELEASE=\"2026.12 rc1 (Kiln's)\"\n"
     );
+}
+
+/// Two cheap artifacts that both change with `--var release=…`.
+const TWO: [&str; 2] = ["probe", INITRAMFS];
+
+/// Whether every file `output/manifest.json` names has the manifest's
+/// sha256; the names it lists.
+fn manifest_vouches(out: &Path) -> Vec<String> {
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    let mut names = Vec::new();
+    for a in manifest["artifacts"].as_array().unwrap() {
+        let path = out.join(a["path"].as_str().unwrap());
+        let (digest, _) = kiln::store::Digest::of_file(&path).unwrap();
+        assert_eq!(
+            digest.hex(),
+            a["sha256"].as_str().unwrap(),
+            "{}",
+            path.display()
+        );
+        names.push(a["name"].as_str().unwrap().to_string());
+    }
+    names
+}
+
+/// A recipes directory with `probe.toml`, and a command building into
+/// `dir/output` with the shared store.
+fn two_artifact_setup(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let recipes = copy_recipes(dir);
+    std::fs::write(recipes.join("probe.toml"), PROBE).unwrap();
+    (recipes, dir.join("output"))
+}
+
+fn build_release(recipes: &Path, out: &Path, release: &str) -> std::process::Command {
+    let mut cmd = kiln(recipes, out, &shared_cache());
+    cmd.args(["--var", &format!("release={release}"), "build"])
+        .args(TWO);
+    cmd
+}
+
+#[test]
+fn a_build_killed_between_two_renames_leaves_a_manifest_that_vouches_for_every_file() {
+    if !kiln::testing::program("strace", "apt-get install strace") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (recipes, out) = two_artifact_setup(dir.path());
+    for release in ["a", "b", "a"] {
+        run_ok(&mut build_release(&recipes, &out, release));
+    }
+    // Which rename puts the second artifact in place, counted in an a → b
+    // build, then the same a → b build killed (SIGKILL) at exactly that
+    // rename: the first artifact is new, the second old.
+    let strace = |extra: &[String], release: &str| {
+        let build = build_release(&recipes, &out, release);
+        let mut cmd = std::process::Command::new("strace");
+        cmd.args(["-f", "-qq", "-e", "trace=rename"])
+            .args(extra)
+            .arg(build.get_program())
+            .args(build.get_args())
+            .envs(build.get_envs().filter_map(|(k, v)| v.map(|v| (k, v))));
+        cmd.output().unwrap()
+    };
+    let trace = dir.path().join("trace");
+    let counted = strace(&["-o".into(), trace.display().to_string()], "b");
+    assert!(counted.status.success());
+    let renames = std::fs::read_to_string(&trace).unwrap();
+    let second = out.join(INITRAMFS).display().to_string();
+    let n = 1 + renames
+        .lines()
+        .position(|l| l.contains(&format!("\"{second}\")")))
+        .unwrap_or_else(|| panic!("no rename into {second}:\n{renames}"));
+    run_ok(&mut build_release(&recipes, &out, "a"));
+    let inject = format!("inject=rename:signal=KILL:when={n}");
+    let killed = strace(&["-o".into(), "/dev/null".into(), "-e".into(), inject], "b");
+    assert!(!killed.status.success(), "the build was not killed");
+    assert_eq!(
+        release_file(&out.join("probe/probe.cpio.gz")),
+        "KILN_RELEASE=\"b\"\n"
+    );
+    assert_eq!(release_file(&out.join(INITRAMFS)), "KILN_RELEASE=\"a\"\n");
+    // Mixed files, but the manifest names none it does not vouch for.
+    manifest_vouches(&out);
+    assert!(out.join(".kiln-staging").exists());
+    // The next build finishes the job and leaves nothing behind.
+    run_ok(&mut build_release(&recipes, &out, "b"));
+    assert_eq!(manifest_vouches(&out), ["probe/probe.cpio.gz", INITRAMFS]);
+    assert!(!out.join(".kiln-staging").exists());
+}
+
+#[test]
+fn a_full_disk_fails_the_install_and_keeps_the_last_good_output() {
+    if !kiln::testing::program("unshare", "apt-get install util-linux") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (recipes, out) = two_artifact_setup(dir.path());
+    // The artifacts' size, from a build elsewhere.
+    let sizing = dir.path().join("sizing");
+    run_ok(&mut build_release(&recipes, &sizing, "b"));
+    let size: u64 = ["probe/probe.cpio.gz", INITRAMFS]
+        .iter()
+        .map(|a| std::fs::metadata(sizing.join(a)).unwrap().len())
+        .sum();
+    // In a mount namespace of its own, `output/` is a tmpfs with room for
+    // one build's artifacts and half another's: the second build cannot
+    // stage all it replaces. The result is copied out before the tmpfs goes.
+    std::fs::create_dir_all(&out).unwrap();
+    let (a, b) = (
+        build_release(&recipes, &out, "a"),
+        build_release(&recipes, &out, "b"),
+    );
+    let snapshot = dir.path().join("snapshot");
+    let script = format!(
+        "mount -t tmpfs -o size={}k tmpfs {out} || exit 90\n\
+         \"$@\" --var release=a build {targets} > {dir}/a.log 2>&1 || exit 91\n\
+         \"$@\" --var release=b build {targets} > {dir}/b.log 2>&1; echo $? > {dir}/b.rc\n\
+         cp -a {out} {snapshot}",
+        (size + size / 2) / 1024 + 64,
+        out = out.display(),
+        dir = dir.path().display(),
+        snapshot = snapshot.display(),
+        targets = TWO.join(" "),
+    );
+    let base: Vec<&std::ffi::OsStr> = a.get_args().take_while(|x| *x != "--var").collect();
+    let status = std::process::Command::new("unshare")
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            &script,
+            "sh",
+        ])
+        .arg(a.get_program())
+        .args(&base)
+        .envs(a.get_envs().filter_map(|(k, v)| v.map(|v| (k, v))))
+        .status()
+        .unwrap();
+    drop(b);
+    let log = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap_or_default();
+    assert!(status.success(), "{status}\n{}", log("a.log"));
+    assert_ne!(
+        log("b.rc").trim(),
+        "0",
+        "the second build fit:\n{}",
+        log("b.log")
+    );
+    assert!(
+        log("b.log").contains("No space left on device"),
+        "{}",
+        log("b.log")
+    );
+    // The last good build, whole: every file as the manifest says, none staged.
+    assert_eq!(
+        manifest_vouches(&snapshot),
+        ["probe/probe.cpio.gz", INITRAMFS]
+    );
+    assert_eq!(
+        release_file(&snapshot.join(INITRAMFS)),
+        "KILN_RELEASE=\"a\"\n"
+    );
+    let left: Vec<String> = files(&snapshot)
+        .into_iter()
+        .filter(|f| f.contains(".tmp") || f.starts_with(".kiln-staging"))
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+#[test]
+fn two_builds_into_one_output_wait_for_each_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let (recipes, out) = two_artifact_setup(dir.path());
+    let build = |target: &str, release: &str| {
+        let mut cmd = kiln(&recipes, &out, &shared_cache());
+        cmd.args(["--var", &format!("release={release}"), "build", target]);
+        cmd.stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    // The lock as another build holds it: a build waits, and says so.
+    std::fs::create_dir_all(&out).unwrap();
+    let held = std::fs::File::create(out.join(".kiln-lock")).unwrap();
+    held.lock().unwrap();
+    let mut waiting = build("probe", "held");
+    let mut stderr = std::io::BufReader::new(waiting.stderr.take().unwrap());
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut stderr, &mut first).unwrap();
+    assert!(
+        first.starts_with("waiting for another build into"),
+        "{first}"
+    );
+    assert!(waiting.try_wait().unwrap().is_none(), "it did not wait");
+    drop(held);
+    assert!(waiting.wait().unwrap().success());
+    // Builds of two targets at once, four times: both targets' entries
+    // every time, each vouching for its file.
+    for round in 0..4 {
+        let release = format!("r{}", round % 2);
+        let (one, two) = (build("probe", &release), build(INITRAMFS, &release));
+        for child in [one, two] {
+            let done = child.wait_with_output().unwrap();
+            assert!(
+                done.status.success(),
+                "{}",
+                String::from_utf8_lossy(&done.stderr)
+            );
+        }
+        assert_eq!(manifest_vouches(&out), ["probe/probe.cpio.gz", INITRAMFS]);
+    }
+}
+
+#[test]
+fn outputs_that_collide_or_take_kilns_names_are_recipe_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipes = copy_recipes(dir.path());
+    let (out, cache) = (dir.path().join("output"), dir.path().join("cache"));
+    let plan = |probe_output: &str| {
+        let recipe = PROBE.replace("probe/probe.cpio.gz", probe_output);
+        std::fs::write(recipes.join("probe.toml"), recipe).unwrap();
+        run_err(kiln(&recipes, &out, &cache).args(["plan", "probe"]))
+    };
+    let said = plan("stage2/stage2.iso");
+    assert!(
+        said.contains("`stage2/stage2.iso` is already the output of the artifact at")
+            && said.contains("stage2.toml:")
+            && said.contains("probe.toml:"),
+        "{said}"
+    );
+    for (path, why) in [
+        ("manifest.json", "Kiln's manifest"),
+        ("logs/x.gz", "where tool logs go"),
+        (".kiln-staging/x", "stages and locks"),
+        ("/etc/x.gz", "not absolute"),
+    ] {
+        let said = plan(path);
+        assert!(
+            said.contains(why) && said.contains("probe.toml:"),
+            "{path}: {said}"
+        );
+    }
 }

@@ -45,13 +45,15 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("tools", &[]),
     ("testing", &["tools"]),
     ("arch", &[]),
+    ("layout", &[]),
     ("template", &[]),
 ];
 
 /// Leaves every module may use, with no dependencies of their own: `arch`
-/// (the architectures and what differs between them) and `template`
-/// (`{{variable}}` rendering, for recipes and the initramfs step alike).
-const SHARED: &[&str] = &["arch", "template"];
+/// (the architectures and what differs between them), `layout` (the names
+/// Kiln keeps in an output directory) and `template` (`{{variable}}`
+/// rendering, for recipes and the initramfs step alike).
+const SHARED: &[&str] = &["arch", "layout", "template"];
 
 /// Uses that break the diagram today: (file, module it uses, why). None
 /// now; a breach that cannot be mended at once is listed here with why.

@@ -8,9 +8,15 @@
 //!   version already holds different bytes.
 //! - `manifest.json` is written last, after every object it names, so a
 //!   reader that finds a version's manifest finds all of its objects.
-//! - An object already there with the same sha256 is not sent again: a
+//! - Only regular files beneath `output/`, reached without a symlink, are
+//!   read: a manifest is data, and anyone who can write `output/` in a
+//!   build job could otherwise make the publish job (which holds the
+//!   credentials) upload any file it can read.
+//! - An object already there with the same bytes is not sent again: a
 //!   re-run after success uploads nothing, and a re-run after a killed or
-//!   failed upload sends only what is missing.
+//!   failed upload sends only what is missing. "The same bytes" is decided
+//!   by the MD5 the server computed, else by reading the object; never by
+//!   metadata a writer can set.
 //! - `--overwrite` first removes the version's manifest (the version is
 //!   unpublished while its objects are replaced), then writes it last.
 //! - `--latest` then brings `<prefix>/latest/` to the same bytes, objects
@@ -23,14 +29,15 @@
 //! - One publisher per version at a time: two jobs publishing the same
 //!   version at once can interleave (object stores have no rename).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use anyhow::{bail, Context, Result};
 use futures::stream::{self, StreamExt, TryStreamExt};
 
 use crate::output::manifest::{Manifest, SCHEMA};
-use crate::store::bucket::Bucket;
+use crate::store::beneath;
+use crate::store::bucket::{self, Bucket, Held as Remote};
 use crate::store::Digest;
 use crate::tools::human_bytes;
 
@@ -51,21 +58,14 @@ pub struct Options {
     pub quiet: bool,
 }
 
-/// One file to publish: its name under the version, local path and digest.
+/// One file to publish: its name under the version (and under
+/// `output/`), and its digests.
 #[derive(Debug, Clone)]
 struct Object {
     name: String,
-    local: PathBuf,
     sha256: Digest,
+    md5: [u8; 16],
     size: u64,
-}
-
-/// What the bucket holds at an object's name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Remote {
-    Missing,
-    Same,
-    Different(Digest),
 }
 
 /// The outcome for one destination (`<version>/` or `latest/`).
@@ -102,6 +102,10 @@ pub fn publish(output_dir: &Path, opts: &Options) -> Result<Report> {
     check_version(&opts.version)?;
     let bucket = Bucket::open(&opts.to, "publish target")?;
     let objects = local_objects(output_dir)?;
+    let source = Source {
+        dir: output_dir,
+        objects: &objects,
+    };
     let at = |prefix: &str| format!("{}/{prefix}", opts.to.trim_end_matches('/'));
     let version = Destination {
         bucket: &bucket,
@@ -110,7 +114,7 @@ pub fn publish(output_dir: &Path, opts: &Options) -> Result<Report> {
         replace: opts.overwrite,
     };
     let mut report = Report {
-        version: version.publish(&objects, opts)?,
+        version: version.publish(&source, opts)?,
         latest: None,
     };
     if opts.latest {
@@ -120,13 +124,34 @@ pub fn publish(output_dir: &Path, opts: &Options) -> Result<Report> {
             shown: at("latest"),
             replace: true,
         };
-        report.latest = Some(latest.publish(&objects, opts)?);
+        report.latest = Some(latest.publish(&source, opts)?);
     }
     Ok(report)
 }
 
+/// What is published: the output directory and its objects.
+struct Source<'a> {
+    dir: &'a Path,
+    objects: &'a [Object],
+}
+
+/// The bytes of `object` in `output_dir`, read again (beneath the
+/// directory, no symlink followed) and checked against its digest.
+fn read_object(output_dir: &Path, object: &Object) -> Result<Vec<u8>> {
+    let bytes = beneath::read_file(output_dir, &object.name)?;
+    if Digest::of_bytes(&bytes) != object.sha256 {
+        bail!(
+            "{} changed while publishing",
+            output_dir.join(&object.name).display()
+        );
+    }
+    Ok(bytes)
+}
+
 /// Every artifact of `output/manifest.json`, checked against the files,
-/// then the manifest itself (last).
+/// then the manifest itself (last). A manifest is data anyone who can write
+/// `output/` can forge, so only regular files beneath `output/`, reached
+/// without a symlink, are read, and each must have the sha256 it names.
 fn local_objects(output_dir: &Path) -> Result<Vec<Object>> {
     let manifest_path = output_dir.join(MANIFEST);
     let bytes = fs_err::read(&manifest_path).with_context(|| {
@@ -150,8 +175,20 @@ fn local_objects(output_dir: &Path) -> Result<Vec<Object>> {
     let mut objects = Vec::new();
     for a in &manifest.artifacts {
         let local = output_dir.join(&a.path);
-        let (digest, size) = Digest::of_file(&local)
+        let normal = !a.path.is_empty()
+            && !a.path.starts_with('/')
+            && !a.path.split('/').any(|c| matches!(c, "" | "." | ".."));
+        if !normal || crate::layout::reserved(&a.path).is_some() {
+            bail!(
+                "{} names `{}`, which is not an artifact path inside {}: not publishing",
+                manifest_path.display(),
+                a.path.escape_debug(),
+                output_dir.display()
+            );
+        }
+        let bytes = beneath::read_file(output_dir, &a.path)
             .with_context(|| format!("{} names {}", manifest_path.display(), a.path))?;
+        let (digest, size) = (Digest::of_bytes(&bytes), bytes.len() as u64);
         if digest != a.sha256 {
             bail!(
                 "{} is not the file {} names (sha256 {}, the manifest says {}): rebuild before publishing",
@@ -163,15 +200,15 @@ fn local_objects(output_dir: &Path) -> Result<Vec<Object>> {
         }
         objects.push(Object {
             name: a.path.clone(),
-            local,
             sha256: digest,
+            md5: bucket::md5(&bytes),
             size,
         });
     }
     objects.push(Object {
         name: MANIFEST.into(),
-        local: manifest_path,
         sha256: Digest::of_bytes(&bytes),
+        md5: bucket::md5(&bytes),
         size: bytes.len() as u64,
     });
     Ok(objects)
@@ -193,7 +230,8 @@ impl Destination<'_> {
         format!("{}/{}", self.prefix, object.name)
     }
 
-    fn publish(&self, objects: &[Object], opts: &Options) -> Result<Outcome> {
+    fn publish(&self, source: &Source, opts: &Options) -> Result<Outcome> {
+        let objects = source.objects;
         let states = self.compare(objects, opts.jobs)?;
         let different: Vec<(&Object, Digest)> = objects
             .iter()
@@ -286,8 +324,8 @@ impl Destination<'_> {
                 .block_on(self.bucket.delete(&name))
                 .with_context(|| format!("removing {}/{MANIFEST}", self.shown))?;
         }
-        self.upload(&rest, opts)?;
-        self.upload(&manifest, opts)?;
+        self.upload(source.dir, &rest, opts)?;
+        self.upload(source.dir, &manifest, opts)?;
         say(format!(
             "published {}: {} objects uploaded ({}), {} already there, {MANIFEST} written last",
             self.shown,
@@ -303,16 +341,10 @@ impl Destination<'_> {
         self.bucket.block_on(
             stream::iter(objects.iter().map(|o| async move {
                 let name = self.name(o);
-                let found = self
-                    .bucket
-                    .digest(&name)
+                self.bucket
+                    .holds(&name, o.size, &o.md5, &o.sha256)
                     .await
-                    .with_context(|| format!("checking {}/{}", self.shown, o.name))?;
-                Ok::<_, anyhow::Error>(match found {
-                    None => Remote::Missing,
-                    Some(d) if d == o.sha256 => Remote::Same,
-                    Some(d) => Remote::Different(d),
-                })
+                    .with_context(|| format!("checking {}/{}", self.shown, o.name))
             }))
             .buffered(jobs.max(1))
             .try_collect(),
@@ -321,7 +353,7 @@ impl Destination<'_> {
 
     /// Uploads `objects`, `jobs` at a time, with a progress bar (bytes and
     /// objects) on a terminal and a line per object otherwise.
-    fn upload(&self, objects: &[&Object], opts: &Options) -> Result<()> {
+    fn upload(&self, output_dir: &Path, objects: &[&Object], opts: &Options) -> Result<()> {
         use std::io::IsTerminal;
         if objects.is_empty() {
             return Ok(());
@@ -345,12 +377,7 @@ impl Destination<'_> {
             stream::iter(objects.iter().map(|o| {
                 let (bar, done, sent) = (&bar, &done, &sent);
                 async move {
-                    let bytes = fs_err::read(&o.local)
-                        .with_context(|| format!("reading {}", o.local.display()))?;
-                    // The file may have changed since it was checked.
-                    if Digest::of_bytes(&bytes) != o.sha256 {
-                        bail!("{} changed while publishing", o.local.display());
-                    }
+                    let bytes = read_object(output_dir, o)?;
                     self.bucket
                         .put(&self.name(o), bytes, &o.sha256)
                         .await

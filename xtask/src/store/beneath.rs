@@ -191,6 +191,34 @@ impl Beneath {
     }
 }
 
+/// The bytes of the regular file `rel` beneath `root`, reached without
+/// following a symlink anywhere on the way: what `publish` uploads when a
+/// manifest it did not write names a path.
+pub fn read_file(root: &Path, rel: &str) -> Result<Vec<u8>> {
+    let shown = || root.join(rel).display().to_string();
+    let dir = rfs::open(
+        root,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(std::io::Error::from)
+    .with_context(|| format!("opening {}", root.display()))?;
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let fd = rfs::openat2(&dir, rel, flags, Mode::empty(), RESOLVE).map_err(|e| match e {
+        Errno::LOOP => anyhow::anyhow!("{}: a symbolic link is on the way", shown()),
+        Errno::XDEV => anyhow::anyhow!("{}: leads outside {}", shown(), root.display()),
+        e => anyhow::Error::new(std::io::Error::from(e)).context(format!("opening {}", shown())),
+    })?;
+    let stat = rfs::fstat(&fd).map_err(std::io::Error::from)?;
+    if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
+        bail!("{}: not a regular file", shown());
+    }
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut File::from(fd), &mut bytes)
+        .with_context(|| format!("reading {}", shown()))?;
+    Ok(bytes)
+}
+
 fn is_dir(dir: BorrowedFd<'_>, name: &str) -> rustix::io::Result<bool> {
     let stat = rfs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)?;
     Ok(FileType::from_raw_mode(stat.st_mode) == FileType::Directory)

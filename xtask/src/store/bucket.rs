@@ -1,8 +1,13 @@
 //! One object-storage bucket (`s3://bucket/prefix`, `gs://bucket/prefix`,
 //! `file:///dir`) with the few operations Kiln needs: read an object, stat
-//! it (size and, when the backend keeps object metadata, the sha256 Kiln
-//! wrote with it), write it, and probe that the bucket answers. The remote
-//! cache (`remote.rs`) and `publish` both sit on this.
+//! it (size and the MD5 the server computed), write it (S3 verifies a
+//! SHA-256 checksum on upload, GCS an MD5), and probe that the bucket
+//! answers. The remote cache (`remote.rs`) and `publish` both sit on this.
+//!
+//! Nothing a writer of the bucket sets is trusted to say what an object
+//! holds: user metadata (`x-amz-meta-sha256`) is written for people to
+//! read, never read back; an object is known by the digest the server
+//! computed from its bytes, or by its bytes.
 //!
 //! `s3://` and `file://` go through the `object_store` crate. `gs://` speaks
 //! Cloud Storage's JSON API here (`gcs.rs`), with `object_store`'s Google
@@ -32,16 +37,18 @@ use super::gcs::Gcs;
 use super::Digest;
 
 /// The object-metadata key under which Kiln records an object's sha256
-/// (`x-amz-meta-sha256`, GCS `metadata.sha256`).
+/// (`x-amz-meta-sha256`, GCS `metadata.sha256`), for people to read: any
+/// writer can set it, so Kiln never decides anything by it.
 pub const SHA256_METADATA: &str = "sha256";
 
 /// What `stat` knows about an existing object.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stat {
     pub size: u64,
-    /// The sha256 recorded when Kiln wrote the object, if the backend keeps
-    /// metadata and the object was written by Kiln.
-    pub sha256: Option<Digest>,
+    /// The MD5 the server computed from the object's bytes: S3's ETag of a
+    /// single-part upload without KMS, GCS's `md5Hash`. `None` where the
+    /// server has none (a local directory, a multipart or KMS object).
+    pub md5: Option<[u8; 16]>,
 }
 
 enum Backend {
@@ -75,6 +82,15 @@ impl Bucket {
     pub fn open(url: &str, what: &str) -> Result<Bucket> {
         let parsed = url::Url::parse(url)
             .with_context(|| format!("{what} `{url}` is not a URL (s3://, gs://, file://)"))?;
+        // Messages name a bucket by its URL: it must hold no secret.
+        if !parsed.username().is_empty() || parsed.password().is_some() {
+            let mut shown = parsed.clone();
+            let _ = shown.set_username("");
+            let _ = shown.set_password(None);
+            bail!(
+                "{what} `{shown}`: the URL carries credentials (user:secret@); give them through the environment instead (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, GOOGLE_APPLICATION_CREDENTIALS)"
+            );
+        }
         let prefix = percent_encoding::percent_decode_str(parsed.path())
             .decode_utf8()
             .with_context(|| format!("{what} `{url}`: the path is not UTF-8"))?
@@ -84,6 +100,8 @@ impl Bucket {
             "s3" => Backend::Store {
                 store: Arc::new(
                     with_timeouts(object_store::aws::AmazonS3Builder::from_env())
+                        // The server checks each upload's SHA-256.
+                        .with_checksum_algorithm(object_store::aws::Checksum::SHA256)
                         .with_url(url)
                         .build()
                         .with_context(|| format!("{what} {url}"))?,
@@ -178,16 +196,14 @@ impl Bucket {
                 };
                 match store.get_opts(&path, options).await {
                     Ok(r) => {
-                        let sha256 = if *metadata {
-                            r.attributes
-                                .get(&Attribute::Metadata(SHA256_METADATA.into()))
-                                .and_then(|v| v.parse::<Digest>().ok())
-                        } else {
-                            None
+                        // A local directory's ETag is its inode and mtime.
+                        let md5 = match metadata {
+                            true => r.meta.e_tag.as_deref().and_then(etag_md5),
+                            false => None,
                         };
                         Ok(Some(Stat {
                             size: r.meta.size,
-                            sha256,
+                            md5,
                         }))
                     }
                     Err(object_store::Error::NotFound { .. }) => Ok(None),
@@ -254,18 +270,51 @@ impl Bucket {
         answer.with_context(|| format!("reaching {}", self.url))
     }
 
-    /// The digest of an existing object: the recorded one, else (a backend
-    /// without metadata, an object another tool wrote) its bytes hashed.
-    /// `None` if it does not exist.
-    pub async fn digest(&self, name: &str) -> Result<Option<Digest>> {
+    /// Whether the object holds exactly the bytes whose size, MD5 and
+    /// sha256 are given: `Held::Same` when the server's own MD5 says so,
+    /// else the object is read and hashed.
+    pub async fn holds(
+        &self,
+        name: &str,
+        size: u64,
+        md5: &[u8; 16],
+        sha256: &Digest,
+    ) -> Result<Held> {
         let Some(stat) = self.stat(name).await? else {
-            return Ok(None);
+            return Ok(Held::Missing);
         };
-        if let Some(d) = stat.sha256 {
-            return Ok(Some(d));
+        if stat.size == size && stat.md5.as_ref() == Some(md5) {
+            return Ok(Held::Same);
         }
-        Ok(self.get(name).await?.map(|b| Digest::of_bytes(&b)))
+        Ok(match self.get(name).await?.map(|b| Digest::of_bytes(&b)) {
+            None => Held::Missing,
+            Some(d) if d == *sha256 => Held::Same,
+            Some(d) => Held::Different(d),
+        })
     }
+}
+
+/// What a bucket holds at a name, compared with the bytes Kiln has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Held {
+    Missing,
+    Same,
+    /// Other bytes, with their sha256.
+    Different(Digest),
+}
+
+/// The MD5 an S3 ETag is (`"<32 hex>"`); not a multipart (`-N`) or KMS one.
+fn etag_md5(etag: &str) -> Option<[u8; 16]> {
+    let hex = etag.trim_matches('"');
+    let mut md5 = [0u8; 16];
+    hex::decode_to_slice(hex, &mut md5).ok()?;
+    Some(md5)
+}
+
+/// The MD5 of `bytes`, as servers compute it.
+pub fn md5(bytes: &[u8]) -> [u8; 16] {
+    use md5::Digest as _;
+    md5::Md5::digest(bytes).into()
 }
 
 /// An `object_store` error as one line (its sources repeat its own text),

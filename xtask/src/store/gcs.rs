@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use base64::Engine as _;
 use object_store::gcp::{GcpCredential, GoogleCloudStorageBuilder};
 use object_store::CredentialProvider;
 
@@ -147,10 +148,11 @@ impl Gcs {
             .and_then(|s| s.parse().ok())
             .or_else(|| v["size"].as_u64())
             .with_context(|| format!("{name}: the server's object metadata has no size"))?;
-        let sha256 = v["metadata"][SHA256_METADATA]
+        let md5 = v["md5Hash"]
             .as_str()
-            .and_then(|s| s.parse::<Digest>().ok());
-        Ok(Some(Stat { size, sha256 }))
+            .and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok())
+            .and_then(|b| <[u8; 16]>::try_from(b).ok());
+        Ok(Some(Stat { size, md5 }))
     }
 
     /// Whether the bucket exists and these credentials may read it.
@@ -180,9 +182,12 @@ impl Gcs {
         );
         // A boundary that cannot occur in the data: the data's own digest.
         let boundary = format!("kiln-{}", sha256.hex());
+        // The server checks the bytes against `md5Hash`.
+        let md5 = base64::engine::general_purpose::STANDARD.encode(super::bucket::md5(&bytes));
         let meta = serde_json::json!({
             "name": name,
             "contentType": "application/octet-stream",
+            "md5Hash": md5,
             "metadata": { SHA256_METADATA: sha256.hex() },
         });
         let mut body = Vec::with_capacity(bytes.len() + 512);

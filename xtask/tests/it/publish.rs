@@ -280,3 +280,99 @@ fn wrong_credentials_are_a_clear_error_and_nothing_is_published() {
     );
     assert!(!text(&right).contains(&secret));
 }
+
+/// Adds to `out`'s manifest an artifact entry for `path` with `sha256`.
+fn forge_manifest_entry(out: &Path, path: &str, sha256: &Digest) {
+    let file = out.join("manifest.json");
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    let artifacts = manifest["artifacts"].as_array_mut().unwrap();
+    let mut forged = artifacts[0].clone();
+    forged["name"] = path.into();
+    forged["path"] = path.into();
+    forged["sha256"] = sha256.hex().into();
+    artifacts.push(forged);
+    std::fs::write(&file, serde_json::to_vec(&manifest).unwrap()).unwrap();
+}
+
+#[test]
+fn a_forged_manifest_cannot_make_publish_upload_a_file_outside_the_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = built(dir.path());
+    let good = std::fs::read(out.join("manifest.json")).unwrap();
+    let target = dir.path().join("bucket");
+    let to = format!("file://{}", target.display());
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "not for the bucket\n").unwrap();
+    let digest = digest_of(&secret);
+    let relative =
+        format!("../{}", "../".repeat(8)) + secret.strip_prefix("/").unwrap().to_str().unwrap();
+    std::os::unix::fs::symlink(&secret, out.join("stage2/linked")).unwrap();
+    for (path, said) in [
+        (secret.display().to_string(), "not an artifact path"),
+        (relative, "not an artifact path"),
+        ("stage2/linked".to_string(), "a symbolic link is on the way"),
+    ] {
+        std::fs::write(out.join("manifest.json"), &good).unwrap();
+        forge_manifest_entry(&out, &path, &digest);
+        let err = run_err(&mut publish(&out, &to, "1", &[]));
+        assert!(err.contains(said), "{path}: {err}");
+        assert!(
+            files(&target).is_empty(),
+            "{path}: uploaded {:?}",
+            files(&target)
+        );
+    }
+}
+
+#[test]
+fn an_object_replaced_with_the_original_metadata_is_found_different() {
+    let Some(server) = servers::moto() else {
+        return;
+    };
+    servers::create_s3_bucket(&server, "kiln-releases");
+    let dir = tempfile::tempdir().unwrap();
+    let out = built(dir.path());
+    let to = "s3://kiln-releases/epoxy";
+    let mut first = publish(&out, to, "1", &[]);
+    s3_env(&mut first, &server, "kiln-test-key", SECRET);
+    run_ok(&mut first);
+    // Someone with write access swaps the image, keeping the sha256
+    // metadata Kiln wrote: only the bytes (or the server's MD5) tell.
+    let original = digest_of(&out.join(ARTIFACT));
+    let script = r#"
+import boto3, sys
+s3 = boto3.client("s3", endpoint_url=sys.argv[1], region_name="us-east-1",
+                  aws_access_key_id="k", aws_secret_access_key="s")
+s3.put_object(Bucket="kiln-releases", Key=sys.argv[2], Body=b"tampered",
+              Metadata={"sha256": sys.argv[3]})
+"#;
+    let key = format!("epoxy/1/{ARTIFACT}");
+    servers::python(script, &[&server.endpoint(), &key, &original.hex()]);
+    let mut again = publish(&out, to, "1", &[]);
+    s3_env(&mut again, &server, "kiln-test-key", SECRET);
+    let err = run_err(&mut again);
+    let tampered = Digest::of_bytes(b"tampered");
+    assert!(
+        err.contains("already holds different bytes for 1 object(s)")
+            && err.contains(&format!("there: sha256 {}", tampered.short())),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_url_carrying_credentials_is_refused_without_echoing_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = built(dir.path());
+    let err = run_err(&mut publish(
+        &out,
+        &format!("s3://AKIAEXAMPLE:{SECRET}@kiln-releases/x"),
+        "1",
+        &[],
+    ));
+    assert!(err.contains("the URL carries credentials"), "{err}");
+    assert!(
+        !err.contains(SECRET) && !err.contains("AKIAEXAMPLE"),
+        "{err}"
+    );
+}

@@ -14,6 +14,7 @@ mod initramfs;
 pub mod ipxe;
 mod kernel;
 pub mod media;
+mod paths;
 pub mod pins;
 pub mod rom;
 mod schema;
@@ -34,6 +35,7 @@ pub use initramfs::Initramfs;
 pub use ipxe::{Ipxe, IpxeTarget};
 pub use kernel::{Kernel, KernelConfigFrom, Modules, WantedModule, KERNEL_BASES};
 pub use media::{HostMedia, Iso, Media, Script, Uki};
+use paths::{image_path, location, output_path, recipe_dir, recipe_file};
 pub use rom::{FlashMethod, Rom, RomFrom};
 use schema::*;
 pub use sources::{Source, SourceKind, Sources};
@@ -334,80 +336,6 @@ impl<'a> Ctx<'a> {
                 None
             }
         }
-    }
-}
-
-/// A file named relative to the recipe, which must exist.
-fn recipe_file(ctx: &mut Ctx, base: &Path, raw: &Spanned<String>) -> Option<PathBuf> {
-    let path = base.join(raw.get_ref());
-    if path.is_file() {
-        Some(path)
-    } else {
-        ctx.push(raw.span(), format!("{} is not a file", path.display()));
-        None
-    }
-}
-
-/// `file:line:col` of a byte offset in a recipe.
-fn location(doc: &Doc, span: Range<usize>) -> String {
-    let (line, col) = diag::line_col(&doc.text, span.start);
-    format!("{}:{line}:{col}", doc.file.display())
-}
-
-/// An artifact's path under `output/`: relative, not a name Kiln keeps
-/// for itself there, and not another artifact's (in any recipe).
-fn output_path(ctx: &mut Ctx, raw: &Spanned<String>) -> Option<String> {
-    if raw.get_ref().starts_with('/') {
-        ctx.push(
-            raw.span(),
-            "an artifact's path is relative to the output directory, not absolute",
-        );
-        return None;
-    }
-    let path = image_path(ctx, raw)?;
-    if let Some(what) = crate::layout::reserved(&path) {
-        ctx.push(
-            raw.span(),
-            format!("`{path}` is {what}: choose another path"),
-        );
-        return None;
-    }
-    let here = location(ctx.doc, raw.span());
-    if let Some(there) = ctx.outputs.get(&path) {
-        let msg = format!("`{path}` is already the output of the artifact at {there}: two artifacts cannot share a path");
-        ctx.push(raw.span(), msg);
-        return None;
-    }
-    ctx.outputs.insert(path.clone(), here);
-    Some(path)
-}
-
-/// A relative path without `..`: used for paths inside images.
-fn image_path(ctx: &mut Ctx, raw: &Spanned<String>) -> Option<String> {
-    let p = raw.get_ref().trim_start_matches('/');
-    let bad = p.is_empty() || p.split('/').any(|c| c.is_empty() || c == "." || c == "..");
-    if bad {
-        ctx.push(
-            raw.span(),
-            "expected a relative path without `.`, `..` or empty parts",
-        );
-        return None;
-    }
-    Some(p.to_string())
-}
-
-/// A directory named relative to the recipe, which must exist; `what`
-/// names it in the error ("overlay directory").
-fn recipe_dir(ctx: &mut Ctx, base: &Path, raw: &Spanned<String>, what: &str) -> Option<PathBuf> {
-    let dir = base.join(raw.get_ref());
-    if dir.is_dir() {
-        Some(dir)
-    } else {
-        ctx.push(
-            raw.span(),
-            format!("{what} {} does not exist", dir.display()),
-        );
-        None
     }
 }
 

@@ -152,9 +152,31 @@ pub fn command(program: &str) -> Result<Command> {
     let path = find(program).with_context(|| missing(program))?;
     let mut cmd = Command::new(path);
     cmd.stdin(Stdio::null());
-    // Own process group: an interrupt can stop the tool and all its children.
-    cmd.process_group(0);
+    own_group_dying_with_kiln(&mut cmd);
     Ok(cmd)
+}
+
+/// Its own process group, so that an interrupt can stop the tool and all
+/// its children; and killed when Kiln dies, even by SIGKILL, which no
+/// handler sees (`PR_SET_PDEATHSIG`, fired when the thread that started it
+/// ends: Kiln waits for a tool on the thread that started it).
+fn own_group_dying_with_kiln(cmd: &mut Command) {
+    cmd.process_group(0);
+    let kiln = std::process::id() as libc::pid_t;
+    // SAFETY: between fork and exec only async-signal-safe calls (prctl,
+    // getppid, raise) run.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // Kiln died before the request took effect.
+            if libc::getppid() != kiln {
+                libc::raise(libc::SIGKILL);
+            }
+            Ok(())
+        });
+    }
 }
 
 /// `command(program)` with a clean environment for build tools whose output
@@ -203,7 +225,7 @@ pub fn path_mapping_gcc(wrappers: &Path, tree: &Path) -> Result<std::ffi::OsStri
 pub fn command_at(path: &Path) -> Command {
     let mut cmd = Command::new(path);
     cmd.stdin(Stdio::null());
-    cmd.process_group(0);
+    own_group_dying_with_kiln(&mut cmd);
     cmd
 }
 

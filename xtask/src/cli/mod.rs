@@ -149,8 +149,10 @@ pub fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .without_time()
         .init();
+    quiet_on_closed_stdout();
     crate::tools::interrupt::install();
     // The caller's umask is not an input: tools write step outputs (kernel
     // objects, depmod indexes) with modes that end up in tree digests, so
@@ -170,6 +172,27 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `cargo xtask plan | head`: once the reader is gone, printing panics with
+/// EPIPE (Rust ignores SIGPIPE, so that a closed socket or tool pipe is an
+/// error to handle rather than a silent death). Only that panic, from the
+/// commands' printing to stdout, ends Kiln quietly, with the status a shell
+/// reports for a process SIGPIPE ended (141); any other panic is reported.
+fn quiet_on_closed_stdout() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        report(info);
+    }));
 }
 
 /// The error and its causes, one per line, recipe errors rendered whole.

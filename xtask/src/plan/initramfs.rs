@@ -144,20 +144,25 @@ impl Builder<'_> {
 fn check_templates(recipe: &Recipe, ir: &recipe::Initramfs) -> Result<BTreeMap<String, String>> {
     let mut used = std::collections::BTreeSet::new();
     for t in &ir.templates {
-        let file = ir
+        // The last overlay holding the path provides it; a symlink there
+        // (or on the way) is refused unread: a template's text is quoted
+        // in errors, and must not be a host file it points to.
+        let overlay = ir
             .overlays
             .iter()
             .rev()
-            .map(|o| o.join(t))
-            .find(|p| p.is_file())
+            .find(|o| o.join(t).symlink_metadata().is_ok())
             .with_context(|| {
                 format!(
                     "{}: template `{t}` is not a file in any overlay of this recipe",
                     recipe.file.display()
                 )
             })?;
-        let text = fs_err::read_to_string(&file)
-            .with_context(|| format!("reading template {}", file.display()))?;
+        let file = overlay.join(t);
+        let bytes = crate::store::beneath::read_file(overlay, t)
+            .with_context(|| format!("{}: template `{t}`", recipe.file.display()))?;
+        let text = String::from_utf8(bytes)
+            .map_err(|_| anyhow::anyhow!("template {} is not UTF-8 text", file.display()))?;
         recipe::check_template(&display_path(&file), &text, &recipe.variables)?;
         used.extend(crate::template::referenced(&text));
     }

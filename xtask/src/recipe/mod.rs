@@ -148,8 +148,24 @@ struct Doc {
 
 impl Doc {
     fn read(file: &Path) -> Result<Doc> {
-        let text = fs_err::read_to_string(file)
+        let bytes = fs_err::read(file)
             .with_context(|| format!("reading recipe file {}", file.display()))?;
+        let text = match String::from_utf8(bytes) {
+            Ok(text) => text,
+            Err(e) => {
+                // Located like any other recipe error: the valid text up
+                // to the first bad byte, which is where the caret points.
+                let at = e.utf8_error().valid_up_to();
+                let text = String::from_utf8_lossy(e.as_bytes()).into_owned();
+                let message = format!(
+                    "byte 0x{:02x} is not UTF-8 here: a recipe is UTF-8 text",
+                    e.as_bytes()[at]
+                );
+                let lossy_at = String::from_utf8_lossy(&e.as_bytes()[..at]).len();
+                let err = SourceError::new(file, &text, lossy_at..lossy_at + 1, message);
+                return Err(RecipeErrors(vec![err]).into());
+            }
+        };
         Ok(Doc {
             file: file.to_path_buf(),
             text,

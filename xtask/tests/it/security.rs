@@ -372,7 +372,16 @@ fn two_artifact_setup(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
 }
 
 fn build_release(recipes: &Path, out: &Path, release: &str) -> std::process::Command {
-    let mut cmd = kiln(recipes, out, &shared_cache());
+    build_release_with(recipes, out, &shared_cache(), release)
+}
+
+fn build_release_with(
+    recipes: &Path,
+    out: &Path,
+    cache: &Path,
+    release: &str,
+) -> std::process::Command {
+    let mut cmd = kiln(recipes, out, cache);
     cmd.args(["--var", &format!("release={release}"), "build"])
         .args(TWO);
     cmd
@@ -385,6 +394,11 @@ fn a_build_killed_between_two_renames_leaves_a_manifest_that_vouches_for_every_f
     }
     let dir = tempfile::tempdir().unwrap();
     let (recipes, out) = two_artifact_setup(dir.path());
+    // A store of its own: which renames a build makes depends on what the
+    // store recorded last, which other tests' builds would change.
+    let cache = dir.path().join("cache");
+    let build_release =
+        |r: &Path, o: &Path, release: &str| build_release_with(r, o, &cache, release);
     for release in ["a", "b", "a"] {
         run_ok(&mut build_release(&recipes, &out, release));
     }
@@ -581,4 +595,144 @@ fn outputs_that_collide_or_take_kilns_names_are_recipe_errors() {
             "{path}: {said}"
         );
     }
+}
+
+#[test]
+fn a_tool_dies_with_kiln_even_when_kiln_is_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipes = copy_recipes(dir.path());
+    let pid_file = dir.path().join("tool.pid");
+    // An apt-get that never finishes its download.
+    let script = format!(
+        "[ \"$1\" = --version ] && {{ echo 'apt 2.6.1 (amd64)'; exit 0; }}\necho $$ > {}\nexec sleep 120\n",
+        pid_file.display()
+    );
+    let path = fake_tool(dir.path(), "apt-get", &script);
+    let mut build = kiln(
+        &recipes,
+        &dir.path().join("output"),
+        &dir.path().join("cache"),
+    )
+    .env("PATH", &path)
+    .args(["build", INITRAMFS])
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null())
+    .spawn()
+    .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let pid = loop {
+        if let Some(pid) = std::fs::read_to_string(&pid_file)
+            .ok()
+            .filter(|p| p.ends_with('\n'))
+        {
+            break pid.trim().to_string();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the tool never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    build.kill().unwrap(); // SIGKILL: no handler of Kiln's runs
+    build.wait().unwrap();
+    let proc = Path::new("/proc").join(&pid);
+    let gone = |p: &Path| {
+        // Gone, or a zombie its new parent has yet to reap.
+        std::fs::read_to_string(p.join("stat"))
+            .map(|s| {
+                s.rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('Z')
+            })
+            .unwrap_or(true)
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !gone(&proc) {
+        if std::time::Instant::now() > deadline {
+            let _ = std::process::Command::new("kill")
+                .args(["-9", &pid])
+                .status();
+            panic!("the tool (pid {pid}) outlived Kiln");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn an_overlay_template_linking_to_a_host_file_is_refused_unread() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipes = copy_recipes(dir.path());
+    let host_file = dir.path().join("host-secret");
+    std::fs::write(&host_file, "root:{{secret-hash}}:19000::::::\n").unwrap();
+    let release = dir.path().join("overlays/stage2/etc/kiln-release");
+    std::fs::remove_file(&release).unwrap();
+    std::os::unix::fs::symlink(&host_file, &release).unwrap();
+    let said = run_err(
+        kiln(
+            &recipes,
+            &dir.path().join("output"),
+            &dir.path().join("cache"),
+        )
+        .args(["plan", INITRAMFS]),
+    );
+    assert!(
+        said.contains("template `etc/kiln-release`") && said.contains("symbolic link"),
+        "{said}"
+    );
+    assert!(
+        !said.contains("secret-hash") && !said.contains("19000"),
+        "{said}"
+    );
+}
+
+#[test]
+fn a_recipe_that_is_not_utf8_is_located() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipes = copy_recipes(dir.path());
+    let stage2 = recipes.join("stage2.toml");
+    let mut bytes = std::fs::read(&stage2).unwrap();
+    let line = bytes.iter().filter(|b| **b == b'\n').count() + 1;
+    bytes.extend_from_slice(b"description2 = \"caf\xe9\"\n");
+    std::fs::write(&stage2, bytes).unwrap();
+    let said = run_err(
+        kiln(&recipes, &dir.path().join("o"), &dir.path().join("c")).args(["plan", "stage2"]),
+    );
+    assert!(
+        said.contains(&format!(
+            "stage2.toml:{line}:20: byte 0xe9 is not UTF-8 here"
+        )),
+        "{said}"
+    );
+}
+
+#[test]
+fn plan_into_a_closed_pipe_ends_quietly_and_warnings_carry_no_colour() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipes = copy_recipes(dir.path());
+    let cache = dir.path().join("cache");
+    // A garbage action record for the first step makes Kiln warn.
+    let plan =
+        run_ok(kiln(&recipes, &dir.path().join("o"), &cache).args(["plan", INITRAMFS, "--json"]));
+    let steps: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
+    let key = steps[0]["key"].as_str().unwrap();
+    std::fs::write(cache.join(format!("v1/actions/{key}.json")), "garbage").unwrap();
+    // `plan | true`: the reader is gone before Kiln prints.
+    let mut child = kiln(&recipes, &dir.path().join("o"), &cache)
+        .args(["plan", INITRAMFS])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let done = child.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&done.stderr);
+    assert_eq!(done.status.code(), Some(141), "{said}");
+    assert!(!said.contains("panicked"), "{said}");
+    assert!(said.contains("dropping unreadable action record"), "{said}");
+    assert!(
+        !said.contains('\x1b'),
+        "colour codes on a stderr that is no terminal: {said:?}"
+    );
 }

@@ -34,10 +34,20 @@ impl Builder<'_> {
         if let Some(r) = self.sources.get(&(name.to_string(), Form::Unpacked)) {
             return Ok(r.clone());
         }
-        let is_deb = matches!(
+        let deb_source = matches!(
             self.recipes.sources.get(name).map(|s| &s.kind),
             Some(SourceKind::Deb { .. })
-        ) && !self.opts.source_overrides.contains_key(name);
+        );
+        // An override of a `deb` source is the package when it is a `.deb`
+        // or the unpacked package holding the member; anything else (a
+        // kernel tarball or tree) is taken as what the member would be.
+        let is_deb = deb_source
+            && match self.opts.source_overrides.get(name) {
+                None => true,
+                Some(path) => {
+                    is_deb_file(path) || deb_member.is_some_and(|m| holds_member(path, m))
+                }
+            };
         let (archive, member) = match (is_deb, deb_member) {
             (true, Some(member)) => (self.deb_tree(name)?, Some(member.to_string())),
             (true, None) => {
@@ -298,4 +308,27 @@ pub fn plan_sources(
         b.source_input(name)?;
     }
     Ok(b.plan)
+}
+
+/// Whether `path` is a `.deb` (an `ar` archive), by its first bytes.
+fn is_deb_file(path: &Path) -> bool {
+    let mut magic = [0u8; 8];
+    fs_err::File::open(path)
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
+        .is_ok_and(|()| &magic == b"!<arch>\n")
+}
+
+/// Whether the directory `dir` holds a file matching `pattern` (`*` within
+/// the file name, as `UnpackTarball`'s member).
+fn holds_member(dir: &Path, pattern: &str) -> bool {
+    let (parent, name) = pattern.rsplit_once('/').unwrap_or(("", pattern));
+    let (head, tail) = name.split_once('*').unwrap_or((name, ""));
+    let Ok(entries) = fs_err::read_dir(dir.join(parent)) else {
+        return false;
+    };
+    entries.filter_map(Result::ok).any(|e| {
+        let n = e.file_name();
+        let n = n.to_string_lossy();
+        n.len() >= head.len() + tail.len() && n.starts_with(head) && n.ends_with(tail)
+    })
 }

@@ -736,3 +736,48 @@ fn plan_into_a_closed_pipe_ends_quietly_and_warnings_carry_no_colour() {
         "colour codes on a stderr that is no terminal: {said:?}"
     );
 }
+
+#[test]
+fn a_linux_source_override_is_taken_as_the_package_it_replaces() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipes = copy_recipes(dir.path());
+    let steps = |source: &Path| -> Vec<String> {
+        let plan = run_ok(
+            kiln(&recipes, &dir.path().join("o"), &dir.path().join("c"))
+                .arg("--source")
+                .arg(format!("linux-source={}", source.display()))
+                .args(["plan", "stage2", "--json"]),
+        );
+        let steps: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
+        let labels = steps.as_array().unwrap().iter();
+        labels
+            .map(|s| s["step"].as_str().unwrap().to_string())
+            .filter(|l| l.starts_with("unpack linux-source"))
+            .collect()
+    };
+    // A `.deb` is unpacked as a package, then its kernel tarball.
+    let deb = dir.path().join("linux-source-6.1_6.1.999-1_all.deb");
+    std::fs::write(
+        &deb,
+        b"!<arch>\ndebian-binary   0           0     0     100644  4         `\n2.0\n",
+    )
+    .unwrap();
+    assert_eq!(
+        steps(&deb),
+        ["unpack linux-source", "unpack linux-source tarball"]
+    );
+    // A directory holding the package's files: its kernel tarball is unpacked.
+    let unpacked = dir.path().join("unpacked");
+    std::fs::create_dir_all(unpacked.join("usr/src")).unwrap();
+    std::fs::write(
+        unpacked.join("usr/src/linux-source-6.1.tar.xz"),
+        b"not read at plan",
+    )
+    .unwrap();
+    assert_eq!(steps(&unpacked), ["unpack linux-source tarball"]);
+    // A kernel tree itself is used as it is.
+    let tree = dir.path().join("linux");
+    std::fs::create_dir_all(tree.join("kernel")).unwrap();
+    std::fs::write(tree.join("Makefile"), b"VERSION = 6\n").unwrap();
+    assert_eq!(steps(&tree), Vec::<String>::new());
+}

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 
 use crate::plan::{InputRef, Node, Plan};
 use crate::steps::{KeyComponents, StepContext};
@@ -165,13 +165,20 @@ impl Executor<'_> {
         if let Some(record) = self.store.action(&key)? {
             return Ok(hit(record));
         }
+        if self.store.read_only() {
+            bail!(
+                "step `{label}` must run, but the cache {} is on a read-only file system: \
+                 only what it holds can be used (give a writable --cache to build)",
+                self.store.root().display()
+            );
+        }
         // Another process may be building the same key: wait for it, then look again.
         let _lock = self.store.lock_key(&key)?;
         if let Some(record) = self.store.action(&key)? {
             return Ok(hit(record));
         }
         if failed.load(std::sync::atomic::Ordering::SeqCst) {
-            anyhow::bail!("`{label}` not started: another step failed");
+            bail!("`{label}` not started: another step failed");
         }
         let lines = !self.quiet && node.step.batch().is_none();
         if let Some(remote) = self.remote.filter(|r| r.up()) {

@@ -113,22 +113,55 @@ pub struct Store {
     /// Shared lock on `store.lock` for this handle's lifetime; `gc` converts
     /// it to exclusive, so it never removes what a running build uses.
     lock: File,
+    /// On a read-only file system (a cache shared over NFS, mounted
+    /// read-only): lookups work, and a step that must run fails, saying so.
+    read_only: bool,
 }
 
 impl Store {
     pub fn open(cache_dir: &Path) -> Result<Store> {
         let root = cache_dir.join("v1");
+        let lock_path = root.join("store.lock");
+        let mut read_only = false;
         for sub in ["blobs", "trees", "actions", "last", "locks", "stat", "tmp"] {
             let dir = root.join(sub);
-            fs::create_dir_all(&dir)
-                .with_context(|| format!("creating cache directory {}", dir.display()))?;
+            match fs::create_dir_all(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::ReadOnlyFilesystem && dir.is_dir() => {
+                    read_only = true;
+                }
+                Err(e) => {
+                    return Err(e)
+                        .with_context(|| format!("creating cache directory {}", dir.display()))
+                }
+            }
         }
-        let lock_path = root.join("store.lock");
-        let lock = File::create(&lock_path)
-            .with_context(|| format!("creating {}", lock_path.display()))?;
+        let lock = match File::create(&lock_path) {
+            Err(e) if e.kind() == std::io::ErrorKind::ReadOnlyFilesystem => {
+                read_only = true;
+                File::open(&lock_path)
+            }
+            other => other,
+        }
+        .with_context(|| format!("opening {}", lock_path.display()))?;
         lock.lock_shared()
             .with_context(|| format!("locking {}", lock_path.display()))?;
-        Ok(Store { root, lock })
+        if read_only {
+            tracing::info!(
+                "the cache {} is read-only: using what it holds",
+                root.display()
+            );
+        }
+        Ok(Store {
+            root,
+            lock,
+            read_only,
+        })
+    }
+
+    /// Whether the cache is on a read-only file system.
+    pub fn read_only(&self) -> bool {
+        self.read_only
     }
 
     pub fn root(&self) -> &Path {

@@ -781,3 +781,54 @@ fn a_linux_source_override_is_taken_as_the_package_it_replaces() {
     std::fs::write(tree.join("Makefile"), b"VERSION = 6\n").unwrap();
     assert_eq!(steps(&tree), Vec::<String>::new());
 }
+
+#[test]
+fn a_read_only_cache_serves_a_no_op_build_and_refuses_to_build() {
+    if !kiln::testing::program("unshare", "apt-get install util-linux") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let recipes = copy_recipes(dir.path());
+    let (out, cache) = (dir.path().join("output"), dir.path().join("cache"));
+    let build = kiln(&recipes, &out, &cache);
+    run_ok(kiln(&recipes, &out, &cache).args(["build", INITRAMFS]));
+    // The cache as an NFS export mounted read-only: a read-only bind mount
+    // in a mount namespace of the test's own.
+    let script = format!(
+        "mount --bind {c} {c} && mount -o remount,bind,ro {c} || exit 90\n\
+         \"$@\" build {t} > {d}/noop.log 2>&1; echo $? > {d}/noop.rc\n\
+         \"$@\" --var release=other build {t} > {d}/new.log 2>&1; echo $? > {d}/new.rc\n",
+        c = cache.display(),
+        d = dir.path().display(),
+        t = INITRAMFS,
+    );
+    let status = std::process::Command::new("unshare")
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            &script,
+            "sh",
+        ])
+        .arg(build.get_program())
+        .args(build.get_args())
+        .envs(build.get_envs().filter_map(|(k, v)| v.map(|v| (k, v))))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let read = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap();
+    assert_eq!(read("noop.rc").trim(), "0", "{}", read("noop.log"));
+    assert!(
+        read("noop.log").contains("0 run, 3 cached"),
+        "{}",
+        read("noop.log")
+    );
+    assert_ne!(read("new.rc").trim(), "0");
+    assert!(
+        read("new.log").contains("is on a read-only file system: only what it holds can be used"),
+        "{}",
+        read("new.log")
+    );
+}

@@ -9,6 +9,7 @@
 
 pub mod archive;
 pub mod fleet;
+pub mod fuzz;
 pub mod ipxe;
 pub mod kernel;
 pub mod modules;

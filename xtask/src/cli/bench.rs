@@ -54,6 +54,16 @@ pub enum BenchCommand {
     /// Per-host ROMs for a generated inventory: Kiln (one compile + patching)
     /// vs a full `make` per host and ROM model (sampled, scaled to the fleet)
     /// and vs re-linking one tree per host. Needs `--source ipxe=PATH`.
+    /// Fuzz the readers of outside bytes (archives, packages, images, ROMs,
+    /// tree manifests, action records) for SECONDS each; crashes are saved
+    /// under output/fuzz/<reader>/ (keep them in xtask/tests/data/fuzz/).
+    Fuzz {
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// The random seed (the same seed, the same cases).
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
     Fleet {
         /// Hosts in the generated inventory.
         #[arg(long, default_value_t = 500)]
@@ -88,6 +98,9 @@ pub fn bench(s: &Settings, c: &BenchCommand) -> Result<ExitCode> {
                 sources: &sources,
                 targets,
             })?
+        }
+        BenchCommand::Fuzz { seconds, seed } => {
+            crate::bench::fuzz::run(*seconds, *seed, &s.output_dir.join("fuzz"))?
         }
         BenchCommand::Publish { to } => crate::bench::remote::publish(&s.output_dir, to)?,
         BenchCommand::RemoteCache { remote, target } => {

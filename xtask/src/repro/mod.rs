@@ -455,7 +455,9 @@ impl Row {
     }
 }
 
-/// The files under an output directory, relative to it, tool logs aside.
+/// The files under an output directory, relative to it: the artifacts and
+/// the manifest, not what Kiln keeps there for itself (tool logs, the
+/// install lock and staging).
 fn files(dir: &Path) -> Result<BTreeSet<String>> {
     let mut names = BTreeSet::new();
     for entry in walkdir::WalkDir::new(dir).sort_by_file_name() {
@@ -465,7 +467,8 @@ fn files(dir: &Path) -> Result<BTreeSet<String>> {
             .strip_prefix(dir)?
             .to_string_lossy()
             .into_owned();
-        if entry.file_type().is_file() && !rel.starts_with("logs/") {
+        let own = rel != crate::layout::MANIFEST && crate::layout::reserved(&rel).is_some();
+        if entry.file_type().is_file() && !own {
             names.insert(rel);
         }
     }

@@ -50,6 +50,13 @@ impl Signer {
         Ok(Signer { pair })
     }
 
+    /// A key from PKCS#8 DER bytes.
+    pub fn from_pkcs8(der: &[u8]) -> Result<Signer> {
+        let pair = Ed25519KeyPair::from_pkcs8_maybe_unchecked(der)
+            .map_err(|e| anyhow!("not an Ed25519 PKCS#8 key: {e}"))?;
+        Ok(Signer { pair })
+    }
+
     /// The record as it travels: its JSON with the signature added.
     pub fn sign(&self, record: &ActionRecord) -> Result<Vec<u8>> {
         let bytes = serde_json::to_vec(record)?;

@@ -18,6 +18,7 @@ mod ci_repro;
 mod cpio_oracle;
 mod explain;
 mod fleet;
+mod fuzz;
 mod kernel;
 mod media;
 mod modules;

@@ -61,15 +61,15 @@ impl Syntax {
         if let Some(c) = value.chars().find(|c| c.is_control()) {
             return Some((c, "a value must be one line of printable text"));
         }
-        let line = before.rsplit('\n').next().unwrap_or(before);
         let refused = |c: char| match self {
             Syntax::Text => None,
-            Syntax::Shell => match shell_quoting(line) {
+            Syntax::Shell => match shell_quoting(before) {
                 Quote::Double => matches!(c, '"' | '$' | '`' | '\\')
                     .then_some("inside double quotes it would end the string or expand"),
                 Quote::Single => {
                     (c == '\'').then_some("inside single quotes it would end the string")
                 }
+                Quote::Comment => None,
                 Quote::None => (!(c.is_ascii_alphanumeric() || "._:/@%+=,~^-".contains(c)))
                     .then_some("unquoted, the shell would treat it specially"),
             },
@@ -88,15 +88,22 @@ enum Quote {
     None,
     Single,
     Double,
+    /// After a `#` that starts a word: nothing there is run.
+    Comment,
 }
 
-/// The shell quoting in force at the end of `line` (a template line up to
-/// a placeholder; earlier placeholders count as plain words).
-fn shell_quoting(line: &str) -> Quote {
+/// The shell quoting in force at the end of `text` (a template up to a
+/// placeholder; earlier placeholders count as plain words). Strings may
+/// span lines; a `#` starting a word outside quotes comments out the rest
+/// of its line, quotes in it included.
+fn shell_quoting(text: &str) -> Quote {
     let mut quote = Quote::None;
-    let mut chars = line.chars();
+    let mut chars = text.chars();
+    let mut word_start = true;
     while let Some(c) = chars.next() {
         quote = match (quote, c) {
+            (Quote::None, '#') if word_start => Quote::Comment,
+            (Quote::Comment, '\n') => Quote::None,
             (Quote::None, '\'') => Quote::Single,
             (Quote::None, '"') => Quote::Double,
             (Quote::Single, '\'') | (Quote::Double, '"') => Quote::None,
@@ -106,6 +113,7 @@ fn shell_quoting(line: &str) -> Quote {
             }
             (q, _) => q,
         };
+        word_start = quote == Quote::None && (c.is_whitespace() || ";&|()".contains(c));
     }
     quote
 }
@@ -281,6 +289,14 @@ mod tests {
         assert_eq!(refused("A='{{v}}'", "$x \"y\"", Syntax::Shell), None);
         assert!(refused("A={{v}}", "a;b", Syntax::Shell).is_some());
         assert_eq!(refused("A={{v}}", "2026.11-rc1+x", Syntax::Shell), None);
+        // A string spanning lines; a quote in a comment opens nothing.
+        assert!(refused("A=\"x\ny\" B={{v}}", "a b", Syntax::Shell).is_some());
+        assert_eq!(refused("A=\"x\ny {{v}}\"", "a b", Syntax::Shell), None);
+        assert!(refused("# it's\nA={{v}}", "a;b", Syntax::Shell).is_some());
+        assert_eq!(
+            refused("A=1 # it's {{v}}\nB='{{v}}'", "a b", Syntax::Shell),
+            None
+        );
         // An escaped quote does not open a string.
         assert!(refused("A=\"\\\"\" B={{v}}", "a b", Syntax::Shell).is_some());
         // iPXE: one token, no expansion, no comment.

@@ -289,7 +289,10 @@ impl Remote {
     /// Write-back: the record's blobs and trees, then the record. Objects
     /// already there are not sent again, unless found corrupt in this run.
     pub fn push(&self, key: &Digest, record: &ActionRecord, local: &Store) -> Result<()> {
-        if self.readonly {
+        // A builder that trusts a key but cannot sign with it writes
+        // nothing: its records would only replace signed ones with records
+        // no trusting reader uses.
+        if self.readonly || (self.auth.trust.is_some() && self.auth.signer.is_none()) {
             return Ok(());
         }
         let mut blobs: BTreeMap<String, Digest> = BTreeMap::new();

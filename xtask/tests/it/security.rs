@@ -297,6 +297,23 @@ fn a_reader_that_trusts_a_key_uses_only_records_it_signed() {
         said.contains("its signature is not from the trusted key"),
         "{said}"
     );
+
+    // Trusting without the signing key, and not read-only: it builds and
+    // uploads nothing (it would only put unsigned records over signed ones).
+    let before = files(&remote_dir);
+    let trust_only = [
+        "--remote-cache-trust",
+        public.to_str().unwrap(),
+        "--var",
+        "release=rc3",
+    ];
+    let (result, _) = initramfs(&recipes, dir.path(), "builder", &remote, &trust_only);
+    assert!(steps_run(&result) > 0);
+    assert_eq!(
+        files(&remote_dir),
+        before,
+        "a builder without the signing key uploaded"
+    );
 }
 
 #[test]

@@ -443,7 +443,8 @@ fn iso_seed(work: &Path) -> Option<Vec<u8>> {
     std::fs::write(tree.join("boot/vmlinuz"), vec![7u8; 5000]).ok()?;
     std::os::unix::fs::symlink("boot/vmlinuz", tree.join("kernel")).ok()?;
     let iso = work.join("seed.iso");
-    let status = std::process::Command::new("xorriso")
+    let status = crate::tools::command("xorriso")
+        .ok()?
         .args(["-as", "mkisofs", "-quiet", "-R", "-J", "-o"])
         .arg(&iso)
         .arg(&tree)

@@ -218,39 +218,7 @@ impl Store {
         dest: &Path,
         verify: Verify,
     ) -> Result<Shared> {
-        let mut shared = Shared::default();
-        let prefix = match prefix.trim_end_matches('/') {
-            "" => String::new(),
-            p => format!("{p}/"),
-        };
-        let out = Beneath::open(dest)?;
-        for e in tree.entries.iter().filter(|e| e.path.starts_with(&prefix)) {
-            let rel = &e.path[prefix.len()..];
-            match &e.kind {
-                TreeKind::Dir { .. } => out.dir(rel)?,
-                TreeKind::File { digest, mode, .. } => {
-                    let src = match verify {
-                        Verify::Now => self.verified_blob(digest)?,
-                        Verify::Later => self.present_blob(digest)?,
-                    };
-                    // Never write through an existing name: it may be a link to a blob.
-                    out.remove(rel)?;
-                    let before = fs::metadata(&src)?;
-                    if out.hard_link(rel, &src)? {
-                        shared.links.push(SharedLink {
-                            path: dest.join(rel),
-                            digest: *digest,
-                            len: before.len(),
-                            modified: before.modified()?,
-                        });
-                    } else {
-                        out.copy(rel, &src, *mode)?;
-                    }
-                }
-                TreeKind::Symlink { target } => out.symlink(rel, target)?,
-            }
-        }
-        Ok(shared)
+        self.place(tree, prefix, dest, verify, |_| false)
     }
 
     /// A read-only working copy of `tree` at `dest` (a new directory) for a
@@ -277,19 +245,44 @@ impl Store {
         dest: &Path,
         copy: impl Fn(u32) -> bool,
     ) -> Result<Shared> {
-        let out = Beneath::open(dest)?;
+        self.place(tree, "", dest, Verify::Later, copy)
+    }
+
+    /// Writes the entries of `tree` under `prefix` to `dest` with `prefix`
+    /// stripped: files whose mode `copy` selects (or that cannot be linked)
+    /// are copied with their blob's mtime, the others hard-linked and
+    /// returned as `Shared`. What `link_subtree` and the checkouts share.
+    fn place(
+        &self,
+        tree: &Tree,
+        prefix: &str,
+        dest: &Path,
+        verify: Verify,
+        copy: impl Fn(u32) -> bool,
+    ) -> Result<Shared> {
         let mut shared = Shared::default();
-        for e in &tree.entries {
+        let prefix = match prefix.trim_end_matches('/') {
+            "" => String::new(),
+            p => format!("{p}/"),
+        };
+        let out = Beneath::open(dest)?;
+        for e in tree.entries.iter().filter(|e| e.path.starts_with(&prefix)) {
+            let rel = &e.path[prefix.len()..];
             match &e.kind {
-                TreeKind::Dir { .. } => out.dir(&e.path)?,
-                TreeKind::Symlink { target } => out.symlink(&e.path, target)?,
+                TreeKind::Dir { .. } => out.dir(rel)?,
+                TreeKind::Symlink { target } => out.symlink(rel, target)?,
                 TreeKind::File { digest, mode, .. } => {
-                    let blob = self.present_blob(digest)?;
+                    let blob = match verify {
+                        Verify::Now => self.verified_blob(digest)?,
+                        Verify::Later => self.present_blob(digest)?,
+                    };
+                    // Never write through an existing name: it may be a link to a blob.
+                    out.remove(rel)?;
                     let before = fs::metadata(&blob)?;
                     let modified = before.modified()?;
-                    if !copy(*mode) && out.hard_link(&e.path, &blob)? {
+                    if !copy(*mode) && out.hard_link(rel, &blob)? {
                         shared.links.push(SharedLink {
-                            path: dest.join(&e.path),
+                            path: dest.join(rel),
                             digest: *digest,
                             len: before.len(),
                             modified,
@@ -298,7 +291,7 @@ impl Store {
                     }
                     // A copy keeps the blob's mtime like the links do: tools
                     // that compare mtimes (make) see one consistent tree.
-                    out.copy(&e.path, &blob, *mode)?
+                    out.copy(rel, &blob, *mode)?
                         .set_modified(modified)
                         .with_context(|| format!("setting the time of {}", e.path))?;
                 }

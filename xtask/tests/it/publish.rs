@@ -39,20 +39,30 @@ fn s3_env(cmd: &mut Command, server: &Server, key: &str, secret: &str) {
     servers::s3_env(cmd, &server.endpoint(), key, secret);
 }
 
-/// The sha256 of an object in moto's bucket, read with boto3 (moto keeps
-/// objects private: an unsigned GET is refused).
-fn s3_object(server: &Server, bucket: &str, key: &str) -> Option<Digest> {
-    let script = r#"
-import boto3, hashlib, sys
+/// Runs `body` in Python with `s3`, a boto3 client of moto's server (moto
+/// keeps objects private: an unsigned request is refused), and `args` as
+/// `sys.argv[2:]`; its stdout.
+fn boto3(server: &Server, body: &str, args: &[&str]) -> String {
+    let script = format!(
+        r#"import boto3, hashlib, sys
 s3 = boto3.client("s3", endpoint_url=sys.argv[1], region_name="us-east-1",
                   aws_access_key_id="k", aws_secret_access_key="s")
+{body}"#
+    );
+    let endpoint = server.endpoint();
+    servers::python(&script, &[&[endpoint.as_str()], args].concat())
+}
+
+/// The sha256 of an object in moto's bucket.
+fn s3_object(server: &Server, bucket: &str, key: &str) -> Option<Digest> {
+    let script = r#"
 try:
     body = s3.get_object(Bucket=sys.argv[2], Key=sys.argv[3])["Body"].read()
 except s3.exceptions.NoSuchKey:
     sys.exit(0)
 print(hashlib.sha256(body).hexdigest())
 "#;
-    let hex = servers::python(script, &[&server.endpoint(), bucket, key]);
+    let hex = boto3(server, script, &[bucket, key]);
     (!hex.trim().is_empty()).then(|| hex.trim().parse().unwrap())
 }
 
@@ -341,14 +351,11 @@ fn an_object_replaced_with_the_original_metadata_is_found_different() {
     // metadata Kiln wrote: only the bytes (or the server's MD5) tell.
     let original = digest_of(&out.join(ARTIFACT));
     let script = r#"
-import boto3, sys
-s3 = boto3.client("s3", endpoint_url=sys.argv[1], region_name="us-east-1",
-                  aws_access_key_id="k", aws_secret_access_key="s")
 s3.put_object(Bucket="kiln-releases", Key=sys.argv[2], Body=b"tampered",
               Metadata={"sha256": sys.argv[3]})
 "#;
     let key = format!("epoxy/1/{ARTIFACT}");
-    servers::python(script, &[&server.endpoint(), &key, &original.hex()]);
+    boto3(&server, script, &[&key, &original.hex()]);
     let mut again = publish(&out, to, "1", &[]);
     s3_env(&mut again, &server, "kiln-test-key", SECRET);
     let err = run_err(&mut again);

@@ -16,14 +16,8 @@ fn stderr(out: &Output) -> String {
 
 /// Builds `ARTIFACT` with a local store of its own under `dir` and `remote`.
 fn build(recipes: &Path, dir: &Path, remote: &str, extra: &[&str]) -> (Output, Vec<u8>) {
-    let out = dir.join("output");
-    let mut cmd = kiln(recipes, &out, &dir.join("cache"));
-    cmd.args(["--remote-cache", remote])
-        .args(extra)
-        .args(["build", ARTIFACT]);
-    let result = run_ok(&mut cmd);
-    let bytes = std::fs::read(out.join(ARTIFACT)).unwrap();
-    (result, bytes)
+    let (result, image) = build_with_remote(recipes, dir, remote, extra, ARTIFACT);
+    (result, std::fs::read(image).unwrap())
 }
 
 #[test]

@@ -46,14 +46,11 @@ fn a_remote_tree_that_climbs_out_is_refused_and_nothing_is_written_outside() {
     let remote_dir = dir.path().join("remote");
     let remote = format!("file://{}", remote_dir.display());
     let build = |who: &str, extra: &[&str]| {
-        let out = dir.path().join(who).join("output");
-        let mut cmd = kiln(&recipes, &out, &dir.path().join(who).join("cache"));
-        cmd.args(["--remote-cache", &remote])
-            .args(extra)
-            .args(["build", "probe"]);
-        let result = run_ok(&mut cmd);
-        let image = std::fs::read(out.join("probe/probe.cpio.gz")).unwrap();
-        (String::from_utf8_lossy(&result.stderr).into_owned(), image)
+        let store = dir.path().join(who);
+        let (result, image) =
+            build_with_remote(&recipes, &store, &remote, extra, "probe/probe.cpio.gz");
+        let said = String::from_utf8_lossy(&result.stderr).into_owned();
+        (said, std::fs::read(image).unwrap())
     };
     let (_, good) = build("writer", &[]);
 
@@ -178,7 +175,7 @@ fn openssl_key_pair(dir: &Path, name: &str) -> (std::path::PathBuf, std::path::P
 }
 
 /// Builds the stage2 initramfs with a store of its own under `dir/who`,
-/// the `file://` remote `remote` and `extra` arguments; (stderr, image path).
+/// the `file://` remote `remote` and `extra` arguments; (result, image path).
 fn initramfs(
     recipes: &Path,
     dir: &Path,
@@ -186,12 +183,7 @@ fn initramfs(
     remote: &str,
     extra: &[&str],
 ) -> (std::process::Output, std::path::PathBuf) {
-    let out = dir.join(who).join("output");
-    let mut cmd = kiln(recipes, &out, &dir.join(who).join("cache"));
-    cmd.args(["--remote-cache", remote])
-        .args(extra)
-        .args(["build", INITRAMFS]);
-    (run_ok(&mut cmd), out.join(INITRAMFS))
+    build_with_remote(recipes, &dir.join(who), remote, extra, INITRAMFS)
 }
 
 #[test]
@@ -342,19 +334,43 @@ fn a_variable_cannot_become_code_where_it_lands() {
         "{said}"
     );
     // A value that is text to every parser builds.
-    let ok = kiln(&recipes, &out, &cache)
-        .args(["--var", "release=2026.12 rc1 (Kiln's)", "build", INITRAMFS])
-        .output()
-        .unwrap();
-    assert!(
-        ok.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ok.stderr)
-    );
+    run_ok(kiln(&recipes, &out, &cache).args([
+        "--var",
+        "release=2026.12 rc1 (Kiln's)",
+        "build",
+        INITRAMFS,
+    ]));
     assert_eq!(
         release_file(&out.join(INITRAMFS)),
         "KILN_RELEASE=\"2026.12 rc1 (Kiln's)\"\n"
     );
+}
+
+/// `outer` (a program and its arguments) running Kiln as `kiln` would:
+/// its program, arguments and environment.
+fn wrapped(outer: &[&str], kiln: &std::process::Command) -> std::process::Command {
+    let mut cmd = std::process::Command::new(outer[0]);
+    cmd.args(&outer[1..])
+        .arg(kiln.get_program())
+        .args(kiln.get_args())
+        .envs(kiln.get_envs().filter_map(|(k, v)| v.map(|v| (k, v))));
+    cmd
+}
+
+/// `script` run by `sh` in a mount namespace of its own (what it mounts
+/// is gone when it ends), `"$@"` being Kiln as `kiln` runs it.
+fn in_mount_namespace(script: &str, kiln: &std::process::Command) -> std::process::ExitStatus {
+    let unshare = [
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        script,
+        "sh",
+    ];
+    wrapped(&unshare, kiln).status().unwrap()
 }
 
 /// Two cheap artifacts that both change with `--var release=…`.
@@ -422,18 +438,14 @@ fn a_build_killed_between_two_renames_leaves_a_manifest_that_vouches_for_every_f
     // Which rename puts the second artifact in place, counted in an a → b
     // build, then the same a → b build killed (SIGKILL) at exactly that
     // rename: the first artifact is new, the second old.
-    let strace = |extra: &[String], release: &str| {
-        let build = build_release(&recipes, &out, release);
-        let mut cmd = std::process::Command::new("strace");
-        cmd.args(["-f", "-qq", "-e", "trace=rename"])
-            .args(extra)
-            .arg(build.get_program())
-            .args(build.get_args())
-            .envs(build.get_envs().filter_map(|(k, v)| v.map(|v| (k, v))));
-        cmd.output().unwrap()
+    let strace = |extra: &[&str], release: &str| {
+        let outer = [&["strace", "-f", "-qq", "-e", "trace=rename"], extra].concat();
+        wrapped(&outer, &build_release(&recipes, &out, release))
+            .output()
+            .unwrap()
     };
     let trace = dir.path().join("trace");
-    let counted = strace(&["-o".into(), trace.display().to_string()], "b");
+    let counted = strace(&["-o", &trace.display().to_string()], "b");
     assert!(counted.status.success());
     let renames = std::fs::read_to_string(&trace).unwrap();
     let second = out.join(INITRAMFS).display().to_string();
@@ -443,7 +455,7 @@ fn a_build_killed_between_two_renames_leaves_a_manifest_that_vouches_for_every_f
         .unwrap_or_else(|| panic!("no rename into {second}:\n{renames}"));
     run_ok(&mut build_release(&recipes, &out, "a"));
     let inject = format!("inject=rename:signal=KILL:when={n}");
-    let killed = strace(&["-o".into(), "/dev/null".into(), "-e".into(), inject], "b");
+    let killed = strace(&["-o", "/dev/null", "-e", &inject], "b");
     assert!(!killed.status.success(), "the build was not killed");
     assert_eq!(
         release_file(&out.join("probe/probe.cpio.gz")),
@@ -477,10 +489,6 @@ fn a_full_disk_fails_the_install_and_keeps_the_last_good_output() {
     // one build's artifacts and half another's: the second build cannot
     // stage all it replaces. The result is copied out before the tmpfs goes.
     std::fs::create_dir_all(&out).unwrap();
-    let (a, b) = (
-        build_release(&recipes, &out, "a"),
-        build_release(&recipes, &out, "b"),
-    );
     let snapshot = dir.path().join("snapshot");
     let script = format!(
         "mount -t tmpfs -o size={}k tmpfs {out} || exit 90\n\
@@ -493,23 +501,7 @@ fn a_full_disk_fails_the_install_and_keeps_the_last_good_output() {
         snapshot = snapshot.display(),
         targets = TWO.join(" "),
     );
-    let base: Vec<&std::ffi::OsStr> = a.get_args().take_while(|x| *x != "--var").collect();
-    let status = std::process::Command::new("unshare")
-        .args([
-            "--mount",
-            "--propagation",
-            "private",
-            "sh",
-            "-c",
-            &script,
-            "sh",
-        ])
-        .arg(a.get_program())
-        .args(&base)
-        .envs(a.get_envs().filter_map(|(k, v)| v.map(|v| (k, v))))
-        .status()
-        .unwrap();
-    drop(b);
+    let status = in_mount_namespace(&script, &kiln(&recipes, &out, &shared_cache()));
     let log = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap_or_default();
     assert!(status.success(), "{status}\n{}", log("a.log"));
     assert_ne!(
@@ -819,21 +811,7 @@ fn a_read_only_cache_serves_a_no_op_build_and_refuses_to_build() {
         d = dir.path().display(),
         t = INITRAMFS,
     );
-    let status = std::process::Command::new("unshare")
-        .args([
-            "--mount",
-            "--propagation",
-            "private",
-            "sh",
-            "-c",
-            &script,
-            "sh",
-        ])
-        .arg(build.get_program())
-        .args(build.get_args())
-        .envs(build.get_envs().filter_map(|(k, v)| v.map(|v| (k, v))))
-        .status()
-        .unwrap();
+    let status = in_mount_namespace(&script, &build);
     assert!(status.success());
     let read = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap();
     assert_eq!(read("noop.rc").trim(), "0", "{}", read("noop.log"));

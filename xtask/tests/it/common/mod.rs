@@ -180,6 +180,24 @@ pub fn run_err(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// Builds `target` (an artifact, `<recipe>/<file>`) with a store and an
+/// output of its own under `dir` (`cache/`, `output/`), the remote cache
+/// `remote` and `extra` arguments; the result and the artifact's path.
+pub fn build_with_remote(
+    recipes: &Path,
+    dir: &Path,
+    remote: &str,
+    extra: &[&str],
+    target: &str,
+) -> (Output, PathBuf) {
+    let out = dir.join("output");
+    let mut cmd = kiln(recipes, &out, &dir.join("cache"));
+    cmd.args(["--remote-cache", remote])
+        .args(extra)
+        .args(["build", target]);
+    (run_ok(&mut cmd), out.join(target))
+}
+
 /// Files under `dir` (relative paths), sorted.
 pub fn files(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = walkdir::WalkDir::new(dir)

@@ -31,6 +31,7 @@ pub mod iso9660;
 pub mod newc;
 pub mod optrom;
 pub mod pe;
+pub mod rom_version;
 pub mod time;
 pub mod tree;
 pub mod zinfo;

@@ -306,6 +306,22 @@ fn byte_sum(bytes: &[u8]) -> u8 {
     bytes.iter().fold(0, |sum, b| sum.wrapping_add(*b))
 }
 
+/// Where each image of the chain has its PCI data structure (absolute offsets; images without
+/// one are skipped).
+pub fn pci_headers(rom: &[u8]) -> Result<Vec<usize>, RomError> {
+    let mut found = Vec::new();
+    for (image, range) in images(rom)?.into_iter().enumerate() {
+        let at = range.start;
+        let fail = |problem| RomError { image, at, problem };
+        if let Some(pointer) =
+            find(&rom[range], PCI_POINTER, "PCIR", PCI_FIXED_LEN).map_err(fail)?
+        {
+            found.push(at + pointer);
+        }
+    }
+    Ok(found)
+}
+
 /// Who an option ROM is for, from its first image's PCI data structure (PCI Firmware
 /// Specification 3.0, "PCI Data Structure Format").
 #[derive(Debug, Clone, PartialEq, Eq)]

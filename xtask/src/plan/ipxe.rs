@@ -71,6 +71,7 @@ impl Builder<'_> {
         for (platform, ts) in by_platform(&patchable) {
             let step = BuildIpxe {
                 intermediates: true,
+                rom_version: None,
                 note: "placeholder script".into(),
                 ..self.ipxe_build(recipe, ipxe, arch, platform, &ts, &placeholder)
             };
@@ -138,6 +139,13 @@ impl Builder<'_> {
             certs: ipxe.certs.len(),
             config: ipxe.config.is_some(),
             epoch: self.epoch(recipe),
+            // Decided by the recipe's targets, not this build's: a host's
+            // reference make without ROMs must still give the same build id.
+            version_block: ipxe.rom_version.is_some()
+                && ipxe.targets[&arch]
+                    .iter()
+                    .any(|t| t.platform == platform && t.kind() == "rom"),
+            rom_version: ipxe.rom_version,
             intermediates: false,
             note: String::new(),
             threads: self.opts.threads,
@@ -177,6 +185,7 @@ impl Builder<'_> {
             script: script.to_string(),
             size: ipxe.script_size,
             targets: targets.iter().map(|t| t.make_target()).collect(),
+            rom_version: ipxe.rom_version,
         };
         self.push(step, inputs)
     }

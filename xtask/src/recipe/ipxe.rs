@@ -14,6 +14,7 @@ use super::schema::RawIpxe;
 use super::{recipe_dir, recipe_file, render_file, Ctx, RecipeErrors, SourceError, Vars};
 use crate::arch::Arch;
 use crate::archive::ipxe_script::{self, DEFAULT_SCRIPT_SIZE, MAX_SCRIPT_SIZE, MIN_SCRIPT_SIZE};
+use crate::archive::rom_version::RomVersion;
 use crate::template::Syntax;
 
 /// Output formats iPXE's make knows; `.rom`/`.mrom` are NIC ROMs.
@@ -43,6 +44,8 @@ pub struct Ipxe {
     pub recipe: PathBuf,
     /// The hosts of the inventory named by `hosts`, with their scripts.
     pub hosts: Vec<IpxeHost>,
+    /// Written into every ROM (`archive/rom_version.rs`).
+    pub rom_version: Option<RomVersion>,
 }
 
 /// One inventory host's stage1 files.
@@ -146,6 +149,18 @@ pub(super) fn ipxe(ctx: &mut Ctx, raw: RawIpxe, vars: &Vars) -> Option<Ipxe> {
             );
         }
     }
+    let rom_version = raw.rom_version.as_ref().and_then(|v| {
+        RomVersion::parse(v.get_ref())
+            .map_err(|why| ctx.push(v.span(), format!("`rom_version`: {why}")))
+            .ok()
+    });
+    let builds_roms = targets.values().flatten().any(|t| t.kind() == "rom");
+    if let (Some(v), Some(_), false) = (&raw.rom_version, rom_version, builds_roms) {
+        ctx.push(
+            v.span(),
+            "`rom_version` is for NIC ROMs, and no target is a .rom or .mrom",
+        );
+    }
     let inventory = raw.hosts.as_ref().and_then(|h| recipe_file(ctx, &base, h));
     if ctx.errors.len() != before {
         return None;
@@ -163,6 +178,7 @@ pub(super) fn ipxe(ctx: &mut Ctx, raw: RawIpxe, vars: &Vars) -> Option<Ipxe> {
         vars: vars.clone(),
         recipe: ctx.doc.file.clone(),
         hosts: Vec::new(),
+        rom_version,
     };
     if let (Some(file), Some(at)) = (inventory, raw.hosts.as_ref()) {
         match hosts::load(&file) {

@@ -157,6 +157,9 @@ pub struct RawIpxe {
     /// A host inventory (relative to the recipe): each host gets its own
     /// files, `stage1/hosts/<hostname>/<file>`, with its identity in the script.
     pub hosts: Option<Spanned<String>>,
+    /// The version NIC ROMs carry (`"3.4.800"`): Mellanox's version block,
+    /// which `mstflint qrom` reads, and every ROM's PCI revision level.
+    pub rom_version: Option<Spanned<String>>,
     /// Per architecture (`x86_64`, `arm64`), the make targets to build, e.g.
     /// `bin/ipxe.lkrn`, `bin-x86_64-efi/ipxe.efi`, `bin/1af41000.rom`.
     pub targets: BTreeMap<String, Spanned<Vec<Spanned<String>>>>,

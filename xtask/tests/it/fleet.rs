@@ -69,6 +69,11 @@ fn patched_files_are_byte_identical_to_a_full_make() {
     );
     let rom = format!("stage1/hosts/{COMPARED}/808610d3.rom");
     assert_eq!(manifest_entry(&out, &rom)["kind"], "rom");
+    // Mellanox's own tool reads the recipe's `rom_version` from the recipe's
+    // and the host's .mrom (stamped after patching, and after the full make).
+    if let Some(said) = qrom(&host.join("15b31003.mrom")) {
+        assert_eq!(said, "Rom Info: type=PXE version=3.4.800");
+    }
 }
 
 #[test]

@@ -59,6 +59,15 @@ fn every_target_builds_and_each_efi_is_for_its_architecture() {
         .iter()
         .fold(0u8, |a, b| a.wrapping_add(*b));
     assert_eq!(checksum, 0, "the ROM's bytes do not sum to zero");
+    // The recipe's `rom_version`, as Mellanox's tool and a PCI header read it.
+    if let Some(said) = qrom(&out.join("stage1/x86_64/15b31003.mrom")) {
+        assert_eq!(said, "Rom Info: type=PXE version=3.4.800");
+    }
+    let revision = kiln::archive::optrom::pci_identity(&rom).unwrap().revision;
+    assert_eq!(
+        kiln::archive::rom_version::RomVersion::from_revision(revision).to_string(),
+        "3.4.800"
+    );
     assert_eq!(
         manifest_entry(&out, "stage1/x86_64/1af41000.rom")["kind"],
         "rom"

@@ -28,6 +28,7 @@ use serde::Serialize;
 use super::{output_digest, Slot, Step, StepContext};
 use crate::arch::Arch;
 use crate::archive::ipxe_script;
+use crate::archive::rom_version::{self, RomVersion};
 use crate::store::beneath::Beneath;
 use crate::store::{Digest, Output, TreeKind};
 use crate::tools;
@@ -78,6 +79,15 @@ pub struct BuildIpxe {
     /// Input `config` (a tree of `*.h`) is present.
     pub config: bool,
     pub epoch: u64,
+    /// Kiln's empty Mellanox version block is appended to `romprefix.S`
+    /// (`archive/rom_version.rs`): every ROM of this build has room for a
+    /// version, written after the build.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub version_block: bool,
+    /// Written into each ROM this build makes; `None` in a placeholder
+    /// build, whose ROMs are stamped when patched.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rom_version: Option<RomVersion>,
     /// Also output what per-host patching needs: `<target>.bin`,
     /// `<target>.zinfo` of compressed targets and `zbin:<platform>`.
     pub intermediates: bool,
@@ -97,7 +107,10 @@ impl Step for BuildIpxe {
         3
     }
     fn formats(&self) -> &'static [crate::archive::Format] {
-        &[crate::archive::ipxe_script::FORMAT]
+        match self.version_block {
+            true => &[ipxe_script::FORMAT, rom_version::FORMAT],
+            false => &[ipxe_script::FORMAT],
+        }
     }
     fn label(&self) -> String {
         match self.note.as_str() {
@@ -121,6 +134,9 @@ impl Step for BuildIpxe {
         }
         self.apply_patches(ctx, &root)?;
         self.write_config(ctx, &root)?;
+        if self.version_block {
+            add_version_block(&root)?;
+        }
         let args = self.kiln_files(ctx, &root)?;
         let mut cmd = self.make(&root, &args)?;
         cmd.args(self.goals());
@@ -130,9 +146,17 @@ impl Step for BuildIpxe {
         let src = root.join("src");
         let mut outputs = BTreeMap::new();
         for goal in self.goals() {
+            let path = src.join(&goal);
+            if let Some(version) = self.rom_version.filter(|_| is_rom(&goal)) {
+                let mut rom =
+                    fs_err::read(&path).with_context(|| format!("make did not produce {goal}"))?;
+                rom_version::stamp(&mut rom, version)
+                    .with_context(|| format!("writing version {version} into {goal}"))?;
+                fs_err::write(&path, rom)?;
+            }
             let (digest, size) = ctx
                 .store
-                .put_file(&src.join(&goal))
+                .put_file(&path)
                 .with_context(|| format!("make did not produce {goal}"))?;
             outputs.insert(goal, Output::File { digest, size });
         }
@@ -147,6 +171,28 @@ impl Step for BuildIpxe {
         }
         Ok(outputs)
     }
+}
+
+/// A finished option ROM (`.rom`, `.mrom`), not an intermediate.
+pub fn is_rom(target: &str) -> bool {
+    matches!(
+        ipxe_script::finish_of(target),
+        Some(ipxe_script::Finish::Zbin { rom: true, .. })
+    )
+}
+
+/// Appends Kiln's empty version block to the tree's ROM prefix, beneath
+/// the tree only (like `config/local`).
+fn add_version_block(root: &Path) -> Result<()> {
+    const PREFIX: &str = "src/arch/x86/prefix/romprefix.S";
+    let mut text = crate::store::beneath::read_file(root, PREFIX)
+        .with_context(|| format!("this iPXE tree has no {PREFIX} for the ROM version block"))?;
+    text.extend_from_slice(rom_version::BLOCK_SOURCE.as_bytes());
+    let tree = Beneath::open(root)?;
+    tree.remove(PREFIX)?;
+    let mut file = tree.create(PREFIX, 0o644)?;
+    std::io::Write::write_all(&mut file, &text)
+        .with_context(|| format!("writing {}", root.join(PREFIX).display()))
 }
 
 impl BuildIpxe {
@@ -315,7 +361,7 @@ impl BuildIpxe {
             .collect();
         let mut params = super::Params::params(self);
         if let Some(p) = params.as_object_mut() {
-            for varying in ["script", "files", "intermediates"] {
+            for varying in ["script", "files", "intermediates", "rom_version"] {
                 p.remove(varying);
             }
         }

@@ -12,6 +12,7 @@ use serde::Serialize;
 
 use crate::arch::Arch;
 use crate::archive::ipxe_script::{self, Finish};
+use crate::archive::rom_version::{self, RomVersion};
 use crate::archive::{optrom, pe, zinfo};
 use crate::steps::{Slot, Step, StepContext};
 use crate::store::Output;
@@ -31,6 +32,9 @@ pub struct PatchIpxe {
     /// are the placeholder build's `<target>` (and `<target>.bin`,
     /// `<target>.zinfo`, `zbin:<platform>` for compressed formats).
     pub targets: Vec<String>,
+    /// Written into each ROM after patching (`archive/rom_version.rs`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rom_version: Option<RomVersion>,
 }
 
 /// The prefix of `zbin:<platform>`, the `zbin` a placeholder build compiled.
@@ -65,6 +69,7 @@ impl Step for PatchIpxe {
             crate::archive::ipxe_script::FORMAT,
             crate::archive::optrom::FORMAT,
             crate::archive::pe::FORMAT,
+            crate::archive::rom_version::FORMAT,
         ]
     }
     fn label(&self) -> String {
@@ -117,9 +122,15 @@ impl Step for PatchIpxe {
                         bin: &bin,
                         zinfo: &info,
                     };
-                    parts
+                    let mut image = parts
                         .patch(&placeholder, self.script.as_bytes(), pad, rom)
-                        .with_context(|| format!("patching {target} for {}", self.who))?
+                        .with_context(|| format!("patching {target} for {}", self.who))?;
+                    if let (Some(version), true) = (self.rom_version, rom) {
+                        rom_version::stamp(&mut image, version).with_context(|| {
+                            format!("writing version {version} into {target} for {}", self.who)
+                        })?;
+                    }
+                    image
                 }
             };
             let digest = ctx.store.put_bytes(&bytes)?;

@@ -36,6 +36,17 @@ pub fn qemu_available() -> bool {
     )
 }
 
+/// What `mstflint -i <rom> qrom` prints; `None` after reporting the skip
+/// (a failure in CI) when mstflint is not installed.
+pub fn qrom(rom: &Path) -> Option<String> {
+    if !prereq::program("mstflint", "apt-get install mstflint, or run ci/setup") {
+        return None;
+    }
+    let mut cmd = Command::new("mstflint");
+    let out = run_ok(cmd.arg("-i").arg(rom).arg("qrom"));
+    Some(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
 /// The iPXE source the tests build: `KILN_SOURCE_IPXE`, a checkout of the
 /// pinned commit or its tarball (`.ci/run` gives the one beside the
 /// checkout, `../shared/sources/ipxe-<commit>.tar.xz`). A tarball is

@@ -14,7 +14,10 @@
 //! - everything made from a `.zbin` (`.lkrn`, `.kpxe`, `.rom`, `.mrom`, …):
 //!   the placeholder is replaced in the kept `.bin`, which iPXE's own
 //!   `util/zbin` (built from the same tree) compresses again with the build's
-//!   `.zinfo`; then the padding and ROM checksums `make` applies follow.
+//!   `.zinfo`; then the padding and ROM checksums `make` applies follow;
+//! - EFI option ROMs (`.efirom`): the placeholder is replaced in the kept
+//!   `.efidrv`, which iPXE's own `util/efirom` (built from the same tree)
+//!   compresses into a ROM again, as make's `%.efirom` rule does.
 
 /// The key-bearing version (`super::Format`) of the placeholder script and how
 /// a host's script is padded into it: bump it when the bytes change.
@@ -37,17 +40,20 @@ pub enum Finish {
     /// `.zbin` output, then `padimg.pl` to `block` bytes with `fill`
     /// (when `pad` is set) and `fixrom.pl` (when `rom`).
     Zbin { pad: Option<(usize, u8)>, rom: bool },
+    /// `util/efirom -c` over the target's `.efidrv`.
+    EfiRom,
 }
 
 /// The finish for a target file by its format (see iPXE's
-/// `arch/x86/Makefile.pcbios` PAD_*/FINALISE_* rules); `None` for formats
-/// made by other tools (`.efirom`, `.iso`, `.usb`), which are built with a
-/// full `make` instead of patched.
+/// `arch/x86/Makefile.pcbios` PAD_*/FINALISE_* rules, `Makefile.efi`);
+/// `None` for formats made by other tools (`.iso`, `.usb`), which are built
+/// with a full `make` instead of patched.
 pub fn finish_of(file: &str) -> Option<Finish> {
     let ext = file.rsplit_once('.').map(|(_, e)| e)?;
     let zbin = |pad, rom| Some(Finish::Zbin { pad, rom });
     match ext {
         "efi" | "efidrv" => Some(Finish::Efi),
+        "efirom" => Some(Finish::EfiRom),
         "kpxe" | "kkpxe" | "kkkpxe" | "lkrn" | "pxe" | "raw" => zbin(None, false),
         "rom" | "mrom" => zbin(Some((512, 0xff)), true),
         "dsk" => zbin(Some((512, 0)), false),

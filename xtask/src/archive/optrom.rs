@@ -183,6 +183,108 @@ fn images(rom: &[u8]) -> Result<Vec<Range<usize>>, RomError> {
     Ok(images)
 }
 
+/// Why ROMs could not be chained into one.
+#[derive(Debug, thiserror::Error)]
+pub enum CombineError {
+    #[error("ROM {rom} of the chain: {error}")]
+    Rom { rom: usize, error: RomError },
+    #[error(
+        "ROM {rom} of the chain: its last image (at {at:#x}) has no PCI data structure to mark \
+         another image after it"
+    )]
+    NoPciHeader { rom: usize, at: usize },
+    #[error(
+        "ROM {rom} of the chain: its last image's PCI image length is {stated:#x} bytes, but \
+         {actual:#x} bytes of the file follow its start; the next image would not be found"
+    )]
+    LengthMismatch {
+        rom: usize,
+        stated: usize,
+        actual: usize,
+    },
+    #[error("`pad_to` {0} is not a power of two")]
+    PadNotPowerOfTwo(usize),
+    #[error("the combined ROM is {len} bytes, more than `pad_to` {pad_to}")]
+    LongerThanPad { len: usize, pad_to: usize },
+    #[error("the combined ROM is {len} bytes, more than the card's `max_size` {max}")]
+    TooLarge { len: usize, max: usize },
+}
+
+/// catrom.pl: `roms` chained into one option ROM. In every ROM but the last, the last image's
+/// PCI header loses its "last image" indicator and, if it is a PC-AT image, its checksum is
+/// fixed again; images are otherwise copied as they are. Where catrom.pl would write a chain that
+/// does not hold together (an image length that is not where the next ROM starts), this refuses.
+/// Then the result is padded with zeros to `pad_to` (a power of two), as distributions pad QEMU's
+/// ROMs to a fixed size, and must not exceed `max_size`.
+pub fn combine(
+    roms: &[&[u8]],
+    pad_to: Option<usize>,
+    max_size: Option<usize>,
+) -> Result<Vec<u8>, CombineError> {
+    let mut out = Vec::new();
+    for (rom, bytes) in roms.iter().enumerate() {
+        let chain = images(bytes).map_err(|error| CombineError::Rom { rom, error })?;
+        let mut bytes = bytes.to_vec();
+        if rom + 1 < roms.len() {
+            let last = chain.last().expect("images() finds at least one").clone();
+            let image = &mut bytes[last.clone()];
+            let fail = |problem| CombineError::Rom {
+                rom,
+                error: RomError {
+                    image: chain.len() - 1,
+                    at: last.start,
+                    problem,
+                },
+            };
+            let Some(pointer) = find(image, PCI_POINTER, "PCIR", PCI_FIXED_LEN).map_err(fail)?
+            else {
+                return Err(CombineError::NoPciHeader {
+                    rom,
+                    at: last.start,
+                });
+            };
+            let pci = pci_header(image).map_err(fail)?.expect("found above");
+            let stated = usize::from(pci.image_length) * BLOCK;
+            if stated != image.len() {
+                let actual = image.len();
+                return Err(CombineError::LengthMismatch {
+                    rom,
+                    stated,
+                    actual,
+                });
+            }
+            let length = usize::from(u16_at(image, pointer + 0x0a));
+            if length <= 0x15 {
+                return Err(fail(Problem::NoChecksumField {
+                    header: "PCIR",
+                    pointer,
+                    length,
+                }));
+            }
+            image[pointer + 0x15] &= !PCI_LAST_IMAGE;
+            if is_pc_at(image).map_err(fail)? {
+                fix_image_checksum(image);
+            }
+        }
+        out.extend_from_slice(&bytes);
+    }
+    if let Some(pad_to) = pad_to {
+        if !pad_to.is_power_of_two() {
+            return Err(CombineError::PadNotPowerOfTwo(pad_to));
+        }
+        if out.len() > pad_to {
+            let len = out.len();
+            return Err(CombineError::LongerThanPad { len, pad_to });
+        }
+        out.resize(pad_to, 0);
+    }
+    if let Some(max) = max_size.filter(|&max| out.len() > max) {
+        let len = out.len();
+        return Err(CombineError::TooLarge { len, max });
+    }
+    Ok(out)
+}
+
 fn check_rom_header(image: &[u8]) -> Result<(), Problem> {
     if image.len() < HEADER_LEN {
         return Err(Problem::TooShort { len: image.len() });
@@ -199,11 +301,16 @@ fn fix_image(image: &mut [u8]) -> Result<(), Problem> {
         fix_sub_header(image, header)?;
     }
     if is_pc_at(image)? {
-        let length = (usize::from(image[LENGTH]) * BLOCK).min(image.len());
-        let sum = byte_sum(&image[..length]);
-        image[CHECKSUM] = image[CHECKSUM].wrapping_sub(sum);
+        fix_image_checksum(image);
     }
     Ok(())
+}
+
+/// ROM.pm `fix_checksum`: the bytes the length byte covers (up to the end of the image) sum to 0.
+fn fix_image_checksum(image: &mut [u8]) {
+    let length = (usize::from(image[LENGTH]) * BLOCK).min(image.len());
+    let sum = byte_sum(&image[..length]);
+    image[CHECKSUM] = image[CHECKSUM].wrapping_sub(sum);
 }
 
 /// ROM.pm reads the sub-header pointers only in a PC-AT image (`check_pcat_rom`).
@@ -674,5 +781,64 @@ mod tests {
         rom[0x40] = b'X';
         assert_eq!(pci_identity(&rom), Err(Problem::NoPciHeader));
         assert_eq!(pci_identity(b"MZ"), Err(Problem::TooShort { len: 2 }));
+    }
+
+    /// An EFI image as util/efirom lays it out: its PCI header at 0x1c, code type 3.
+    fn efi_image(blocks: u8) -> Vec<u8> {
+        let mut rom = vec![0x5a; usize::from(blocks) * BLOCK];
+        rom[..3].copy_from_slice(&[0x55, 0xaa, blocks]);
+        rom[0x04..0x08].copy_from_slice(&0x0ef1u32.to_le_bytes());
+        put16(&mut rom, 0x18, 0x1c);
+        rom[0x1c..0x20].copy_from_slice(b"PCIR");
+        put16(&mut rom, 0x1c + 0x0a, 0x18);
+        put16(&mut rom, 0x1c + 0x10, u16::from(blocks));
+        rom[0x1c + 0x14] = 3;
+        rom[0x1c + 0x15] = PCI_LAST_IMAGE;
+        rom
+    }
+
+    #[test]
+    fn combining_chains_a_legacy_and_an_efi_image_as_catrom_does() {
+        let mut legacy = image(2, true);
+        fix_checksums(&mut legacy).unwrap();
+        let efi = efi_image(3);
+        let rom = combine(&[&legacy, &efi], None, None).unwrap();
+        assert_eq!(rom.len(), legacy.len() + efi.len());
+        assert_eq!(images(&rom).unwrap(), [0..1024, 1024..2560]);
+        // Only the legacy image's indicator and checksum changed; the EFI image is untouched.
+        assert_eq!(changed(&rom[..1024], &legacy), [CHECKSUM, PCI_AT + 0x15]);
+        assert_eq!(rom[PCI_AT + 0x15], 0);
+        assert_fixed(&rom[..1024]);
+        assert_eq!(&rom[1024..], efi.as_slice());
+        // Padded to a power of two with zeros, as distributions pad QEMU's ROMs.
+        let padded = combine(&[&legacy, &efi], Some(4096), Some(4096)).unwrap();
+        assert_eq!((padded.len(), &padded[..rom.len()]), (4096, rom.as_slice()));
+        assert!(padded[rom.len()..].iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn combining_refuses_what_would_not_hold_together_or_fit() {
+        let legacy = image(2, true);
+        let efi = efi_image(3);
+        let err = |r: Result<Vec<u8>, CombineError>| r.unwrap_err().to_string();
+        // A legacy ROM whose image length stops short of its end.
+        let mut short = legacy.clone();
+        put16(&mut short, PCI_AT + 0x10, 1);
+        assert!(
+            err(combine(&[&short, &efi], None, None)).contains("PCI image length is 0x200 bytes"),
+            "{}",
+            err(combine(&[&short, &efi], None, None))
+        );
+        assert!(err(combine(&[&legacy, &efi], Some(3000), None)).contains("not a power of two"));
+        assert!(
+            err(combine(&[&legacy, &efi], Some(2048), None)).contains("more than `pad_to` 2048")
+        );
+        assert_eq!(
+            err(combine(&[&legacy, &efi], None, Some(2048))),
+            "the combined ROM is 2560 bytes, more than the card's `max_size` 2048"
+        );
+        assert!(
+            err(combine(&[b"MZ".as_slice(), &efi], None, None)).starts_with("ROM 0 of the chain")
+        );
     }
 }

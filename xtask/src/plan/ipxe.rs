@@ -14,12 +14,42 @@ use anyhow::Result;
 use super::{ArtifactSpec, Builder, Check, InputRef};
 use crate::arch::Arch;
 use crate::archive::ipxe_script::{self, Finish};
+use crate::recipe::combined::CombinedRom;
 use crate::recipe::{self, IpxeTarget, Recipe, SourceKind};
-use crate::steps::ipxe::patch::{bin_input, zbin_input, zinfo_input, PatchIpxe};
+use crate::steps::ipxe::combine::{self, CombineRoms};
+use crate::steps::ipxe::patch::{
+    bin_input, efidrv_input, efirom_input, zbin_input, zinfo_input, PatchIpxe,
+};
 use crate::steps::ipxe::{BuildIpxe, CERT, CONFIG, PATCH, SOURCE, TRUST};
 
 /// Make target → the placeholder build node that made it.
 type Bases = BTreeMap<String, usize>;
+
+/// An artifact the iPXE nodes make.
+struct Made {
+    name: String,
+    kind: &'static str,
+    arch: Arch,
+    node: usize,
+    /// The node's output holding it.
+    output: String,
+    /// What it is made of, for the manifest: a make target, or the images a
+    /// combined ROM chains.
+    made_of: serde_json::Value,
+}
+
+impl Made {
+    fn target(name: String, arch: Arch, t: &IpxeTarget, node: usize) -> Made {
+        Made {
+            name,
+            kind: t.kind(),
+            arch,
+            node,
+            output: t.make_target(),
+            made_of: serde_json::json!({ "make_target": t.make_target() }),
+        }
+    }
+}
 
 impl Builder<'_> {
     pub(super) fn add_ipxe(&mut self, recipe: &Recipe, ipxe: &recipe::Ipxe) -> Result<()> {
@@ -27,41 +57,36 @@ impl Builder<'_> {
         let commit = self.source_commit(&ipxe.source);
         let mut artifacts = Vec::new();
         for (&arch, targets) in &ipxe.targets {
-            let made = self.add_ipxe_arch(recipe, ipxe, arch, targets, &shared);
-            artifacts.extend(
-                made.into_iter()
-                    .map(|(name, t, node)| (name, t, node, arch)),
-            );
+            artifacts.extend(self.add_ipxe_arch(recipe, ipxe, arch, targets, &shared));
         }
-        for (name, t, node, arch) in artifacts {
+        for made in artifacts {
+            let mut facts = made.made_of;
+            facts["source"] = ipxe.source.clone().into();
+            facts["source_commit"] = commit.clone().into();
             self.plan.artifacts.push(ArtifactSpec {
-                name,
-                kind: t.kind(),
-                arch,
+                name: made.name,
+                kind: made.kind,
+                arch: made.arch,
                 recipe: recipe.file.clone(),
                 epoch: self.epoch(recipe),
-                node,
-                output: t.make_target(),
+                node: made.node,
+                output: made.output,
                 details: None,
-                facts: Some(serde_json::json!({
-                    "make_target": t.make_target(),
-                    "source": ipxe.source,
-                    "source_commit": commit,
-                })),
+                facts: Some(facts),
             });
         }
         Ok(())
     }
 
-    /// One architecture's nodes; returns its artifacts (name, target, node).
-    fn add_ipxe_arch<'t>(
+    /// One architecture's nodes and artifacts.
+    fn add_ipxe_arch(
         &mut self,
         recipe: &Recipe,
-        ipxe: &'t recipe::Ipxe,
+        ipxe: &recipe::Ipxe,
         arch: Arch,
-        targets: &'t [IpxeTarget],
+        targets: &[IpxeTarget],
         shared: &BTreeMap<String, InputRef>,
-    ) -> Vec<(String, &'t IpxeTarget, usize)> {
+    ) -> Vec<Made> {
         let (patchable, direct): (Vec<&IpxeTarget>, Vec<&IpxeTarget>) = targets
             .iter()
             .partition(|t| ipxe_script::finish_of(&t.file).is_some());
@@ -81,33 +106,95 @@ impl Builder<'_> {
         let mut artifacts = Vec::new();
         let script = ipxe_script::padded(&ipxe.script, ipxe.script_size)
             .expect("the script's size is checked on load");
-        for (_, ts) in by_platform(&patchable) {
-            let node = self.add_patch(ipxe, arch, &recipe.name, &script, &ts, &bases);
-            for t in ts {
-                artifacts.push((artifact_name(&recipe.name, arch, &t.file), t, node));
-            }
+        let combined: Vec<&CombinedRom> = ipxe.combined.iter().filter(|c| c.arch == arch).collect();
+        let patched = self.add_patches(ipxe, arch, &recipe.name, &script, &patchable, &bases);
+        for t in &patchable {
+            let name = artifact_name(&recipe.name, arch, &t.file);
+            artifacts.push(Made::target(name, arch, t, patched[&t.make_target()]));
+        }
+        for c in combined {
+            let name = artifact_name(&recipe.name, arch, &c.file);
+            artifacts.push(self.add_combined(&recipe.name, c, &patched, name));
         }
         for (platform, ts) in by_platform(&direct) {
             let step = self.ipxe_build(recipe, ipxe, arch, platform, &ts, &ipxe.script);
             let node = self.push(step, shared.clone());
             for t in ts {
-                artifacts.push((artifact_name(&recipe.name, arch, &t.file), t, node));
+                let name = artifact_name(&recipe.name, arch, &t.file);
+                artifacts.push(Made::target(name, arch, t, node));
             }
         }
         for host in ipxe.hosts.iter().filter(|h| h.arch == arch) {
-            let ts: Vec<&IpxeTarget> = host.targets.iter().collect();
-            for (_, ts) in by_platform(&ts) {
-                let node = self.add_patch(ipxe, arch, &host.hostname, &host.script, &ts, &bases);
-                for t in ts {
-                    let name = host_artifact_name(&recipe.name, &host.hostname, &t.file);
-                    artifacts.push((name, t, node));
-                }
+            let all = host.patch_targets();
+            let ts: Vec<&IpxeTarget> = all.iter().collect();
+            let patched = self.add_patches(ipxe, arch, &host.hostname, &host.script, &ts, &bases);
+            for t in &host.targets {
+                let name = host_artifact_name(&recipe.name, &host.hostname, &t.file);
+                artifacts.push(Made::target(name, arch, t, patched[&t.make_target()]));
+            }
+            for c in &host.combined {
+                let name = host_artifact_name(&recipe.name, &host.hostname, &c.file);
+                artifacts.push(self.add_combined(&host.hostname, c, &patched, name));
             }
             if self.opts.ipxe_check_make.contains(&host.hostname) {
                 self.add_reference(recipe, ipxe, host, shared);
             }
         }
         artifacts
+    }
+
+    /// `who`'s patch steps, one per platform of `targets`; returns which
+    /// node made each make target.
+    fn add_patches(
+        &mut self,
+        ipxe: &recipe::Ipxe,
+        arch: Arch,
+        who: &str,
+        script: &str,
+        targets: &[&IpxeTarget],
+        bases: &Bases,
+    ) -> BTreeMap<String, usize> {
+        let mut made = BTreeMap::new();
+        for (_, ts) in by_platform(targets) {
+            let node = self.add_patch(ipxe, arch, who, script, &ts, bases);
+            made.extend(ts.iter().map(|t| (t.make_target(), node)));
+        }
+        made
+    }
+
+    /// A combined ROM of `who`'s patched images.
+    fn add_combined(
+        &mut self,
+        who: &str,
+        c: &CombinedRom,
+        patched: &BTreeMap<String, usize>,
+        name: String,
+    ) -> Made {
+        let images: Vec<String> = c.images.iter().map(IpxeTarget::make_target).collect();
+        let inputs = images
+            .iter()
+            .enumerate()
+            .map(|(i, target)| {
+                let node = patched[target];
+                let output = target.clone();
+                (combine::IMAGE.nth(i), InputRef::Node { node, output })
+            })
+            .collect();
+        let step = CombineRoms {
+            who: who.to_string(),
+            file: c.file.clone(),
+            images: images.clone(),
+            pad_to: c.pad_to,
+            max_size: c.max_size,
+        };
+        Made {
+            name,
+            kind: "rom",
+            arch: c.arch,
+            node: self.push(step, inputs),
+            output: combine::ROM.into(),
+            made_of: serde_json::json!({ "images": images, "pad_to": c.pad_to }),
+        }
     }
 
     fn ipxe_build(
@@ -144,7 +231,7 @@ impl Builder<'_> {
             version_block: ipxe.rom_version.is_some()
                 && ipxe.targets[&arch]
                     .iter()
-                    .any(|t| t.platform == platform && t.kind() == "rom"),
+                    .any(|t| t.platform == platform && t.is_legacy_rom()),
             rom_version: ipxe.rom_version,
             intermediates: false,
             note: String::new(),
@@ -172,10 +259,17 @@ impl Builder<'_> {
                 inputs.insert(name, InputRef::Node { node, output });
             };
             from(target.clone(), target.clone());
-            if let Some(Finish::Zbin { .. }) = ipxe_script::finish_of(&t.file) {
-                from(bin_input(&target), bin_input(&target));
-                from(zinfo_input(&target), zinfo_input(&target));
-                from(zbin_input(&t.platform), zbin_input(&t.platform));
+            match ipxe_script::finish_of(&t.file) {
+                Some(Finish::Zbin { .. }) => {
+                    from(bin_input(&target), bin_input(&target));
+                    from(zinfo_input(&target), zinfo_input(&target));
+                    from(zbin_input(&t.platform), zbin_input(&t.platform));
+                }
+                Some(Finish::EfiRom) => {
+                    from(efidrv_input(&target), efidrv_input(&target));
+                    from(efirom_input(&t.platform), efirom_input(&t.platform));
+                }
+                Some(Finish::Efi) | None => {}
             }
         }
         let step = PatchIpxe {

@@ -343,15 +343,15 @@ fn roms(blame: &Blame, raw: &[Spanned<String>]) -> Result<Vec<String>, SourceErr
     let mut seen = BTreeSet::new();
     for rom in raw {
         let name = rom.get_ref();
-        let stem = name
-            .strip_suffix(".rom")
-            .or_else(|| name.strip_suffix(".mrom"));
+        let stem = [".rom", ".mrom", ".efirom"]
+            .iter()
+            .find_map(|ext| name.strip_suffix(ext));
         let chars_ok = name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
         if !chars_ok || stem.is_none_or(str::is_empty) {
             let why = format!(
-                "`{name}` is not a ROM file name (letters, digits, `.`, `_` and `-`, ending `.rom` or `.mrom`)"
+                "`{name}` is not a ROM file name (letters, digits, `.`, `_` and `-`, ending `.rom`, `.mrom` or `.efirom`)"
             );
             return Err(blame.at(rom.span(), "roms", why));
         }

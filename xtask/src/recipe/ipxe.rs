@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use toml::Spanned;
 
+use super::combined::CombinedRom;
 use super::hosts::{self, Host};
 use super::schema::RawIpxe;
 use super::{recipe_dir, recipe_file, render_file, Ctx, RecipeErrors, SourceError, Vars};
@@ -46,6 +47,8 @@ pub struct Ipxe {
     pub hosts: Vec<IpxeHost>,
     /// Written into every ROM (`archive/rom_version.rs`).
     pub rom_version: Option<RomVersion>,
+    /// `[[ipxe.combined]]`: ROMs chaining several targets' images.
+    pub combined: Vec<CombinedRom>,
 }
 
 /// One inventory host's stage1 files.
@@ -58,6 +61,22 @@ pub struct IpxeHost {
     /// The architecture's targets this host gets: every patchable one but
     /// the ROMs its `roms` leaves out.
     pub targets: Vec<IpxeTarget>,
+    /// The combined ROMs it gets (by the same rule).
+    pub combined: Vec<CombinedRom>,
+}
+
+impl IpxeHost {
+    /// What is patched for this host: its targets and the images its
+    /// combined ROMs chain (which need not be files of its own).
+    pub fn patch_targets(&self) -> Vec<IpxeTarget> {
+        let mut all = self.targets.clone();
+        for image in self.combined.iter().flat_map(|c| &c.images) {
+            if !all.contains(image) {
+                all.push(image.clone());
+            }
+        }
+        all
+    }
 }
 
 /// One make target, e.g. `bin-x86_64-efi/ipxe.efi`.
@@ -77,13 +96,21 @@ impl IpxeTarget {
         name == self.file || name == self.make_target()
     }
 
-    /// `rom` for NIC ROMs, `ipxe` for everything else (manifest kinds).
+    /// `rom` for NIC ROMs (`.rom`, `.mrom`, `.efirom`), `ipxe` for
+    /// everything else (manifest kinds).
     pub fn kind(&self) -> &'static str {
-        if self.file.ends_with(".rom") || self.file.ends_with(".mrom") {
-            "rom"
-        } else {
-            "ipxe"
+        match self.file.rsplit_once('.').map(|(_, ext)| ext) {
+            Some("rom" | "mrom" | "efirom") => "rom",
+            _ => "ipxe",
         }
+    }
+
+    /// A legacy BIOS ROM (`.rom`, `.mrom`): what carries a `rom_version`.
+    pub fn is_legacy_rom(&self) -> bool {
+        matches!(
+            ipxe_script::finish_of(&self.file),
+            Some(ipxe_script::Finish::Zbin { rom: true, .. })
+        )
     }
 }
 
@@ -154,13 +181,14 @@ pub(super) fn ipxe(ctx: &mut Ctx, raw: RawIpxe, vars: &Vars) -> Option<Ipxe> {
             .map_err(|why| ctx.push(v.span(), format!("`rom_version`: {why}")))
             .ok()
     });
-    let builds_roms = targets.values().flatten().any(|t| t.kind() == "rom");
+    let builds_roms = targets.values().flatten().any(IpxeTarget::is_legacy_rom);
     if let (Some(v), Some(_), false) = (&raw.rom_version, rom_version, builds_roms) {
         ctx.push(
             v.span(),
             "`rom_version` is for NIC ROMs, and no target is a .rom or .mrom",
         );
     }
+    let combined = super::combined::combined(ctx, &raw.combined, &targets);
     let inventory = raw.hosts.as_ref().and_then(|h| recipe_file(ctx, &base, h));
     if ctx.errors.len() != before {
         return None;
@@ -179,6 +207,7 @@ pub(super) fn ipxe(ctx: &mut Ctx, raw: RawIpxe, vars: &Vars) -> Option<Ipxe> {
         recipe: ctx.doc.file.clone(),
         hosts: Vec::new(),
         rom_version,
+        combined,
     };
     if let (Some(file), Some(at)) = (inventory, raw.hosts.as_ref()) {
         match hosts::load(&file) {
@@ -261,13 +290,17 @@ impl Ipxe {
                 ));
                 continue;
             };
-            let roms: Vec<&IpxeTarget> = targets.iter().filter(|t| t.kind() == "rom").collect();
+            let combined: Vec<&CombinedRom> =
+                self.combined.iter().filter(|c| c.arch == h.arch).collect();
+            let roms: Vec<&str> = targets
+                .iter()
+                .filter(|t| t.kind() == "rom")
+                .map(|t| t.file.as_str())
+                .chain(combined.iter().map(|c| c.file.as_str()))
+                .collect();
             if let Some(wanted) = &h.roms {
-                for r in wanted
-                    .iter()
-                    .filter(|r| !roms.iter().any(|t| &t.file == *r))
-                {
-                    let built: Vec<&str> = roms.iter().map(|t| t.file.as_str()).collect();
+                for r in wanted.iter().filter(|r| !roms.contains(&r.as_str())) {
+                    let built = &roms;
                     errors.0.push((
                         format!(
                             "{who}: `roms` names {r}, which {} does not build for {}; it builds {}",
@@ -313,11 +346,17 @@ impl Ipxe {
                 })
                 .cloned()
                 .collect();
+            let combined = combined
+                .into_iter()
+                .filter(|c| h.roms.as_ref().is_none_or(|r| r.contains(&c.file)))
+                .cloned()
+                .collect();
             out.push(IpxeHost {
                 hostname: h.hostname.clone(),
                 arch: h.arch,
                 script,
                 targets,
+                combined,
             });
         }
         match errors.0.is_empty() {

@@ -8,6 +8,7 @@
 // path of a broken recipe, so their size does not matter.
 #![allow(clippy::result_large_err)]
 
+pub mod combined;
 pub mod diag;
 pub mod hosts;
 mod initramfs;

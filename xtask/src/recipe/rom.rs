@@ -17,8 +17,9 @@ pub struct Rom {
     pub vendor: u16,
     pub device: u16,
     pub method: FlashMethod,
-    /// The version the updater compares with the flashed one; `None`: the
-    /// ROM's PCI revision level, read when the image is built.
+    /// The version the updater compares with the flashed one; `None`: what
+    /// the ROM itself says, read when the image is built (its Mellanox
+    /// version block for `mstflint`, its PCI revision level otherwise).
     pub version: Option<String>,
     pub max_size: Option<u64>,
     /// Recipe file, line and column of the `[[rom]]`, for errors.
@@ -82,12 +83,6 @@ pub(super) fn roms(ctx: &mut Ctx, raw: Vec<Spanned<RawRom>>, has_initramfs: bool
             }
             ok.then(|| v.get_ref().clone())
         });
-        if version.is_none() && r.version.is_none() && method == Some(FlashMethod::Mstflint) {
-            ctx.push(
-                r.method.span(),
-                "mstflint reads a ROM's version from the ROM itself: give the `version` this ROM carries",
-            );
-        }
         let max_size = r
             .max_size
             .as_ref()

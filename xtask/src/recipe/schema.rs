@@ -125,7 +125,8 @@ pub struct RawRom {
     /// e.g. "nicintel_spi"; `:pci=<address>` is added per card.
     pub programmer: Option<Spanned<String>>,
     /// The ROM's version as the flashing tool reports it (dotted numbers);
-    /// default: the ROM's PCI revision level. Required for mstflint.
+    /// default: what the ROM carries (its Mellanox version block with
+    /// mstflint, its PCI revision level with flashrom).
     pub version: Option<Spanned<String>>,
     /// The largest image the card's flash takes, in bytes; default: the
     /// size of the card's expansion ROM window.
@@ -160,9 +161,27 @@ pub struct RawIpxe {
     /// The version NIC ROMs carry (`"3.4.800"`): Mellanox's version block,
     /// which `mstflint qrom` reads, and every ROM's PCI revision level.
     pub rom_version: Option<Spanned<String>>,
+    /// Option ROMs chaining several of the targets' images into one.
+    #[serde(default)]
+    pub combined: Vec<Spanned<RawCombined>>,
     /// Per architecture (`x86_64`, `arm64`), the make targets to build, e.g.
     /// `bin/ipxe.lkrn`, `bin-x86_64-efi/ipxe.efi`, `bin/1af41000.rom`.
     pub targets: BTreeMap<String, Spanned<Vec<Spanned<String>>>>,
+}
+
+/// `[[ipxe.combined]]`: one option ROM holding several images (a legacy
+/// BIOS image, then EFI drivers), chained as iPXE's `util/catrom.pl` does.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCombined {
+    /// The output file, `<recipe>/<arch>/<file>` (e.g. "efi-virtio.rom").
+    pub file: Spanned<String>,
+    /// Make targets of `[ipxe.targets]`, in ROM order (legacy image first).
+    pub images: Spanned<Vec<Spanned<String>>>,
+    /// Pad the ROM with zeros to this many bytes (a power of two).
+    pub pad_to: Option<Spanned<i64>>,
+    /// Refuse a ROM larger than this (the card's flash), in bytes.
+    pub max_size: Option<Spanned<i64>>,
 }
 
 /// `[uki]`: the kernel, initramfs and cmdline in one EFI application.

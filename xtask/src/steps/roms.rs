@@ -18,6 +18,7 @@ use serde::Serialize;
 
 use super::{Slot, Step, StepContext};
 use crate::archive::optrom;
+use crate::archive::rom_version::{self, RomVersion};
 use crate::store::{Digest, Output, Tree, TreeKind};
 
 /// Where the image keeps the ROMs and their table.
@@ -63,11 +64,11 @@ impl Step for RomTable {
         "rom-table"
     }
     fn version(&self) -> u32 {
-        // 2: etc/kiln/host in a host's table.
-        2
+        // 2: etc/kiln/host in a host's table. 3: versions from the ROM.
+        3
     }
     fn formats(&self) -> &'static [crate::archive::Format] {
-        &[crate::archive::optrom::FORMAT]
+        &[optrom::FORMAT, rom_version::FORMAT]
     }
     fn label(&self) -> String {
         format!("ROM table {}", self.name)
@@ -127,7 +128,7 @@ impl RomSpec {
                 bail!("{at}: the ROM is {} bytes, more than its card's flash takes (`max_size` {max})", rom.len());
             }
         }
-        let version = self.version.clone().unwrap_or(id.revision.to_string());
+        let version = self.version(rom, id.revision)?;
         let max = self.max_size.map_or("-".to_string(), |m| m.to_string());
         Ok(format!(
             "{vendor:04x} {device:04x} {} {} {} {version} {} {max}",
@@ -136,6 +137,40 @@ impl RomSpec {
             Digest::of_bytes(rom).hex(),
             self.method
         ))
+    }
+}
+
+impl RomSpec {
+    /// The version the updater compares: what the flashing tool will read
+    /// back from the ROM once flashed -- mstflint the first PXE version
+    /// block, flashrom's path the PCI revision level
+    /// (`archive/rom_version.rs`) -- or the recipe's `version` where the ROM
+    /// says nothing. A recipe's `version` that contradicts the ROM's block
+    /// is refused: the updater would never see the card as current.
+    fn version(&self, rom: &[u8], revision: u16) -> Result<String> {
+        let at = format!("{} ({})", self.file, self.origin);
+        if self.method != "mstflint" {
+            return Ok(self
+                .version
+                .clone()
+                .unwrap_or_else(|| RomVersion::from_revision(revision).to_string()));
+        }
+        let carried = rom_version::mellanox_versions(rom)
+            .into_iter()
+            .flatten()
+            .next();
+        match (carried, &self.version) {
+            (Some(v), None) => Ok(v.to_string()),
+            (Some(v), Some(given)) if v.to_string() != *given => bail!(
+                "{at}: the ROM's Mellanox version block says {v}, but the recipe says `version = \"{given}\"`; \
+                 mstflint will read {v} from the card: drop `version`, or build the ROM with rom_version = \"{given}\""
+            ),
+            (_, Some(given)) => Ok(given.clone()),
+            (None, None) => bail!(
+                "{at}: mstflint reads a ROM's version from its Mellanox version block, and this ROM has none: \
+                 build it with `rom_version` in its recipe's [ipxe] section, or give the `version` it carries"
+            ),
+        }
     }
 }
 

@@ -12,7 +12,7 @@ use crate::common::*;
 /// each, like ePoxy's machines, but the first carries all three models.
 const FIVE: &str = "\
 hostname,ipv4,gateway,dns,ipv6,roms
-mlab1-lga0t.example.net,192.0.2.11/26,192.0.2.1,192.0.2.53 198.51.100.53,2001:db8::11/64,1af41000.rom 808610d3.rom 15b31003.mrom
+mlab1-lga0t.example.net,192.0.2.11/26,192.0.2.1,192.0.2.53 198.51.100.53,2001:db8::11/64,1af41000.rom 808610d3.rom 15b31003.mrom 1af41000.efirom
 mlab2-lga0t.example.net,192.0.2.12/26,192.0.2.1,192.0.2.53,,1af41000.rom 15b31003.mrom
 mlab3-lga0t.example.net,192.0.2.13/26,192.0.2.1,192.0.2.53,,808610d3.rom 15b31003.mrom
 mlab1-syd1.measurement-lab.example.org,203.0.113.130/25,203.0.113.129,203.0.113.2,,1af41000.rom 808610d3.rom
@@ -42,10 +42,11 @@ fn patched_files_are_byte_identical_to_a_full_make() {
         .lines()
         .filter(|l| l.starts_with("identical"))
         .count();
-    // ipxe.efi, snponly.efi, undionly.kpxe, ipxe.lkrn and three ROMs.
-    assert_eq!(identical, 7, "{stdout}");
+    // ipxe.efi, snponly.efi, undionly.kpxe, ipxe.lkrn, three legacy ROMs
+    // and the EFI ROM.
+    assert_eq!(identical, 8, "{stdout}");
     assert!(!stdout.contains("DIFFERENT"), "{stdout}");
-    for ext in ["efi", "kpxe", "lkrn", ".rom", "mrom"] {
+    for ext in ["efi", "kpxe", "lkrn", ".rom", "mrom", "efirom"] {
         assert!(
             stdout
                 .lines()

@@ -66,3 +66,8 @@ fn out_of_range_level_names_the_compressor_and_range() {
 fn bad_rom_entries_name_each_field() {
     check("bad-rom");
 }
+
+#[test]
+fn a_rom_version_that_does_not_fit_names_the_field() {
+    check("bad-rom-version");
+}

@@ -95,7 +95,11 @@ fn the_image_carries_the_tools_with_their_libraries_and_a_checked_rom_table() {
     let carried = &entry(&entries, "etc/kiln/roms/pxe-e1000e.rom").data;
     assert_eq!(fields[3], carried.len().to_string());
     assert_eq!(fields[4], kiln::store::Digest::of_bytes(carried).hex());
-    assert_eq!(fields[5..], ["1", "flashrom:nicintel_spi", "-"], "{line}");
+    assert_eq!(
+        fields[5..],
+        ["0.0.1", "flashrom:nicintel_spi", "-"],
+        "{line}"
+    );
     if let Some(rom) = rom {
         // The host's qemu uses the same package version here.
         assert_eq!(&rom, carried);
@@ -155,6 +159,8 @@ fn a_program_missing_from_the_packages_is_named() {
 struct Rig {
     dir: tempfile::TempDir,
     rom: Vec<u8>,
+    /// The installed mstflint, which the stand-in runs for `-i FILE qrom`.
+    real_mstflint: Option<PathBuf>,
 }
 
 const FAKE_FLASHROM: &str = r#"#!RIG/bin/sh
@@ -184,7 +190,7 @@ const FAKE_MSTFLINT: &str = r#"#!RIG/bin/sh
 # mstflint stand-in with mstflint's syntax: `-d <address> rrom FILE`,
 # `-d <address> -y brom FILE`, `-d <address> query`, `-i FILE qrom`. The
 # card keeps its ROM in $FAKE_FLASH/<address> and the version its query
-# reports in <address>.version.
+# reports in <address>.version; `qrom` runs $REAL_MSTFLINT if set.
 while [ $# -gt 0 ]; do
     case "$1" in
         -d) dev=$2; shift ;;
@@ -201,14 +207,24 @@ case "$op" in
     rrom) cp "$chip" "$file" ;;
     brom) echo "mstflint $dev" >>"$FAKE_FLASH/writes"; cp "$file" "$chip" ;;
     query) [ -e "$chip.version" ] && echo "Rom Info:         type=PXE version=$(cat "$chip.version") devid=4099 proto=ETH" ;;
-    qrom) [ -n "${image:-}" ] || { echo "qrom works on an image (-i)" >&2; exit 2; } ;;
+    qrom)
+        [ -n "${image:-}" ] || { echo "qrom works on an image (-i)" >&2; exit 2; }
+        # Reading a file needs no card: the real mstflint, when the test gives it.
+        [ -n "${REAL_MSTFLINT:-}" ] && exec "$REAL_MSTFLINT" -i "$image" qrom
+        ;;
 esac
 exit 0
 "#;
 
 impl Rig {
+    /// The rig of the image built with `ipxe-qemu`'s e1000e ROM.
     fn new() -> Rig {
-        let (_d, out) = image();
+        Rig::of(&image().1, "pxe-e1000e.rom")
+    }
+
+    /// The rig of the stage3 image in output `out`; `rom` (a file of its
+    /// table) is the ROM tests flash and compare.
+    fn of(out: &Path, rom: &str) -> Rig {
         let entries = archive_entries(&out.join(INITRAMFS));
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
@@ -238,9 +254,21 @@ impl Rig {
         );
         let table = String::from_utf8(entry(&entries, "etc/kiln/roms.conf").data.clone()).unwrap();
         std::fs::write(root.join("roms/roms.conf"), table).unwrap();
-        let rom = entry(&entries, "etc/kiln/roms/pxe-e1000e.rom").data.clone();
-        std::fs::write(root.join("roms/roms/pxe-e1000e.rom"), &rom).unwrap();
-        Rig { dir, rom }
+        for e in entries
+            .iter()
+            .filter(|e| e.name.starts_with("etc/kiln/roms/"))
+        {
+            let file = &e.name["etc/kiln/roms/".len()..];
+            std::fs::write(root.join("roms/roms").join(file), &e.data).unwrap();
+        }
+        let rom = entry(&entries, &format!("etc/kiln/roms/{rom}"))
+            .data
+            .clone();
+        Rig {
+            dir,
+            rom,
+            real_mstflint: None,
+        }
     }
 
     fn path(&self, p: &str) -> PathBuf {
@@ -310,6 +338,7 @@ impl Rig {
             .env("KILN_ROMS", self.path("roms"))
             .env("KILN_WORK", self.path("work"))
             .env("FAKE_FLASH", self.path("flash"))
+            .envs(self.real_mstflint.iter().map(|p| ("REAL_MSTFLINT", p)))
             .output()
             .unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -417,7 +446,9 @@ fn updater_flashes_a_known_card_verifies_it_and_reports_it() {
     assert_eq!(status, 0, "{lines:?}");
     assert!(
         line.starts_with("KILN-ROM FLASHED 0000:00:03.0 8086:10d3 pxe-e1000e.rom (sha256 ")
-            && line.ends_with("version 0 -> 1 with flashrom:nicintel_spi; read back and verified"),
+            && line.ends_with(
+                "version 0.0.0 -> 0.0.1 with flashrom:nicintel_spi; read back and verified"
+            ),
         "{line}"
     );
     let flash = rig.flashed("00:03.0");
@@ -444,7 +475,7 @@ fn updater_skips_unknown_cards_and_leaves_current_ones_alone() {
         lines,
         [
             "KILN-ROM SKIP 0000:00:02.0 10ec:8139 unknown card: this image has no ROM for it",
-            "KILN-ROM CURRENT 0000:00:03.0 8086:10d3 already has pxe-e1000e.rom (version 1)",
+            "KILN-ROM CURRENT 0000:00:03.0 8086:10d3 already has pxe-e1000e.rom (version 0.0.1)",
         ]
     );
     assert_eq!(rig.writes(), "");
@@ -460,7 +491,7 @@ fn updater_refuses_a_downgrade_unless_forced() {
     assert_eq!(status, 0);
     assert_eq!(
         one_line(&lines),
-        "KILN-ROM REFUSED 0000:00:03.0 8086:10d3 pxe-e1000e.rom 1 is older than the flashed 5 (downgrade); kiln.force=1 allows it"
+        "KILN-ROM REFUSED 0000:00:03.0 8086:10d3 pxe-e1000e.rom 0.0.1 is older than the flashed 0.0.5 (downgrade); kiln.force=1 allows it"
     );
     assert_eq!(rig.writes(), "");
     assert_eq!(rig.flashed("00:03.0"), newer);
@@ -470,7 +501,7 @@ fn updater_refuses_a_downgrade_unless_forced() {
     let line = one_line(&lines);
     assert!(
         line.starts_with("KILN-ROM FLASHED 0000:00:03.0 8086:10d3 pxe-e1000e.rom")
-            && line.ends_with("version 5 -> 1 with flashrom:nicintel_spi (forced downgrade); read back and verified"),
+            && line.ends_with("version 0.0.5 -> 0.0.1 with flashrom:nicintel_spi (forced downgrade); read back and verified"),
         "{line}"
     );
     assert_eq!(rig.writes(), "flashrom 00:03.0\n");
@@ -487,7 +518,7 @@ fn updater_dry_run_plans_and_writes_nothing() {
     let line = one_line(&lines);
     assert!(
         line.starts_with("KILN-ROM PLAN 0000:00:03.0 8086:10d3 would flash pxe-e1000e.rom (sha256 ")
-            && line.ends_with("version unknown -> 1 with flashrom:nicintel_spi (forced) (kiln.dry_run=1: nothing written)"),
+            && line.ends_with("version unknown -> 0.0.1 with flashrom:nicintel_spi (forced) (kiln.dry_run=1: nothing written)"),
         "{line}"
     );
     assert_eq!(rig.writes(), "");
@@ -673,7 +704,7 @@ fn qemu_dry_run_plans_the_mapped_card_skips_the_unknown_one_and_runs_mstflint() 
         lines[1].starts_with(
             "KILN-ROM PLAN 0000:00:03.0 8086:10d3 would flash pxe-e1000e.rom (sha256 "
         ) && lines[1].ends_with(
-            "version 1 -> 1 with flashrom:nicintel_spi (kiln.dry_run=1: nothing written)"
+            "version 0.0.1 -> 0.0.1 with flashrom:nicintel_spi (kiln.dry_run=1: nothing written)"
         ),
         "{text}"
     );
@@ -694,21 +725,126 @@ fn qemu_dry_run_plans_the_mapped_card_skips_the_unknown_one_and_runs_mstflint() 
     );
 }
 
+/// The default recipes' stage3 (stage1's ROMs at `rom_version` 3.4.800,
+/// per-host archives), built once per test run; `None` after reporting the
+/// skip without an iPXE tree.
+fn default_image() -> Option<&'static (tempfile::TempDir, PathBuf)> {
+    let ipxe = ipxe_tree()?;
+    static IMAGE: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+    Some(IMAGE.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let recipes = copy_recipes(dir.path());
+        let out = dir.path().join("output");
+        run_ok(
+            kiln(&recipes, &out, &shared_cache())
+                .arg("--source")
+                .arg(format!("ipxe={}", ipxe.display()))
+                .args(["build", "stage3"]),
+        );
+        (dir, out)
+    }))
+}
+
+/// `rom` as a build with `rom_version = version` would have made it.
+fn at_version(rom: &[u8], version: &str) -> Vec<u8> {
+    use kiln::archive::rom_version::{stamp, RomVersion};
+    let mut rom = rom.to_vec();
+    stamp(&mut rom, RomVersion::parse(version).unwrap()).unwrap();
+    rom
+}
+
+const DRY_RUN: &str = "console=ttyS0 kiln.dry_run=1";
+
 #[test]
-fn qemu_dry_run_of_the_default_recipe_uses_each_hosts_own_rom() {
-    let Some(ipxe) = ipxe_tree() else { return };
+fn updater_compares_the_versions_kiln_writes_into_its_roms() {
+    let Some((_dir, out)) = default_image() else {
+        return;
+    };
+    let entries = archive_entries(&out.join(INITRAMFS));
+    let table = String::from_utf8(entry(&entries, "etc/kiln/roms.conf").data.clone()).unwrap();
+    let versions: Vec<(&str, &str)> = table
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            (f[2], f[5])
+        })
+        .collect();
+    assert_eq!(
+        versions,
+        [("15b31003.mrom", "3.4.800"), ("808610d3.rom", "3.4.800")],
+        "the table carries stage1's rom_version, read from each ROM:\n{table}"
+    );
+
+    // flashrom: the PCI revision level.
+    let rig = Rig::of(out, "808610d3.rom");
+    rig.card(E1000E, NIC, "8086:10d3", Some(256 << 10));
+    rig.flash("00:03.0", &at_version(&rig.rom, "3.4.799"));
+    let (_, lines) = rig.run(DRY_RUN);
+    let line = one_line(&lines);
+    assert!(
+        line.starts_with("KILN-ROM PLAN 0000:00:03.0 8086:10d3 would flash 808610d3.rom")
+            && line.ends_with(
+                "version 3.4.799 -> 3.4.800 with flashrom:nicintel_spi (kiln.dry_run=1: nothing written)"
+            ),
+        "{line}"
+    );
+    rig.flash("00:03.0", &rig.rom);
+    let (_, lines) = rig.run(DRY_RUN);
+    assert_eq!(
+        one_line(&lines),
+        "KILN-ROM CURRENT 0000:00:03.0 8086:10d3 already has 808610d3.rom (version 3.4.800)"
+    );
+    rig.flash("00:03.0", &at_version(&rig.rom, "3.4.801"));
+    let (_, lines) = rig.run(DRY_RUN);
+    assert_eq!(
+        one_line(&lines),
+        "KILN-ROM REFUSED 0000:00:03.0 8086:10d3 808610d3.rom 3.4.800 is older than the flashed 3.4.801 (downgrade); kiln.force=1 allows it"
+    );
+
+    // mstflint: the version block, read by the real mstflint from the ROM
+    // the stand-in reads off the card.
+    if !prereq::program("mstflint", "apt-get install mstflint, or run ci/setup") {
+        return;
+    }
+    const MLX: &str = "0000:03:00.0";
+    let mut rig = Rig::of(out, "15b31003.mrom");
+    rig.real_mstflint = Some(PathBuf::from("/usr/bin/mstflint"));
+    rig.card(MLX, NIC, "15b3:1003", Some(1 << 20));
+    let card = |rom: &[u8]| {
+        let mut flash = rom.to_vec();
+        flash.resize(1 << 20, 0xff);
+        rig.flash(MLX, &flash);
+        rig.run(DRY_RUN).1
+    };
+    let lines = card(&at_version(&rig.rom, "3.4.799"));
+    let line = one_line(&lines);
+    assert!(
+        line.starts_with("KILN-ROM PLAN 0000:03:00.0 15b3:1003 would flash 15b31003.mrom")
+            && line.ends_with(
+                "version 3.4.799 -> 3.4.800 with mstflint (kiln.dry_run=1: nothing written)"
+            ),
+        "{line}"
+    );
+    assert_eq!(
+        one_line(&card(&rig.rom)),
+        "KILN-ROM CURRENT 0000:03:00.0 15b3:1003 already has 15b31003.mrom (version 3.4.800)"
+    );
+    assert_eq!(
+        one_line(&card(&at_version(&rig.rom, "3.5.0"))),
+        "KILN-ROM REFUSED 0000:03:00.0 15b3:1003 15b31003.mrom 3.4.800 is older than the flashed 3.5.0 (downgrade); kiln.force=1 allows it"
+    );
+    assert_eq!(rig.writes(), "");
+}
+
+#[test]
+fn qemu_dry_run_of_the_default_recipe_uses_each_hosts_own_rom_and_its_version() {
+    let Some((dir, out)) = default_image() else {
+        return;
+    };
     if !qemu_available() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let recipes = copy_recipes(dir.path());
-    let out = dir.path().join("output");
-    run_ok(
-        kiln(&recipes, &out, &shared_cache())
-            .arg("--source")
-            .arg(format!("ipxe={}", ipxe.display()))
-            .args(["build", "stage3"]),
-    );
     let host = "mlab1-lga0t.example.net";
     let host_roms = out.join(format!("stage3/hosts/{host}/stage3_roms.cpio.gz"));
     let host_table = archive_entries(&host_roms);
@@ -718,19 +854,23 @@ fn qemu_dry_run_of_the_default_recipe_uses_each_hosts_own_rom() {
     assert_ne!(host_rom, shared_rom, "the host's ROM embeds its own script");
     // stage1 is built as stage3's dependency, not installed.
     assert!(!out.join("stage1").exists());
-    let qemu_rom = Path::new("/usr/lib/ipxe/qemu/pxe-e1000e.rom");
     let as_host = format!("epoxy.hostname={host}");
-    for (initrd, rom, extra) in [
-        (None, shared_rom, ""),
-        (Some(host_roms.as_path()), host_rom, as_host.as_str()),
-    ] {
-        let serial = dry_run_boot(&out.join(KERNEL), initrd, qemu_rom, extra);
+    let sha = |rom: &[u8]| kiln::store::Digest::of_bytes(rom).hex()[..12].to_string();
+    // The e1000e's ROM (what QEMU exposes as its flash): an older build of
+    // the image's ROM, the host's own ROM, a newer build.
+    let boots = [
+        (None, at_version(shared_rom, "3.4.799"), "", format!(
+            "KILN-ROM PLAN 0000:00:03.0 8086:10d3 would flash 808610d3.rom (sha256 {}) version 3.4.799 -> 3.4.800",
+            sha(shared_rom)
+        )),
+        (Some(host_roms.as_path()), host_rom.clone(), as_host.as_str(), "KILN-ROM CURRENT 0000:00:03.0 8086:10d3 already has 808610d3.rom (version 3.4.800)".to_string()),
+        (None, at_version(shared_rom, "3.4.801"), "", "KILN-ROM REFUSED 0000:00:03.0 8086:10d3 808610d3.rom 3.4.800 is older than the flashed 3.4.801".to_string()),
+    ];
+    for (i, (initrd, flashed, extra, want)) in boots.into_iter().enumerate() {
+        let romfile = dir.path().join(format!("flashed-{i}.rom"));
+        std::fs::write(&romfile, &flashed).unwrap();
+        let serial = dry_run_boot(&out.join(KERNEL), initrd, &romfile, extra);
         let text = serial.join("\n");
-        let sha = kiln::store::Digest::of_bytes(rom).hex();
-        let want = format!(
-            "KILN-ROM PLAN 0000:00:03.0 8086:10d3 would flash 808610d3.rom (sha256 {})",
-            &sha[..12]
-        );
         assert!(
             boot::rom_lines(&serial)
                 .iter()

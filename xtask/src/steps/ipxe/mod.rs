@@ -17,6 +17,7 @@
 //! target's `.bin` and `.zinfo` and the tree's `util/zbin`, and proves on
 //! the spot that Kiln's finishing of the `.bin` gives make's own file.
 
+pub mod combine;
 pub mod patch;
 
 use std::collections::BTreeMap;
@@ -169,12 +170,24 @@ impl Step for BuildIpxe {
             );
             self.check_finishing(&src, &zbin, scratch)?;
         }
+        if self.intermediates && self.efiroms().next().is_some() {
+            let efirom = src.join("util/efirom");
+            let (digest, size) = ctx
+                .store
+                .put_file(&efirom)
+                .context("make built .efirom targets but no util/efirom")?;
+            outputs.insert(
+                patch::efirom_input(&self.platform),
+                Output::File { digest, size },
+            );
+            self.check_efiroms(&src, &efirom, scratch)?;
+        }
         Ok(outputs)
     }
 }
 
-/// A finished option ROM (`.rom`, `.mrom`), not an intermediate.
-pub fn is_rom(target: &str) -> bool {
+/// A finished legacy option ROM (`.rom`, `.mrom`), not an intermediate.
+fn is_rom(target: &str) -> bool {
     matches!(
         ipxe_script::finish_of(target),
         Some(ipxe_script::Finish::Zbin { rom: true, .. })
@@ -211,8 +224,50 @@ impl BuildIpxe {
                 goals.push(patch::bin_input(&target));
                 goals.push(patch::zinfo_input(&target));
             }
+            for f in self.efiroms() {
+                let efidrv = patch::efidrv_input(&format!("{}/{f}", self.platform));
+                if !goals.contains(&efidrv) {
+                    goals.push(efidrv);
+                }
+            }
         }
         goals
+    }
+
+    /// `.efirom` targets, made by `util/efirom` from a `.efidrv`.
+    fn efiroms(&self) -> impl Iterator<Item = &String> {
+        self.files
+            .iter()
+            .filter(|f| ipxe_script::finish_of(f) == Some(ipxe_script::Finish::EfiRom))
+    }
+
+    /// Like [`Self::check_finishing`]: `util/efirom` over each unmodified
+    /// `.efidrv`, run as Kiln runs it per host, must give make's `.efirom`.
+    fn check_efiroms(&self, src: &Path, efirom: &Path, scratch: &Path) -> Result<()> {
+        for f in self.efiroms() {
+            let target = format!("{}/{f}", self.platform);
+            let read = |name: &str| {
+                let path = src.join(name);
+                fs_err::read(&path).with_context(|| format!("reading {}", path.display()))
+            };
+            let (drv, made) = (read(&patch::efidrv_input(&target))?, read(&target)?);
+            let tool = patch::EfiRomTool {
+                efirom,
+                scratch,
+                name: f,
+            };
+            let ours = tool
+                .make(&drv, &made)
+                .with_context(|| format!("packing {target}'s .efidrv again"))?;
+            if ours != made {
+                bail!(
+                    "util/efirom as Kiln runs it does not reproduce make's {target} (sizes {} and {}): per-host files cannot be patched for this tree",
+                    ours.len(),
+                    made.len()
+                );
+            }
+        }
+        Ok(())
     }
 
     /// Targets made from a `.zbin`.

@@ -45,6 +45,21 @@ pub fn zbin_input(platform: &str) -> String {
     format!("{ZBIN}:{platform}")
 }
 
+/// The prefix of `efirom:<platform>`, the `util/efirom` a placeholder build compiled.
+pub const EFIROM: Slot = Slot("efirom");
+
+/// The input naming the `util/efirom` a platform's build compiled.
+pub fn efirom_input(platform: &str) -> String {
+    format!("{EFIROM}:{platform}")
+}
+
+/// The `.efidrv` an `.efirom` target is made from (make's `%.efirom:
+/// %.efidrv` rule): a placeholder build's goal and output, and an input here.
+pub fn efidrv_input(target: &str) -> String {
+    let stem = target.strip_suffix(".efirom").unwrap_or(target);
+    format!("{stem}.efidrv")
+}
+
 /// Make's uncompressed `<target>.bin` of a compressed target: a placeholder
 /// build's goal and output, and an input here.
 pub fn bin_input(target: &str) -> String {
@@ -95,8 +110,9 @@ impl Step for PatchIpxe {
             );
         }
         let placeholder = ipxe_script::placeholder(self.size);
-        // Installed on first use: EFI platforms have no zbin.
+        // Installed on first use: EFI platforms have no zbin, BIOS ones no efirom.
         let mut zbin: Option<PathBuf> = None;
+        let mut efirom: Option<PathBuf> = None;
         let mut outputs = BTreeMap::new();
         for target in &self.targets {
             let file = target.rsplit('/').next().unwrap_or(target);
@@ -108,10 +124,33 @@ impl Step for PatchIpxe {
                     patch_efi(&image, &placeholder, self.script.as_bytes())
                         .with_context(|| format!("patching {target} for {}", self.who))?
                 }
+                Finish::EfiRom => {
+                    let efirom = match &efirom {
+                        Some(path) => path,
+                        None => efirom.insert(install_tool(
+                            ctx,
+                            scratch,
+                            &efirom_input(&self.platform),
+                        )?),
+                    };
+                    let made = read_input(ctx, target)?;
+                    let drv = read_input(ctx, &efidrv_input(target))?;
+                    let drv = patch_efi(&drv, &placeholder, self.script.as_bytes())
+                        .with_context(|| format!("patching {target}'s .efidrv for {}", self.who))?;
+                    let tool = EfiRomTool {
+                        efirom,
+                        scratch,
+                        name: file,
+                    };
+                    tool.make(&drv, &made)
+                        .with_context(|| format!("packing {target} for {}", self.who))?
+                }
                 Finish::Zbin { pad, rom } => {
                     let zbin = match &zbin {
                         Some(path) => path,
-                        None => zbin.insert(install_zbin(ctx, scratch, &self.platform)?),
+                        None => {
+                            zbin.insert(install_tool(ctx, scratch, &zbin_input(&self.platform))?)
+                        }
                     };
                     let bin = read_input(ctx, &bin_input(target))?;
                     let info = read_input(ctx, &zinfo_input(target))?;
@@ -146,10 +185,11 @@ fn read_input(ctx: &StepContext, name: &str) -> Result<Vec<u8>> {
     fs_err::read(&path).with_context(|| format!("reading {name} ({})", path.display()))
 }
 
-/// The platform's `zbin`, executable, in `scratch`.
-fn install_zbin(ctx: &StepContext, scratch: &Path, platform: &str) -> Result<PathBuf> {
-    let dest = scratch.join(format!("zbin-{platform}"));
-    fs_err::copy(ctx.file(zbin_input(platform))?, &dest)?;
+/// A tool the placeholder build compiled (input `zbin:<platform>`,
+/// `efirom:<platform>`), executable, in `scratch`.
+fn install_tool(ctx: &StepContext, scratch: &Path, input: &str) -> Result<PathBuf> {
+    let dest = scratch.join(input.replace([':', '/'], "-"));
+    fs_err::copy(ctx.file(input)?, &dest)?;
     use std::os::unix::fs::PermissionsExt;
     fs_err::set_permissions(&dest, std::fs::Permissions::from_mode(0o755))?;
     Ok(dest)
@@ -185,6 +225,56 @@ fn locate(image: &[u8], placeholder: &[u8]) -> Result<usize> {
         ),
         n => anyhow::anyhow!("the placeholder script occurs {n} times in it; it must occur once"),
     })
+}
+
+/// The tree's `util/efirom`, run as make's `%.efirom` rule runs it.
+pub struct EfiRomTool<'a> {
+    pub efirom: &'a Path,
+    pub scratch: &'a Path,
+    /// The target's file name (`1af41000.efirom`), for the scratch files.
+    pub name: &'a str,
+}
+
+impl EfiRomTool<'_> {
+    /// `efirom -v <vendor> -d <device> -c` over `drv`, with the ids make
+    /// gave: those of `made`, the placeholder build's `.efirom`. The result
+    /// must carry the same ids and EFI header (machine, subsystem).
+    pub fn make(&self, drv: &[u8], made: &[u8]) -> Result<Vec<u8>> {
+        let ids = optrom::pci_identity(made).context("the placeholder build's .efirom")?;
+        let input = self.scratch.join(format!("{}.efidrv", self.name));
+        let output = self.scratch.join(self.name);
+        fs_err::write(&input, drv)?;
+        let mut efirom = tools::command_at(self.efirom);
+        // efirom reads only its options and two files: no variable may reach it.
+        efirom
+            .env_clear()
+            .arg("-v")
+            .arg(format!("{:x}", ids.vendor))
+            .arg("-d")
+            .arg(format!("{:x}", ids.devices[0]))
+            .arg("-c")
+            .arg(&input)
+            .arg(&output);
+        tools::capture_bytes(efirom).context("packing with iPXE's util/efirom")?;
+        let rom = fs_err::read(&output)?;
+        let _ = fs_err::remove_file(&input);
+        let _ = fs_err::remove_file(&output);
+        let theirs = optrom::pci_identity(&rom).context("util/efirom's output")?;
+        if (theirs.vendor, &theirs.devices[..1]) != (ids.vendor, &ids.devices[..1]) {
+            bail!(
+                "util/efirom wrote a ROM for {:04x}:{:04x}, not {:04x}:{:04x}",
+                theirs.vendor,
+                theirs.devices[0],
+                ids.vendor,
+                ids.devices[0]
+            );
+        }
+        // EfiSubsystem and EfiMachineType: the same kind of driver for the same CPU.
+        if rom.get(0x08..0x0c) != made.get(0x08..0x0c) {
+            bail!("util/efirom's ROM has another EFI subsystem or machine type than make's");
+        }
+        Ok(rom)
+    }
 }
 
 /// A compressed target's intermediates and the `zbin` that packs them.

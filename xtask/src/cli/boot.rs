@@ -21,6 +21,8 @@ use crate::verify::http;
 
 /// The recipe whose media the boot tests use.
 const RECIPE: &str = "stage2";
+/// The default stage1 recipe's combined virtio-net ROM (`[[ipxe.combined]]`).
+const COMBINED_ROM: &str = "efi-virtio.rom";
 /// Where the ovmf deb keeps the combined code + vars image.
 const OVMF_FD: &str = "usr/share/ovmf/OVMF.fd";
 
@@ -34,8 +36,10 @@ pub struct BootTestArgs {
     /// (the hybrid ISO through isolinux or its EFI image; see --firmware,
     /// --usb, --host) or `stage2-uki` (the UKI on a FAT drive, UEFI). Media
     /// tests check that the guest got the kernel arguments baked in.
-    /// `stage1-lkrn`, `stage1-efi` (OVMF, from a FAT drive) and `stage1-rom`
-    /// (virtio-net option ROM) boot iPXE, which must DHCP, chain
+    /// `stage1-lkrn`, `stage1-efi` (OVMF, from a FAT drive), `stage1-rom`
+    /// (virtio-net option ROM) and `stage1-combined` (the combined BIOS + EFI
+    /// ROM `efi-virtio.rom` on the virtio-net card, under SeaBIOS or, with
+    /// `--firmware uefi`, OVMF) boot iPXE, which must DHCP, chain
     /// stage1to2.ipxe from Kiln's HTTP server and boot stage2 (needs an iPXE
     /// tree: `--source ipxe=PATH`). `stage3` boots the ROM updater with
     /// `kiln.dry_run=1` beside a virtio-net and an e1000e card (QEMU's own
@@ -43,8 +47,9 @@ pub struct BootTestArgs {
     /// (`--host` adds that host's ROM archive as a second initrd).
     #[arg(value_enum)]
     pub what: BootTest,
-    /// Firmware for media tests: `bios` (SeaBIOS; the ISO's default) or
-    /// `uefi` (OVMF from the pinned `ovmf` deb; the UKI's only choice).
+    /// Firmware for media tests and `stage1-combined`: `bios` (SeaBIOS; the
+    /// default) or `uefi` (OVMF from the pinned `ovmf` deb; the UKI's only
+    /// choice).
     #[arg(long, value_enum)]
     pub firmware: Option<Firmware>,
     /// Attach the ISO as a USB stick instead of a CD.
@@ -73,6 +78,7 @@ pub enum BootTest {
     Stage1Lkrn,
     Stage1Efi,
     Stage1Rom,
+    Stage1Combined,
     Stage3,
 }
 
@@ -85,7 +91,11 @@ impl BootTest {
         self.is_media()
             || matches!(
                 self,
-                BootTest::Stage1Lkrn | BootTest::Stage1Efi | BootTest::Stage1Rom | BootTest::Stage3
+                BootTest::Stage1Lkrn
+                    | BootTest::Stage1Efi
+                    | BootTest::Stage1Rom
+                    | BootTest::Stage1Combined
+                    | BootTest::Stage3
             )
     }
 }
@@ -108,8 +118,11 @@ impl std::fmt::Display for Firmware {
 const STAGE2_INITRAMFS: &str = "stage2/stage2_initramfs.cpio.gz";
 
 pub fn boot_test(s: &Settings, a: &BootTestArgs) -> Result<ExitCode> {
-    if (a.firmware.is_some() || a.usb) && !a.what.is_media() {
-        bail!("`--firmware` and `--usb` are for `stage2-iso` and `stage2-uki`");
+    if a.usb && !a.what.is_media() {
+        bail!("`--usb` is for `stage2-iso` and `stage2-uki`");
+    }
+    if a.firmware.is_some() && !a.what.is_media() && a.what != BootTest::Stage1Combined {
+        bail!("`--firmware` is for `stage2-iso`, `stage2-uki` and `stage1-combined`");
     }
     if a.host.is_some() && !a.what.takes_host() {
         bail!("`--host` is for `stage2-iso`, `stage2-uki`, `stage3` and the `stage1-*` boot tests");
@@ -117,7 +130,10 @@ pub fn boot_test(s: &Settings, a: &BootTestArgs) -> Result<ExitCode> {
     match a.what {
         BootTest::Stage3 => boot_stage3(s, a),
         BootTest::Stage2Iso | BootTest::Stage2Uki => boot_media(s, a),
-        BootTest::Stage1Lkrn | BootTest::Stage1Efi | BootTest::Stage1Rom => boot_stage1(s, a),
+        BootTest::Stage1Lkrn
+        | BootTest::Stage1Efi
+        | BootTest::Stage1Rom
+        | BootTest::Stage1Combined => boot_stage1(s, a),
         BootTest::Stage2 => {
             if a.initrd.is_some() {
                 bail!(
@@ -328,9 +344,12 @@ pub fn boot_stage1(s: &Settings, a: &BootTestArgs) -> Result<ExitCode> {
     t.output_dir = work.path().join("output");
     t.vars
         .insert("stage2_url".into(), format!("http://{BOOT_SERVER}/stage2"));
-    let (file, firmware) = match a.what {
-        BootTest::Stage1Efi => ("ipxe.efi", Some(deb_source_file(s, "ovmf", OVMF_FD)?)),
-        BootTest::Stage1Rom => ("1af41000.rom", None),
+    let ovmf = || deb_source_file(s, "ovmf", OVMF_FD).map(Some);
+    let (file, firmware) = match (a.what, a.firmware) {
+        (BootTest::Stage1Efi, _) => ("ipxe.efi", ovmf()?),
+        (BootTest::Stage1Rom, _) => ("1af41000.rom", None),
+        (BootTest::Stage1Combined, Some(Firmware::Uefi)) => (COMBINED_ROM, ovmf()?),
+        (BootTest::Stage1Combined, _) => (COMBINED_ROM, None),
         _ => ("ipxe.lkrn", None),
     };
     let stage1 = match &a.host {

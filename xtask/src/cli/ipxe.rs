@@ -12,6 +12,7 @@ use super::build::build_targets_with;
 use super::session::Overrides;
 use super::Settings;
 use crate::arch::Arch;
+use crate::recipe::combined::CombinedRom;
 use crate::recipe::{self, ipxe::IpxeHost, IpxeTarget};
 
 #[derive(Debug, Args)]
@@ -20,7 +21,8 @@ pub struct IpxeArgs {
     #[arg(long, value_enum, default_value_t = Arch::DEFAULT)]
     pub arch: Arch,
     /// Only these targets, as the recipe names them (`bin/ipxe.lkrn`) or by
-    /// file (`ipxe.lkrn`); repeatable. Default: all of the architecture's.
+    /// file (`ipxe.lkrn`, or a combined ROM's `efi-virtio.rom`); repeatable.
+    /// Default: all of the architecture's.
     #[arg(long = "target", value_name = "TARGET")]
     pub targets: Vec<String>,
     /// The recipe with the `[ipxe]` section.
@@ -35,8 +37,9 @@ pub struct IpxeArgs {
     #[arg(long = "only", value_name = "HOST")]
     pub only: Vec<String>,
     /// Also build each selected host's files with a full `make` of its own
-    /// script and require the patched files to be byte-identical (slow: one
-    /// iPXE compile per host and platform).
+    /// script (and combined ROMs with iPXE's util/catrom.pl over those) and
+    /// require the patched files to be byte-identical (slow: one iPXE
+    /// compile per host and platform).
     #[arg(long)]
     pub check_make: bool,
 }
@@ -60,8 +63,10 @@ pub fn ipxe(s: &Settings, a: &IpxeArgs) -> Result<ExitCode> {
             arches.join(", ")
         );
     };
-    check_targets(a, targets, &r.file)?;
+    let combined: Vec<&CombinedRom> = ipxe.combined.iter().filter(|c| c.arch == a.arch).collect();
+    check_targets(a, targets, &combined, &r.file)?;
     let asked = |t: &IpxeTarget| a.targets.is_empty() || a.targets.iter().any(|x| t.matches(x));
+    let asked_combined = |c: &CombinedRom| a.targets.is_empty() || a.targets.contains(&c.file);
     let hosts = match &a.hosts {
         Some(file) => ipxe.host_files(&recipe::hosts::load(file)?)?,
         None => ipxe.hosts.clone(),
@@ -81,22 +86,30 @@ pub fn ipxe(s: &Settings, a: &IpxeArgs) -> Result<ExitCode> {
         .filter(|h| a.only.is_empty() || a.only.contains(&h.hostname))
         .map(|h| IpxeHost {
             targets: h.targets.iter().filter(|t| asked(t)).cloned().collect(),
+            combined: h
+                .combined
+                .iter()
+                .filter(|c| asked_combined(c))
+                .cloned()
+                .collect(),
             ..h
         })
         .collect();
     let mut wanted = Vec::new();
     if a.hosts.is_none() && a.only.is_empty() {
-        for t in targets.iter().filter(|t| asked(t)) {
-            wanted.push(crate::plan::ipxe_artifact(&r.name, a.arch, &t.file));
+        let files = targets.iter().filter(|t| asked(t)).map(|t| &t.file);
+        let combined = combined
+            .iter()
+            .filter(|c| asked_combined(c))
+            .map(|c| &c.file);
+        for file in files.chain(combined) {
+            wanted.push(crate::plan::ipxe_artifact(&r.name, a.arch, file));
         }
     }
     for h in &chosen {
-        for t in &h.targets {
-            wanted.push(crate::plan::ipxe_host_artifact(
-                &r.name,
-                &h.hostname,
-                &t.file,
-            ));
+        let files = h.targets.iter().map(|t| &t.file);
+        for file in files.chain(h.combined.iter().map(|c| &c.file)) {
+            wanted.push(crate::plan::ipxe_host_artifact(&r.name, &h.hostname, file));
         }
     }
     if a.check_make && chosen.is_empty() {
@@ -123,14 +136,23 @@ pub fn ipxe(s: &Settings, a: &IpxeArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Every `--target` names one of the architecture's targets.
-fn check_targets(a: &IpxeArgs, targets: &[IpxeTarget], recipe: &std::path::Path) -> Result<()> {
+/// Every `--target` names one of the architecture's targets or combined ROMs.
+fn check_targets(
+    a: &IpxeArgs,
+    targets: &[IpxeTarget],
+    combined: &[&CombinedRom],
+    recipe: &std::path::Path,
+) -> Result<()> {
     if let Some(unknown) = a
         .targets
         .iter()
-        .find(|x| !targets.iter().any(|t| t.matches(x)))
+        .find(|x| !targets.iter().any(|t| t.matches(x)) && !combined.iter().any(|c| &c.file == *x))
     {
-        let names: Vec<String> = targets.iter().map(|t| t.make_target()).collect();
+        let names: Vec<String> = targets
+            .iter()
+            .map(|t| t.make_target())
+            .chain(combined.iter().map(|c| c.file.clone()))
+            .collect();
         bail!(
             "`{unknown}` is not a {} target of {}: it has {}",
             a.arch,

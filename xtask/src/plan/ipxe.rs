@@ -16,7 +16,7 @@ use crate::arch::Arch;
 use crate::archive::ipxe_script::{self, Finish};
 use crate::recipe::combined::CombinedRom;
 use crate::recipe::{self, IpxeTarget, Recipe, SourceKind};
-use crate::steps::ipxe::combine::{self, CombineRoms};
+use crate::steps::ipxe::combine::{self, CatRom, CombineRoms};
 use crate::steps::ipxe::patch::{
     bin_input, efidrv_input, efirom_input, zbin_input, zinfo_input, PatchIpxe,
 };
@@ -285,7 +285,8 @@ impl Builder<'_> {
     }
 
     /// A full `make` of `host`'s files with its script, per platform, each
-    /// file a [`Check`] on the host's patched artifact.
+    /// file a [`Check`] on the host's patched artifact; each combined ROM's
+    /// reference is iPXE's `util/catrom.pl` over those made images.
     fn add_reference(
         &mut self,
         recipe: &Recipe,
@@ -293,7 +294,9 @@ impl Builder<'_> {
         host: &recipe::ipxe::IpxeHost,
         shared: &BTreeMap<String, InputRef>,
     ) {
-        let ts: Vec<&IpxeTarget> = host.targets.iter().collect();
+        let all = host.patch_targets();
+        let ts: Vec<&IpxeTarget> = all.iter().collect();
+        let mut made = BTreeMap::new();
         for (platform, ts) in by_platform(&ts) {
             let step = self.ipxe_build(recipe, ipxe, host.arch, platform, &ts, &host.script);
             let step = BuildIpxe {
@@ -301,18 +304,44 @@ impl Builder<'_> {
                 ..step
             };
             let node = self.push(step, shared.clone());
-            for t in ts {
-                self.plan.checks.push(Check {
-                    artifact: host_artifact_name(&recipe.name, &host.hostname, &t.file),
-                    node,
-                    output: t.make_target(),
-                    how: format!(
-                        "make {} EMBED=<{}'s script>",
-                        t.make_target(),
-                        host.hostname
-                    ),
-                });
-            }
+            made.extend(ts.iter().map(|t| (t.make_target(), node)));
+        }
+        for t in &host.targets {
+            self.plan.checks.push(Check {
+                artifact: host_artifact_name(&recipe.name, &host.hostname, &t.file),
+                node: made[&t.make_target()],
+                output: t.make_target(),
+                how: format!(
+                    "make {} EMBED=<{}'s script>",
+                    t.make_target(),
+                    host.hostname
+                ),
+            });
+        }
+        for c in &host.combined {
+            let images: Vec<String> = c.images.iter().map(IpxeTarget::make_target).collect();
+            let mut inputs: BTreeMap<String, InputRef> = images
+                .iter()
+                .enumerate()
+                .map(|(i, target)| {
+                    let (node, output) = (made[target], target.clone());
+                    (combine::IMAGE.nth(i), InputRef::Node { node, output })
+                })
+                .collect();
+            inputs.insert(SOURCE.into(), shared[SOURCE.0].clone());
+            let step = CatRom {
+                who: host.hostname.clone(),
+                file: c.file.clone(),
+                images: images.clone(),
+                pad_to: c.pad_to,
+            };
+            let node = self.push(step, inputs);
+            self.plan.checks.push(Check {
+                artifact: host_artifact_name(&recipe.name, &host.hostname, &c.file),
+                node,
+                output: combine::ROM.into(),
+                how: format!("make + util/catrom.pl {}", images.join(" ")),
+            });
         }
     }
 

@@ -12,7 +12,7 @@ use crate::common::*;
 /// each, like ePoxy's machines, but the first carries all three models.
 const FIVE: &str = "\
 hostname,ipv4,gateway,dns,ipv6,roms
-mlab1-lga0t.example.net,192.0.2.11/26,192.0.2.1,192.0.2.53 198.51.100.53,2001:db8::11/64,1af41000.rom 808610d3.rom 15b31003.mrom 1af41000.efirom
+mlab1-lga0t.example.net,192.0.2.11/26,192.0.2.1,192.0.2.53 198.51.100.53,2001:db8::11/64,1af41000.rom 808610d3.rom 15b31003.mrom 1af41000.efirom efi-virtio.rom
 mlab2-lga0t.example.net,192.0.2.12/26,192.0.2.1,192.0.2.53,,1af41000.rom 15b31003.mrom
 mlab3-lga0t.example.net,192.0.2.13/26,192.0.2.1,192.0.2.53,,808610d3.rom 15b31003.mrom
 mlab1-syd1.measurement-lab.example.org,203.0.113.130/25,203.0.113.129,203.0.113.2,,1af41000.rom 808610d3.rom
@@ -42,11 +42,19 @@ fn patched_files_are_byte_identical_to_a_full_make() {
         .lines()
         .filter(|l| l.starts_with("identical"))
         .count();
-    // ipxe.efi, snponly.efi, undionly.kpxe, ipxe.lkrn, three legacy ROMs
-    // and the EFI ROM.
-    assert_eq!(identical, 8, "{stdout}");
+    // ipxe.efi, snponly.efi, undionly.kpxe, ipxe.lkrn, three legacy ROMs,
+    // the EFI ROM, and the combined ROM against util/catrom.pl.
+    assert_eq!(identical, 9, "{stdout}");
     assert!(!stdout.contains("DIFFERENT"), "{stdout}");
-    for ext in ["efi", "kpxe", "lkrn", ".rom", "mrom", "efirom"] {
+    for ext in [
+        "efi",
+        "kpxe",
+        "lkrn",
+        ".rom",
+        "mrom",
+        "efirom",
+        "efi-virtio.rom",
+    ] {
         assert!(
             stdout
                 .lines()
@@ -107,20 +115,20 @@ fn with_guest_host(dir: &Path) -> PathBuf {
     let mut text = std::fs::read_to_string(&inventory).unwrap();
     text.push_str(
         "\n[[host]]\nhostname = \"qemu-guest.example.net\"\nipv4 = \"10.0.2.42/24\"\n\
-         gateway = \"10.0.2.2\"\ndns = [\"10.0.2.3\"]\nroms = [\"1af41000.rom\"]\n",
+         gateway = \"10.0.2.2\"\ndns = [\"10.0.2.3\"]\n\
+         roms = [\"1af41000.rom\", \"efi-virtio.rom\"]\n",
     );
     std::fs::write(&inventory, text).unwrap();
     recipes
 }
 
+/// `boot-test <what>` (the test and its options) for the guest host.
 fn boot_host(what: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
     let recipes = with_guest_host(dir.path());
     let mut cmd = kiln(&recipes, &dir.path().join("output"), &shared_cache());
     let _one_at_a_time = one_guest_at_a_time();
-    cmd.args([
-        "boot-test",
-        what,
+    cmd.arg("boot-test").args(what.split_whitespace()).args([
         "--host",
         "qemu-guest.example.net",
         "--timeout",
@@ -130,11 +138,16 @@ fn boot_host(what: &str) -> String {
 }
 
 #[test]
-fn a_patched_lkrn_and_rom_boot_with_the_hosts_identity() {
+fn a_patched_lkrn_rom_and_combined_rom_boot_with_the_hosts_identity() {
     if ipxe_tree().is_none() || !qemu_available() {
         return;
     }
-    for what in ["stage1-lkrn", "stage1-rom"] {
+    for what in [
+        "stage1-lkrn",
+        "stage1-rom",
+        "stage1-combined --firmware bios",
+        "stage1-combined --firmware uefi",
+    ] {
         let text = boot_host(what);
         assert!(
             text.contains("Kiln stage1: qemu-guest.example.net static address 10.0.2.42"),

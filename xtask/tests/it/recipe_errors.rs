@@ -68,6 +68,6 @@ fn bad_rom_entries_name_each_field() {
 }
 
 #[test]
-fn a_rom_version_that_does_not_fit_names_the_field() {
-    check("bad-rom-version");
+fn rom_versions_and_combined_roms_that_cannot_be_made_name_the_field() {
+    check("bad-rom-layout");
 }

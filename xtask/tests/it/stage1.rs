@@ -191,12 +191,16 @@ fn a_tarball_pinned_by_tree_digest_builds_what_the_checkout_builds() {
     );
 }
 
-/// `boot-test what` with more global `args`; returns its stdout.
+/// `boot-test <what>` (the test and its options) with more global `args`;
+/// returns its stdout.
 fn chain_boot(what: &str, args: &[&str]) -> String {
     let _one_at_a_time = one_guest_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let mut cmd = kiln_in(dir.path());
-    cmd.args(args).args(["boot-test", what, "--timeout", "300"]);
+    cmd.args(args)
+        .arg("boot-test")
+        .args(what.split_whitespace())
+        .args(["--timeout", "300"]);
     String::from_utf8_lossy(&run_ok(&mut cmd).stdout).into_owned()
 }
 
@@ -413,4 +417,39 @@ fn an_unknown_architecture_or_target_is_refused_with_the_choices() {
         err.contains("`ipxe.usb` is not a x86_64 target") && err.contains("bin/ipxe.lkrn"),
         "{err}"
     );
+}
+
+#[test]
+fn the_combined_bios_and_efi_rom_chains_to_stage2_under_seabios_and_ovmf() {
+    if ipxe_tree().is_some() && qemu_available() {
+        let bios = chain_boot("stage1-combined --firmware bios", &[]);
+        assert_chained(&bios, "efi-virtio.rom");
+        let uefi = chain_boot("stage1-combined --firmware uefi", &[]);
+        assert_chained(&uefi, "efi-virtio.rom");
+        // iPXE under UEFI passes the image's name as the first argument.
+        assert!(uefi.contains("guest cmdline `stage2_vmlinuz "), "{uefi}");
+        assert!(!bios.contains("guest cmdline `stage2_vmlinuz "), "{bios}");
+    }
+}
+
+#[test]
+fn a_combined_rom_larger_than_the_cards_flash_fails_naming_it() {
+    let Some(_tree) = ipxe_tree() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let recipes = copy_recipes(dir.path());
+    edit(
+        &recipes.join("stage1.toml"),
+        "pad_to = 524288",
+        "max_size = 131072",
+    );
+    let out = dir.path().join("output");
+    let mut cmd = kiln(&recipes, &out, &shared_cache());
+    let err = run_err(cmd.args(["ipxe", "--target", "efi-virtio.rom"]));
+    assert!(
+        err.contains(
+            "chaining bin/1af41000.rom + bin-x86_64-efi/1af41000.efirom into efi-virtio.rom for"
+        ) && err.contains("more than the card's `max_size` 131072"),
+        "{err}"
+    );
+    assert!(!out.join("stage1/x86_64/efi-virtio.rom").exists());
 }

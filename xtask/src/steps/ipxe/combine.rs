@@ -1,16 +1,19 @@
 //! The combined ROM step: images a patch step made (a host's or the
 //! recipe's), chained into one option ROM by `archive::optrom::combine`,
-//! as iPXE's `util/catrom.pl` chains make's files.
+//! as iPXE's `util/catrom.pl` chains make's files; and, for `--check-make`,
+//! [`CatRom`]: catrom.pl itself over a full make's images, the reference the
+//! combined ROM must equal.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
 use crate::archive::optrom;
 use crate::steps::{Slot, Step, StepContext};
-use crate::store::Output;
+use crate::store::{Output, Verify};
+use crate::tools;
 
 /// Inputs `image.0` …: the images, in ROM order.
 pub const IMAGE: Slot = Slot("image");
@@ -64,6 +67,64 @@ impl Step for CombineRoms {
                 )
             },
         )?;
+        let digest = ctx.store.put_bytes(&rom)?;
+        let size = rom.len() as u64;
+        Ok(BTreeMap::from([(
+            ROM.into(),
+            Output::File { digest, size },
+        )]))
+    }
+}
+
+/// `perl util/catrom.pl <images>` from the iPXE tree (input `source`), then
+/// zeros to `pad_to` as `truncate -s` adds them: what an operator without
+/// Kiln would run after `make`.
+#[derive(Debug, Clone, Serialize)]
+pub struct CatRom {
+    pub who: String,
+    pub file: String,
+    /// The images' make targets (inputs `image.<i>`).
+    pub images: Vec<String>,
+    pub pad_to: Option<u64>,
+}
+
+impl Step for CatRom {
+    fn kind(&self) -> &'static str {
+        "catrom"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn label(&self) -> String {
+        format!("util/catrom.pl {} for {}", self.file, self.who)
+    }
+    fn tools(&self) -> &'static [&'static str] {
+        &["perl"]
+    }
+
+    fn run(&self, ctx: &StepContext, scratch: &Path) -> Result<BTreeMap<String, Output>> {
+        let util = scratch.join("util");
+        // catrom.pl finds Option/ROM.pm beside itself.
+        let tree = ctx.tree(super::SOURCE)?;
+        ctx.link_subtree(&tree, "src/util", &util, Verify::Now)?;
+        let mut cmd = tools::command("perl")?;
+        cmd.arg(util.join("catrom.pl"));
+        for i in 0..self.images.len() {
+            cmd.arg(ctx.file(IMAGE.nth(i))?);
+        }
+        let mut rom = tools::capture_bytes(cmd).context("running iPXE's util/catrom.pl")?;
+        if let Some(pad_to) = self
+            .pad_to
+            .map(|p| usize::try_from(p).unwrap_or(usize::MAX))
+        {
+            if rom.len() > pad_to {
+                bail!(
+                    "catrom.pl wrote {} bytes, more than `pad_to` {pad_to}",
+                    rom.len()
+                );
+            }
+            rom.resize(pad_to, 0);
+        }
         let digest = ctx.store.put_bytes(&rom)?;
         let size = rom.len() as u64;
         Ok(BTreeMap::from([(

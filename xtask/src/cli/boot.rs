@@ -353,7 +353,7 @@ pub fn boot_stage1(s: &Settings, a: &BootTestArgs) -> Result<ExitCode> {
         _ => ("ipxe.lkrn", None),
     };
     let stage1 = match &a.host {
-        Some(host) => crate::plan::ipxe_host_artifact("stage1", host, file),
+        Some(host) => stage1_host_file(&t, host, file)?,
         None => crate::plan::ipxe_artifact("stage1", crate::arch::Arch::X86_64, file),
     };
     let targets = [
@@ -395,6 +395,25 @@ pub fn boot_stage1(s: &Settings, a: &BootTestArgs) -> Result<ExitCode> {
         said.join(" | ")
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Where the stage1 recipe puts `host`'s `file` (its layout, or
+/// `stage1/hosts/<host>/<file>`).
+fn stage1_host_file(s: &Settings, host: &str, file: &str) -> Result<String> {
+    let recipes = recipe::load(&s.recipes_dir, &s.vars)?;
+    let ipxe = recipes
+        .targets
+        .get("stage1")
+        .and_then(|r| r.ipxe.as_ref())
+        .context("no `stage1` recipe with an [ipxe] section")?;
+    let Some(h) = ipxe.hosts.iter().find(|h| h.hostname == host) else {
+        let names = ipxe.hosts.iter().map(|h| h.hostname.as_str());
+        let hint = recipe::diag::nearest(host, names)
+            .map(|n| format!(" (did you mean `{n}`?)"))
+            .unwrap_or_default();
+        bail!("no host `{host}` in the `stage1` recipe's inventory{hint}");
+    };
+    Ok(h.artifact_name("stage1", file))
 }
 
 /// A FAT drive whose removable-media boot file is `efi`.

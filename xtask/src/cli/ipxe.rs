@@ -109,7 +109,7 @@ pub fn ipxe(s: &Settings, a: &IpxeArgs) -> Result<ExitCode> {
     for h in &chosen {
         let files = h.targets.iter().map(|t| &t.file);
         for file in files.chain(h.combined.iter().map(|c| &c.file)) {
-            wanted.push(crate::plan::ipxe_host_artifact(&r.name, &h.hostname, file));
+            wanted.push(h.artifact_name(&r.name, file));
         }
     }
     if a.check_make && chosen.is_empty() {

@@ -129,11 +129,11 @@ impl Builder<'_> {
             let ts: Vec<&IpxeTarget> = all.iter().collect();
             let patched = self.add_patches(ipxe, arch, &host.hostname, &host.script, &ts, &bases);
             for t in &host.targets {
-                let name = host_artifact_name(&recipe.name, &host.hostname, &t.file);
+                let name = host.artifact_name(&recipe.name, &t.file);
                 artifacts.push(Made::target(name, arch, t, patched[&t.make_target()]));
             }
             for c in &host.combined {
-                let name = host_artifact_name(&recipe.name, &host.hostname, &c.file);
+                let name = host.artifact_name(&recipe.name, &c.file);
                 artifacts.push(self.add_combined(&host.hostname, c, &patched, name));
             }
             if self.opts.ipxe_check_make.contains(&host.hostname) {
@@ -308,7 +308,7 @@ impl Builder<'_> {
         }
         for t in &host.targets {
             self.plan.checks.push(Check {
-                artifact: host_artifact_name(&recipe.name, &host.hostname, &t.file),
+                artifact: host.artifact_name(&recipe.name, &t.file),
                 node: made[&t.make_target()],
                 output: t.make_target(),
                 how: format!(
@@ -337,7 +337,7 @@ impl Builder<'_> {
             };
             let node = self.push(step, inputs);
             self.plan.checks.push(Check {
-                artifact: host_artifact_name(&recipe.name, &host.hostname, &c.file),
+                artifact: host.artifact_name(&recipe.name, &c.file),
                 node,
                 output: combine::ROM.into(),
                 how: format!("make + util/catrom.pl {}", images.join(" ")),
@@ -406,11 +406,6 @@ fn git_head(checkout: &Path) -> Option<String> {
 /// `stage1/x86_64/ipxe.lkrn`.
 pub fn artifact_name(recipe: &str, arch: Arch, file: &str) -> String {
     format!("{recipe}/{arch}/{file}")
-}
-
-/// `stage1/hosts/<hostname>/ipxe.lkrn`.
-pub fn host_artifact_name(recipe: &str, hostname: &str, file: &str) -> String {
-    format!("{recipe}/hosts/{hostname}/{file}")
 }
 
 /// Targets grouped by platform directory, in order.

@@ -13,7 +13,7 @@ mod media;
 mod roms;
 mod sources;
 
-pub use ipxe::{artifact_name as ipxe_artifact, host_artifact_name as ipxe_host_artifact};
+pub use ipxe::artifact_name as ipxe_artifact;
 pub use media::host_artifact;
 pub use roms::host_roms_artifact;
 pub use sources::{plan_deb_tree, plan_sources};
@@ -152,15 +152,25 @@ pub fn plan(
     Ok(prune(plan, keep))
 }
 
-/// The recipe named by an artifact path's first component (`stage2/…`).
-fn artifact_recipe<'r>(recipes: &Recipes, artifact: &'r str) -> Result<&'r str> {
+/// The recipe named by an artifact path's first component (`stage2/…`),
+/// or the one whose `[[ipxe.layout]]` puts a host's file at that path.
+fn artifact_recipe<'a>(recipes: &'a Recipes, artifact: &'a str) -> Result<&'a str> {
     let (first, _) = artifact.split_once('/').expect("artifact paths have a /");
     if recipes.targets.contains_key(first) {
-        Ok(first)
-    } else {
-        bail!(
-            "unknown artifact `{artifact}`: artifacts are named <recipe>/<file>, and there is no recipe `{first}`"
-        )
+        return Ok(first);
+    }
+    let laid_out = recipes.targets.iter().find(|(_, r)| {
+        r.ipxe.as_ref().is_some_and(|i| {
+            i.hosts
+                .iter()
+                .any(|h| h.paths.values().any(|p| p == artifact))
+        })
+    });
+    match laid_out {
+        Some((name, _)) => Ok(name),
+        None => bail!(
+            "unknown artifact `{artifact}`: artifacts are named <recipe>/<file> (or placed by a recipe's [[ipxe.layout]]), and there is no recipe `{first}`"
+        ),
     }
 }
 

@@ -148,14 +148,17 @@ impl Builder<'_> {
         hosts.into_iter().collect()
     }
 
-    /// The host's own copy of an artifact ROM (`stage1/hosts/<h>/<file>`),
-    /// if its recipe builds one for that host.
+    /// The host's own copy of an artifact ROM (`stage1/hosts/<h>/<file>`,
+    /// or where its recipe's layout puts it), if that recipe builds one for
+    /// that host.
     fn host_rom(&self, rom: &Rom, hostname: &str) -> Option<InputRef> {
         let RomFrom::Artifact(a) = &rom.from else {
             return None;
         };
         let from = a.split('/').next().unwrap_or_default();
-        self.artifact_input(&super::ipxe_host_artifact(from, hostname, &rom.file))
+        let ipxe = self.recipes.targets.get(from)?.ipxe.as_ref()?;
+        let host = ipxe.hosts.iter().find(|h| h.hostname == hostname)?;
+        self.artifact_input(&host.artifact_name(from, &rom.file))
     }
 
     /// A ROM's file as a plan input: another recipe's artifact (that recipe

@@ -11,6 +11,7 @@ use toml::Spanned;
 
 use super::combined::CombinedRom;
 use super::hosts::{self, Host};
+use super::layout::{default_host_path, Layout};
 use super::schema::RawIpxe;
 use super::{recipe_dir, recipe_file, render_file, Ctx, RecipeErrors, SourceError, Vars};
 use crate::arch::Arch;
@@ -49,6 +50,8 @@ pub struct Ipxe {
     pub rom_version: Option<RomVersion>,
     /// `[[ipxe.combined]]`: ROMs chaining several targets' images.
     pub combined: Vec<CombinedRom>,
+    /// `[[ipxe.layout]]`: where hosts' files go.
+    pub layouts: Vec<Layout>,
 }
 
 /// One inventory host's stage1 files.
@@ -63,9 +66,19 @@ pub struct IpxeHost {
     pub targets: Vec<IpxeTarget>,
     /// The combined ROMs it gets (by the same rule).
     pub combined: Vec<CombinedRom>,
+    /// File → its path under `output/`, for the files a layout places.
+    pub paths: BTreeMap<String, String>,
 }
 
 impl IpxeHost {
+    /// Where this host's `file` goes under `output/` (its artifact name).
+    pub fn artifact_name(&self, recipe: &str, file: &str) -> String {
+        match self.paths.get(file) {
+            Some(path) => path.clone(),
+            None => default_host_path(recipe, &self.hostname, file),
+        }
+    }
+
     /// What is patched for this host: its targets and the images its
     /// combined ROMs chain (which need not be files of its own).
     pub fn patch_targets(&self) -> Vec<IpxeTarget> {
@@ -189,6 +202,7 @@ pub(super) fn ipxe(ctx: &mut Ctx, raw: RawIpxe, vars: &Vars) -> Option<Ipxe> {
         );
     }
     let combined = super::combined::combined(ctx, &raw.combined, &targets);
+    let layouts = super::layout::layouts(ctx, &raw.layout, &targets, &combined);
     let inventory = raw.hosts.as_ref().and_then(|h| recipe_file(ctx, &base, h));
     if ctx.errors.len() != before {
         return None;
@@ -208,6 +222,7 @@ pub(super) fn ipxe(ctx: &mut Ctx, raw: RawIpxe, vars: &Vars) -> Option<Ipxe> {
         hosts: Vec::new(),
         rom_version,
         combined,
+        layouts,
     };
     if let (Some(file), Some(at)) = (inventory, raw.hosts.as_ref()) {
         match hosts::load(&file) {
@@ -229,7 +244,8 @@ pub(super) fn ipxe(ctx: &mut Ctx, raw: RawIpxe, vars: &Vars) -> Option<Ipxe> {
 #[derive(Debug, Default)]
 pub struct HostErrors(pub Vec<(String, Option<InTemplate>)>);
 
-/// Where in the script template (its file, text and the byte range).
+/// Where in a template (its file, text and the byte range): the script,
+/// or a layout's `path` in the recipe.
 #[derive(Debug)]
 pub struct InTemplate(PathBuf, String, Range<usize>);
 
@@ -338,7 +354,7 @@ impl Ipxe {
                     continue;
                 }
             };
-            let targets = targets
+            let targets: Vec<IpxeTarget> = targets
                 .iter()
                 .filter(|t| ipxe_script::finish_of(&t.file).is_some())
                 .filter(|t| {
@@ -346,22 +362,77 @@ impl Ipxe {
                 })
                 .cloned()
                 .collect();
-            let combined = combined
+            let combined: Vec<CombinedRom> = combined
                 .into_iter()
                 .filter(|c| h.roms.as_ref().is_none_or(|r| r.contains(&c.file)))
                 .cloned()
                 .collect();
+            let files = targets.iter().map(|t| &t.file);
+            let files: Vec<&String> = files.chain(combined.iter().map(|c| &c.file)).collect();
+            let mut paths = BTreeMap::new();
+            for layout in self.layouts.iter().filter(|l| files.contains(&&l.file)) {
+                let version = self.rom_version.map(|v| v.to_string());
+                match layout.path_for(h, &self.vars, version) {
+                    Ok(path) => {
+                        paths.insert(layout.file.clone(), path);
+                    }
+                    Err(why) => {
+                        let (file, text, span) = layout.at.clone();
+                        errors.0.push((why, Some(InTemplate(file, text, span))));
+                    }
+                }
+            }
             out.push(IpxeHost {
                 hostname: h.hostname.clone(),
                 arch: h.arch,
                 script,
                 targets,
                 combined,
+                paths,
             });
         }
+        self.check_paths(&out, &mut errors);
         match errors.0.is_empty() {
             true => Ok(out),
             false => Err(errors),
+        }
+    }
+}
+
+impl Ipxe {
+    /// No two hosts' files may share a path (a layout that leaves out
+    /// `{{hostname}}`, or lands on another host's default path).
+    fn check_paths(&self, hosts: &[IpxeHost], errors: &mut HostErrors) {
+        let recipe = self
+            .recipe
+            .file_stem()
+            .unwrap_or_default()
+            .to_string_lossy();
+        let mut seen: BTreeMap<String, (&str, &str)> = BTreeMap::new();
+        for h in hosts {
+            let files = h.targets.iter().map(|t| &t.file);
+            for file in files.chain(h.combined.iter().map(|c| &c.file)) {
+                let path = h.artifact_name(&recipe, file);
+                match seen.get(&path) {
+                    Some((other, other_file)) => {
+                        let layout = self.layouts.iter().find(|l| &l.file == file);
+                        let place = layout.map(|l| {
+                            let (f, t, s) = l.at.clone();
+                            InTemplate(f, t, s)
+                        });
+                        errors.0.push((
+                            format!(
+                                "hosts `{other}` ({other_file}) and `{}` ({file}) would both write `{path}`: put a host variable such as {{{{hostname}}}} in the layout",
+                                h.hostname
+                            ),
+                            place,
+                        ));
+                    }
+                    None => {
+                        seen.insert(path, (&h.hostname, file));
+                    }
+                }
+            }
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod hosts;
 mod initramfs;
 pub mod ipxe;
 mod kernel;
+pub mod layout;
 pub mod media;
 mod paths;
 pub mod pins;

@@ -164,6 +164,9 @@ pub struct RawIpxe {
     /// Option ROMs chaining several of the targets' images into one.
     #[serde(default)]
     pub combined: Vec<Spanned<RawCombined>>,
+    /// Where hosts' files go, per file, instead of `<recipe>/hosts/<hostname>/`.
+    #[serde(default)]
+    pub layout: Vec<Spanned<RawLayout>>,
     /// Per architecture (`x86_64`, `arm64`), the make targets to build, e.g.
     /// `bin/ipxe.lkrn`, `bin-x86_64-efi/ipxe.efi`, `bin/1af41000.rom`.
     pub targets: BTreeMap<String, Spanned<Vec<Spanned<String>>>>,
@@ -182,6 +185,19 @@ pub struct RawCombined {
     pub pad_to: Option<Spanned<i64>>,
     /// Refuse a ROM larger than this (the card's flash), in bytes.
     pub max_size: Option<Spanned<i64>>,
+}
+
+/// `[[ipxe.layout]]`: where each host's copy of one file goes.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLayout {
+    /// The file (`15b31003.mrom`, `efi-virtio.rom`).
+    pub file: Spanned<String>,
+    /// A template of the path under the output directory, e.g.
+    /// "stage1_mlxrom/{{rom_version}}/{{model}}/{{hostname}}.mrom".
+    pub path: Spanned<String>,
+    /// `{{model}}` in `path` (default: the file's stem).
+    pub model: Option<Spanned<String>>,
 }
 
 /// `[uki]`: the kernel, initramfs and cmdline in one EFI application.

@@ -24,11 +24,28 @@ a.example.net,198.51.100.250/30,198.51.100.249,9.9.9.9,,1af41000.rom 15b31003.mr
 /// the virtio, Intel and Mellanox ROMs: every format and ROM model.
 const COMPARED: &str = "mlab1-lga0t.example.net";
 
+/// ePoxy's layout for Mellanox ROMs, which its updater downloads by model
+/// and hostname.
+const EPOXY_LAYOUT: &str = r#"
+[[ipxe.layout]]
+file = "15b31003.mrom"
+model = "ConnectX-3"
+path = "stage1_mlxrom/{{rom_version}}/{{model}}/{{hostname}}.mrom"
+"#;
+
+fn with_layout(recipes: &Path, layout: &str) {
+    let stage1 = recipes.join("stage1.toml");
+    let mut text = std::fs::read_to_string(&stage1).unwrap();
+    text.push_str(layout);
+    std::fs::write(stage1, text).unwrap();
+}
+
 #[test]
 fn patched_files_are_byte_identical_to_a_full_make() {
     let Some(_tree) = ipxe_tree() else { return };
     let dir = tempfile::tempdir().unwrap();
     let recipes = copy_recipes(dir.path());
+    with_layout(&recipes, EPOXY_LAYOUT);
     let hosts = dir.path().join("five.csv");
     std::fs::write(&hosts, FIVE).unwrap();
     let out = dir.path().join("output");
@@ -80,9 +97,42 @@ fn patched_files_are_byte_identical_to_a_full_make() {
     assert_eq!(manifest_entry(&out, &rom)["kind"], "rom");
     // Mellanox's own tool reads the recipe's `rom_version` from the recipe's
     // and the host's .mrom (stamped after patching, and after the full make).
-    if let Some(said) = qrom(&host.join("15b31003.mrom")) {
+    // The layout put the host's .mrom where ePoxy's updater looks for it.
+    assert!(!host.join("15b31003.mrom").exists());
+    let mrom = format!("stage1_mlxrom/3.4.800/ConnectX-3/{COMPARED}.mrom");
+    assert_eq!(manifest_entry(&out, &mrom)["kind"], "rom");
+    assert!(stdout.contains(&format!("identical  {mrom}")), "{stdout}");
+    if let Some(said) = qrom(&out.join(&mrom)) {
         assert_eq!(said, "Rom Info: type=PXE version=3.4.800");
     }
+}
+
+#[test]
+fn a_layout_that_puts_two_hosts_files_on_one_path_is_refused_naming_both() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipes = copy_recipes(dir.path());
+    with_layout(
+        &recipes,
+        &EPOXY_LAYOUT.replace("{{hostname}}.mrom", "latest.mrom"),
+    );
+    let out = dir.path().join("output");
+    let err = run_err(kiln(&recipes, &out, &dir.path().join("cache")).args(["plan", "stage1"]));
+    assert!(
+        err.contains(
+            "hosts `mlab1-lga0t.example.net` (15b31003.mrom) and `mlab2-lga0t.example.net` (15b31003.mrom) \
+             would both write `stage1_mlxrom/3.4.800/ConnectX-3/latest.mrom`"
+        ) && err.contains("stage1.toml:"),
+        "{err}"
+    );
+    with_layout(
+        &recipes,
+        "[[ipxe.layout]]\nfile = \"808610d3.rom\"\npath = \"roms/{{site}}/{{hostname}}.rom\"\n",
+    );
+    let err = run_err(kiln(&recipes, &out, &dir.path().join("cache")).args(["plan", "stage1"]));
+    assert!(
+        err.contains("layout of 808610d3.rom: unknown variable `site`"),
+        "{err}"
+    );
 }
 
 #[test]

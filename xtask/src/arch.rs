@@ -70,6 +70,15 @@ impl Arch {
         }
     }
 
+    /// The QEMU that runs this architecture's guests, and the machine
+    /// arguments it needs (arm64: the `virt` board with every CPU feature).
+    pub fn qemu(self) -> (&'static str, &'static [&'static str]) {
+        match self {
+            Arch::X86_64 => ("qemu-system-x86_64", &[]),
+            Arch::Arm64 => ("qemu-system-aarch64", &["-M", "virt", "-cpu", "max"]),
+        }
+    }
+
     /// The cross compiler prefix on an x86_64 build host (`None`: the
     /// host's own compiler).
     pub fn cross_prefix(self) -> Option<&'static str> {

@@ -12,6 +12,7 @@ use clap::Args;
 use super::build::build_targets;
 use super::session::deb_tree_digest;
 use super::Settings;
+use crate::arch::Arch;
 use crate::recipe::{self, Media};
 use crate::steps::iso::esp_image;
 use crate::steps::roms;
@@ -21,6 +22,12 @@ use crate::verify::http;
 
 /// The recipe whose media the boot tests use.
 const RECIPE: &str = "stage2";
+/// The default stage1 recipe's virtio-net EFI driver ROM.
+const EFIROM: &str = "1af41000.efirom";
+/// Where the qemu-efi-aarch64 deb (AAVMF) keeps firmware for `-bios`.
+const AAVMF_FD: &str = "usr/share/qemu-efi-aarch64/QEMU_EFI.fd";
+/// What ipxe/stage1to2.ipxe prints first: the chained script runs.
+const STAGE1TO2_MARKER: &str = "Kiln: loading stage2 from";
 /// The default stage1 recipe's combined virtio-net ROM (`[[ipxe.combined]]`).
 const COMBINED_ROM: &str = "efi-virtio.rom";
 /// Where the ovmf deb keeps the combined code + vars image.
@@ -37,9 +44,12 @@ pub struct BootTestArgs {
     /// --usb, --host) or `stage2-uki` (the UKI on a FAT drive, UEFI). Media
     /// tests check that the guest got the kernel arguments baked in.
     /// `stage1-lkrn`, `stage1-efi` (OVMF, from a FAT drive), `stage1-rom`
-    /// (virtio-net option ROM) and `stage1-combined` (the combined BIOS + EFI
+    /// (virtio-net option ROM), `stage1-combined` (the combined BIOS + EFI
     /// ROM `efi-virtio.rom` on the virtio-net card, under SeaBIOS or, with
-    /// `--firmware uefi`, OVMF) boot iPXE, which must DHCP, chain
+    /// `--firmware uefi`, OVMF) and `stage1-efirom` (the EFI driver ROM
+    /// `1af41000.efirom` on the card under OVMF, or with `--arch arm64` the
+    /// arm64 one under AAVMF on QEMU's `virt` board, where the chain ends at
+    /// stage1to2.ipxe) boot iPXE, which must DHCP, chain
     /// stage1to2.ipxe from Kiln's HTTP server and boot stage2 (needs an iPXE
     /// tree: `--source ipxe=PATH`). `stage3` boots the ROM updater with
     /// `kiln.dry_run=1` beside a virtio-net and an e1000e card (QEMU's own
@@ -52,6 +62,9 @@ pub struct BootTestArgs {
     /// choice).
     #[arg(long, value_enum)]
     pub firmware: Option<Firmware>,
+    /// The guest's architecture: `arm64` is for `stage1-efirom`.
+    #[arg(long, value_enum, default_value_t = Arch::DEFAULT)]
+    pub arch: Arch,
     /// Attach the ISO as a USB stick instead of a CD.
     #[arg(long)]
     pub usb: bool,
@@ -79,6 +92,7 @@ pub enum BootTest {
     Stage1Efi,
     Stage1Rom,
     Stage1Combined,
+    Stage1Efirom,
     Stage3,
 }
 
@@ -95,6 +109,7 @@ impl BootTest {
                     | BootTest::Stage1Efi
                     | BootTest::Stage1Rom
                     | BootTest::Stage1Combined
+                    | BootTest::Stage1Efirom
                     | BootTest::Stage3
             )
     }
@@ -124,6 +139,9 @@ pub fn boot_test(s: &Settings, a: &BootTestArgs) -> Result<ExitCode> {
     if a.firmware.is_some() && !a.what.is_media() && a.what != BootTest::Stage1Combined {
         bail!("`--firmware` is for `stage2-iso`, `stage2-uki` and `stage1-combined`");
     }
+    if a.arch != Arch::X86_64 && a.what != BootTest::Stage1Efirom {
+        bail!("`--arch {}` is for `stage1-efirom`", a.arch);
+    }
     if a.host.is_some() && !a.what.takes_host() {
         bail!("`--host` is for `stage2-iso`, `stage2-uki`, `stage3` and the `stage1-*` boot tests");
     }
@@ -133,7 +151,8 @@ pub fn boot_test(s: &Settings, a: &BootTestArgs) -> Result<ExitCode> {
         BootTest::Stage1Lkrn
         | BootTest::Stage1Efi
         | BootTest::Stage1Rom
-        | BootTest::Stage1Combined => boot_stage1(s, a),
+        | BootTest::Stage1Combined
+        | BootTest::Stage1Efirom => boot_stage1(s, a),
         BootTest::Stage2 => {
             if a.initrd.is_some() {
                 bail!(
@@ -350,17 +369,22 @@ pub fn boot_stage1(s: &Settings, a: &BootTestArgs) -> Result<ExitCode> {
         (BootTest::Stage1Rom, _) => ("1af41000.rom", None),
         (BootTest::Stage1Combined, Some(Firmware::Uefi)) => (COMBINED_ROM, ovmf()?),
         (BootTest::Stage1Combined, _) => (COMBINED_ROM, None),
+        (BootTest::Stage1Efirom, _) if a.arch == Arch::Arm64 => {
+            (EFIROM, Some(deb_source_file(s, "aavmf", AAVMF_FD)?))
+        }
+        (BootTest::Stage1Efirom, _) => (EFIROM, ovmf()?),
         _ => ("ipxe.lkrn", None),
     };
     let stage1 = match &a.host {
         Some(host) => stage1_host_file(&t, host, file)?,
-        None => crate::plan::ipxe_artifact("stage1", crate::arch::Arch::X86_64, file),
+        None => crate::plan::ipxe_artifact("stage1", a.arch, file),
     };
-    let targets = [
-        "stage2/stage2_vmlinuz".to_string(),
-        "stage2/stage1to2.ipxe".to_string(),
-        stage1.clone(),
-    ];
+    // No arm64 stage2 yet: an arm64 guest's chain ends when stage1to2.ipxe
+    // runs, so the x86_64 kernel is not built for it.
+    let mut targets = vec!["stage2/stage1to2.ipxe".to_string(), stage1.clone()];
+    if a.arch == Arch::X86_64 {
+        targets.insert(0, "stage2/stage2_vmlinuz".to_string());
+    }
     build_targets(&t, &targets)?;
     let server = http::serve(&t.output_dir)?;
     let binary = t.output_dir.join(&stage1);
@@ -377,6 +401,10 @@ pub fn boot_stage1(s: &Settings, a: &BootTestArgs) -> Result<ExitCode> {
         _ => (Medium::Network, Some(binary.as_path())),
     };
     let mut spec = BootSpec::media(medium, firmware.as_deref(), a.timeout);
+    spec.arch = a.arch;
+    if a.arch != Arch::X86_64 {
+        spec.marker = STAGE1TO2_MARKER.into();
+    }
     let relay = std::env::current_exe().context("locating the xtask binary")?;
     spec.qemu_args = boot::chain_nic(server.port, &relay, romfile);
     let outcome = boot::boot(&spec);
@@ -388,8 +416,12 @@ pub fn boot_stage1(s: &Settings, a: &BootTestArgs) -> Result<ExitCode> {
         .iter()
         .filter_map(|l| l.find("Kiln stage1:").map(|i| l[i..].trim()))
         .collect();
+    let chain = match a.arch {
+        Arch::X86_64 => "stage1to2.ipxe -> stage2_vmlinuz",
+        Arch::Arm64 => "stage1to2.ipxe",
+    };
     println!(
-        "boot test passed in {:.1}s: {stage1} -> network -> stage1to2.ipxe -> stage2_vmlinuz; saw `{}`; stage1 said `{}`; served [{served}]; guest cmdline `{guest}`",
+        "boot test passed in {:.1}s: {stage1} -> network -> {chain}; saw `{}`; stage1 said `{}`; served [{served}]; guest cmdline `{guest}`",
         outcome.elapsed.as_secs_f64(),
         outcome.marker,
         said.join(" | ")

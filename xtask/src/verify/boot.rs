@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+use crate::arch::Arch;
 use crate::tools;
 
 /// The line stage2's /init prints once it is up (overlays/stage2/init).
@@ -40,6 +41,8 @@ pub enum Medium {
 }
 
 pub struct BootSpec {
+    /// The guest's architecture (which QEMU runs it).
+    pub arch: Arch,
     pub medium: Medium,
     /// UEFI firmware (OVMF.fd) given as `-bios`; SeaBIOS when `None`.
     pub firmware: Option<PathBuf>,
@@ -61,6 +64,7 @@ impl BootSpec {
                 initrd: Some(initrd.to_path_buf()),
                 append: TEST_APPEND.into(),
             },
+            arch: Arch::X86_64,
             firmware: None,
             marker: STAGE2_MARKER.into(),
             failures: Vec::new(),
@@ -89,6 +93,7 @@ impl BootSpec {
     pub fn media(medium: Medium, firmware: Option<&Path>, timeout_secs: u64) -> BootSpec {
         BootSpec {
             medium,
+            arch: Arch::X86_64,
             firmware: firmware.map(Path::to_path_buf),
             marker: STAGE2_MARKER.into(),
             failures: Vec::new(),
@@ -276,7 +281,9 @@ pub struct BootOutcome {
 
 pub fn boot(spec: &BootSpec) -> Result<BootOutcome> {
     let accel = std::env::var("KILN_QEMU_ACCEL").unwrap_or_else(|_| "tcg".into());
-    let mut cmd = tools::command("qemu-system-x86_64")?;
+    let (qemu, machine) = spec.arch.qemu();
+    let mut cmd = tools::command(qemu)?;
+    cmd.args(machine);
     cmd.args([
         "-accel",
         &accel,

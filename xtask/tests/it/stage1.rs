@@ -433,6 +433,20 @@ fn the_combined_bios_and_efi_rom_chains_to_stage2_under_seabios_and_ovmf() {
 }
 
 #[test]
+fn the_arm64_efi_rom_on_a_virtio_card_chains_under_aavmf() {
+    if ipxe_tree().is_some() && qemu_arm64_available() {
+        let text = chain_boot("stage1-efirom --arch arm64", &[]);
+        assert!(
+            text.contains("stage1/arm64/1af41000.efirom -> network -> stage1to2.ipxe;")
+                && text.contains("saw `Kiln: loading stage2 from http://10.0.2.100/stage2`")
+                && text.contains("Kiln stage1: chaining http://10.0.2.100/stage2/stage1to2.ipxe")
+                && text.contains("served [GET /stage2/stage1to2.ipxe 200]"),
+            "{text}"
+        );
+    }
+}
+
+#[test]
 fn a_combined_rom_larger_than_the_cards_flash_fails_naming_it() {
     let Some(_tree) = ipxe_tree() else { return };
     let dir = tempfile::tempdir().unwrap();

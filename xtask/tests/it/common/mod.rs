@@ -36,6 +36,15 @@ pub fn qemu_available() -> bool {
     )
 }
 
+/// Whether QEMU for arm64 guests is installed (a skip or, in CI, a failure
+/// when not).
+pub fn qemu_arm64_available() -> bool {
+    prereq::program(
+        "qemu-system-aarch64",
+        "apt-get install qemu-system-arm, or run ci/setup",
+    )
+}
+
 /// What `mstflint -i <rom> qrom` prints; `None` after reporting the skip
 /// (a failure in CI) when mstflint is not installed.
 pub fn qrom(rom: &Path) -> Option<String> {

@@ -1,8 +1,11 @@
 //! `bench fleet`: per-host NIC ROMs for a generated inventory (default 500
-//! hosts × 2 ROM models), Kiln (one compile, then patching) against the way
-//! fleets build them without Kiln: one full `make` per host and ROM model
-//! in a fresh copy of the tree (timed for a sample, scaled to the fleet),
-//! and the best case for make, one tree re-linked per host (also sampled).
+//! hosts × 2 ROM models: the combined BIOS + EFI virtio ROM and the
+//! Mellanox `.mrom`), Kiln (one compile per platform, then patching)
+//! against the way fleets build them without Kiln: one full `make` per host
+//! and ROM model in a fresh copy of the tree, followed for a combined ROM by
+//! iPXE's `util/catrom.pl` and padding (timed for a sample, scaled to the
+//! fleet), and the best case for make, one tree re-linked per host (also
+//! sampled).
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -17,11 +20,28 @@ pub struct Setup<'a> {
     pub recipes: &'a Path,
     pub tree: &'a Path,
     pub hosts: usize,
-    /// ROM make targets every host gets (`bin/1af41000.rom`, …).
-    pub roms: Vec<String>,
+    /// The ROMs every host gets.
+    pub roms: Vec<FleetRom>,
     /// Full makes timed per ROM model.
     pub samples: usize,
     pub jobs: usize,
+}
+
+/// One ROM model of the fleet.
+pub struct FleetRom {
+    /// As `xtask ipxe --target` takes it (`bin/15b31003.mrom`, or a combined
+    /// ROM's file, `efi-virtio.rom`).
+    pub name: String,
+    /// What `make` builds for it: the target, or a combined ROM's images.
+    pub make: Vec<String>,
+    /// A combined ROM: chained by `util/catrom.pl`, padded to this size.
+    pub combined: Option<Option<u64>>,
+}
+
+impl FleetRom {
+    fn file(&self) -> &str {
+        self.name.rsplit('/').next().unwrap_or(&self.name)
+    }
 }
 
 pub fn run(setup: &Setup, work: &Path) -> Result<String> {
@@ -67,11 +87,12 @@ pub fn run(setup: &Setup, work: &Path) -> Result<String> {
     let relink_each = relink.iter().sum::<f64>() / relink.len() as f64;
     let relink_fleet = relink_each * setup.hosts as f64;
 
+    let names: Vec<&str> = setup.roms.iter().map(|r| r.name.as_str()).collect();
     let mut s = format!(
         "{} hosts × {} ROM models ({}) = {files} ROMs, {} jobs.\n\n",
         setup.hosts,
         setup.roms.len(),
-        setup.roms.join(", "),
+        names.join(", "),
         setup.jobs
     );
     s.push_str("| way | seconds | per ROM s | ÷ full make per host |\n|---|---:|---:|---:|\n");
@@ -113,11 +134,7 @@ pub fn run(setup: &Setup, work: &Path) -> Result<String> {
 /// `hosts` machines, each in its own /24 of 10.0.0.0/8, every one with the
 /// same ROM models.
 fn inventory_csv(setup: &Setup) -> String {
-    let roms: Vec<&str> = setup
-        .roms
-        .iter()
-        .map(|r| r.rsplit('/').next().unwrap_or(r))
-        .collect();
+    let roms: Vec<&str> = setup.roms.iter().map(FleetRom::file).collect();
     let mut csv = String::from("hostname,ipv4,gateway,dns,roms\n");
     for i in 0..setup.hosts {
         let (a, b) = (i / 200, i % 200);
@@ -154,7 +171,7 @@ fn kiln(
         .args(["ipxe", "--arch", "x86_64", "--hosts"])
         .arg(inventory);
     for rom in &setup.roms {
-        cmd.args(["--target", rom]);
+        cmd.args(["--target", &rom.name]);
     }
     super::ipxe::timed(cmd)
 }
@@ -169,24 +186,46 @@ fn host_script(work: &Path, n: usize) -> Result<PathBuf> {
     Ok(path)
 }
 
-fn make(setup: &Setup, tree: &Path, script: &Path, targets: &[String]) -> Result<f64> {
+/// A full `make` of `roms` with `script` embedded, then catrom.pl and the
+/// padding for each combined ROM: seconds.
+fn make(setup: &Setup, tree: &Path, script: &Path, roms: &[FleetRom]) -> Result<f64> {
+    let targets: Vec<&String> = roms.iter().flat_map(|r| &r.make).collect();
+    let shown: Vec<&str> = targets.iter().map(|t| t.as_str()).collect();
     eprintln!(
         "bench fleet: make {} in {}…",
-        targets.join(" "),
+        shown.join(" "),
         tree.display()
     );
+    let src = tree.join("src");
     let mut cmd = Command::new("make");
     cmd.arg("-C")
-        .arg(tree.join("src"))
+        .arg(&src)
         .arg(format!("-j{}", setup.jobs.max(1)))
         .arg(format!("EMBED={}", script.display()))
-        .args(targets);
+        .args(&targets);
     let start = Instant::now();
+    run_ok(cmd)?;
+    for rom in roms {
+        let Some(pad_to) = rom.combined else { continue };
+        let mut catrom = Command::new("perl");
+        catrom.arg(src.join("util/catrom.pl"));
+        catrom.args(rom.make.iter().map(|t| src.join(t)));
+        let mut bytes = run_ok(catrom)?;
+        if let Some(size) = pad_to {
+            bytes.resize(usize::try_from(size)?.max(bytes.len()), 0);
+        }
+        fs_err::write(src.join(rom.file()), bytes)?;
+    }
+    Ok(start.elapsed().as_secs_f64())
+}
+
+/// Runs `cmd`; its stdout, or an error with its stderr.
+fn run_ok(mut cmd: Command) -> Result<Vec<u8>> {
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
     ensure!(
         out.status.success(),
         "{cmd:?} failed:\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    Ok(start.elapsed().as_secs_f64())
+    Ok(out.stdout)
 }

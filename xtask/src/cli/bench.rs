@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 
 use super::session::deb_tree_digest;
@@ -51,9 +51,6 @@ pub enum BenchCommand {
         #[arg(default_value = "stage2")]
         target: String,
     },
-    /// Per-host ROMs for a generated inventory: Kiln (one compile + patching)
-    /// vs a full `make` per host and ROM model (sampled, scaled to the fleet)
-    /// and vs re-linking one tree per host. Needs `--source ipxe=PATH`.
     /// Fuzz the readers of outside bytes (archives, packages, images, ROMs,
     /// tree manifests, action records) for SECONDS each; crashes are saved
     /// under output/fuzz/<reader>/ (keep them in xtask/tests/data/fuzz/).
@@ -64,12 +61,17 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
+    /// Per-host ROMs for a generated inventory: Kiln (one compile + patching)
+    /// vs a full `make` per host and ROM model, with util/catrom.pl for a
+    /// combined ROM (sampled, scaled to the fleet), and vs re-linking one
+    /// tree per host. Needs `--source ipxe=PATH`.
     Fleet {
         /// Hosts in the generated inventory.
         #[arg(long, default_value_t = 500)]
         hosts: usize,
-        /// ROM targets every host gets.
-        #[arg(long = "rom", default_values_t = ["bin/1af41000.rom".to_string(), "bin/15b31003.mrom".to_string()])]
+        /// ROMs every host gets: stage1's targets (`bin/808610d3.rom`) or
+        /// combined ROMs (`efi-virtio.rom`).
+        #[arg(long = "rom", default_values_t = ["efi-virtio.rom".to_string(), "bin/15b31003.mrom".to_string()])]
         roms: Vec<String>,
         /// Full makes timed per ROM model (each takes minutes).
         #[arg(long, default_value_t = 1)]
@@ -176,16 +178,59 @@ fn bench_fleet(s: &Settings, hosts: usize, roms: &[String], samples: usize) -> R
     let tree = s.source_overrides.get("ipxe").context(
         "bench fleet times make on a checkout: give one with --source ipxe=PATH or KILN_SOURCE_IPXE",
     )?;
+    let recipes = recipe::load(&s.recipes_dir, &s.vars)?;
+    let ipxe = recipes
+        .targets
+        .get("stage1")
+        .and_then(|r| r.ipxe.as_ref())
+        .context("bench fleet builds the `stage1` recipe's ROMs, and it has no [ipxe]")?;
+    let roms = roms
+        .iter()
+        .map(|name| fleet_rom(ipxe, name))
+        .collect::<Result<Vec<_>>>()?;
     let work = bench_dir("kiln-bench-fleet-")?;
     let setup = crate::bench::fleet::Setup {
         recipes: &s.recipes_dir,
         tree,
         hosts,
-        roms: roms.to_vec(),
+        roms,
         samples: samples.max(1),
         jobs: s.jobs,
     };
     crate::bench::fleet::run(&setup, work.path())
+}
+
+/// A `--rom` of `bench fleet`: one of stage1's x86_64 targets, or one of its
+/// combined ROMs (made by make as its images, then chained).
+fn fleet_rom(ipxe: &recipe::Ipxe, name: &str) -> Result<crate::bench::fleet::FleetRom> {
+    let x86 = crate::arch::Arch::X86_64;
+    if let Some(c) = ipxe
+        .combined
+        .iter()
+        .find(|c| c.file == name && c.arch == x86)
+    {
+        return Ok(crate::bench::fleet::FleetRom {
+            name: name.to_string(),
+            make: c.images.iter().map(|t| t.make_target()).collect(),
+            combined: Some(c.pad_to),
+        });
+    }
+    let targets = ipxe
+        .targets
+        .get(&x86)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let Some(t) = targets
+        .iter()
+        .find(|t| t.matches(name) && t.kind() == "rom")
+    else {
+        bail!("`{name}` is neither an x86_64 ROM target of stage1 nor one of its combined ROMs");
+    };
+    Ok(crate::bench::fleet::FleetRom {
+        name: t.make_target(),
+        make: vec![t.make_target()],
+        combined: None,
+    })
 }
 
 /// The pinned linux-image package unpacked into a scratch directory (the

@@ -25,6 +25,18 @@ use crate::steps::ipxe::{BuildIpxe, CERT, CONFIG, PATCH, SOURCE, TRUST};
 /// Make target → the placeholder build node that made it.
 type Bases = BTreeMap<String, usize>;
 
+/// Whose files a patch step makes, from which placeholder builds.
+#[derive(Clone, Copy)]
+struct Patching<'a> {
+    ipxe: &'a recipe::Ipxe,
+    arch: Arch,
+    /// A host name, or the recipe's.
+    who: &'a str,
+    /// The script, padded to `script_size`.
+    script: &'a str,
+    bases: &'a Bases,
+}
+
 /// An artifact the iPXE nodes make.
 struct Made {
     name: String,
@@ -107,7 +119,14 @@ impl Builder<'_> {
         let script = ipxe_script::padded(&ipxe.script, ipxe.script_size)
             .expect("the script's size is checked on load");
         let combined: Vec<&CombinedRom> = ipxe.combined.iter().filter(|c| c.arch == arch).collect();
-        let patched = self.add_patches(ipxe, arch, &recipe.name, &script, &patchable, &bases);
+        let ours = Patching {
+            ipxe,
+            arch,
+            who: &recipe.name,
+            script: &script,
+            bases: &bases,
+        };
+        let patched = self.add_patches(&ours, &patchable);
         for t in &patchable {
             let name = artifact_name(&recipe.name, arch, &t.file);
             artifacts.push(Made::target(name, arch, t, patched[&t.make_target()]));
@@ -127,7 +146,12 @@ impl Builder<'_> {
         for host in ipxe.hosts.iter().filter(|h| h.arch == arch) {
             let all = host.patch_targets();
             let ts: Vec<&IpxeTarget> = all.iter().collect();
-            let patched = self.add_patches(ipxe, arch, &host.hostname, &host.script, &ts, &bases);
+            let theirs = Patching {
+                who: &host.hostname,
+                script: &host.script,
+                ..ours
+            };
+            let patched = self.add_patches(&theirs, &ts);
             for t in &host.targets {
                 let name = host.artifact_name(&recipe.name, &t.file);
                 artifacts.push(Made::target(name, arch, t, patched[&t.make_target()]));
@@ -141,25 +165,6 @@ impl Builder<'_> {
             }
         }
         artifacts
-    }
-
-    /// `who`'s patch steps, one per platform of `targets`; returns which
-    /// node made each make target.
-    fn add_patches(
-        &mut self,
-        ipxe: &recipe::Ipxe,
-        arch: Arch,
-        who: &str,
-        script: &str,
-        targets: &[&IpxeTarget],
-        bases: &Bases,
-    ) -> BTreeMap<String, usize> {
-        let mut made = BTreeMap::new();
-        for (_, ts) in by_platform(targets) {
-            let node = self.add_patch(ipxe, arch, who, script, &ts, bases);
-            made.extend(ts.iter().map(|t| (t.make_target(), node)));
-        }
-        made
     }
 
     /// A combined ROM of `who`'s patched images.
@@ -239,18 +244,20 @@ impl Builder<'_> {
         }
     }
 
-    /// One patch step for `who`'s `targets` of one platform, fed by that
+    /// `who`'s patch steps, one per platform of `targets`, each fed by that
     /// platform's placeholder build (so asking for one platform's files
-    /// compiles only that platform).
-    fn add_patch(
-        &mut self,
-        ipxe: &recipe::Ipxe,
-        arch: Arch,
-        who: &str,
-        script: &str,
-        targets: &[&IpxeTarget],
-        bases: &Bases,
-    ) -> usize {
+    /// compiles only that platform); returns which node made each target.
+    fn add_patches(&mut self, p: &Patching, targets: &[&IpxeTarget]) -> BTreeMap<String, usize> {
+        let mut made = BTreeMap::new();
+        for (_, ts) in by_platform(targets) {
+            let node = self.add_patch(p, &ts);
+            made.extend(ts.iter().map(|t| (t.make_target(), node)));
+        }
+        made
+    }
+
+    fn add_patch(&mut self, p: &Patching, targets: &[&IpxeTarget]) -> usize {
+        let bases = p.bases;
         let mut inputs = BTreeMap::new();
         for t in targets {
             let target = t.make_target();
@@ -273,13 +280,13 @@ impl Builder<'_> {
             }
         }
         let step = PatchIpxe {
-            arch,
+            arch: p.arch,
             platform: targets[0].platform.clone(),
-            who: who.to_string(),
-            script: script.to_string(),
-            size: ipxe.script_size,
+            who: p.who.to_string(),
+            script: p.script.to_string(),
+            size: p.ipxe.script_size,
             targets: targets.iter().map(|t| t.make_target()).collect(),
-            rom_version: ipxe.rom_version,
+            rom_version: p.ipxe.rom_version,
         };
         self.push(step, inputs)
     }

@@ -157,8 +157,9 @@ fn a_script_change_reruns_only_patching() {
     assert!(contains_bytes(&lkrn, changed.as_bytes()));
 }
 
-/// A host whose addresses are QEMU's user network, added to the copied
-/// inventory, so its static settings work in the guest.
+/// Hosts whose addresses are QEMU's user network (an x86_64 one and an
+/// arm64 one), added to the copied inventory, so their static settings
+/// work in the guest.
 fn with_guest_host(dir: &Path) -> PathBuf {
     let recipes = copy_recipes(dir);
     let inventory = recipes.join("hosts.toml");
@@ -166,24 +167,23 @@ fn with_guest_host(dir: &Path) -> PathBuf {
     text.push_str(
         "\n[[host]]\nhostname = \"qemu-guest.example.net\"\nipv4 = \"10.0.2.42/24\"\n\
          gateway = \"10.0.2.2\"\ndns = [\"10.0.2.3\"]\n\
-         roms = [\"1af41000.rom\", \"efi-virtio.rom\"]\n",
+         roms = [\"1af41000.rom\", \"efi-virtio.rom\"]\n\
+         \n[[host]]\nhostname = \"qemu-arm-guest.example.net\"\nipv4 = \"10.0.2.43/24\"\n\
+         gateway = \"10.0.2.2\"\ndns = [\"10.0.2.3\"]\narch = \"arm64\"\n",
     );
     std::fs::write(&inventory, text).unwrap();
     recipes
 }
 
-/// `boot-test <what>` (the test and its options) for the guest host.
-fn boot_host(what: &str) -> String {
+/// `boot-test <what>` (the test and its options) for guest host `host`.
+fn boot_host(what: &str, host: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
     let recipes = with_guest_host(dir.path());
     let mut cmd = kiln(&recipes, &dir.path().join("output"), &shared_cache());
     let _one_at_a_time = one_guest_at_a_time();
-    cmd.arg("boot-test").args(what.split_whitespace()).args([
-        "--host",
-        "qemu-guest.example.net",
-        "--timeout",
-        "300",
-    ]);
+    cmd.arg("boot-test")
+        .args(what.split_whitespace())
+        .args(["--host", host, "--timeout", "300"]);
     String::from_utf8_lossy(&run_ok(&mut cmd).stdout).into_owned()
 }
 
@@ -198,7 +198,7 @@ fn a_patched_lkrn_rom_and_combined_rom_boot_with_the_hosts_identity() {
         "stage1-combined --firmware bios",
         "stage1-combined --firmware uefi",
     ] {
-        let text = boot_host(what);
+        let text = boot_host(what, "qemu-guest.example.net");
         assert!(
             text.contains("Kiln stage1: qemu-guest.example.net static address 10.0.2.42"),
             "{what}: {text}"
@@ -209,6 +209,20 @@ fn a_patched_lkrn_rom_and_combined_rom_boot_with_the_hosts_identity() {
             "{what}: {text}"
         );
     }
+}
+
+#[test]
+fn an_arm64_hosts_efi_rom_boots_with_its_identity_under_aavmf() {
+    if ipxe_tree().is_none() || !qemu_arm64_available() {
+        return;
+    }
+    let text = boot_host("stage1-efirom --arch arm64", "qemu-arm-guest.example.net");
+    assert!(
+        text.contains("stage1/hosts/qemu-arm-guest.example.net/1af41000.efirom -> network")
+            && text.contains("Kiln stage1: qemu-arm-guest.example.net static address 10.0.2.43")
+            && text.contains("Kiln: loading stage2 from"),
+        "{text}"
+    );
 }
 
 #[test]

@@ -68,11 +68,12 @@ fn the_default_targets_reproduce_under_every_variation() {
             "variation {variation} not applied:\n{text}"
         );
     }
-    // 7 x86_64 and 2 arm64 targets, and 6 files for each of the two
-    // inventory hosts (4 non-ROM x86_64 targets and their 2 ROMs).
+    // 8 x86_64 targets and the combined ROM, 3 arm64 targets; each of the
+    // two inventory hosts gets the 4 non-ROM x86_64 targets and the ROMs
+    // its `roms` names (2, and 4 with the EFI and combined ROMs).
     let stage1 = text.lines().filter(|l| l.starts_with("stage1/")).count();
     assert!(
-        ipxe_tree().is_none() || stage1 == 9 + 2 * 6,
+        ipxe_tree().is_none() || stage1 == 9 + 3 + (4 + 2) + (4 + 4),
         "{stage1} stage1 rows:\n{text}"
     );
     println!("{text}");

@@ -188,7 +188,7 @@ fn boot_host(what: &str, host: &str) -> String {
 }
 
 #[test]
-fn a_patched_lkrn_rom_and_combined_rom_boot_with_the_hosts_identity() {
+fn a_patched_lkrn_rom_and_combined_rom_chain_to_stage2_with_the_hosts_identity() {
     if ipxe_tree().is_none() || !qemu_available() {
         return;
     }
@@ -199,6 +199,11 @@ fn a_patched_lkrn_rom_and_combined_rom_boot_with_the_hosts_identity() {
         "stage1-combined --firmware uefi",
     ] {
         let text = boot_host(what, "qemu-guest.example.net");
+        // iPXE under UEFI passes the image's name as the kernel's first
+        // argument: the combined ROM's EFI image ran under OVMF, its
+        // legacy image under SeaBIOS.
+        let efi_stub = text.contains("guest cmdline `stage2_vmlinuz ");
+        assert_eq!(efi_stub, what.ends_with("uefi"), "{what}: {text}");
         assert!(
             text.contains("Kiln stage1: qemu-guest.example.net static address 10.0.2.42"),
             "{what}: {text}"

@@ -420,19 +420,6 @@ fn an_unknown_architecture_or_target_is_refused_with_the_choices() {
 }
 
 #[test]
-fn the_combined_bios_and_efi_rom_chains_to_stage2_under_seabios_and_ovmf() {
-    if ipxe_tree().is_some() && qemu_available() {
-        let bios = chain_boot("stage1-combined --firmware bios", &[]);
-        assert_chained(&bios, "efi-virtio.rom");
-        let uefi = chain_boot("stage1-combined --firmware uefi", &[]);
-        assert_chained(&uefi, "efi-virtio.rom");
-        // iPXE under UEFI passes the image's name as the first argument.
-        assert!(uefi.contains("guest cmdline `stage2_vmlinuz "), "{uefi}");
-        assert!(!bios.contains("guest cmdline `stage2_vmlinuz "), "{bios}");
-    }
-}
-
-#[test]
 fn the_arm64_efi_rom_on_a_virtio_card_chains_under_aavmf() {
     if ipxe_tree().is_some() && qemu_arm64_available() {
         let text = chain_boot("stage1-efirom --arch arm64", &[]);

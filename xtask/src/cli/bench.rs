@@ -156,10 +156,9 @@ fn bench_ipxe(s: &Settings) -> Result<String> {
     )?;
     let recipes = recipe::load(&s.recipes_dir, &s.vars)?;
     let targets = recipes
+        .ipxe("stage1")?
         .targets
-        .get("stage1")
-        .and_then(|r| r.ipxe.as_ref())
-        .and_then(|i| i.targets.get(&crate::arch::Arch::X86_64))
+        .get(&crate::arch::Arch::X86_64)
         .context("no x86_64 targets in the stage1 recipe's [ipxe]")?
         .iter()
         .map(|t| t.make_target())
@@ -179,11 +178,7 @@ fn bench_fleet(s: &Settings, hosts: usize, roms: &[String], samples: usize) -> R
         "bench fleet times make on a checkout: give one with --source ipxe=PATH or KILN_SOURCE_IPXE",
     )?;
     let recipes = recipe::load(&s.recipes_dir, &s.vars)?;
-    let ipxe = recipes
-        .targets
-        .get("stage1")
-        .and_then(|r| r.ipxe.as_ref())
-        .context("bench fleet builds the `stage1` recipe's ROMs, and it has no [ipxe]")?;
+    let ipxe = recipes.ipxe("stage1")?;
     let roms = roms
         .iter()
         .map(|name| fleet_rom(ipxe, name))

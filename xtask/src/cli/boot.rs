@@ -433,11 +433,7 @@ pub fn boot_stage1(s: &Settings, a: &BootTestArgs) -> Result<ExitCode> {
 /// `stage1/hosts/<host>/<file>`).
 fn stage1_host_file(s: &Settings, host: &str, file: &str) -> Result<String> {
     let recipes = recipe::load(&s.recipes_dir, &s.vars)?;
-    let ipxe = recipes
-        .targets
-        .get("stage1")
-        .and_then(|r| r.ipxe.as_ref())
-        .context("no `stage1` recipe with an [ipxe] section")?;
+    let ipxe = recipes.ipxe("stage1")?;
     let Some(h) = ipxe.hosts.iter().find(|h| h.hostname == host) else {
         let names = ipxe.hosts.iter().map(|h| h.hostname.as_str());
         let hint = recipe::diag::nearest(host, names)

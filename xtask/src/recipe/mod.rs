@@ -52,6 +52,21 @@ pub struct Recipes {
     pub targets: BTreeMap<String, Recipe>,
 }
 
+impl Recipes {
+    /// The `[ipxe]` section of recipe `name`, or an error saying it has none.
+    pub fn ipxe(&self, name: &str) -> anyhow::Result<&Ipxe> {
+        self.targets
+            .get(name)
+            .and_then(|r| r.ipxe.as_ref())
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "no `{name}` recipe with an [ipxe] section in {}",
+                    self.dir.display()
+                )
+            })
+    }
+}
+
 #[derive(Debug)]
 pub struct Recipe {
     pub name: String,

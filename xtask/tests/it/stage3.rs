@@ -858,13 +858,27 @@ fn qemu_dry_run_of_the_default_recipe_uses_each_hosts_own_rom_and_its_version() 
     let sha = |rom: &[u8]| kiln::store::Digest::of_bytes(rom).hex()[..12].to_string();
     // The e1000e's ROM (what QEMU exposes as its flash): an older build of
     // the image's ROM, the host's own ROM, a newer build.
+    let plan = format!(
+        "KILN-ROM PLAN 0000:00:03.0 8086:10d3 would flash 808610d3.rom (sha256 {}) version 3.4.799 -> 3.4.800",
+        sha(shared_rom)
+    );
+    let current =
+        "KILN-ROM CURRENT 0000:00:03.0 8086:10d3 already has 808610d3.rom (version 3.4.800)";
+    let refused = "KILN-ROM REFUSED 0000:00:03.0 8086:10d3 808610d3.rom 3.4.800 is older than the flashed 3.4.801";
     let boots = [
-        (None, at_version(shared_rom, "3.4.799"), "", format!(
-            "KILN-ROM PLAN 0000:00:03.0 8086:10d3 would flash 808610d3.rom (sha256 {}) version 3.4.799 -> 3.4.800",
-            sha(shared_rom)
-        )),
-        (Some(host_roms.as_path()), host_rom.clone(), as_host.as_str(), "KILN-ROM CURRENT 0000:00:03.0 8086:10d3 already has 808610d3.rom (version 3.4.800)".to_string()),
-        (None, at_version(shared_rom, "3.4.801"), "", "KILN-ROM REFUSED 0000:00:03.0 8086:10d3 808610d3.rom 3.4.800 is older than the flashed 3.4.801".to_string()),
+        (None, at_version(shared_rom, "3.4.799"), "", plan),
+        (
+            Some(host_roms.as_path()),
+            host_rom.clone(),
+            as_host.as_str(),
+            current.to_string(),
+        ),
+        (
+            None,
+            at_version(shared_rom, "3.4.801"),
+            "",
+            refused.to_string(),
+        ),
     ];
     for (i, (initrd, flashed, extra, want)) in boots.into_iter().enumerate() {
         let romfile = dir.path().join(format!("flashed-{i}.rom"));

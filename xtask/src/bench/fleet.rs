@@ -207,7 +207,7 @@ fn make(setup: &Setup, tree: &Path, script: &Path, roms: &[FleetRom]) -> Result<
     run_ok(cmd)?;
     for rom in roms {
         let Some(pad_to) = rom.combined else { continue };
-        let mut catrom = Command::new("perl");
+        let mut catrom = crate::tools::command("perl")?;
         catrom.arg(src.join("util/catrom.pl"));
         catrom.args(rom.make.iter().map(|t| src.join(t)));
         let mut bytes = run_ok(catrom)?;

@@ -62,6 +62,12 @@ pub fn finish_of(file: &str) -> Option<Finish> {
     }
 }
 
+/// A finished legacy option ROM (`.rom`, `.mrom`): what `fixrom.pl`
+/// finishes, and what carries a `rom_version`.
+pub fn is_legacy_rom(file: &str) -> bool {
+    matches!(finish_of(file), Some(Finish::Zbin { rom: true, .. }))
+}
+
 /// The placeholder build's embedded script: `size` bytes, valid iPXE
 /// syntax, and nothing a real script would contain (so it is found once).
 pub fn placeholder(size: usize) -> Vec<u8> {
@@ -101,7 +107,8 @@ pub fn find_once(haystack: &[u8], needle: &[u8]) -> Result<usize, usize> {
     }
 }
 
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+/// The first offset where `needle` occurs in `haystack`.
+pub fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     let (&first, _) = needle.split_first()?;
     let mut start = 0;
     while let Some(i) = haystack[start..].iter().position(|&b| b == first) {

@@ -236,14 +236,12 @@ pub fn combine(
                     problem,
                 },
             };
-            let Some(pointer) = find(image, PCI_POINTER, "PCIR", PCI_FIXED_LEN).map_err(fail)?
-            else {
+            let Some(pci) = pci_header(image).map_err(fail)? else {
                 return Err(CombineError::NoPciHeader {
                     rom,
                     at: last.start,
                 });
             };
-            let pci = pci_header(image).map_err(fail)?.expect("found above");
             let stated = usize::from(pci.image_length) * BLOCK;
             if stated != image.len() {
                 let actual = image.len();
@@ -253,15 +251,14 @@ pub fn combine(
                     actual,
                 });
             }
-            let length = usize::from(u16_at(image, pointer + 0x0a));
-            if length <= 0x15 {
+            if pci.bytes.len() <= 0x15 {
                 return Err(fail(Problem::NoChecksumField {
                     header: "PCIR",
-                    pointer,
-                    length,
+                    pointer: pci.bytes.start,
+                    length: pci.bytes.len(),
                 }));
             }
-            image[pointer + 0x15] &= !PCI_LAST_IMAGE;
+            image[pci.bytes.start + 0x15] &= !PCI_LAST_IMAGE;
             if is_pc_at(image).map_err(fail)? {
                 fix_image_checksum(image);
             }
@@ -344,6 +341,8 @@ fn is_pc_at(image: &[u8]) -> Result<bool, Problem> {
 /// The PCI data structure fields ROM.pm reads; a field past the structure's stated length
 /// reads as 0, as ROM.pm's `EXISTS` makes it undef.
 struct Pci {
+    /// Where the structure is in the image, by its stated length.
+    bytes: Range<usize>,
     image_length: u16,
     code_type: u8,
     last_image: u8,
@@ -358,6 +357,7 @@ fn pci_header(image: &[u8]) -> Result<Option<Pci>, Problem> {
     let byte = |at: usize| header.get(at).copied().unwrap_or(0);
     let image_length = header.get(0x10..0x12).map_or(0, |_| u16_at(header, 0x10));
     Ok(Some(Pci {
+        bytes: pointer..pointer + length,
         image_length,
         code_type: byte(0x14),
         last_image: byte(0x15),
@@ -413,17 +413,15 @@ fn byte_sum(bytes: &[u8]) -> u8 {
     bytes.iter().fold(0, |sum, b| sum.wrapping_add(*b))
 }
 
-/// Where each image of the chain has its PCI data structure (absolute offsets; images without
-/// one are skipped).
-pub fn pci_headers(rom: &[u8]) -> Result<Vec<usize>, RomError> {
+/// Where each image of the chain has its PCI data structure, by the structure's stated length
+/// (absolute offsets; images without one are skipped).
+pub fn pci_headers(rom: &[u8]) -> Result<Vec<Range<usize>>, RomError> {
     let mut found = Vec::new();
     for (image, range) in images(rom)?.into_iter().enumerate() {
         let at = range.start;
         let fail = |problem| RomError { image, at, problem };
-        if let Some(pointer) =
-            find(&rom[range], PCI_POINTER, "PCIR", PCI_FIXED_LEN).map_err(fail)?
-        {
-            found.push(at + pointer);
+        if let Some(pci) = pci_header(&rom[range]).map_err(fail)? {
+            found.push(at + pci.bytes.start..at + pci.bytes.end);
         }
     }
     Ok(found)

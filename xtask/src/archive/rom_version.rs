@@ -139,7 +139,7 @@ pub enum StampError {
     #[error("\"mlxsign:\" occurs {0} times in it; Kiln's block must be the only one")]
     SeveralBlocks(usize),
     #[error("the PCI data structure at {at:#x} is {length} bytes, too short for a revision level")]
-    ShortPci { at: usize, length: u16 },
+    ShortPci { at: usize, length: usize },
     #[error(transparent)]
     Header(#[from] optrom::Problem),
     #[error(transparent)]
@@ -167,12 +167,12 @@ pub fn stamp(rom: &mut [u8], version: RomVersion) -> Result<(), StampError> {
         out[at + 4 * i..at + 4 * i + 4].copy_from_slice(&d.to_le_bytes());
     }
     for pci in optrom::pci_headers(&out)? {
-        let length = u16::from_le_bytes([out[pci + 0x0a], out[pci + 0x0b]]);
-        if usize::from(length) < PCI_REVISION + 2 {
-            return Err(StampError::ShortPci { at: pci, length });
+        if pci.len() < PCI_REVISION + 2 {
+            let (at, length) = (pci.start, pci.len());
+            return Err(StampError::ShortPci { at, length });
         }
-        out[pci + PCI_REVISION..pci + PCI_REVISION + 2]
-            .copy_from_slice(&version.revision().to_le_bytes());
+        let field = pci.start + PCI_REVISION;
+        out[field..field + 2].copy_from_slice(&version.revision().to_le_bytes());
     }
     optrom::fix_checksums(&mut out)?;
     rom.copy_from_slice(&out);
@@ -185,7 +185,7 @@ pub fn mellanox_versions(rom: &[u8]) -> Vec<Option<RomVersion>> {
     let mut found = Vec::new();
     let mut from = 0;
     while found.len() < 5 {
-        let Some(i) = rom[from..].windows(MAGIC.len()).position(|w| w == MAGIC) else {
+        let Some(i) = super::ipxe_script::find(&rom[from..], MAGIC) else {
             break;
         };
         let at = from + i + MAGIC.len();

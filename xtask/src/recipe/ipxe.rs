@@ -120,10 +120,7 @@ impl IpxeTarget {
 
     /// A legacy BIOS ROM (`.rom`, `.mrom`): what carries a `rom_version`.
     pub fn is_legacy_rom(&self) -> bool {
-        matches!(
-            ipxe_script::finish_of(&self.file),
-            Some(ipxe_script::Finish::Zbin { rom: true, .. })
-        )
+        ipxe_script::is_legacy_rom(&self.file)
     }
 }
 

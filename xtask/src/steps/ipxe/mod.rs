@@ -148,17 +148,16 @@ impl Step for BuildIpxe {
         let mut outputs = BTreeMap::new();
         for goal in self.goals() {
             let path = src.join(&goal);
-            if let Some(version) = self.rom_version.filter(|_| is_rom(&goal)) {
-                let mut rom =
-                    fs_err::read(&path).with_context(|| format!("make did not produce {goal}"))?;
-                rom_version::stamp(&mut rom, version)
-                    .with_context(|| format!("writing version {version} into {goal}"))?;
-                fs_err::write(&path, rom)?;
-            }
-            let (digest, size) = ctx
-                .store
-                .put_file(&path)
-                .with_context(|| format!("make did not produce {goal}"))?;
+            let made = || format!("make did not produce {goal}");
+            let (digest, size) = match self.rom_version {
+                Some(version) if ipxe_script::is_legacy_rom(&goal) => {
+                    let mut rom = fs_err::read(&path).with_context(made)?;
+                    rom_version::stamp(&mut rom, version)
+                        .with_context(|| format!("writing version {version} into {goal}"))?;
+                    (ctx.store.put_bytes(&rom)?, rom.len() as u64)
+                }
+                _ => ctx.store.put_file(&path).with_context(made)?,
+            };
             outputs.insert(goal, Output::File { digest, size });
         }
         if self.intermediates && self.compressed().next().is_some() {
@@ -184,14 +183,6 @@ impl Step for BuildIpxe {
         }
         Ok(outputs)
     }
-}
-
-/// A finished legacy option ROM (`.rom`, `.mrom`), not an intermediate.
-fn is_rom(target: &str) -> bool {
-    matches!(
-        ipxe_script::finish_of(target),
-        Some(ipxe_script::Finish::Zbin { rom: true, .. })
-    )
 }
 
 /// Appends Kiln's empty version block to the tree's ROM prefix, beneath

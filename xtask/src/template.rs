@@ -190,15 +190,21 @@ fn lookup<'a>(name: &str, vars: &'a Vars, span: Range<usize>) -> Result<&'a str,
             ),
         }),
         None => {
-            let hint = nearest(name, vars.keys().map(String::as_str))
-                .map(|n| format!(" (did you mean `{n}`?)"))
-                .unwrap_or_default();
+            let hint = did_you_mean(name, vars.keys().map(String::as_str));
             Err(TemplateError {
                 span,
                 message: format!("unknown variable `{name}`: declare it under [variables]{hint}"),
             })
         }
     }
+}
+
+/// ` (did you mean `x`?)` for the valid name nearest `unknown`, or nothing:
+/// the hint every "unknown …" message ends with.
+pub fn did_you_mean<'a>(unknown: &str, valid: impl IntoIterator<Item = &'a str>) -> String {
+    nearest(unknown, valid)
+        .map(|n| format!(" (did you mean `{n}`?)"))
+        .unwrap_or_default()
 }
 
 /// The valid name closest to `unknown`, if any is close enough to be a typo.

@@ -343,11 +343,14 @@ fn uki_medium(
 }
 
 fn unknown_host(media: &Media, name: &str) -> String {
-    let names: Vec<&str> = media.hosts.iter().map(|h| h.hostname.as_str()).collect();
-    let hint = recipe::diag::nearest(name, names.iter().copied())
-        .map(|n| format!(" (did you mean `{n}`?)"))
-        .unwrap_or_default();
-    format!("no host `{name}` in the `{RECIPE}` recipe's inventory{hint}")
+    let names = media.hosts.iter().map(|h| h.hostname.as_str());
+    no_such_host(RECIPE, name, names)
+}
+
+/// "no host `x` in the `<recipe>` recipe's inventory", with the nearest name.
+fn no_such_host<'a>(recipe: &str, name: &str, names: impl IntoIterator<Item = &'a str>) -> String {
+    let hint = recipe::diag::did_you_mean(name, names);
+    format!("no host `{name}` in the `{recipe}` recipe's inventory{hint}")
 }
 
 /// `stage1-lkrn`, `stage1-efi`, `stage1-rom`: the whole chain. Kiln serves
@@ -436,10 +439,7 @@ fn stage1_host_file(s: &Settings, host: &str, file: &str) -> Result<String> {
     let ipxe = recipes.ipxe("stage1")?;
     let Some(h) = ipxe.hosts.iter().find(|h| h.hostname == host) else {
         let names = ipxe.hosts.iter().map(|h| h.hostname.as_str());
-        let hint = recipe::diag::nearest(host, names)
-            .map(|n| format!(" (did you mean `{n}`?)"))
-            .unwrap_or_default();
-        bail!("no host `{host}` in the `stage1` recipe's inventory{hint}");
+        bail!(no_such_host("stage1", host, names));
     };
     Ok(h.artifact_name("stage1", file))
 }

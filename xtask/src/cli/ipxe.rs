@@ -75,9 +75,7 @@ pub fn ipxe(s: &Settings, a: &IpxeArgs) -> Result<ExitCode> {
     for name in &a.only {
         if !hosts.iter().any(|h| &h.hostname == name) {
             let names = hosts.iter().map(|h| h.hostname.as_str());
-            let hint = recipe::diag::nearest(name, names)
-                .map(|n| format!(" (did you mean `{n}`?)"))
-                .unwrap_or_default();
+            let hint = recipe::diag::did_you_mean(name, names);
             bail!("`{name}` is not an {} host of the inventory{hint}", a.arch);
         }
     }
@@ -107,8 +105,7 @@ pub fn ipxe(s: &Settings, a: &IpxeArgs) -> Result<ExitCode> {
         }
     }
     for h in &chosen {
-        let files = h.targets.iter().map(|t| &t.file);
-        for file in files.chain(h.combined.iter().map(|c| &c.file)) {
+        for file in h.files() {
             wanted.push(h.artifact_name(&r.name, file));
         }
     }

@@ -175,16 +175,7 @@ impl Builder<'_> {
         patched: &BTreeMap<String, usize>,
         name: String,
     ) -> Made {
-        let images: Vec<String> = c.images.iter().map(IpxeTarget::make_target).collect();
-        let inputs = images
-            .iter()
-            .enumerate()
-            .map(|(i, target)| {
-                let node = patched[target];
-                let output = target.clone();
-                (combine::IMAGE.nth(i), InputRef::Node { node, output })
-            })
-            .collect();
+        let (images, inputs) = image_inputs(c, patched);
         let step = CombineRoms {
             who: who.to_string(),
             file: c.file.clone(),
@@ -326,15 +317,7 @@ impl Builder<'_> {
             });
         }
         for c in &host.combined {
-            let images: Vec<String> = c.images.iter().map(IpxeTarget::make_target).collect();
-            let mut inputs: BTreeMap<String, InputRef> = images
-                .iter()
-                .enumerate()
-                .map(|(i, target)| {
-                    let (node, output) = (made[target], target.clone());
-                    (combine::IMAGE.nth(i), InputRef::Node { node, output })
-                })
-                .collect();
+            let (images, mut inputs) = image_inputs(c, &made);
             inputs.insert(SOURCE.into(), shared[SOURCE.0].clone());
             let step = CatRom {
                 who: host.hostname.clone(),
@@ -413,6 +396,24 @@ fn git_head(checkout: &Path) -> Option<String> {
 /// `stage1/x86_64/ipxe.lkrn`.
 pub fn artifact_name(recipe: &str, arch: Arch, file: &str) -> String {
     format!("{recipe}/{arch}/{file}")
+}
+
+/// A combined ROM's images as make targets, and as the inputs `image.<i>`
+/// of a step chaining them, from the nodes in `made` that made each.
+fn image_inputs(
+    c: &CombinedRom,
+    made: &BTreeMap<String, usize>,
+) -> (Vec<String>, BTreeMap<String, InputRef>) {
+    let images: Vec<String> = c.images.iter().map(IpxeTarget::make_target).collect();
+    let inputs = images
+        .iter()
+        .enumerate()
+        .map(|(i, target)| {
+            let (node, output) = (made[target], target.clone());
+            (combine::IMAGE.nth(i), InputRef::Node { node, output })
+        })
+        .collect();
+    (images, inputs)
 }
 
 /// Targets grouped by platform directory, in order.

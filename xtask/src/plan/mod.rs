@@ -232,9 +232,7 @@ fn prune(plan: Plan, keep: impl Fn(&ArtifactSpec) -> bool) -> Plan {
 
 fn unknown_target(recipes: &Recipes, target: &str) -> String {
     let names: Vec<&str> = recipes.targets.keys().map(String::as_str).collect();
-    let hint = recipe::diag::nearest(target, names.iter().copied())
-        .map(|n| format!(" (did you mean `{n}`?)"))
-        .unwrap_or_default();
+    let hint = recipe::diag::did_you_mean(target, names.iter().copied());
     format!(
         "unknown target `{target}`{hint}: {} has recipes for {}",
         recipes.dir.display(),

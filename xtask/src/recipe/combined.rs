@@ -88,17 +88,8 @@ pub(super) fn combined(
                 "only the first image may be a legacy BIOS ROM (.rom, .mrom): firmware runs the first PC-AT image it finds",
             );
         }
-        let size = |ctx: &mut Ctx, v: &Option<Spanned<i64>>, what: &str| {
-            v.as_ref().and_then(|n| match u64::try_from(*n.get_ref()) {
-                Ok(n) if n > 0 => Some(n),
-                _ => {
-                    ctx.push(n.span(), format!("`{what}` is a positive number of bytes"));
-                    None
-                }
-            })
-        };
-        let pad_to = size(ctx, &c.pad_to, "pad_to");
-        let max_size = size(ctx, &c.max_size, "max_size");
+        let pad_to = ctx.positive_bytes(c.pad_to.as_ref(), "pad_to");
+        let max_size = ctx.positive_bytes(c.max_size.as_ref(), "max_size");
         if let (Some(p), Some(span)) = (pad_to, c.pad_to.as_ref().map(Spanned::span)) {
             if !p.is_power_of_two() {
                 ctx.push(

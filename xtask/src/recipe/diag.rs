@@ -7,7 +7,7 @@ use std::path::Path;
 
 use miette::{GraphicalReportHandler, GraphicalTheme, NamedSource, SourceSpan};
 
-pub use crate::template::nearest;
+pub use crate::template::{did_you_mean, nearest};
 
 /// An error located in a text file (a recipe, an overlay template).
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]

@@ -71,6 +71,13 @@ pub struct IpxeHost {
 }
 
 impl IpxeHost {
+    /// The names of the files this host gets: its targets' and its
+    /// combined ROMs'.
+    pub fn files(&self) -> impl Iterator<Item = &String> {
+        let targets = self.targets.iter().map(|t| &t.file);
+        targets.chain(self.combined.iter().map(|c| &c.file))
+    }
+
     /// Where this host's `file` goes under `output/` (its artifact name).
     pub fn artifact_name(&self, recipe: &str, file: &str) -> String {
         match self.paths.get(file) {
@@ -288,6 +295,7 @@ impl Ipxe {
         let text = fs_err::read_to_string(&self.script_template).unwrap_or_default();
         let mut errors = HostErrors::default();
         let mut out = Vec::new();
+        let version = self.rom_version.map(|v| v.to_string());
         for h in hosts {
             let who = format!("host `{}` ({})", h.hostname, h.origin);
             let Some(targets) = self.targets.get(&h.arch) else {
@@ -364,14 +372,21 @@ impl Ipxe {
                 .filter(|c| h.roms.as_ref().is_none_or(|r| r.contains(&c.file)))
                 .cloned()
                 .collect();
-            let files = targets.iter().map(|t| &t.file);
-            let files: Vec<&String> = files.chain(combined.iter().map(|c| &c.file)).collect();
-            let mut paths = BTreeMap::new();
-            for layout in self.layouts.iter().filter(|l| files.contains(&&l.file)) {
-                let version = self.rom_version.map(|v| v.to_string());
-                match layout.path_for(h, &self.vars, version) {
+            let mut host = IpxeHost {
+                hostname: h.hostname.clone(),
+                arch: h.arch,
+                script,
+                targets,
+                combined,
+                paths: BTreeMap::new(),
+            };
+            let placed: Vec<&Layout> = (self.layouts.iter())
+                .filter(|l| host.files().any(|f| *f == l.file))
+                .collect();
+            for layout in placed {
+                match layout.path_for(h, &self.vars, version.clone()) {
                     Ok(path) => {
-                        paths.insert(layout.file.clone(), path);
+                        host.paths.insert(layout.file.clone(), path);
                     }
                     Err(why) => {
                         let (file, text, span) = layout.at.clone();
@@ -379,14 +394,7 @@ impl Ipxe {
                     }
                 }
             }
-            out.push(IpxeHost {
-                hostname: h.hostname.clone(),
-                arch: h.arch,
-                script,
-                targets,
-                combined,
-                paths,
-            });
+            out.push(host);
         }
         self.check_paths(&out, &mut errors);
         match errors.0.is_empty() {
@@ -407,8 +415,7 @@ impl Ipxe {
             .to_string_lossy();
         let mut seen: BTreeMap<String, (&str, &str)> = BTreeMap::new();
         for h in hosts {
-            let files = h.targets.iter().map(|t| &t.file);
-            for file in files.chain(h.combined.iter().map(|c| &c.file)) {
+            for file in h.files() {
                 let path = h.artifact_name(&recipe, file);
                 match seen.get(&path) {
                     Some((other, other_file)) => {

@@ -132,9 +132,7 @@ fn check_overrides(
         .collect();
     for name in overrides.keys() {
         if !declared.contains(&name.as_str()) {
-            let hint = diag::nearest(name, declared.iter().copied())
-                .map(|n| format!(" (did you mean `{n}`?)"))
-                .unwrap_or_default();
+            let hint = diag::did_you_mean(name, declared.iter().copied());
             anyhow::bail!("--var {name}: no recipe declares a variable `{name}`{hint}");
         }
     }
@@ -337,15 +335,26 @@ impl<'a> Ctx<'a> {
         self.errors.push(self.doc.error(span, message));
     }
 
+    /// A size in bytes (`max_size`, `pad_to`): positive, or reported.
+    fn positive_bytes(&mut self, value: Option<&Spanned<i64>>, key: &str) -> Option<u64> {
+        let value = value?;
+        match u64::try_from(*value.get_ref()) {
+            Ok(n) if n > 0 => Some(n),
+            _ => {
+                let message = format!("`{key}` is a positive number of bytes");
+                self.push(value.span(), message);
+                None
+            }
+        }
+    }
+
     /// A source named in a recipe; an unknown name is reported with the
     /// nearest known one.
     fn source(&mut self, name: &Spanned<String>) -> Option<&'a Source> {
         let sources = self.sources;
         let found = sources.get(name.get_ref());
         if found.is_none() {
-            let hint = diag::nearest(name.get_ref(), sources.keys().map(String::as_str))
-                .map(|n| format!(" (did you mean `{n}`?)"))
-                .unwrap_or_default();
+            let hint = diag::did_you_mean(name.get_ref(), sources.keys().map(String::as_str));
             let msg = format!(
                 "unknown source `{}`: not in sources.toml{hint}",
                 name.get_ref()

@@ -83,16 +83,7 @@ pub(super) fn roms(ctx: &mut Ctx, raw: Vec<Spanned<RawRom>>, has_initramfs: bool
             }
             ok.then(|| v.get_ref().clone())
         });
-        let max_size = r
-            .max_size
-            .as_ref()
-            .and_then(|m| match u64::try_from(*m.get_ref()) {
-                Ok(n) if n > 0 => Some(n),
-                _ => {
-                    ctx.push(m.span(), "`max_size` is a positive number of bytes");
-                    None
-                }
-            });
+        let max_size = ctx.positive_bytes(r.max_size.as_ref(), "max_size");
         if ctx.errors.len() != before {
             continue;
         }

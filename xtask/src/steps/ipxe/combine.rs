@@ -67,12 +67,7 @@ impl Step for CombineRoms {
                 )
             },
         )?;
-        let digest = ctx.store.put_bytes(&rom)?;
-        let size = rom.len() as u64;
-        Ok(BTreeMap::from([(
-            ROM.into(),
-            Output::File { digest, size },
-        )]))
+        stored(ctx, &rom)
     }
 }
 
@@ -125,11 +120,16 @@ impl Step for CatRom {
             }
             rom.resize(pad_to, 0);
         }
-        let digest = ctx.store.put_bytes(&rom)?;
-        let size = rom.len() as u64;
-        Ok(BTreeMap::from([(
-            ROM.into(),
-            Output::File { digest, size },
-        )]))
+        stored(ctx, &rom)
     }
+}
+
+/// `rom` in the store, as the step's output `rom`.
+fn stored(ctx: &StepContext, rom: &[u8]) -> Result<BTreeMap<String, Output>> {
+    let digest = ctx.store.put_bytes(rom)?;
+    let size = rom.len() as u64;
+    Ok(BTreeMap::from([(
+        ROM.into(),
+        Output::File { digest, size },
+    )]))
 }

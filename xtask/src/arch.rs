@@ -40,6 +40,20 @@ impl Arch {
     /// Every architecture, the default first (the order messages list them).
     pub const ALL: [Arch; 2] = [Arch::X86_64, Arch::Arm64];
 
+    /// Debian's name of this architecture (`dpkg --print-architecture`,
+    /// the `:arch` qualifier apt takes, the suffix of a `.deb`'s name).
+    pub fn debian(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "amd64",
+            Arch::Arm64 => "arm64",
+        }
+    }
+
+    /// The architecture Debian calls `name`.
+    pub fn from_debian(name: &str) -> Option<Arch> {
+        Arch::ALL.into_iter().find(|a| a.debian() == name)
+    }
+
     /// The architecture of a recipe or host that names none.
     pub const DEFAULT: Arch = Arch::X86_64;
 
@@ -79,6 +93,16 @@ impl Arch {
         }
     }
 
+    /// The kernel's name for the first serial port of this architecture's
+    /// servers and QEMU boards (`console=` takes it): the 16550 UART on
+    /// x86, the PL011 on arm64.
+    pub fn serial_console(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "ttyS0",
+            Arch::Arm64 => "ttyAMA0",
+        }
+    }
+
     /// The cross compiler prefix on an x86_64 build host (`None`: the
     /// host's own compiler).
     pub fn cross_prefix(self) -> Option<&'static str> {
@@ -93,6 +117,83 @@ impl Arch {
         match self {
             Arch::X86_64 => "x86_64",
             Arch::Arm64 => "arm64",
+        }
+    }
+
+    /// The kernel's boot image: its make target and where kbuild writes it
+    /// in the object tree. Both are EFI applications (the EFI stub): x86's
+    /// compressed bzImage, arm64's uncompressed Image (arm64 firmware and
+    /// iPXE start only an uncompressed PE).
+    pub fn kernel_image(self) -> (&'static str, &'static str) {
+        match self {
+            Arch::X86_64 => ("bzImage", "arch/x86/boot/bzImage"),
+            Arch::Arm64 => ("Image", "arch/arm64/boot/Image"),
+        }
+    }
+
+    /// The build machine's architecture (what Kiln itself was compiled for).
+    pub const HOST: Option<Arch> = if cfg!(target_arch = "x86_64") {
+        Some(Arch::X86_64)
+    } else if cfg!(target_arch = "aarch64") {
+        Some(Arch::Arm64)
+    } else {
+        None
+    };
+
+    /// The ELF `e_machine` of this architecture's programs.
+    pub fn elf_machine(self) -> u16 {
+        match self {
+            Arch::X86_64 => 62,
+            Arch::Arm64 => 183,
+        }
+    }
+
+    /// The user-mode emulator (Debian's qemu-user-static) that runs this
+    /// architecture's static programs on a build machine of another, or
+    /// `None` when the build machine runs them itself.
+    pub fn emulator(self) -> Option<&'static str> {
+        self.emulators().first().copied()
+    }
+
+    /// [`Arch::emulator`] as a list (empty or one), as steps name tools.
+    pub fn emulators(self) -> &'static [&'static str] {
+        if Arch::HOST == Some(self) {
+            return &[];
+        }
+        match self {
+            Arch::X86_64 => &["qemu-x86_64-static"],
+            Arch::Arm64 => &["qemu-aarch64-static"],
+        }
+    }
+
+    /// Whether this is the architecture recipes get when they name none.
+    pub fn is_default(&self) -> bool {
+        *self == Arch::DEFAULT
+    }
+
+    /// The PE/COFF machine type of this architecture's EFI applications.
+    pub fn pe_machine(self) -> u16 {
+        match self {
+            Arch::X86_64 => 0x8664,
+            Arch::Arm64 => 0xaa64,
+        }
+    }
+
+    /// The UEFI removable-media boot path (UEFI 2.10, 3.5.1.1) firmware of
+    /// this architecture looks for on a CD or disk.
+    pub fn efi_boot_file(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "EFI/BOOT/BOOTX64.EFI",
+            Arch::Arm64 => "EFI/BOOT/BOOTAA64.EFI",
+        }
+    }
+
+    /// Where Debian's systemd-boot-efi (of this architecture) puts the
+    /// UKI stub.
+    pub fn uki_stub(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "usr/lib/systemd/boot/efi/linuxx64.efi.stub",
+            Arch::Arm64 => "usr/lib/systemd/boot/efi/linuxaa64.efi.stub",
         }
     }
 
@@ -125,6 +226,8 @@ mod tests {
             assert_eq!(arch.to_string(), arch.name());
         }
         assert_eq!(Arch::from_name("aarch64"), None);
+        assert_eq!(Arch::from_debian("amd64"), Some(Arch::X86_64));
+        assert_eq!(Arch::from_debian(Arch::Arm64.debian()), Some(Arch::Arm64));
     }
 
     #[test]
@@ -137,6 +240,13 @@ mod tests {
             by_type.iter().map(|a| a.name()).collect::<Vec<_>>(),
             by_name
         );
+    }
+
+    #[test]
+    fn efi_names_follow_the_uefi_specification() {
+        assert_eq!(Arch::X86_64.efi_boot_file(), "EFI/BOOT/BOOTX64.EFI");
+        assert_eq!(Arch::Arm64.efi_boot_file(), "EFI/BOOT/BOOTAA64.EFI");
+        assert_eq!(Arch::Arm64.pe_machine(), 0xaa64);
     }
 
     #[test]

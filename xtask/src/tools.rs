@@ -200,17 +200,28 @@ pub fn clean_command(program: &str, home: &Path, epoch: u64) -> Result<Command> 
 /// source paths in debug info, and the tree is in a scratch directory with
 /// a random name. A wrapper named `gcc` changes neither `CC` nor
 /// `gcc --version`, which build systems record (the kernel's Kconfig).
-pub fn path_mapping_gcc(wrappers: &Path, tree: &Path) -> Result<std::ffi::OsString> {
+/// With `cross` (`aarch64-linux-gnu-`), the cross compiler `<cross>gcc` is
+/// wrapped the same way beside the host's.
+pub fn path_mapping_gcc(
+    wrappers: &Path,
+    tree: &Path,
+    cross: Option<&str>,
+) -> Result<std::ffi::OsString> {
     use std::os::unix::fs::PermissionsExt;
-    let gcc = find("gcc").with_context(|| missing("gcc"))?;
     fs::create_dir_all(wrappers).with_context(|| format!("creating {}", wrappers.display()))?;
     let quote = |s: &str| format!("'{}'", s.replace('\'', r"'\''"));
-    let script = format!(
-        "#!/bin/sh\nexec {} {} \"$@\"\n",
-        quote(&gcc.to_string_lossy()),
-        quote(&format!("-ffile-prefix-map={}/=", tree.display()))
-    );
-    for name in ["gcc", "cc"] {
+    let map = quote(&format!("-ffile-prefix-map={}/=", tree.display()));
+    let mut names = vec![("gcc".to_string(), "gcc"), ("gcc".to_string(), "cc")];
+    let cross_gcc = cross.map(|c| format!("{c}gcc"));
+    if let Some(gcc) = &cross_gcc {
+        names.push((gcc.clone(), gcc));
+    }
+    for (real, name) in names {
+        let gcc = find(&real).with_context(|| missing(&real))?;
+        let script = format!(
+            "#!/bin/sh\nexec {} {map} \"$@\"\n",
+            quote(&gcc.to_string_lossy())
+        );
         let path = wrappers.join(name);
         fs::write(&path, &script).with_context(|| format!("writing {}", path.display()))?;
         fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;

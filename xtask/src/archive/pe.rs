@@ -323,8 +323,11 @@ fn check_sections(file_len: usize, h: &Headers, sections: &[Section]) -> Result<
     };
     check_disjoint("in memory", sections, in_memory)?;
     check_disjoint("on disk", sections, |s| span(s.raw_offset, s.raw_size))?;
-    let end = sections.iter().map(|s| in_memory(s).1).max().unwrap_or(0);
-    let needed = align_up(end, h.section_alignment);
+    // The sections must fit in SizeOfImage, as edk2's loader checks. The PE
+    // specification also wants it a multiple of SectionAlignment, but
+    // systemd 252's arm64 stub (linuxaa64.efi.stub) ends at 0x10e00 with
+    // 0x1000 alignment and firmware loads it: the unrounded end is enough.
+    let needed = sections.iter().map(|s| in_memory(s).1).max().unwrap_or(0);
     if u64::from(h.size_of_image) < needed {
         return Err(PeError::SizeOfImageTooSmall(h.size_of_image, needed));
     }
@@ -420,6 +423,22 @@ pub fn strip_coff_symbols(image: &[u8]) -> Result<Vec<u8>, PeError> {
     Ok(out)
 }
 
+/// Drops the overlay (bytes after the last section's raw data that no section maps) of an
+/// unsigned image without a symbol table, as ukify does when it appends: no loader reads them.
+/// systemd 252's arm64 stub, a flat binary with a hand-written PE header (gnu-efi's
+/// aarch64 crt0), ends with 5 KiB of its ELF symbol table there. A signature (the security
+/// directory points into the overlay) is kept and refused by `append_sections`.
+pub fn drop_overlay(image: &[u8]) -> Result<Vec<u8>, PeError> {
+    let pe = PeImage::parse(image)?;
+    let end = usize::try_from(pe.raw_end()).unwrap_or(usize::MAX);
+    if pe.layout.security_size != 0 || pe.layout.symbols != 0 || end >= image.len() {
+        return Ok(image.to_vec());
+    }
+    let mut out = image[..end].to_vec();
+    write_checksum(&mut out, pe.layout.opt)?;
+    Ok(out)
+}
+
 fn check_names(pe: &PeImage, sections: &[(&str, &[u8])]) -> Result<(), PeError> {
     for (i, (name, data)) in sections.iter().enumerate() {
         let named = |variant: fn(String) -> PeError| Err(variant(name.to_string()));
@@ -464,11 +483,26 @@ fn check_appendable(pe: &PeImage, count: usize) -> Result<(), PeError> {
     }
     let slack = pe
         .bytes
-        .get(table_end..table_end + SECTION_HEADER_LEN * count);
-    match slack.unwrap_or_default().iter().position(|&b| b != 0) {
+        .get(table_end..table_end + SECTION_HEADER_LEN * count)
+        .unwrap_or_default();
+    if pe.headers.machine == MACHINE_ARM64 && is_arm64_padding(slack) {
+        return Ok(());
+    }
+    match slack.iter().position(|&b| b != 0) {
         Some(at) => Err(PeError::HeaderSlackInUse(table_end + at)),
         None => Ok(()),
     }
+}
+
+/// PE machine type of arm64 images.
+const MACHINE_ARM64: u16 = 0xaa64;
+
+/// Whether `bytes` are whole AArch64 `nop`s (0xd503201f), as the assembler pads the header of
+/// systemd 252's arm64 stub up to its first section (gnu-efi's crt0 aligns `.text` there):
+/// padding, not data, which new section headers may take.
+fn is_arm64_padding(bytes: &[u8]) -> bool {
+    const NOP: [u8; 4] = 0xd503_201f_u32.to_le_bytes();
+    bytes.len().is_multiple_of(4) && bytes.chunks(4).all(|w| w == NOP)
 }
 
 fn section_header(name: &str, len: u64, va: u64, ptr: u64, raw: u64) -> Result<[u8; 40], PeError> {
@@ -688,6 +722,39 @@ mod tests {
     }
 
     #[test]
+    fn arm64_nop_padding_in_the_header_slack_may_be_overwritten() {
+        let good = synthetic(0x1000, 0x200, 0x400);
+        let nops: Vec<u8> =
+            std::iter::repeat_n(0xd503_201f_u32.to_le_bytes(), SECTION_HEADER_LEN / 4)
+                .flatten()
+                .collect();
+        let mut padded = good.clone();
+        padded[TABLE + 80..TABLE + 80 + nops.len()].copy_from_slice(&nops);
+        let err = append_err(&padded, ONE);
+        assert!(matches!(err, PeError::HeaderSlackInUse(_)), "x86_64: {err}");
+        let mut arm64 = padded;
+        arm64[OPT - 20..OPT - 18].copy_from_slice(&MACHINE_ARM64.to_le_bytes());
+        assert!(append_sections(&arm64, ONE).is_ok());
+    }
+
+    #[test]
+    fn an_unsigned_overlay_is_dropped_and_a_signed_one_kept() {
+        let good = synthetic(0x1000, 0x200, 0x400);
+        let overlay = [good.as_slice(), b"overlay"].concat();
+        let dropped = drop_overlay(&overlay).unwrap();
+        assert_eq!(dropped.len(), good.len());
+        assert!(PeImage::parse(&dropped).unwrap().checksum_ok());
+        assert!(append_sections(&dropped, ONE).is_ok());
+        assert_eq!(drop_overlay(&good).unwrap(), good);
+        let signed = [
+            patched(&good, OPT + OPT_DATA_DIRS + 36, 8).as_slice(),
+            b"sig",
+        ]
+        .concat();
+        assert_eq!(drop_overlay(&signed).unwrap(), signed);
+    }
+
+    #[test]
     fn truncated_or_garbage_input_is_an_error_not_a_panic() {
         let good = synthetic(0x1000, 0x200, 0x400);
         for len in 0..good.len() {
@@ -727,7 +794,7 @@ mod tests {
         );
         let small = parse_err(OPT + OPT_SIZE_OF_IMAGE, 0x1000);
         assert!(
-            matches!(small, PeError::SizeOfImageTooSmall(0x1000, 0x3000)),
+            matches!(small, PeError::SizeOfImageTooSmall(0x1000, 0x2010)),
             "{small}"
         );
     }

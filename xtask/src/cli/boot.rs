@@ -22,6 +22,16 @@ use crate::verify::http;
 
 /// The recipe whose media the boot tests use.
 const RECIPE: &str = "stage2";
+/// Its arm64 twin (`--arch arm64`).
+const RECIPE_ARM64: &str = "stage2-arm64";
+
+/// The stage2 recipe of `arch`.
+fn stage2_recipe(arch: Arch) -> &'static str {
+    match arch {
+        Arch::X86_64 => RECIPE,
+        Arch::Arm64 => RECIPE_ARM64,
+    }
+}
 /// The default stage1 recipe's virtio-net EFI driver ROM.
 const EFIROM: &str = "1af41000.efirom";
 /// Where the qemu-efi-aarch64 deb (AAVMF) keeps firmware for `-bios`.
@@ -62,7 +72,10 @@ pub struct BootTestArgs {
     /// choice).
     #[arg(long, value_enum)]
     pub firmware: Option<Firmware>,
-    /// The guest's architecture: `arm64` is for `stage1-efirom`.
+    /// The guest's architecture. `arm64` boots the `stage2-arm64` recipe's
+    /// artifacts (`stage2`, `stage2-uki`, `stage2-iso` as a CD) or the arm64
+    /// EFI ROM (`stage1-efirom`) on QEMU's `virt` board, under AAVMF (from
+    /// the pinned `aavmf` deb) except `stage2`'s direct kernel boot.
     #[arg(long, value_enum, default_value_t = Arch::DEFAULT)]
     pub arch: Arch,
     /// Attach the ISO as a USB stick instead of a CD.
@@ -139,8 +152,20 @@ pub fn boot_test(s: &Settings, a: &BootTestArgs) -> Result<ExitCode> {
     if a.firmware.is_some() && !a.what.is_media() && a.what != BootTest::Stage1Combined {
         bail!("`--firmware` is for `stage2-iso`, `stage2-uki` and `stage1-combined`");
     }
-    if a.arch != Arch::X86_64 && a.what != BootTest::Stage1Efirom {
-        bail!("`--arch {}` is for `stage1-efirom`", a.arch);
+    let arm64_ready = [
+        BootTest::Stage2,
+        BootTest::Stage2Uki,
+        BootTest::Stage2Iso,
+        BootTest::Stage1Efirom,
+    ];
+    if a.arch != Arch::X86_64 && !arm64_ready.contains(&a.what) {
+        bail!(
+            "`--arch {}` is for `stage2`, `stage2-uki`, `stage2-iso` and `stage1-efirom`",
+            a.arch
+        );
+    }
+    if a.arch == Arch::Arm64 && (a.usb || a.host.is_some() && a.what.is_media()) {
+        bail!("arm64 media boot as a CD or an ESP of the `{RECIPE_ARM64}` recipe: drop `--usb` and `--host`");
     }
     if a.host.is_some() && !a.what.takes_host() {
         bail!("`--host` is for `stage2-iso`, `stage2-uki`, `stage3` and the `stage1-*` boot tests");
@@ -159,14 +184,19 @@ pub fn boot_test(s: &Settings, a: &BootTestArgs) -> Result<ExitCode> {
                     "`--initrd` is for `stage2-initramfs`: the stage2 kernel embeds its initramfs"
                 );
             }
-            build_targets(s, &["stage2".to_string()])?;
-            let kernel = s.output_dir.join("stage2/stage2_vmlinuz");
-            let outcome = boot::boot(&boot::BootSpec::kernel(&kernel, a.timeout))?;
+            let recipe = stage2_recipe(a.arch);
+            let kernel = recipe_kernel(s, recipe)?;
+            build_targets(s, std::slice::from_ref(&kernel))?;
+            let kernel = s.output_dir.join(kernel);
+            let outcome = boot::boot(&boot::BootSpec::kernel(&kernel, a.arch, a.timeout))?;
             let nics = boot::interfaces(&outcome.serial);
-            if !(nics.contains(&"eth0") && nics.contains(&"eth1")) {
+            let cards = boot::stage2_nics(a.arch);
+            let missing = (0..cards.len()).any(|i| !nics.contains(&format!("eth{i}").as_str()));
+            if missing {
                 bail!(
-                    "the stage2 kernel booted but did not bring up both network cards \
-                     (virtio-net, e1000): it reported {nics:?}"
+                    "the {recipe} kernel booted but did not bring up every network card \
+                     ({}): it reported {nics:?}",
+                    cards.join(", ")
                 );
             }
             let banner = outcome
@@ -191,7 +221,8 @@ pub fn boot_test(s: &Settings, a: &BootTestArgs) -> Result<ExitCode> {
                 }
             };
             let kernel = debian_kernel(s)?;
-            let outcome = boot::boot(&boot::BootSpec::stage2(&kernel, &initrd, a.timeout))?;
+            let spec = boot::BootSpec::stage2(&kernel, &initrd, a.arch, a.timeout);
+            let outcome = boot::boot(&spec)?;
             println!(
                 "boot test passed in {:.1}s: saw `{}`",
                 outcome.elapsed.as_secs_f64(),
@@ -215,8 +246,8 @@ pub fn boot_test(s: &Settings, a: &BootTestArgs) -> Result<ExitCode> {
                 ],
                 &initrd,
             )?;
-            let spec =
-                boot::BootSpec::modules(&kernel, &initrd, &["virtio_pci", "virtio_net"], a.timeout);
+            let wanted = ["virtio_pci", "virtio_net"];
+            let spec = boot::BootSpec::modules(&kernel, &initrd, &wanted, a.arch, a.timeout);
             let outcome = boot::boot(&spec)?;
             println!(
                 "boot test passed in {:.1}s: saw `{}`",
@@ -264,28 +295,63 @@ pub fn debian_kernel(s: &Settings) -> Result<PathBuf> {
     }
 }
 
+/// The kernel artifact of the recipe `name`.
+fn recipe_kernel(s: &Settings, name: &str) -> Result<String> {
+    let recipes = recipe::load(&s.recipes_dir, &s.vars)?;
+    let recipe = recipes
+        .targets
+        .get(name)
+        .with_context(|| format!("no recipe `{name}` in {}", s.recipes_dir.display()))?;
+    let kernel = recipe.kernel.as_ref();
+    Ok(kernel
+        .with_context(|| format!("the `{name}` recipe has no [kernel]"))?
+        .output
+        .clone())
+}
+
+/// UEFI firmware for `arch`'s guests: OVMF or AAVMF, from their pinned debs.
+fn uefi_firmware(s: &Settings, arch: Arch) -> Result<PathBuf> {
+    match arch {
+        Arch::X86_64 => deb_source_file(s, "ovmf", OVMF_FD),
+        Arch::Arm64 => deb_source_file(s, "aavmf", AAVMF_FD),
+    }
+}
+
 pub fn boot_media(s: &Settings, a: &BootTestArgs) -> Result<ExitCode> {
     let recipes = recipe::load(&s.recipes_dir, &s.vars)?;
+    let name = stage2_recipe(a.arch);
     let media = &recipes
         .targets
-        .get(RECIPE)
-        .with_context(|| format!("no recipe `{RECIPE}` in {}", s.recipes_dir.display()))?
+        .get(name)
+        .with_context(|| format!("no recipe `{name}` in {}", s.recipes_dir.display()))?
         .media;
+    if a.arch == Arch::Arm64 && a.firmware == Some(Firmware::Bios) {
+        bail!("arm64 machines boot UEFI only: drop `--firmware bios`");
+    }
     let work = tempfile::tempdir().context("creating a temporary directory")?;
-    let (medium, firmware, expected) = match a.what {
+    let (medium, mut firmware, expected) = match a.what {
         BootTest::Stage2Uki => uki_medium(s, a, media, work.path())?,
         _ => iso_medium(s, a, media)?,
     };
+    if a.arch == Arch::Arm64 {
+        firmware = Firmware::Uefi;
+    }
     let firmware_path = match firmware {
-        Firmware::Uefi => Some(deb_source_file(s, "ovmf", OVMF_FD)?),
+        Firmware::Uefi => Some(uefi_firmware(s, a.arch)?),
         Firmware::Bios => None,
     };
-    let spec = BootSpec::media(medium, firmware_path.as_deref(), a.timeout);
+    let mut spec = BootSpec::media(medium, firmware_path.as_deref(), a.timeout);
+    spec.arch = a.arch;
+    spec.qemu_args = boot::nics(boot::stage2_nics(a.arch));
     let outcome = boot::boot(&spec)?;
     let guest = boot::guest_cmdline(&outcome.serial).unwrap_or_default();
     if !guest.ends_with(expected.as_str()) {
         bail!("the guest booted with `{guest}`, but the medium carries `{expected}`");
     }
+    let firmware = match a.arch {
+        Arch::X86_64 => firmware.to_string(),
+        Arch::Arm64 => "AAVMF".to_string(),
+    };
     println!(
         "boot test passed in {:.1}s ({firmware}): saw `{}`; guest cmdline `{guest}`",
         outcome.elapsed.as_secs_f64(),
@@ -299,7 +365,7 @@ fn iso_medium(s: &Settings, a: &BootTestArgs, media: &Media) -> Result<(Medium, 
     let iso = media
         .iso
         .as_ref()
-        .with_context(|| format!("the `{RECIPE}` recipe has no [iso]"))?;
+        .with_context(|| format!("the `{}` recipe has no [iso]", stage2_recipe(a.arch)))?;
     let (artifact, cmdline) = match &a.host {
         Some(name) => {
             let host = media
@@ -336,9 +402,9 @@ fn uki_medium(
     let uki = media
         .uki
         .as_ref()
-        .with_context(|| format!("the `{RECIPE}` recipe has no [uki]"))?;
+        .with_context(|| format!("the `{}` recipe has no [uki]", stage2_recipe(a.arch)))?;
     build_targets(s, std::slice::from_ref(&uki.output))?;
-    let path = esp_with(&s.output_dir.join(&uki.output), work)?;
+    let path = esp_with(&s.output_dir.join(&uki.output), a.arch, work)?;
     Ok((Medium::Disk(path), Firmware::Uefi, media.cmdline.clone()))
 }
 
@@ -400,7 +466,7 @@ pub fn boot_stage1(s: &Settings, a: &BootTestArgs) -> Result<ExitCode> {
             },
             None,
         ),
-        "ipxe.efi" => (Medium::Disk(esp_with(&binary, work.path())?), None),
+        "ipxe.efi" => (Medium::Disk(esp_with(&binary, a.arch, work.path())?), None),
         _ => (Medium::Network, Some(binary.as_path())),
     };
     let mut spec = BootSpec::media(medium, firmware.as_deref(), a.timeout);
@@ -445,9 +511,9 @@ fn stage1_host_file(s: &Settings, host: &str, file: &str) -> Result<String> {
 }
 
 /// A FAT drive whose removable-media boot file is `efi`.
-fn esp_with(efi: &Path, work: &Path) -> Result<PathBuf> {
+fn esp_with(efi: &Path, arch: Arch, work: &Path) -> Result<PathBuf> {
     let bytes = fs_err::read(efi).with_context(|| format!("reading {}", efi.display()))?;
-    let image = esp_image(bytes, 0)?;
+    let image = esp_image(bytes, arch, 0)?;
     let path = work.join("esp.img");
     fs_err::write(&path, image).with_context(|| format!("writing {}", path.display()))?;
     Ok(path)

@@ -92,9 +92,24 @@ fn deb_pins(s: &Settings) {
     };
     let mut gone = Vec::new();
     let mut debs = 0;
+    let foreign: std::collections::BTreeSet<_> = recipes
+        .sources
+        .values()
+        .filter_map(|s| match &s.kind {
+            SourceKind::Deb { arch, .. } => *arch,
+            _ => None,
+        })
+        .collect();
+    for arch in foreign {
+        match apt::architecture_missing(Some(arch)) {
+            Some(why) => println!("arch:    {arch} deb sources cannot be fetched: {why}"),
+            None => println!("arch:    apt handles {arch} packages"),
+        }
+    }
     for (name, source) in &recipes.sources {
         let SourceKind::Deb {
             package,
+            arch,
             version,
             pool,
             ..
@@ -103,6 +118,13 @@ fn deb_pins(s: &Settings) {
             continue;
         };
         debs += 1;
+        let package = &apt::qualified(package, *arch);
+        if apt::architecture_missing(*arch).is_some() {
+            gone.push(format!(
+                "{name} ({package}={version}): its architecture is not enabled"
+            ));
+            continue;
+        }
         match apt::show(package, Some(version)) {
             Ok(Some(_)) => {}
             Ok(None) => {

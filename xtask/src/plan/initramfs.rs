@@ -9,7 +9,6 @@ use anyhow::{Context, Result};
 
 use super::sources::display_path;
 use super::{ArtifactSpec, Builder, InputRef};
-use crate::arch::Arch;
 use crate::recipe::{self, Recipe};
 use crate::steps::initramfs::{BuildInitramfs, BUSYBOX, IMAGE, OVERLAY, PROGRAMS, ROMS};
 use crate::steps::modules::depmod::{DepmodIndexes, INDEXES, KERNEL};
@@ -57,6 +56,7 @@ impl Builder<'_> {
             trees,
             overlays: ir.overlays.len(),
             busybox: ir.busybox.is_some(),
+            arch: recipe.arch,
             templates: ir.templates.clone(),
             vars,
             devices: ir.devices.clone(),
@@ -66,7 +66,7 @@ impl Builder<'_> {
         self.plan.artifacts.push(ArtifactSpec {
             name: ir.output.clone(),
             kind: "initramfs",
-            arch: Arch::X86_64,
+            arch: recipe.arch,
             recipe: recipe.file.clone(),
             epoch: self.epoch(recipe),
             node,
@@ -124,7 +124,7 @@ impl Builder<'_> {
             self.plan.artifacts.push(ArtifactSpec {
                 name: format!("modules/{}/modules.cpio.{ext}", m.kernel_release),
                 kind: "modules",
-                arch: Arch::X86_64,
+                arch: recipe.arch,
                 recipe: recipe.file.clone(),
                 epoch: self.epoch(recipe),
                 node,

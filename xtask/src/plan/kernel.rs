@@ -8,7 +8,6 @@ use anyhow::Result;
 
 use super::sources::display_path;
 use super::{beside, ArtifactSpec, Builder, InputRef};
-use crate::arch::Arch;
 use crate::archive::Compression;
 use crate::recipe::{self, Recipe};
 use crate::steps::initramfs::IMAGE;
@@ -117,7 +116,7 @@ impl Builder<'_> {
         self.plan.artifacts.push(ArtifactSpec {
             name: k.output.clone(),
             kind: "kernel",
-            arch: Arch::X86_64,
+            arch: k.arch,
             recipe: recipe.file.clone(),
             epoch,
             node: link,
@@ -159,7 +158,7 @@ impl Builder<'_> {
         self.plan.artifacts.push(ArtifactSpec {
             name,
             kind: "modules",
-            arch: Arch::X86_64,
+            arch: k.arch,
             recipe: recipe.file.clone(),
             epoch: self.epoch(recipe),
             node,

@@ -7,7 +7,6 @@ use std::collections::BTreeMap;
 use anyhow::Result;
 
 use super::{ArtifactSpec, Builder, InputRef};
-use crate::arch::Arch;
 use crate::recipe::{self, Recipe};
 use crate::steps::initramfs::IMAGE;
 use crate::steps::iso::BuildIso;
@@ -96,6 +95,7 @@ impl Builder<'_> {
         }
         let step = AssembleUki {
             name: name.to_string(),
+            arch: recipe.arch,
             cmdline: cmdline.to_string(),
             os_release: os_release(&recipe.name, recipe.description.as_deref()),
             initrd: initramfs.is_some(),
@@ -112,26 +112,25 @@ impl Builder<'_> {
         uki: usize,
         name: &str,
     ) -> Result<usize> {
-        let inputs = BTreeMap::from([
-            (steps::iso::ISOLINUX.into(), self.deb_tree(&iso.isolinux)?),
-            (steps::iso::SYSLINUX.into(), self.deb_tree(&iso.syslinux)?),
-            (
-                steps::iso::KERNEL.into(),
-                InputRef::Node {
-                    node: kernel,
-                    output: BZIMAGE.into(),
-                },
-            ),
-            (
-                steps::iso::UKI.into(),
-                InputRef::Node {
-                    node: uki,
-                    output: steps::uki::EFI.into(),
-                },
-            ),
-        ]);
+        let mut inputs = BTreeMap::from([(
+            steps::iso::UKI.into(),
+            InputRef::Node {
+                node: uki,
+                output: steps::uki::EFI.into(),
+            },
+        )]);
+        if let Some(bios) = &iso.bios {
+            inputs.insert(steps::iso::ISOLINUX.into(), self.deb_tree(&bios.isolinux)?);
+            inputs.insert(steps::iso::SYSLINUX.into(), self.deb_tree(&bios.syslinux)?);
+            let kernel = InputRef::Node {
+                node: kernel,
+                output: BZIMAGE.into(),
+            };
+            inputs.insert(steps::iso::KERNEL.into(), kernel);
+        }
         let step = BuildIso {
             name: name.to_string(),
+            arch: recipe.arch,
             cmdline: cmdline.to_string(),
             volume_id: iso.volume_id.clone(),
             epoch: self.epoch(recipe),
@@ -150,7 +149,7 @@ impl Builder<'_> {
         self.plan.artifacts.push(ArtifactSpec {
             name: name.to_string(),
             kind,
-            arch: Arch::X86_64,
+            arch: recipe.arch,
             recipe: recipe.file.clone(),
             epoch: self.epoch(recipe),
             node,

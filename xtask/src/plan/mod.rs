@@ -107,7 +107,10 @@ pub fn plan(
         let recipe_name = match target.split_once('/') {
             Some(_) => {
                 wanted.push(target.clone());
-                artifact_recipe(recipes, target)?
+                match artifact_recipe(recipes, target) {
+                    Some(name) => name,
+                    None => continue,
+                }
             }
             None => target.as_str(),
         };
@@ -116,6 +119,17 @@ pub fn plan(
             .get(recipe_name)
             .with_context(|| unknown_target(recipes, target))?;
         b.add_recipe_once(recipe)?;
+    }
+    // An artifact outside the recipe its path names (stage2/arm64/… is the
+    // stage2-arm64 recipe's): every recipe is planned, the one that builds
+    // it kept.
+    if wanted
+        .iter()
+        .any(|w| !b.plan.artifacts.iter().any(|a| &a.name == w))
+    {
+        for recipe in recipes.targets.values() {
+            b.add_recipe_once(recipe)?;
+        }
     }
     let whole: Vec<&String> = targets.iter().filter(|t| !t.contains('/')).collect();
     let plan = b.plan;
@@ -144,7 +158,9 @@ pub fn plan(
         .iter()
         .find(|w| !plan.artifacts.iter().any(|a| &&a.name == w))
     {
-        bail!("no recipe builds the artifact `{missing}`");
+        let names = plan.artifacts.iter().map(|a| a.name.as_str());
+        let hint = crate::recipe::diag::did_you_mean(missing, names);
+        bail!("no recipe builds the artifact `{missing}`: artifacts are named by their output path{hint}");
     }
     if plan.artifacts.iter().all(keep) {
         return Ok(plan);
@@ -153,11 +169,12 @@ pub fn plan(
 }
 
 /// The recipe named by an artifact path's first component (`stage2/…`),
-/// or the one whose `[[ipxe.layout]]` puts a host's file at that path.
-fn artifact_recipe<'a>(recipes: &'a Recipes, artifact: &'a str) -> Result<&'a str> {
+/// or the one whose `[[ipxe.layout]]` puts a host's file at that path;
+/// `None` when neither is known (the caller then asks every recipe).
+fn artifact_recipe<'a>(recipes: &'a Recipes, artifact: &'a str) -> Option<&'a str> {
     let (first, _) = artifact.split_once('/').expect("artifact paths have a /");
     if recipes.targets.contains_key(first) {
-        return Ok(first);
+        return Some(first);
     }
     let laid_out = recipes.targets.iter().find(|(_, r)| {
         r.ipxe.as_ref().is_some_and(|i| {
@@ -166,12 +183,7 @@ fn artifact_recipe<'a>(recipes: &'a Recipes, artifact: &'a str) -> Result<&'a st
                 .any(|h| h.paths.values().any(|p| p == artifact))
         })
     });
-    match laid_out {
-        Some((name, _)) => Ok(name),
-        None => bail!(
-            "unknown artifact `{artifact}`: artifacts are named <recipe>/<file> (or placed by a recipe's [[ipxe.layout]]), and there is no recipe `{first}`"
-        ),
-    }
+    laid_out.map(|(name, _)| name.as_str())
 }
 
 /// Keeps the artifacts `keep` selects and only the nodes they need.

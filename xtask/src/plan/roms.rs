@@ -110,6 +110,7 @@ impl Builder<'_> {
                     trees: vec![ROMS.into()],
                     overlays: 0,
                     busybox: false,
+                    arch: recipe.arch,
                     templates: Vec::new(),
                     vars: BTreeMap::new(),
                     devices: Vec::new(),

@@ -202,6 +202,7 @@ impl Builder<'_> {
             match &source.kind {
                 SourceKind::Deb {
                     package,
+                    arch,
                     version,
                     sha256,
                     pool,
@@ -209,6 +210,7 @@ impl Builder<'_> {
                     let step = FetchDeb {
                         source: name.into(),
                         package: package.clone(),
+                        arch: *arch,
                         version: version.clone(),
                         sha256: sha256.clone(),
                         pool: pool.clone(),

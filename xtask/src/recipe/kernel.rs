@@ -130,6 +130,7 @@ pub(super) fn modules(ctx: &mut Ctx, raw: RawModules) -> Option<Modules> {
 pub(super) fn kernel(
     ctx: &mut Ctx,
     raw: Spanned<RawKernel>,
+    recipe_arch: Arch,
     has_initramfs: bool,
 ) -> Option<Kernel> {
     let span = raw.span();
@@ -137,9 +138,19 @@ pub(super) fn kernel(
     let before = ctx.errors.len();
     let output = output_path(ctx, &raw.output).unwrap_or_default();
     ctx.source(&raw.source);
-    let arch = Arch::from_name(raw.arch.get_ref()).filter(|a| *a == Arch::X86_64);
-    if arch.is_none() {
-        ctx.push(raw.arch.span(), "kernels are built for `x86_64` only");
+    // The recipe's arch; `[kernel] arch` may only say it again.
+    if let Some(a) = &raw.arch {
+        match Arch::from_name(a.get_ref()) {
+            Some(arch) if arch == recipe_arch => {}
+            Some(_) => ctx.push(
+                a.span(),
+                format!("the recipe builds for `{recipe_arch}` (its top-level `arch`): a kernel of another architecture goes in a recipe of its own"),
+            ),
+            None => ctx.push(
+                a.span(),
+                format!("unknown `arch`: use one of {}", Arch::names()),
+            ),
+        }
     }
     let base = ctx.doc.dir();
     let config = match (&raw.base, &raw.config) {
@@ -193,7 +204,7 @@ pub(super) fn kernel(
     (ctx.errors.len() == before).then(|| Kernel {
         output,
         source: raw.source.into_inner(),
-        arch: arch.expect("checked above"),
+        arch: recipe_arch,
         config: config.expect("checked above"),
         fragments,
         embed_initramfs: embed,

@@ -10,6 +10,7 @@ use toml::Spanned;
 use super::hosts::{self, Host};
 use super::schema::{RawHosts, RawIso, RawRecipe, RawScript, RawUki};
 use super::{output_path, recipe_file, render_file, Ctx, RecipeErrors, Vars};
+use crate::arch::Arch;
 use crate::template::Syntax;
 
 /// The kernel's `COMMAND_LINE_SIZE` on x86 is 2048 bytes with the NUL, and
@@ -40,9 +41,16 @@ pub struct Uki {
 #[derive(Debug, Clone)]
 pub struct Iso {
     pub output: String,
+    /// The BIOS path: `deb` sources with isolinux and syslinux's
+    /// ldlinux.c32 (x86_64); `None` for a UEFI-only ISO (arm64).
+    pub bios: Option<Bios>,
+    pub volume_id: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Bios {
     pub isolinux: String,
     pub syslinux: String,
-    pub volume_id: String,
 }
 
 #[derive(Debug, Clone)]
@@ -67,6 +75,7 @@ pub(super) fn media(
     raw: &mut RawRecipe,
     vars: &Vars,
     kernel_output: Option<&str>,
+    arch: Arch,
 ) -> Media {
     let cmdline = raw
         .cmdline
@@ -99,7 +108,7 @@ pub(super) fn media(
                 "[iso] boots UEFI machines through the UKI: add a [uki] section",
             );
         }
-        media.iso = iso(ctx, iso_raw.into_inner());
+        media.iso = iso(ctx, iso_raw, arch);
     }
     if let Some(h) = raw.hosts.take() {
         if media.iso.is_none() {
@@ -123,10 +132,36 @@ fn uki(ctx: &mut Ctx, raw: RawUki) -> Option<Uki> {
     Some(Uki { output, stub })
 }
 
-fn iso(ctx: &mut Ctx, raw: RawIso) -> Option<Iso> {
+fn iso(ctx: &mut Ctx, raw: Spanned<RawIso>, arch: Arch) -> Option<Iso> {
+    let span = raw.span();
+    let raw = raw.into_inner();
     let output = output_path(ctx, &raw.output);
-    let isolinux = ctx.deb_source(&raw.isolinux);
-    let syslinux = ctx.deb_source(&raw.syslinux);
+    let bios = match (arch, &raw.isolinux, &raw.syslinux) {
+        (Arch::X86_64, Some(isolinux), Some(syslinux)) => {
+            let isolinux = ctx.deb_source(isolinux);
+            let syslinux = ctx.deb_source(syslinux);
+            Some(Some(Bios {
+                isolinux: isolinux?,
+                syslinux: syslinux?,
+            }))
+        }
+        (Arch::X86_64, _, _) => {
+            ctx.push(
+                span,
+                "an x86_64 ISO boots BIOS machines through isolinux: give `isolinux` and `syslinux` (deb sources)",
+            );
+            None
+        }
+        (Arch::Arm64, None, None) => Some(None),
+        (Arch::Arm64, given, other) => {
+            let key = given.as_ref().or(other.as_ref()).expect("one is given");
+            ctx.push(
+                key.span(),
+                "arm64 ISOs boot UEFI only: isolinux and syslinux are BIOS boot loaders, leave them out",
+            );
+            None
+        }
+    };
     let volume_id = match &raw.volume_id {
         Some(v) if valid_volume_id(v.get_ref()) => v.get_ref().clone(),
         Some(v) => {
@@ -137,8 +172,7 @@ fn iso(ctx: &mut Ctx, raw: RawIso) -> Option<Iso> {
     };
     Some(Iso {
         output: output?,
-        isolinux: isolinux?,
-        syslinux: syslinux?,
+        bios: bios?,
         volume_id,
     })
 }

@@ -30,6 +30,7 @@ use anyhow::{Context, Result};
 use serde::de::DeserializeOwned;
 use toml::Spanned;
 
+use crate::arch::Arch;
 use crate::template;
 pub use crate::template::Vars;
 pub use diag::{RecipeErrors, SourceError};
@@ -74,6 +75,8 @@ pub struct Recipe {
     pub file: PathBuf,
     pub description: Option<String>,
     pub epoch: u64,
+    /// What the initramfs, kernel, modules and media are built for.
+    pub arch: Arch,
     pub variables: Vars,
     pub initramfs: Option<Initramfs>,
     pub modules: Option<Modules>,
@@ -258,6 +261,14 @@ fn load_recipe(
             0
         }
     };
+    let arch = match &raw.arch {
+        None => Arch::DEFAULT,
+        Some(a) => Arch::from_name(a.get_ref()).unwrap_or_else(|| {
+            let msg = format!("unknown `arch`: use one of {}", Arch::names());
+            errors.push(doc.error(a.span(), msg));
+            Arch::DEFAULT
+        }),
+    };
     let variables = variables(std::mem::take(&mut raw.variables), overrides);
     let mut ctx = Ctx {
         doc: &doc,
@@ -274,12 +285,18 @@ fn load_recipe(
         .take()
         .and_then(|raw| kernel::modules(&mut ctx, raw.into_inner()));
     let has_initramfs = initramfs.is_some();
+    // A [kernel] with errors of its own still counts as there for the
+    // sections that boot it: they must not add "add a [kernel] section".
+    let kernel_given = raw.kernel.is_some();
     let kernel = raw
         .kernel
         .take()
-        .and_then(|raw| kernel::kernel(&mut ctx, raw, has_initramfs));
-    let kernel_output = kernel.as_ref().map(|k| k.output.as_str());
-    let media = media::media(&mut ctx, &mut raw, &variables, kernel_output);
+        .and_then(|raw| kernel::kernel(&mut ctx, raw, arch, has_initramfs));
+    let kernel_output = kernel
+        .as_ref()
+        .map(|k| k.output.as_str())
+        .or(kernel_given.then_some(""));
+    let media = media::media(&mut ctx, &mut raw, &variables, kernel_output, arch);
     let ipxe = raw
         .ipxe
         .take()
@@ -293,6 +310,7 @@ fn load_recipe(
         file: file.to_path_buf(),
         description: raw.description.take(),
         epoch,
+        arch,
         variables,
         initramfs,
         modules,

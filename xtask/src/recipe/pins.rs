@@ -47,6 +47,9 @@ pub fn update_deb_pins(
         let Some(package) = text_of("deb") else {
             continue;
         };
+        // Another architecture's package is asked of apt as `package:arch`.
+        let arch = text_of("arch").and_then(|a| crate::arch::Arch::from_name(&a));
+        let package = crate::tools::apt::qualified(&package, arch);
         if !names.is_empty() && !names.iter().any(|n| n.as_str() == name.get()) {
             continue;
         }

@@ -67,6 +67,9 @@ pub struct RawSource {
     pub path: Option<Spanned<String>>,
     /// Debian binary package name, fetched with `apt-get download`.
     pub deb: Option<Spanned<String>>,
+    /// With `deb`: the architecture of the package (`x86_64`, `arm64`);
+    /// without it, the build machine's own (apt's default).
+    pub arch: Option<Spanned<String>>,
     /// Debian package version (with `deb`).
     pub version: Option<Spanned<String>>,
     /// Expected sha256 of the downloaded file (with `url` and `deb`).
@@ -88,6 +91,9 @@ pub struct RawRecipe {
     pub description: Option<String>,
     /// Seconds since 1970 used for every timestamp; `SOURCE_DATE_EPOCH` overrides.
     pub epoch: Spanned<i64>,
+    /// The architecture of the recipe's initramfs, kernel, modules and boot
+    /// media: `x86_64` (when absent) or `arm64`. iPXE targets name theirs.
+    pub arch: Option<Spanned<String>>,
     #[serde(default)]
     pub variables: BTreeMap<String, Spanned<RawVariable>>,
     pub initramfs: Option<Spanned<RawInitramfs>>,
@@ -206,7 +212,8 @@ pub struct RawLayout {
 pub struct RawUki {
     /// Path of the `.efi` under the output directory.
     pub output: Spanned<String>,
-    /// A `deb` source holding `usr/lib/systemd/boot/efi/linuxx64.efi.stub`.
+    /// A `deb` source holding systemd's EFI stub for the recipe's `arch`
+    /// (`usr/lib/systemd/boot/efi/linuxx64.efi.stub`, `linuxaa64.efi.stub`).
     pub stub: Spanned<String>,
 }
 
@@ -216,10 +223,12 @@ pub struct RawUki {
 #[serde(deny_unknown_fields)]
 pub struct RawIso {
     pub output: Spanned<String>,
-    /// A `deb` source holding `usr/lib/ISOLINUX/{isolinux.bin,isohdpfx.bin}`.
-    pub isolinux: Spanned<String>,
-    /// A `deb` source holding `usr/lib/syslinux/modules/bios/ldlinux.c32`.
-    pub syslinux: Spanned<String>,
+    /// A `deb` source holding `usr/lib/ISOLINUX/{isolinux.bin,isohdpfx.bin}`
+    /// (x86_64: the BIOS path; arm64 ISOs boot UEFI only and take none).
+    pub isolinux: Option<Spanned<String>>,
+    /// A `deb` source holding `usr/lib/syslinux/modules/bios/ldlinux.c32`
+    /// (with `isolinux`).
+    pub syslinux: Option<Spanned<String>>,
     /// ISO 9660 volume id: up to 32 of A-Z, 0-9 and `_`.
     pub volume_id: Option<Spanned<String>>,
 }
@@ -279,8 +288,8 @@ pub struct RawKernel {
     /// A source holding the kernel tree: a linux-source-* `deb`, a `url`
     /// tarball, or a `path` (tarball or unpacked tree).
     pub source: Spanned<String>,
-    #[serde(default = "default_arch")]
-    pub arch: Spanned<String>,
+    /// The recipe's `arch` (the default), said again.
+    pub arch: Option<Spanned<String>>,
     /// `tinyconfig`, `defconfig` or `allnoconfig` (or give `config`).
     pub base: Option<Spanned<String>>,
     /// A full config file, relative to the recipe (instead of `base`).
@@ -296,10 +305,6 @@ pub struct RawKernel {
     /// beside the kernel.
     #[serde(default)]
     pub modules: Vec<Spanned<String>>,
-}
-
-fn default_arch() -> Spanned<String> {
-    Spanned::new(0..0, crate::arch::Arch::DEFAULT.name().to_string())
 }
 
 #[derive(Debug, Deserialize)]

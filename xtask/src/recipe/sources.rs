@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use toml::Spanned;
 
+use crate::arch::Arch;
+
 use super::schema::{RawMirrors, RawSource, SourcesFile};
 use super::{diag::RecipeErrors, Doc, SourceError};
 
@@ -42,6 +44,8 @@ pub enum SourceKind {
     },
     Deb {
         package: String,
+        /// The package's architecture when not the build machine's.
+        arch: Option<Arch>,
         version: String,
         sha256: String,
         /// The `.deb`'s path under an archive's base URL, as apt's
@@ -115,6 +119,9 @@ fn source_kind(doc: &Doc, base: &Path, raw: Spanned<RawSource>) -> Result<Source
     if let (Some(pool), None) = (&raw.pool, &raw.deb) {
         return Err(doc.error(pool.span(), "`pool` is the archive path of a `deb` source"));
     }
+    if let (Some(arch), None) = (&raw.arch, &raw.deb) {
+        return Err(doc.error(arch.span(), "`arch` is the architecture of a `deb` source"));
+    }
     if let Some(path) = raw.path {
         return Ok(SourceKind::Path {
             path: base.join(path.into_inner()),
@@ -148,11 +155,29 @@ fn source_kind(doc: &Doc, base: &Path, raw: Spanned<RawSource>) -> Result<Source
     let package = raw.deb.map(Spanned::into_inner).unwrap_or_default();
     let version = required(doc, span, raw.version, "version")?.into_inner();
     let pool = raw.pool.map(|p| check_pool(doc, p)).transpose()?;
+    let arch = raw.arch.map(|a| deb_arch(doc, a)).transpose()?;
     Ok(SourceKind::Deb {
         package,
+        arch,
         version,
         sha256,
         pool,
+    })
+}
+
+/// A `deb` source's `arch`, by Kiln's name (the one recipes and hosts
+/// use); Debian's name is pointed to its Kiln name.
+fn deb_arch(doc: &Doc, arch: Spanned<String>) -> Result<Arch, SourceError> {
+    let name = arch.get_ref();
+    Arch::from_name(name).ok_or_else(|| {
+        let hint = match Arch::from_debian(name) {
+            Some(a) => format!(" (Debian's {name} is Kiln's `{a}`)"),
+            None => String::new(),
+        };
+        doc.error(
+            arch.span(),
+            format!("unknown `arch`: use one of {}{hint}", Arch::names()),
+        )
     })
 }
 
@@ -188,5 +213,42 @@ fn check_sha256(doc: &Doc, value: &Spanned<String>) -> Result<(), SourceError> {
         Ok(())
     } else {
         Err(doc.error(value.span(), "a sha256 must be 64 hexadecimal digits"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<Sources> {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("sources.toml");
+        fs_err::write(&file, text).unwrap();
+        load_sources(&file)
+    }
+
+    const PIN: &str = "version = \"1\"\nsha256 = \"3d3fdbe91d4660c873e14b092c213fe81c1da6362daa236eb25d0171eb108744\"\n";
+
+    #[test]
+    fn a_deb_names_its_architecture_by_kiln_name() {
+        let s = load(&format!(
+            "[bb]\ndeb = \"busybox-static\"\narch = \"arm64\"\n{PIN}"
+        ))
+        .unwrap();
+        assert!(matches!(
+            s.sources["bb"].kind,
+            SourceKind::Deb {
+                arch: Some(Arch::Arm64),
+                ..
+            }
+        ));
+        let err = load(&format!(
+            "[bb]\ndeb = \"busybox-static\"\narch = \"amd64\"\n{PIN}"
+        ))
+        .unwrap_err();
+        let text = format!("{err:#}");
+        assert!(text.contains("Debian's amd64 is Kiln's `x86_64`"), "{text}");
+        let err = load("[t]\npath = \"x\"\narch = \"arm64\"\n").unwrap_err();
+        assert!(format!("{err:#}").contains("`arch` is the architecture of a `deb`"));
     }
 }

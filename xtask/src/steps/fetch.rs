@@ -8,8 +8,10 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
 use super::{Slot, Step, StepContext};
+use crate::arch::Arch;
 use crate::store::{Digest, Output};
 use crate::tools;
+use crate::tools::apt;
 
 /// A pinned digest did not match what was fetched. Nothing is stored.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +46,10 @@ pub struct FetchDeb {
     #[serde(skip)]
     pub source: String,
     pub package: String,
+    /// The package's architecture when not the machine's. Not in the key:
+    /// the sha256 already says which file it is.
+    #[serde(skip)]
+    pub arch: Option<Arch>,
     pub version: String,
     pub sha256: String,
     /// Where the file is, not what it is: neither enters the key (the
@@ -62,14 +68,14 @@ impl Step for FetchDeb {
         1
     }
     fn label(&self) -> String {
-        format!("fetch {}={}", self.package, self.version)
+        format!("fetch {}={}", self.apt_name(), self.version)
     }
     fn identity(&self) -> String {
         format!("fetch source {}", self.source)
     }
 
     fn run(&self, ctx: &StepContext, scratch: &Path) -> Result<BTreeMap<String, Output>> {
-        let what = format!("{}={}", self.package, self.version);
+        let what = format!("{}={}", self.apt_name(), self.version);
         let output = match self.apt_download(ctx, scratch) {
             Ok(deb) => store_verified(ctx, &deb, &self.source, &self.sha256, &what)?,
             Err(apt) => self.mirror_download(ctx, apt)?,
@@ -79,14 +85,21 @@ impl Step for FetchDeb {
 }
 
 impl FetchDeb {
+    /// `package` or `package:arm64`, as apt takes it.
+    fn apt_name(&self) -> String {
+        apt::qualified(&self.package, self.arch)
+    }
+
     fn apt_download(&self, ctx: &StepContext, scratch: &Path) -> Result<std::path::PathBuf> {
         let mut cmd = tools::command("apt-get")?;
-        cmd.current_dir(scratch)
-            .arg("download")
-            .arg(format!("{}={}", self.package, self.version));
+        cmd.current_dir(scratch).arg("download").arg(format!(
+            "{}={}",
+            self.apt_name(),
+            self.version
+        ));
         // apt-get prints no progress into a log: show the bytes arrived so far.
         let log = ctx.log(&format!("fetch-{}", self.source));
-        let label = format!("downloading {}={}", self.package, self.version);
+        let label = format!("downloading {}={}", self.apt_name(), self.version);
         let arrived = || Some(tools::human_bytes(dir_bytes(scratch)));
         tools::with_progress(&label, arrived, || tools::run_logged(cmd, &log))?;
         single_deb(scratch)
@@ -94,6 +107,9 @@ impl FetchDeb {
 
     /// The pool path under each mirror in turn, after apt failed with `apt`.
     fn mirror_download(&self, ctx: &StepContext, apt: anyhow::Error) -> Result<Output> {
+        if let Some(why) = apt::architecture_missing(self.arch) {
+            return Err(apt.context(format!("downloading source `{}`: {why}", self.source)));
+        }
         let hint = match (&self.pool, self.mirrors.is_empty()) {
             (None, _) => "its `pool` path is not recorded: `cargo xtask sources update --keep-versions` records it while apt still offers the version, `cargo xtask sources update` re-pins",
             (Some(_), true) => "no `[mirrors] deb` base URL in sources.toml to fetch its `pool` path from (a Debian snapshot archive or a local mirror)",
@@ -102,7 +118,8 @@ impl FetchDeb {
         let download = || {
             format!(
                 "downloading source `{}`: apt-get could not (`apt-cache policy {}` tells which versions apt offers)",
-                self.source, self.package
+                self.source,
+                self.apt_name()
             )
         };
         let Some(pool) = self.pool.as_deref().filter(|_| hint.is_empty()) else {
@@ -119,7 +136,7 @@ impl FetchDeb {
                     let _ = fs_err::remove_file(&partial);
                     tracing::warn!(
                         "{}={} came from {url}: apt no longer offers it",
-                        self.package,
+                        self.apt_name(),
                         self.version
                     );
                     return Ok(output);

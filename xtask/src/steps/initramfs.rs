@@ -7,10 +7,11 @@ use std::io::{BufWriter, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
 use super::{Slot, Step, StepContext};
+use crate::arch::Arch;
 use crate::archive::entry::Device;
 use crate::archive::{self, CompressOptions, Compression, Data, Entry, Kind};
 use crate::store::{Output, Tree, TreeKind};
@@ -48,6 +49,11 @@ pub struct BuildInitramfs {
     /// after `trees`.
     pub overlays: usize,
     pub busybox: bool,
+    /// The architecture busybox must be built for (its applets are listed
+    /// by running it, under user-mode QEMU when it is not the build
+    /// machine's). Absent from the key for x86_64.
+    #[serde(skip_serializing_if = "Arch::is_default")]
+    pub arch: Arch,
     pub templates: Vec<String>,
     pub vars: BTreeMap<String, String>,
     pub devices: Vec<Device>,
@@ -68,6 +74,12 @@ impl Step for BuildInitramfs {
     }
     fn label(&self) -> String {
         format!("initramfs {}", self.name)
+    }
+    fn tools(&self) -> &'static [&'static str] {
+        match self.busybox {
+            true => self.arch.emulators(),
+            false => &[],
+        }
     }
 
     fn run(&self, ctx: &StepContext, scratch: &Path) -> Result<BTreeMap<String, Output>> {
@@ -119,7 +131,7 @@ impl BuildInitramfs {
                 size,
             }),
         );
-        for applet in applets(&blob, scratch)? {
+        for applet in applets(&blob, self.arch, scratch)? {
             if applet != BUSYBOX_BIN {
                 image.insert(&applet, 0o777, Kind::Symlink(format!("/{BUSYBOX_BIN}")));
             }
@@ -206,12 +218,33 @@ impl Image {
 }
 
 /// Applet paths from `busybox --list-full` (e.g. `sbin/ifconfig`). The
-/// binary is an input, so its answer is a function of the key.
-fn applets(blob: &Path, scratch: &Path) -> Result<Vec<String>> {
+/// binary is an input, so its answer is a function of the key. Another
+/// architecture's busybox (static, as busybox-static is) runs under
+/// user-mode QEMU; one built for an architecture other than `arch` is
+/// refused, naming both.
+fn applets(blob: &Path, arch: Arch, scratch: &Path) -> Result<Vec<String>> {
+    let bytes = fs_err::read(blob)?;
+    let info = crate::elf::read_info(&bytes).context("reading busybox")?;
+    if info.machine != arch.elf_machine() {
+        let is = Arch::ALL
+            .into_iter()
+            .find(|a| a.elf_machine() == info.machine)
+            .map_or(format!("ELF machine {}", info.machine), |a| a.to_string());
+        bail!(
+            "the busybox source is built for {is}, the recipe for {arch}: give a {arch} busybox-static (`arch = \"{arch}\"` in sources.toml)"
+        );
+    }
     let exe = scratch.join("busybox");
     fs_err::copy(blob, &exe).context("copying busybox to scratch")?;
     fs_err::set_permissions(&exe, std::fs::Permissions::from_mode(0o755))?;
-    let mut cmd = tools::command_at(&exe);
+    let mut cmd = match arch.emulator() {
+        Some(qemu) => {
+            let mut cmd = tools::command(qemu)?;
+            cmd.arg(&exe);
+            cmd
+        }
+        None => tools::command_at(&exe),
+    };
     cmd.arg("--list-full");
     let list = tools::capture(cmd).context("asking busybox for its applets")?;
     let mut applets: Vec<String> = list

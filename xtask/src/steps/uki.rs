@@ -9,11 +9,9 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
 use super::{Slot, Step, StepContext};
+use crate::arch::Arch;
 use crate::archive::pe;
 use crate::store::Output;
-
-/// Where Debian's systemd-boot-efi puts the x86_64 stub.
-pub const STUB_X86_64: &str = "usr/lib/systemd/boot/efi/linuxx64.efi.stub";
 
 /// Input: the unpacked systemd-boot-efi package.
 pub const STUB: Slot = Slot("stub");
@@ -28,6 +26,9 @@ pub const EFI: Slot = Slot("efi");
 pub struct AssembleUki {
     #[serde(skip)]
     pub name: String,
+    /// Picks the stub (`Arch::uki_stub`); the stub and the kernel must be
+    /// EFI applications of this architecture.
+    pub arch: Arch,
     pub cmdline: String,
     /// The `.osrel` section: os-release lines.
     pub os_release: String,
@@ -40,7 +41,8 @@ impl Step for AssembleUki {
         "uki"
     }
     fn version(&self) -> u32 {
-        1
+        // 2: per-architecture stubs.
+        2
     }
     fn formats(&self) -> &'static [crate::archive::Format] {
         &[crate::archive::pe::FORMAT]
@@ -50,8 +52,12 @@ impl Step for AssembleUki {
     }
 
     fn run(&self, ctx: &StepContext, scratch: &Path) -> Result<BTreeMap<String, Output>> {
-        let stub = ctx.tree_file(STUB, STUB_X86_64, "the systemd-boot-efi package")?;
+        let stub_path = self.arch.uki_stub();
+        let what = format!("the {} systemd-boot-efi package", self.arch);
+        let stub = ctx.tree_file(STUB, stub_path, &what)?;
         let linux = fs_err::read(ctx.file(KERNEL)?).context("reading the kernel")?;
+        check_machine(&stub, self.arch, stub_path)?;
+        check_machine(&linux, self.arch, "the kernel")?;
         let uname = kernel_release(&linux)?;
         let initrd = match self.initrd {
             true => Some(fs_err::read(ctx.file(INITRD)?).context("reading the initrd")?),
@@ -70,10 +76,11 @@ impl Step for AssembleUki {
         sections.push((".linux", &linux));
         // Debian 12's stub still carries a COFF symbol table after its
         // sections; ukify drops it too before appending.
-        let stub =
-            pe::strip_coff_symbols(&stub).with_context(|| format!("reading {STUB_X86_64}"))?;
+        let stub = pe::strip_coff_symbols(&stub)
+            .and_then(|s| pe::drop_overlay(&s))
+            .with_context(|| format!("reading {stub_path}"))?;
         let image = pe::append_sections(&stub, &sections)
-            .with_context(|| format!("adding sections to {STUB_X86_64}"))?;
+            .with_context(|| format!("adding sections to {stub_path}"))?;
         let out = scratch.join("uki.efi");
         fs_err::write(&out, image).with_context(|| format!("writing {}", out.display()))?;
         let (digest, size) = ctx.store.put_file(&out)?;
@@ -84,12 +91,34 @@ impl Step for AssembleUki {
     }
 }
 
-/// The release a bzImage reports (`uname -r`): the x86 boot protocol's
-/// `kernel_version` field (offset 0x20e) points, relative to 0x200, at
-/// "6.1.176 (kiln@kiln) #1 …" (Documentation/x86/boot.rst).
+/// An EFI application for `arch`, or an error naming `what` and both
+/// architectures (an amd64 package's stub in an arm64 recipe, say).
+fn check_machine(image: &[u8], arch: Arch, what: &str) -> Result<()> {
+    let machine = pe::PeImage::parse(image)
+        .with_context(|| format!("{what} is not a PE/COFF EFI application"))?
+        .headers
+        .machine;
+    if machine != arch.pe_machine() {
+        let is = Arch::ALL
+            .into_iter()
+            .find(|a| a.pe_machine() == machine)
+            .map_or(format!("machine {machine:#x}"), |a| a.to_string());
+        bail!("{what} is built for {is}, the recipe for {arch} (a `deb` source of another architecture takes `arch = \"{arch}\"` in sources.toml)");
+    }
+    Ok(())
+}
+
+/// The release a kernel image reports (`uname -r`). An x86 bzImage: the
+/// boot protocol's `kernel_version` field (offset 0x20e) points, relative
+/// to 0x200, at "6.1.176 (kiln@kiln) #1 …" (Documentation/x86/boot.rst).
+/// An arm64 Image (magic `ARM\x64` at 0x38, Documentation/arm64/booting.rst)
+/// is uncompressed: its `linux_banner`, "Linux version 6.1.176 (…", is in it.
 pub fn kernel_release(bzimage: &[u8]) -> Result<String> {
+    if bzimage.get(0x38..0x3c) == Some(b"ARM\x64") {
+        return arm64_release(bzimage);
+    }
     if bzimage.get(0x202..0x206) != Some(b"HdrS") {
-        bail!("the kernel is not an x86 bzImage (no `HdrS` setup header)");
+        bail!("the kernel is not an x86 bzImage (no `HdrS` setup header) nor an arm64 Image");
     }
     let field = bzimage
         .get(0x20e..0x210)
@@ -107,6 +136,23 @@ pub fn kernel_release(bzimage: &[u8]) -> Result<String> {
         bail!("the bzImage's version string is empty");
     }
     Ok(release.to_string())
+}
+
+fn arm64_release(image: &[u8]) -> Result<String> {
+    const BANNER: &[u8] = b"Linux version ";
+    let release = image
+        .windows(BANNER.len())
+        .enumerate()
+        .filter(|(_, w)| *w == BANNER)
+        .map(|(i, _)| &image[i + BANNER.len()..])
+        .find(|rest| rest.first().is_some_and(u8::is_ascii_digit))
+        .map(|rest| {
+            rest.split(|b| b.is_ascii_whitespace() || *b == 0)
+                .next()
+                .unwrap_or_default()
+        })
+        .context("the arm64 Image has no `Linux version` banner")?;
+    Ok(String::from_utf8_lossy(release).into_owned())
 }
 
 /// os-release lines for `.osrel`: what systemd-boot shows in its menu.
@@ -131,6 +177,19 @@ mod tests {
     fn kernel_release_is_read_from_the_setup_header() {
         let b = fake_bzimage("6.1.176 (kiln@kiln) #1 SMP");
         assert_eq!(kernel_release(&b).unwrap(), "6.1.176");
+    }
+
+    #[test]
+    fn an_arm64_image_gives_its_banner_release() {
+        let mut b = vec![0u8; 0x200];
+        b[0x38..0x3c].copy_from_slice(b"ARM\x64");
+        b.extend_from_slice(b"Linux version %s\0Linux version 6.1.176 (kiln@kiln) #1 SMP\0");
+        assert_eq!(kernel_release(&b).unwrap(), "6.1.176");
+        b.truncate(0x200);
+        assert!(kernel_release(&b)
+            .unwrap_err()
+            .to_string()
+            .contains("banner"));
     }
 
     #[test]

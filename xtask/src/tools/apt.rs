@@ -4,6 +4,47 @@
 
 use anyhow::{Context, Result};
 
+use crate::arch::Arch;
+
+/// `package`, or `package:arm64` for another architecture's: the name
+/// apt-get and apt-cache take.
+pub fn qualified(package: &str, arch: Option<Arch>) -> String {
+    match arch {
+        Some(a) => format!("{package}:{}", a.debian()),
+        None => package.to_string(),
+    }
+}
+
+/// The architectures dpkg and apt handle on this machine: the native one
+/// and every `dpkg --add-architecture`.
+pub fn enabled_architectures() -> Result<Vec<Arch>> {
+    let mut names = Vec::new();
+    for flag in ["--print-architecture", "--print-foreign-architectures"] {
+        let out = super::command("dpkg")?
+            .arg(flag)
+            .output()
+            .with_context(|| format!("running dpkg {flag}"))?;
+        names.extend(
+            String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .map(str::to_string),
+        );
+    }
+    Ok(names.iter().filter_map(|n| Arch::from_debian(n)).collect())
+}
+
+/// Why apt cannot fetch `arch`'s packages here, if it cannot.
+pub fn architecture_missing(arch: Option<Arch>) -> Option<String> {
+    let arch = arch?;
+    let enabled = enabled_architectures().ok()?;
+    (!enabled.contains(&arch)).then(|| {
+        format!(
+            "apt on this machine does not handle {arch} packages: run `dpkg --add-architecture {0} && apt-get update` (ci/setup does)",
+            arch.debian()
+        )
+    })
+}
+
 /// One version of a package as an apt archive lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AptPackage {

@@ -57,14 +57,14 @@ pub struct BootSpec {
 
 impl BootSpec {
     /// A kernel plus the stage2 initramfs, powering off after the marker.
-    pub fn stage2(kernel: &Path, initrd: &Path, timeout_secs: u64) -> BootSpec {
+    pub fn stage2(kernel: &Path, initrd: &Path, arch: Arch, timeout_secs: u64) -> BootSpec {
         BootSpec {
             medium: Medium::Kernel {
                 kernel: kernel.to_path_buf(),
                 initrd: Some(initrd.to_path_buf()),
-                append: TEST_APPEND.into(),
+                append: test_append(arch),
             },
-            arch: Arch::X86_64,
+            arch,
             firmware: None,
             marker: STAGE2_MARKER.into(),
             failures: Vec::new(),
@@ -74,17 +74,17 @@ impl BootSpec {
         }
     }
 
-    /// A kernel with its initramfs compiled in (no -initrd), with a
-    /// virtio-net and an e1000 card whose drivers it must have built in.
-    pub fn kernel(kernel: &Path, timeout_secs: u64) -> BootSpec {
+    /// A kernel with its initramfs compiled in (no -initrd), with the
+    /// cards whose drivers it must have built in ([`stage2_nics`]).
+    pub fn kernel(kernel: &Path, arch: Arch, timeout_secs: u64) -> BootSpec {
         BootSpec {
             medium: Medium::Kernel {
                 kernel: kernel.to_path_buf(),
                 initrd: None,
-                append: TEST_APPEND.into(),
+                append: test_append(arch),
             },
-            qemu_args: two_nics(),
-            ..BootSpec::stage2(kernel, Path::new(""), timeout_secs)
+            qemu_args: nics(stage2_nics(arch)),
+            ..BootSpec::stage2(kernel, Path::new(""), arch, timeout_secs)
         }
     }
 
@@ -97,7 +97,7 @@ impl BootSpec {
             firmware: firmware.map(Path::to_path_buf),
             marker: STAGE2_MARKER.into(),
             failures: Vec::new(),
-            qemu_args: two_nics(),
+            qemu_args: nics(stage2_nics(Arch::X86_64)),
             timeout: Duration::from_secs(timeout_secs),
             memory_mb: 512,
         }
@@ -106,13 +106,20 @@ impl BootSpec {
     /// Stage2 with a module archive appended as a second initrd (`initrd`
     /// is the concatenation): the guest loads `modules` with modprobe and
     /// must report a network interface it did not have before.
-    pub fn modules(kernel: &Path, initrd: &Path, modules: &[&str], timeout_secs: u64) -> BootSpec {
-        let mut spec = BootSpec::stage2(kernel, initrd, timeout_secs);
+    pub fn modules(
+        kernel: &Path,
+        initrd: &Path,
+        modules: &[&str],
+        arch: Arch,
+        timeout_secs: u64,
+    ) -> BootSpec {
+        let mut spec = BootSpec::stage2(kernel, initrd, arch, timeout_secs);
         spec.medium = Medium::Kernel {
             kernel: kernel.to_path_buf(),
             initrd: Some(initrd.to_path_buf()),
             append: format!(
-                "console=ttyS0 panic=-1 kiln.modprobe={} kiln.test=poweroff",
+                "console={} panic=-1 kiln.modprobe={} kiln.test=poweroff",
+                arch.serial_console(),
                 modules.join(",")
             ),
         };
@@ -144,7 +151,7 @@ impl BootSpec {
             },
             marker: STAGE3_MARKER.into(),
             qemu_args,
-            ..BootSpec::stage2(kernel, Path::new(""), 240)
+            ..BootSpec::stage2(kernel, Path::new(""), Arch::X86_64, 240)
         }
     }
 }
@@ -154,11 +161,21 @@ pub const STAGE3_MARKER: &str = "KILN-STAGE3-DONE";
 
 /// Kernel arguments of direct-boot tests: serial console, power off after
 /// the marker.
-const TEST_APPEND: &str = "console=ttyS0 panic=-1 kiln.test=poweroff";
+fn test_append(arch: Arch) -> String {
+    format!(
+        "console={} panic=-1 kiln.test=poweroff",
+        arch.serial_console()
+    )
+}
 
-/// A virtio-net and an e1000 card, whose drivers stage2 has built in.
-fn two_nics() -> Vec<String> {
-    nics(&["virtio-net-pci", "e1000"])
+/// The cards whose drivers the default stage2 kernel of `arch` has built
+/// in, each of which must come up: virtio-net and e1000 on x86_64,
+/// virtio-net on arm64 (QEMU's `virt` board and arm64 clouds).
+pub fn stage2_nics(arch: Arch) -> &'static [&'static str] {
+    match arch {
+        Arch::X86_64 => &["virtio-net-pci", "e1000"],
+        Arch::Arm64 => &["virtio-net-pci"],
+    }
 }
 
 /// QEMU arguments for one card per `devices` entry (a `-device` model with
@@ -212,8 +229,13 @@ pub fn guest_cmdline(serial: &[String]) -> Option<&str> {
 }
 
 /// QEMU arguments that attach `medium`; images are opened read-only or as
-/// snapshots, so a boot never writes to an artifact.
-fn medium_args(medium: &Medium) -> Vec<String> {
+/// snapshots, so a boot never writes to an artifact. arm64's `virt` board
+/// has no IDE: its CD is a SCSI CD on virtio-scsi, its disk virtio-blk.
+fn medium_args(medium: &Medium, arch: Arch) -> Vec<String> {
+    let (cd_controller, cd_device, disk_device) = match arch {
+        Arch::X86_64 => (None, "ide-cd", "ide-hd"),
+        Arch::Arm64 => (Some("virtio-scsi-pci"), "scsi-cd", "virtio-blk-pci"),
+    };
     let drive =
         |p: &Path, extra: &str| format!("if=none,id=boot,format=raw,file={},{extra}", p.display());
     let args: Vec<String> = match medium {
@@ -229,12 +251,17 @@ fn medium_args(medium: &Medium) -> Vec<String> {
             a.extend(["-append".into(), append.clone()]);
             a
         }
-        Medium::Cdrom(p) => vec![
-            "-drive".into(),
-            drive(p, "media=cdrom,readonly=on"),
-            "-device".into(),
-            "ide-cd,drive=boot,bootindex=0".into(),
-        ],
+        Medium::Cdrom(p) => {
+            let controller = cd_controller.map(|c| ["-device".to_string(), c.to_string()]);
+            let mut a: Vec<String> = controller.into_iter().flatten().collect();
+            a.extend([
+                "-drive".into(),
+                drive(p, "media=cdrom,readonly=on"),
+                "-device".into(),
+                format!("{cd_device},drive=boot,bootindex=0"),
+            ]);
+            a
+        }
         Medium::Usb(p) => vec![
             "-device".into(),
             "qemu-xhci".into(),
@@ -247,7 +274,7 @@ fn medium_args(medium: &Medium) -> Vec<String> {
             "-drive".into(),
             drive(p, "snapshot=on"),
             "-device".into(),
-            "ide-hd,drive=boot,bootindex=0".into(),
+            format!("{disk_device},drive=boot,bootindex=0"),
         ],
         Medium::Network => Vec::new(),
     };
@@ -297,7 +324,7 @@ pub fn boot(spec: &BootSpec) -> Result<BootOutcome> {
     if let Some(fw) = &spec.firmware {
         cmd.arg("-bios").arg(fw);
     }
-    cmd.args(medium_args(&spec.medium));
+    cmd.args(medium_args(&spec.medium, spec.arch));
     cmd.args(&spec.qemu_args);
     let (mut child, _tracked) = tools::spawn_reading_stdout(cmd)?;
     let stdout = child.stdout.take().context("qemu's stdout")?;

@@ -240,6 +240,7 @@ fn kernel_built_modules_load_from_a_second_initrd() {
         &out.join(KERNEL),
         &out.join("stage2/modules.cpio.gz"),
         &["virtio_net"],
+        kiln::arch::Arch::X86_64,
         240,
     );
     let outcome = kiln::verify::boot::boot(&spec).unwrap();

@@ -167,6 +167,7 @@ fn uki_and_iso_steps_rerun_in_other_directories_give_identical_bytes() {
     let store = Store::open(&shared_cache()).unwrap();
     let uki_step = kiln::steps::uki::AssembleUki {
         name: UKI.into(),
+        arch: kiln::arch::Arch::X86_64,
         cmdline: CMDLINE.into(),
         os_release: kiln::steps::uki::os_release("stage2", None),
         initrd: true,
@@ -184,6 +185,7 @@ fn uki_and_iso_steps_rerun_in_other_directories_give_identical_bytes() {
 
     let iso_step = kiln::steps::iso::BuildIso {
         name: ISO.into(),
+        arch: kiln::arch::Arch::X86_64,
         cmdline: CMDLINE.into(),
         volume_id: "KILN_STAGE2".into(),
         epoch: 1700000000,

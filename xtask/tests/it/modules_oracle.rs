@@ -1,6 +1,7 @@
 //! The module closure against kmod's own answer: `modprobe --show-depends`
-//! over Debian's real kernel package (linux-image in recipes/sources.toml),
-//! plus softdep, alias, builtin, compression and error cases.
+//! over Debian's real kernel packages (linux-image and linux-image-arm64 in
+//! recipes/sources.toml), plus softdep, alias, builtin, compression and
+//! error cases.
 //!
 //! Debian ships the modules without depmod's indexes (its postinst runs
 //! depmod), so the tests run `depmod -b` on the unpacked tree; in Kiln
@@ -29,13 +30,18 @@ fn target_tmp() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
 }
 
-/// The unpacked linux-image with depmod's indexes, made once and reused by
-/// later runs (a marker file is written only after everything succeeded).
+/// The unpacked linux-image with depmod's indexes (amd64).
 fn tree() -> &'static Tree {
     static TREE: OnceLock<Tree> = OnceLock::new();
-    TREE.get_or_init(|| {
+    unpacked(&TREE, "linux-image")
+}
+
+/// The unpacked deb `source` with depmod's indexes, made once and reused by
+/// later runs (a marker file is written only after everything succeeded).
+fn unpacked(cell: &'static OnceLock<Tree>, source: &str) -> &'static Tree {
+    cell.get_or_init(|| {
         let base = target_tmp().join("modules-oracle");
-        let (root, marker) = (base.join("linux-image"), base.join("linux-image.ok"));
+        let (root, marker) = (base.join(source), base.join(format!("{source}.ok")));
         if let Ok(kver) = std::fs::read_to_string(&marker) {
             return Tree { root, kver };
         }
@@ -43,7 +49,7 @@ fn tree() -> &'static Tree {
             make_writable(&root);
             std::fs::remove_dir_all(&root).unwrap();
         }
-        unpack_linux_image(&root).expect("unpacking linux-image through Kiln");
+        unpack_linux_image(source, &root).expect("unpacking the kernel package through Kiln");
         let kver = single_kver(&root);
         depmod(&root, &kver);
         std::fs::write(&marker, &kver).unwrap();
@@ -51,14 +57,14 @@ fn tree() -> &'static Tree {
     })
 }
 
-fn unpack_linux_image(dest: &Path) -> anyhow::Result<()> {
+fn unpack_linux_image(source: &str, dest: &Path) -> anyhow::Result<()> {
     let recipes = kiln::recipe::load(Path::new("../recipes"), &Default::default())?;
     let store = kiln::store::Store::open(&target_tmp().join("kiln-test-cache"))?;
     let opts = kiln::plan::PlanOptions {
         threads: 2,
         ..Default::default()
     };
-    let plan = kiln::plan::plan_deb_tree(&recipes, "linux-image", &store, &opts)?;
+    let plan = kiln::plan::plan_deb_tree(&recipes, source, &store, &opts)?;
     let exec = kiln::exec::Executor {
         store: &store,
         jobs: 2,
@@ -163,7 +169,20 @@ fn load(tree: &Tree) -> ModuleIndex {
 
 #[test]
 fn every_module_closure_equals_modprobe_show_depends() {
-    let t = tree();
+    oracle_agrees_on_every_module(tree());
+}
+
+/// The same on Debian's arm64 kernel: kmod reads another architecture's
+/// modules as it reads the host's, and so must Kiln.
+#[test]
+fn every_arm64_module_closure_equals_modprobe_show_depends() {
+    static TREE: OnceLock<Tree> = OnceLock::new();
+    let t = unpacked(&TREE, "linux-image-arm64");
+    assert!(t.kver.ends_with("-arm64"), "{}", t.kver);
+    oracle_agrees_on_every_module(t);
+}
+
+fn oracle_agrees_on_every_module(t: &'static Tree) {
     let index = load(t);
     let conf = ModprobeConfig::default();
     let names: Vec<&String> = index.modules.keys().collect();

@@ -71,3 +71,8 @@ fn bad_rom_entries_name_each_field() {
 fn rom_versions_and_combined_roms_that_cannot_be_made_name_the_field() {
     check("bad-rom-layout");
 }
+
+#[test]
+fn a_kernel_or_iso_that_contradicts_the_recipe_arch_names_the_field() {
+    check("bad-arch");
+}

@@ -422,7 +422,7 @@ impl BuildIpxe {
         let scratch = root.parent().context("the iPXE tree has no parent")?;
         cmd.env(
             "PATH",
-            tools::path_mapping_gcc(&scratch.join("kiln-cc"), root)?,
+            tools::path_mapping_gcc(&scratch.join("kiln-cc"), root, None)?,
         )
         .arg("-C")
         .arg(root.join("src"))

@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use super::config::CONFIG;
-use super::{checkout_source, make, unbind, BUILD_DIR, INITRAMFS_NAME, KBUILD_TOOLS};
+use super::{checkout_source, kbuild_tools, make, unbind, BUILD_DIR, INITRAMFS_NAME};
 use crate::arch::Arch;
 use crate::archive::newc;
 use crate::steps::{Slot, Step, StepContext};
@@ -49,7 +49,7 @@ impl Step for CompileKernel {
         format!("kernel compile {}", self.name)
     }
     fn tools(&self) -> &'static [&'static str] {
-        KBUILD_TOOLS
+        kbuild_tools(self.arch)
     }
 
     fn run(&self, ctx: &StepContext, scratch: &Path) -> Result<BTreeMap<String, Output>> {

@@ -55,7 +55,10 @@ impl Step for KernelConfig {
         format!("kernel config {}", self.name)
     }
     fn tools(&self) -> &'static [&'static str] {
-        &["make", "gcc", "flex", "bison"]
+        match self.arch {
+            Arch::X86_64 => &["make", "gcc", "flex", "bison"],
+            Arch::Arm64 => &["make", "gcc", "flex", "bison", "aarch64-linux-gnu-gcc"],
+        }
     }
 
     fn run(&self, ctx: &StepContext, scratch: &Path) -> Result<BTreeMap<String, Output>> {

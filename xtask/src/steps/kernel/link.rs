@@ -1,5 +1,5 @@
 //! The kernel link step: restores the compiled object tree into scratch,
-//! drops the real initramfs in and runs `make bzImage`. kbuild then finds
+//! drops the real initramfs in and runs `make bzImage` (arm64: `Image`). kbuild then finds
 //! every object up to date and only regenerates the `usr/` archive, relinks
 //! vmlinux and recompresses the image: seconds instead of a full build.
 
@@ -12,7 +12,7 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use super::compile::OBJTREE;
-use super::{checkout_source, make, rebind, BUILD_DIR, INITRAMFS_NAME, KBUILD_TOOLS};
+use super::{checkout_source, kbuild_tools, make, rebind, BUILD_DIR, INITRAMFS_NAME};
 use crate::arch::Arch;
 use crate::steps::{set_mtimes, Slot, Step, StepContext};
 use crate::store::Output;
@@ -20,7 +20,7 @@ use crate::tools;
 
 /// Input: the initramfs archive to embed, when `initramfs` is set.
 pub const INITRAMFS: Slot = Slot("initramfs");
-/// Output: the kernel image.
+/// Output: the kernel image (named after x86's, for every architecture).
 pub const BZIMAGE: Slot = Slot("bzImage");
 
 #[derive(Debug, Clone, Serialize)]
@@ -47,7 +47,7 @@ impl Step for LinkKernel {
         format!("kernel link {}", self.name)
     }
     fn tools(&self) -> &'static [&'static str] {
-        KBUILD_TOOLS
+        kbuild_tools(self.arch)
     }
 
     fn run(&self, ctx: &StepContext, scratch: &Path) -> Result<BTreeMap<String, Output>> {
@@ -69,10 +69,11 @@ impl Step for LinkKernel {
             File::open(&dest)?.set_modified(now)?;
         }
         let mut cmd = make(&src, self.arch, self.epoch, self.threads)?;
-        cmd.arg("bzImage");
+        let (target, image) = self.arch.kernel_image();
+        cmd.arg(target);
         tools::run_logged_with_progress(cmd, &ctx.log("kernel-link"), &self.label())
             .with_context(|| format!("relinking the kernel for {}", self.name))?;
-        let image = obj.join("arch/x86/boot/bzImage");
+        let image = obj.join(image);
         let (digest, size) = ctx
             .store
             .put_file(&image)

@@ -85,9 +85,24 @@ fn rewrite_dep_files(obj: &Path, from: &str, to: &str) -> Result<()> {
     Ok(())
 }
 
-/// Tools every kernel step runs; their versions are in the keys. gcc and
-/// the Kconfig parser generator are already in the config (CC_VERSION_TEXT).
-pub const KBUILD_TOOLS: &[&str] = &["make", "gcc", "ld", "flex", "bison", "bc"];
+/// Tools every kernel step runs for `arch`; their versions are in the
+/// keys. gcc and the Kconfig parser generator are already in the config
+/// (CC_VERSION_TEXT); the host's gcc also builds kbuild's own programs.
+pub fn kbuild_tools(arch: Arch) -> &'static [&'static str] {
+    match arch {
+        Arch::X86_64 => &["make", "gcc", "ld", "flex", "bison", "bc"],
+        Arch::Arm64 => &[
+            "make",
+            "gcc",
+            "ld",
+            "flex",
+            "bison",
+            "bc",
+            "aarch64-linux-gnu-gcc",
+            "aarch64-linux-gnu-ld",
+        ],
+    }
+}
 
 /// `make -C <src> O=kiln-build ARCH=<arch> -j<jobs> <targets>` with a clean
 /// environment: only PATH survives from the caller, every build-identity
@@ -103,7 +118,8 @@ pub fn make(src: &Path, arch: Arch, epoch: u64, jobs: usize) -> Result<Command> 
     // (`include/config/auto.conf.cmd`): the link step, in another scratch
     // path, would re-run syncconfig and rebuild everything.
     let scratch = src.parent().context("the source tree has no parent")?;
-    let path = tools::path_mapping_gcc(&scratch.join("kiln-cc"), src)?;
+    let cross = arch.cross_prefix();
+    let path = tools::path_mapping_gcc(&scratch.join("kiln-cc"), src, cross)?;
     cmd.env("PATH", path)
         .env("KBUILD_BUILD_TIMESTAMP", kbuild_timestamp(epoch))
         .env("KBUILD_BUILD_USER", "kiln")
@@ -114,6 +130,9 @@ pub fn make(src: &Path, arch: Arch, epoch: u64, jobs: usize) -> Result<Command> 
         .arg(format!("O={BUILD_DIR}"))
         .arg(format!("ARCH={}", arch.kernel_arch()))
         .arg(format!("-j{}", jobs.max(1)));
+    if let Some(cross) = cross {
+        cmd.arg(format!("CROSS_COMPILE={cross}"));
+    }
     Ok(cmd)
 }
 

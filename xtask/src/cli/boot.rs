@@ -32,6 +32,22 @@ fn stage2_recipe(arch: Arch) -> &'static str {
         Arch::Arm64 => RECIPE_ARM64,
     }
 }
+
+/// The modules recipe (for Debian's kernel) of `arch`.
+fn modules_recipe(arch: Arch) -> &'static str {
+    match arch {
+        Arch::X86_64 => "modules",
+        Arch::Arm64 => "modules-arm64",
+    }
+}
+
+/// The source holding Debian's kernel of `arch`.
+fn debian_kernel_source(arch: Arch) -> &'static str {
+    match arch {
+        Arch::X86_64 => "linux-image",
+        Arch::Arm64 => "linux-image-arm64",
+    }
+}
 /// The default stage1 recipe's virtio-net EFI driver ROM.
 const EFIROM: &str = "1af41000.efirom";
 /// Where the qemu-efi-aarch64 deb (AAVMF) keeps firmware for `-bios`.
@@ -143,8 +159,6 @@ impl std::fmt::Display for Firmware {
     }
 }
 
-const STAGE2_INITRAMFS: &str = "stage2/stage2_initramfs.cpio.gz";
-
 pub fn boot_test(s: &Settings, a: &BootTestArgs) -> Result<ExitCode> {
     if a.usb && !a.what.is_media() {
         bail!("`--usb` is for `stage2-iso` and `stage2-uki`");
@@ -154,13 +168,15 @@ pub fn boot_test(s: &Settings, a: &BootTestArgs) -> Result<ExitCode> {
     }
     let arm64_ready = [
         BootTest::Stage2,
+        BootTest::Stage2Initramfs,
+        BootTest::Modules,
         BootTest::Stage2Uki,
         BootTest::Stage2Iso,
         BootTest::Stage1Efirom,
     ];
     if a.arch != Arch::X86_64 && !arm64_ready.contains(&a.what) {
         bail!(
-            "`--arch {}` is for `stage2`, `stage2-uki`, `stage2-iso` and `stage1-efirom`",
+            "`--arch {}` is for `stage2`, `stage2-initramfs`, `modules`, `stage2-uki`, `stage2-iso` and `stage1-efirom`",
             a.arch
         );
     }
@@ -185,7 +201,7 @@ pub fn boot_test(s: &Settings, a: &BootTestArgs) -> Result<ExitCode> {
                 );
             }
             let recipe = stage2_recipe(a.arch);
-            let kernel = recipe_kernel(s, recipe)?;
+            let kernel = stage2_artifact(s, a.arch, |r| r.kernel.as_ref().map(|k| &k.output))?;
             build_targets(s, std::slice::from_ref(&kernel))?;
             let kernel = s.output_dir.join(kernel);
             let outcome = boot::boot(&boot::BootSpec::kernel(&kernel, a.arch, a.timeout))?;
@@ -216,11 +232,12 @@ pub fn boot_test(s: &Settings, a: &BootTestArgs) -> Result<ExitCode> {
             let initrd = match &a.initrd {
                 Some(path) => path.clone(),
                 None => {
-                    build_targets(s, &[STAGE2_INITRAMFS.to_string()])?;
-                    s.output_dir.join(STAGE2_INITRAMFS)
+                    let initramfs = stage2_initramfs(s, a.arch)?;
+                    build_targets(s, std::slice::from_ref(&initramfs))?;
+                    s.output_dir.join(initramfs)
                 }
             };
-            let kernel = debian_kernel(s)?;
+            let kernel = debian_kernel(s, a.arch)?;
             let spec = boot::BootSpec::stage2(&kernel, &initrd, a.arch, a.timeout);
             let outcome = boot::boot(&spec)?;
             println!(
@@ -231,8 +248,10 @@ pub fn boot_test(s: &Settings, a: &BootTestArgs) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         BootTest::Modules => {
-            let built = build_targets(s, &[STAGE2_INITRAMFS.to_string(), "modules".to_string()])?;
-            let kernel = debian_kernel(s)?;
+            let initramfs = stage2_initramfs(s, a.arch)?;
+            let modules_recipe = modules_recipe(a.arch).to_string();
+            let built = build_targets(s, &[initramfs.clone(), modules_recipe])?;
+            let kernel = debian_kernel(s, a.arch)?;
             let modules = built
                 .iter()
                 .find(|a| a.kind == "modules" && a.name.ends_with(".gz"))
@@ -241,7 +260,7 @@ pub fn boot_test(s: &Settings, a: &BootTestArgs) -> Result<ExitCode> {
             let initrd = work.path().join("stage2+modules.cpio.gz");
             concatenate(
                 &[
-                    s.output_dir.join(STAGE2_INITRAMFS),
+                    s.output_dir.join(initramfs),
                     s.output_dir.join(&modules.path),
                 ],
                 &initrd,
@@ -281,32 +300,43 @@ pub fn deb_source_file(s: &Settings, source: &str, path: &str) -> Result<PathBuf
     }
 }
 
-pub fn debian_kernel(s: &Settings) -> Result<PathBuf> {
-    let (store, digest) = deb_tree_digest(s, "linux-image")?;
+/// `boot/vmlinuz-*` of Debian's kernel of `arch`, as a store path.
+pub fn debian_kernel(s: &Settings, arch: Arch) -> Result<PathBuf> {
+    let source = debian_kernel_source(arch);
+    let (store, digest) = deb_tree_digest(s, source)?;
     let tree = store.tree(&digest)?;
     let entry = tree
         .entries
         .iter()
         .find(|e| e.path.starts_with("boot/vmlinuz-"))
-        .context("the linux-image source has no boot/vmlinuz-*")?;
+        .with_context(|| format!("the {source} source has no boot/vmlinuz-*"))?;
     match &entry.kind {
         TreeKind::File { digest, .. } => store.verified_blob(digest),
-        _ => bail!("{} in linux-image is not a file", entry.path),
+        _ => bail!("{} in {source} is not a file", entry.path),
     }
 }
 
-/// The kernel artifact of the recipe `name`.
-fn recipe_kernel(s: &Settings, name: &str) -> Result<String> {
+/// The stage2 recipe's initramfs artifact for `arch`.
+fn stage2_initramfs(s: &Settings, arch: Arch) -> Result<String> {
+    stage2_artifact(s, arch, |r| r.initramfs.as_ref().map(|i| &i.output))
+}
+
+/// An artifact of the stage2 recipe of `arch` (its kernel, its
+/// initramfs), as `pick` finds it in the recipe.
+fn stage2_artifact(
+    s: &Settings,
+    arch: Arch,
+    pick: impl Fn(&recipe::Recipe) -> Option<&String>,
+) -> Result<String> {
+    let name = stage2_recipe(arch);
     let recipes = recipe::load(&s.recipes_dir, &s.vars)?;
     let recipe = recipes
         .targets
         .get(name)
         .with_context(|| format!("no recipe `{name}` in {}", s.recipes_dir.display()))?;
-    let kernel = recipe.kernel.as_ref();
-    Ok(kernel
-        .with_context(|| format!("the `{name}` recipe has no [kernel]"))?
-        .output
-        .clone())
+    pick(recipe)
+        .cloned()
+        .with_context(|| format!("the `{name}` recipe does not build what this boot test boots"))
 }
 
 /// UEFI firmware for `arch`'s guests: OVMF or AAVMF, from their pinned debs.

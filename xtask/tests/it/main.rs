@@ -32,6 +32,7 @@ mod security;
 mod sources;
 mod stage1;
 mod stage2;
+mod stage2_arm64;
 mod stage3;
 mod tidy;
 mod zbin_oracle;

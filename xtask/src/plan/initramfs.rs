@@ -10,7 +10,9 @@ use anyhow::{Context, Result};
 use super::sources::display_path;
 use super::{ArtifactSpec, Builder, InputRef};
 use crate::recipe::{self, Recipe};
-use crate::steps::initramfs::{BuildInitramfs, BUSYBOX, IMAGE, OVERLAY, PROGRAMS, ROMS};
+use crate::steps::initramfs::{
+    BuildInitramfs, PlacedFile, BUSYBOX, FILE, IMAGE, OVERLAY, PROGRAMS, ROMS,
+};
 use crate::steps::modules::depmod::{DepmodIndexes, INDEXES, KERNEL};
 use crate::steps::modules::step::{BuildModules, DETAILS, FIRMWARE};
 use crate::steps::modules::Wanted;
@@ -45,6 +47,16 @@ impl Builder<'_> {
                 .with_context(|| format!("hashing overlay {}", dir.display()))?;
             inputs.insert(OVERLAY.nth(i), InputRef::Value(Output::Tree { digest }));
         }
+        // `[[initramfs.files]]`: a file as fetched, or a member of a package,
+        // tarball or tree.
+        for (i, f) in ir.files.iter().enumerate() {
+            let input = match (&f.member, f.deb) {
+                (None, _) => self.source_input(&f.source)?,
+                (Some(_), true) => self.deb_tree(&f.source)?,
+                (Some(_), false) => self.source_tree(&f.source, None)?,
+            };
+            inputs.insert(FILE.nth(i), input);
+        }
         let vars = check_templates(recipe, ir)?;
         let step = BuildInitramfs {
             name: ir.output.clone(),
@@ -57,6 +69,16 @@ impl Builder<'_> {
             overlays: ir.overlays.len(),
             busybox: ir.busybox.is_some(),
             arch: recipe.arch,
+            files: ir
+                .files
+                .iter()
+                .map(|f| PlacedFile {
+                    source: f.source.clone(),
+                    member: f.member.clone(),
+                    path: f.path.clone(),
+                    mode: f.mode,
+                })
+                .collect(),
             templates: ir.templates.clone(),
             vars,
             devices: ir.devices.clone(),

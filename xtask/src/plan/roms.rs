@@ -111,6 +111,7 @@ impl Builder<'_> {
                     overlays: 0,
                     busybox: false,
                     arch: recipe.arch,
+                    files: Vec::new(),
                     templates: Vec::new(),
                     vars: BTreeMap::new(),
                     devices: Vec::new(),

@@ -10,6 +10,7 @@ use super::schema::*;
 use super::{image_path, output_path, recipe_dir, Ctx};
 use crate::archive::entry::{Device, DeviceKind};
 use crate::archive::Compression;
+use crate::recipe::SourceKind;
 
 #[derive(Debug, Clone)]
 pub struct Initramfs {
@@ -25,8 +26,22 @@ pub struct Initramfs {
     pub packages: Vec<String>,
     /// ELF programs (paths inside `packages`) copied in with their closure.
     pub programs: Vec<String>,
+    /// Single files from sources (`[[initramfs.files]]`).
+    pub files: Vec<ImageFile>,
     pub uid: u32,
     pub gid: u32,
+}
+
+/// One file of a source placed in the image (`[[initramfs.files]]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageFile {
+    pub source: String,
+    /// The source is a `deb` (its unpacked tree holds `member`).
+    pub deb: bool,
+    /// The path inside a tarball, tree or package; `None` for a file.
+    pub member: Option<String>,
+    pub path: String,
+    pub mode: u32,
 }
 
 pub(super) fn initramfs(ctx: &mut Ctx, raw: RawInitramfs) -> Option<Initramfs> {
@@ -78,6 +93,11 @@ pub(super) fn initramfs(ctx: &mut Ctx, raw: RawInitramfs) -> Option<Initramfs> {
         .iter()
         .filter_map(|p| image_path(ctx, p))
         .collect();
+    let files = raw
+        .files
+        .iter()
+        .filter_map(|f| image_file(ctx, f))
+        .collect();
     if let (Some(first), true) = (raw.programs.first(), raw.packages.is_empty()) {
         ctx.push(
             first.span(),
@@ -94,8 +114,39 @@ pub(super) fn initramfs(ctx: &mut Ctx, raw: RawInitramfs) -> Option<Initramfs> {
         devices,
         packages,
         programs,
+        files,
         uid: raw.uid,
         gid: raw.gid,
+    })
+}
+
+fn image_file(ctx: &mut Ctx, raw: &Spanned<RawImageFile>) -> Option<ImageFile> {
+    let f = raw.get_ref();
+    let source = ctx.source(&f.source).map(|s| s.kind.clone());
+    let path = image_path(ctx, &f.path);
+    let member = f.member.as_ref().map(|m| image_path(ctx, m));
+    let mode = parse_mode(f.mode.get_ref());
+    if mode.is_none() {
+        ctx.push(
+            f.mode.span(),
+            "`mode` must be octal permission bits such as \"0755\"",
+        );
+    }
+    // Any other source may be a single file or a tarball or tree: whether
+    // `member` is needed is known once it is fetched (the step says so).
+    let deb = matches!(source, Some(SourceKind::Deb { .. }));
+    if deb && f.member.is_none() {
+        ctx.push(
+            f.source.span(),
+            "a `deb` source is a package: give `member`, the file's path inside it",
+        );
+    }
+    Some(ImageFile {
+        source: f.source.get_ref().clone(),
+        deb,
+        member: member.flatten(),
+        path: path?,
+        mode: mode?,
     })
 }
 

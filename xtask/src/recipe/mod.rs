@@ -34,7 +34,7 @@ use crate::arch::Arch;
 use crate::template;
 pub use crate::template::Vars;
 pub use diag::{RecipeErrors, SourceError};
-pub use initramfs::Initramfs;
+pub use initramfs::{ImageFile, Initramfs};
 pub use ipxe::{Ipxe, IpxeTarget};
 pub use kernel::{Kernel, KernelConfigFrom, Modules, WantedModule, KERNEL_BASES};
 pub use media::{HostMedia, Iso, Media, Script, Uki};

@@ -374,6 +374,10 @@ pub struct RawInitramfs {
     /// copied in with their shared-library closure and dynamic loader.
     #[serde(default)]
     pub programs: Vec<Spanned<String>>,
+    /// Single files from sources (a static binary from a release), each
+    /// at a path and mode.
+    #[serde(default)]
+    pub files: Vec<Spanned<RawImageFile>>,
     #[serde(default)]
     pub uid: u32,
     #[serde(default)]
@@ -382,6 +386,22 @@ pub struct RawInitramfs {
 
 fn default_compression() -> Spanned<String> {
     Spanned::new(0..0, "gz".to_string())
+}
+
+/// `[[initramfs.files]]`: one file of a source, placed in the image.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawImageFile {
+    /// A source: a `url` file (pinned by `sha256`), a `url` or `path`
+    /// tarball or tree, or a `deb` (with `member`).
+    pub source: Spanned<String>,
+    /// The file's path inside a tarball, tree or package (a single-file
+    /// source has none).
+    pub member: Option<Spanned<String>>,
+    /// Where it goes in the image, e.g. "usr/bin/agent".
+    pub path: Spanned<String>,
+    /// Octal permission bits, e.g. "0755".
+    pub mode: Spanned<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -29,6 +29,21 @@ pub const PROGRAMS: Slot = Slot("programs");
 pub const ROMS: Slot = Slot("roms");
 /// Inputs `overlay.0` …: the recipe's overlay trees, in order.
 pub const OVERLAY: Slot = Slot("overlay");
+/// Inputs `file.0` …: the sources of `files`, in order (a file, or a tree
+/// holding the file's `member`).
+pub const FILE: Slot = Slot("file");
+/// One file placed in the image from input `file.<i>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PlacedFile {
+    /// The source's name, for messages (its digest is the input).
+    #[serde(skip)]
+    pub source: String,
+    /// The path inside a tarball, tree or package; `None` for a file.
+    pub member: Option<String>,
+    pub path: String,
+    pub mode: u32,
+}
+
 /// Output: the compressed newc archive.
 pub const IMAGE: Slot = Slot("image");
 
@@ -54,6 +69,10 @@ pub struct BuildInitramfs {
     /// machine's). Absent from the key for x86_64.
     #[serde(skip_serializing_if = "Arch::is_default")]
     pub arch: Arch,
+    /// Single files placed last (`[[initramfs.files]]`). Absent from the
+    /// key when empty.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<PlacedFile>,
     pub templates: Vec<String>,
     pub vars: BTreeMap<String, String>,
     pub devices: Vec<Device>,
@@ -98,6 +117,9 @@ impl Step for BuildInitramfs {
         for i in 0..self.overlays {
             image.add_tree(ctx, &ctx.tree(OVERLAY.nth(i))?)?;
         }
+        for (i, f) in self.files.iter().enumerate() {
+            self.add_file(ctx, i, f, &mut image)?;
+        }
         self.render_templates(&mut image)?;
         for d in &self.devices {
             image.insert(&d.path, d.mode, d.kind());
@@ -136,6 +158,63 @@ impl BuildInitramfs {
                 image.insert(&applet, 0o777, Kind::Symlink(format!("/{BUSYBOX_BIN}")));
             }
         }
+        Ok(())
+    }
+
+    /// One `[[initramfs.files]]` entry: its bytes from input `file.<i>`.
+    /// An ELF program must be a static one of the recipe's architecture:
+    /// nothing else would run from this entry alone.
+    fn add_file(
+        &self,
+        ctx: &StepContext,
+        i: usize,
+        f: &PlacedFile,
+        image: &mut Image,
+    ) -> Result<()> {
+        let what = format!("[[initramfs.files]] {} (source `{}`)", f.path, f.source);
+        let (path, size) = match (ctx.input(FILE.nth(i))?, &f.member) {
+            (Output::File { digest, size }, None) => (ctx.store.verified_blob(digest)?, *size),
+            (Output::File { .. }, Some(m)) => {
+                bail!("{what}: the source is a single file, not a tarball or tree holding `{m}`: drop `member`")
+            }
+            (Output::Tree { .. }, None) => {
+                bail!("{what}: the source is a tarball or tree: give `member`, the file's path inside it")
+            }
+            (Output::Tree { .. }, Some(member)) => {
+                let tree = ctx.tree(FILE.nth(i))?;
+                match tree.get(member).map(|e| &e.kind) {
+                    Some(TreeKind::File { digest, size, .. }) => {
+                        (ctx.store.verified_blob(digest)?, *size)
+                    }
+                    Some(_) => bail!("{what}: `{member}` is not a regular file in the source"),
+                    None => {
+                        // Tarballs are unpacked with their top directory
+                        // stripped, as kernel sources are.
+                        let stripped = member.split_once('/').map(|(_, rest)| rest);
+                        let hint = match stripped.filter(|s| tree.get(s).is_some()) {
+                            Some(s) => format!(" (a tarball's top directory is stripped: `{s}`)"),
+                            None => String::new(),
+                        };
+                        bail!("{what}: the source has no `{member}`{hint}")
+                    }
+                }
+            }
+        };
+        let bytes = fs_err::read(&path)?;
+        if bytes.starts_with(b"\x7fELF") {
+            let info = crate::elf::read_info(&bytes).with_context(|| what.clone())?;
+            if info.machine != self.arch.elf_machine() {
+                let is = Arch::ALL
+                    .into_iter()
+                    .find(|a| a.elf_machine() == info.machine)
+                    .map_or(format!("ELF machine {}", info.machine), |a| a.to_string());
+                bail!("{what} is built for {is}, the recipe for {}", self.arch);
+            }
+            if let Some(interp) = info.interpreter {
+                bail!("{what} is dynamically linked (it needs {interp}): give a static build, or list it in `programs` with the packages of its libraries");
+            }
+        }
+        image.insert(&f.path, f.mode, Kind::File(Data::File { path, size }));
         Ok(())
     }
 

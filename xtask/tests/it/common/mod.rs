@@ -291,3 +291,28 @@ pub fn lose_tree_blob(cache: &Path, matches: impl Fn(&str) -> bool) -> String {
     std::fs::remove_file(blob_file(cache, &hex)).unwrap();
     hex
 }
+
+/// Serves `body` over HTTP/1.1 on 127.0.0.1 (every request gets the whole
+/// file) and returns its URL.
+pub fn serve(body: Vec<u8>, name: &str) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/{name}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let mut stream = stream.unwrap();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            while reader.read_line(&mut line).unwrap_or(0) > 0 && line != "\r\n" {
+                line.clear();
+            }
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = stream.write_all(head.as_bytes());
+            let _ = stream.write_all(&body);
+        }
+    });
+    url
+}

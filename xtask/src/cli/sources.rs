@@ -63,14 +63,13 @@ pub fn run(s: &Settings, c: &SourcesCommand) -> Result<ExitCode> {
 fn update(s: &Settings, names: &[String], keep_versions: bool, dry_run: bool) -> Result<ExitCode> {
     let file = s.recipes_dir.join("sources.toml");
     let mut gone = Vec::new();
-    let changes = pins::update_deb_pins(&file, names, dry_run, |name, package, old| {
+    let changes = pins::update_deb_pins(&file, names, dry_run, |name, package, arch, old| {
         let version = keep_versions.then_some(old.version.as_str());
-        let arch = package
-            .split_once(':')
-            .and_then(|(_, a)| crate::arch::Arch::from_debian(a));
         if let Some(why) = apt::architecture_missing(arch) {
             anyhow::bail!("source `{name}`: {why}");
         }
+        // Another architecture's package is asked of apt as `package:arm64`.
+        let package = &apt::qualified(package, arch);
         let Some(offered) = apt::show(package, version)? else {
             gone.push(format!("{name} ({package}={})", old.version));
             return Ok(None);

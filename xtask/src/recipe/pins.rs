@@ -6,6 +6,8 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 
+use crate::arch::Arch;
+
 /// A `deb` source's pin as sources.toml records it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DebPin {
@@ -24,14 +26,15 @@ pub struct PinChange {
 }
 
 /// For every `deb` source of `file` (or only those in `names`), asks
-/// `new_pin(name, package, current)` for its pin and writes the changed
+/// `new_pin(name, package, arch, current)` for its pin (`arch`: the
+/// source's `arch`, `None` for the build machine's) and writes the changed
 /// ones back atomically, unless `dry_run`. `new_pin` returning `None`
 /// leaves that source alone.
 pub fn update_deb_pins(
     file: &Path,
     names: &[String],
     dry_run: bool,
-    mut new_pin: impl FnMut(&str, &str, &DebPin) -> Result<Option<DebPin>>,
+    mut new_pin: impl FnMut(&str, &str, Option<Arch>, &DebPin) -> Result<Option<DebPin>>,
 ) -> Result<Vec<PinChange>> {
     let text =
         fs_err::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
@@ -47,9 +50,7 @@ pub fn update_deb_pins(
         let Some(package) = text_of("deb") else {
             continue;
         };
-        // Another architecture's package is asked of apt as `package:arch`.
-        let arch = text_of("arch").and_then(|a| crate::arch::Arch::from_name(&a));
-        let package = crate::tools::apt::qualified(&package, arch);
+        let arch = text_of("arch").and_then(|a| Arch::from_name(&a));
         if !names.is_empty() && !names.iter().any(|n| n.as_str() == name.get()) {
             continue;
         }
@@ -58,7 +59,7 @@ pub fn update_deb_pins(
             sha256: text_of("sha256").unwrap_or_default(),
             pool: text_of("pool"),
         };
-        let Some(new) = new_pin(name.get(), &package, &old)? else {
+        let Some(new) = new_pin(name.get(), &package, arch, &old)? else {
             continue;
         };
         if new == old {
@@ -103,7 +104,7 @@ mod tests {
         let file = dir.path().join("sources.toml");
         let text = "# busybox\n[busybox]\ndeb = \"busybox-static\"\nversion = \"1\"\nsha256 = \"aa\"\n\n[ipxe]\nurl = \"https://x\"\n";
         fs_err::write(&file, text).unwrap();
-        let changes = update_deb_pins(&file, &[], false, |name, package, old| {
+        let changes = update_deb_pins(&file, &[], false, |name, package, _arch, old| {
             assert_eq!(
                 (name, package, old.version.as_str()),
                 ("busybox", "busybox-static", "1")

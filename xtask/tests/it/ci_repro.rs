@@ -17,12 +17,16 @@ use crate::repro::{row, stdout};
 fn the_default_targets_reproduce_under_every_variation() {
     let dir = tempfile::tempdir().unwrap();
     let recipes = workspace().join("recipes");
-    let mut targets = vec!["stage2", "modules"];
+    let mut targets = vec!["stage2", "modules", "stage2-arm64", "modules-arm64"];
     let mut expected = vec![
         "stage2/stage2_vmlinuz",
         "stage2/stage2.iso",
         "stage2/stage2.efi",
         "modules/6.1.0-50-amd64/modules.cpio.gz",
+        "stage2/arm64/stage2_vmlinuz",
+        "stage2/arm64/stage2.efi",
+        "stage2/arm64/stage2.iso",
+        "modules/6.1.0-50-arm64/modules.cpio.gz",
         "manifest.json",
     ];
     let mut source = Vec::new();

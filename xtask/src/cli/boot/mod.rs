@@ -15,10 +15,14 @@ use super::Settings;
 use crate::arch::Arch;
 use crate::recipe::{self, Media};
 use crate::steps::iso::esp_image;
-use crate::steps::roms;
 use crate::store::TreeKind;
-use crate::verify::boot::{self, BootSpec, Medium, BOOT_SERVER};
-use crate::verify::http;
+use crate::verify::boot::{self, BootSpec, Medium};
+
+mod stage1;
+mod stage3;
+
+use stage1::boot_stage1;
+use stage3::boot_stage3;
 
 /// The recipe whose media the boot tests use.
 const RECIPE: &str = "stage2";
@@ -289,7 +293,6 @@ fn concatenate(parts: &[PathBuf], dest: &Path) -> Result<()> {
     Ok(())
 }
 
-/// `boot/vmlinuz-*` from the pinned `linux-image` source, as a store path.
 /// A file inside a `deb` source, fetched and unpacked as a build would.
 pub fn deb_source_file(s: &Settings, source: &str, path: &str) -> Result<PathBuf> {
     let (store, digest) = deb_tree_digest(s, source)?;
@@ -449,97 +452,6 @@ fn no_such_host<'a>(recipe: &str, name: &str, names: impl IntoIterator<Item = &'
     format!("no host `{name}` in the `{recipe}` recipe's inventory{hint}")
 }
 
-/// `stage1-lkrn`, `stage1-efi`, `stage1-rom`: the whole chain. Kiln serves
-/// a build of stage1 and stage2 (made with `stage2_url` pointing at the
-/// test server, in a temporary output directory so `output/` keeps the
-/// operator's URLs) over HTTP; the guest runs iPXE, which does DHCP,
-/// chains `stage1to2.ipxe` and boots `stage2_vmlinuz`. `--var
-/// ipv4_address=…` (and netmask, gateway, dns1) makes stage1 use static
-/// settings instead of DHCP.
-pub fn boot_stage1(s: &Settings, a: &BootTestArgs) -> Result<ExitCode> {
-    let work = tempfile::tempdir().context("creating a temporary directory")?;
-    let mut t = s.clone();
-    t.output_dir = work.path().join("output");
-    t.vars
-        .insert("stage2_url".into(), format!("http://{BOOT_SERVER}/stage2"));
-    let ovmf = || deb_source_file(s, "ovmf", OVMF_FD).map(Some);
-    let (file, firmware) = match (a.what, a.firmware) {
-        (BootTest::Stage1Efi, _) => ("ipxe.efi", ovmf()?),
-        (BootTest::Stage1Rom, _) => ("1af41000.rom", None),
-        (BootTest::Stage1Combined, Some(Firmware::Uefi)) => (COMBINED_ROM, ovmf()?),
-        (BootTest::Stage1Combined, _) => (COMBINED_ROM, None),
-        (BootTest::Stage1Efirom, _) if a.arch == Arch::Arm64 => {
-            (EFIROM, Some(deb_source_file(s, "aavmf", AAVMF_FD)?))
-        }
-        (BootTest::Stage1Efirom, _) => (EFIROM, ovmf()?),
-        _ => ("ipxe.lkrn", None),
-    };
-    let stage1 = match &a.host {
-        Some(host) => stage1_host_file(&t, host, file)?,
-        None => crate::plan::ipxe_artifact("stage1", a.arch, file),
-    };
-    // No arm64 stage2 yet: an arm64 guest's chain ends when stage1to2.ipxe
-    // runs, so the x86_64 kernel is not built for it.
-    let mut targets = vec!["stage2/stage1to2.ipxe".to_string(), stage1.clone()];
-    if a.arch == Arch::X86_64 {
-        targets.insert(0, "stage2/stage2_vmlinuz".to_string());
-    }
-    build_targets(&t, &targets)?;
-    let server = http::serve(&t.output_dir)?;
-    let binary = t.output_dir.join(&stage1);
-    let (medium, romfile) = match file {
-        "ipxe.lkrn" => (
-            Medium::Kernel {
-                kernel: binary,
-                initrd: None,
-                append: String::new(),
-            },
-            None,
-        ),
-        "ipxe.efi" => (Medium::Disk(esp_with(&binary, a.arch, work.path())?), None),
-        _ => (Medium::Network, Some(binary.as_path())),
-    };
-    let mut spec = BootSpec::media(medium, firmware.as_deref(), a.timeout);
-    spec.arch = a.arch;
-    if a.arch != Arch::X86_64 {
-        spec.marker = STAGE1TO2_MARKER.into();
-    }
-    let relay = std::env::current_exe().context("locating the xtask binary")?;
-    spec.qemu_args = boot::chain_nic(server.port, &relay, romfile);
-    let outcome = boot::boot(&spec);
-    let served = server.log.lock().map(|l| l.join(", ")).unwrap_or_default();
-    let outcome = outcome.with_context(|| format!("HTTP requests served: [{served}]"))?;
-    let guest = boot::guest_cmdline(&outcome.serial).unwrap_or_default();
-    let said: Vec<&str> = outcome
-        .serial
-        .iter()
-        .filter_map(|l| l.find("Kiln stage1:").map(|i| l[i..].trim()))
-        .collect();
-    let chain = match a.arch {
-        Arch::X86_64 => "stage1to2.ipxe -> stage2_vmlinuz",
-        Arch::Arm64 => "stage1to2.ipxe",
-    };
-    println!(
-        "boot test passed in {:.1}s: {stage1} -> network -> {chain}; saw `{}`; stage1 said `{}`; served [{served}]; guest cmdline `{guest}`",
-        outcome.elapsed.as_secs_f64(),
-        outcome.marker,
-        said.join(" | ")
-    );
-    Ok(ExitCode::SUCCESS)
-}
-
-/// Where the stage1 recipe puts `host`'s `file` (its layout, or
-/// `stage1/hosts/<host>/<file>`).
-fn stage1_host_file(s: &Settings, host: &str, file: &str) -> Result<String> {
-    let recipes = recipe::load(&s.recipes_dir, &s.vars)?;
-    let ipxe = recipes.ipxe("stage1")?;
-    let Some(h) = ipxe.hosts.iter().find(|h| h.hostname == host) else {
-        let names = ipxe.hosts.iter().map(|h| h.hostname.as_str());
-        bail!(no_such_host("stage1", host, names));
-    };
-    Ok(h.artifact_name("stage1", file))
-}
-
 /// A FAT drive whose removable-media boot file is `efi`.
 fn esp_with(efi: &Path, arch: Arch, work: &Path) -> Result<PathBuf> {
     let bytes = fs_err::read(efi).with_context(|| format!("reading {}", efi.display()))?;
@@ -547,96 +459,4 @@ fn esp_with(efi: &Path, arch: Arch, work: &Path) -> Result<PathBuf> {
     let path = work.join("esp.img");
     fs_err::write(&path, image).with_context(|| format!("writing {}", path.display()))?;
     Ok(path)
-}
-
-/// The cards (vendor, device) a host's ROM archive has a ROM for: its
-/// `etc/kiln/roms.conf`, which replaces the image's own table.
-fn host_rom_table(archive: &Path) -> Result<Vec<(u16, u16)>> {
-    let bytes = fs_err::read(archive).with_context(|| format!("reading {}", archive.display()))?;
-    let entries =
-        crate::archive::newc::read_archive(&crate::archive::compress::decompress_all(&bytes)?)
-            .with_context(|| format!("reading {}", archive.display()))?;
-    let table = entries
-        .iter()
-        .find(|e| e.name == roms::TABLE)
-        .with_context(|| format!("{} has no {}", archive.display(), roms::TABLE))?;
-    Ok(roms::table_cards(&String::from_utf8_lossy(&table.data)))
-}
-
-/// `stage3`: the ROM updater in dry-run mode on two cards, a virtio-net
-/// and an e1000e, carrying QEMU's own ROMs. Passes when the updater ran to
-/// the end without a failure, said something about each card (a plan, or
-/// "current", for the e1000e exactly when the ROM table in use, the
-/// recipe's or the host's, has a ROM for it), and the flashing tools ran in
-/// the guest; prints what it would have done.
-pub fn boot_stage3(s: &Settings, a: &BootTestArgs) -> Result<ExitCode> {
-    if a.initrd.is_some() {
-        bail!("`--initrd` is not for `stage3`: `--host` adds a host's ROM archive");
-    }
-    let recipes = recipe::load(&s.recipes_dir, &s.vars)?;
-    let stage3 = recipes
-        .targets
-        .get("stage3")
-        .with_context(|| format!("no recipe `stage3` in {}", s.recipes_dir.display()))?;
-    let (Some(kernel), Some(initramfs)) = (&stage3.kernel, &stage3.initramfs) else {
-        bail!("the `stage3` recipe needs a [kernel] and an [initramfs]");
-    };
-    let mut targets = vec![kernel.output.clone()];
-    let host_roms = a
-        .host
-        .as_ref()
-        .map(|h| crate::plan::host_roms_artifact(&initramfs.output, h));
-    targets.extend(host_roms.clone());
-    build_targets(s, &targets)?;
-    let nics = boot::nics(&["virtio-net-pci", "e1000e"]);
-    let mut append = "console=ttyS0 panic=-1 kiln.dry_run=1 kiln.then=poweroff".to_string();
-    if let Some(host) = &a.host {
-        // A host's ROMs are refused on a machine with another name.
-        append.push_str(&format!(" epoxy.hostname={host}"));
-    }
-    let initrd = host_roms.map(|r| s.output_dir.join(r));
-    let mut spec = BootSpec::stage3(
-        &s.output_dir.join(&kernel.output),
-        initrd.as_deref(),
-        &append,
-        nics,
-    );
-    spec.timeout = std::time::Duration::from_secs(a.timeout);
-    let outcome = boot::boot(&spec)?;
-    let lines = boot::rom_lines(&outcome.serial);
-    for l in &lines {
-        println!("{l}");
-    }
-    let said = |what: &str| outcome.serial.iter().any(|l| l.contains(what));
-    if lines.len() != 2 {
-        bail!("the updater reported {} cards, QEMU has 2", lines.len());
-    }
-    let e1000e = lines
-        .iter()
-        .find(|l| l.contains(" 8086:10d3 "))
-        .context("the updater said nothing about the e1000e (8086:10d3)")?;
-    let table = match &initrd {
-        Some(archive) => host_rom_table(archive)?,
-        None => stage3.roms.iter().map(|r| (r.vendor, r.device)).collect(),
-    };
-    if table.contains(&(0x8086, 0x10d3)) {
-        if !(e1000e.starts_with("KILN-ROM PLAN ") || e1000e.starts_with("KILN-ROM CURRENT ")) {
-            bail!("the ROM table has a ROM for the e1000e (8086:10d3), but the updater said `{e1000e}`");
-        }
-    } else if !e1000e.starts_with("KILN-ROM SKIP ") {
-        bail!(
-            "the ROM table has no ROM for the e1000e (8086:10d3), but the updater said `{e1000e}`"
-        );
-    }
-    if !said("KILN-TOOL mstflint: mstflint") || !said("KILN-TOOL flashrom: flashrom") {
-        bail!("mstflint or flashrom did not run in the guest (a missing library?)");
-    }
-    if !said("KILN-STAGE3-DONE status=0") {
-        bail!("the updater failed: {}", outcome.marker);
-    }
-    println!(
-        "boot test passed in {:.1}s: dry run of the ROM updater on 2 cards",
-        outcome.elapsed.as_secs_f64()
-    );
-    Ok(ExitCode::SUCCESS)
 }

@@ -3,6 +3,7 @@
 //! cache: a full build from nothing, a build after an initramfs-only change
 //! (a new `release` variable: only the initramfs and the kernel link step
 //! run), and a no-op build. The full build's step times are broken out.
+//! `--arch arm64` measures the cross-compiled arm64 stage2 kernel.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -11,7 +12,15 @@ use std::time::Instant;
 
 use anyhow::{ensure, Context, Result};
 
-const TARGET: &str = "stage2/stage2_vmlinuz";
+use crate::arch::Arch;
+
+/// The stage2 kernel of `arch` in the default recipes.
+fn target(arch: Arch) -> &'static str {
+    match arch {
+        Arch::X86_64 => "stage2/stage2_vmlinuz",
+        Arch::Arm64 => "stage2/arm64/stage2_vmlinuz",
+    }
+}
 
 struct Run {
     what: String,
@@ -20,7 +29,7 @@ struct Run {
     steps: Vec<(String, f64)>,
 }
 
-pub fn run(recipes: &Path, work: &Path, jobs: usize) -> Result<String> {
+pub fn run(recipes: &Path, work: &Path, jobs: usize, arch: Arch) -> Result<String> {
     let exe = std::env::current_exe().context("finding the xtask executable")?;
     let build = |what: &str, release: &str| -> Result<Run> {
         eprintln!("bench kernel: {what}…");
@@ -33,7 +42,7 @@ pub fn run(recipes: &Path, work: &Path, jobs: usize) -> Result<String> {
             .arg(work.join("output"))
             .arg("-j")
             .arg(jobs.to_string())
-            .args(["--var", &format!("release={release}"), "build", TARGET])
+            .args(["--var", &format!("release={release}"), "build", target(arch)])
             .env_remove("SOURCE_DATE_EPOCH");
         let start = Instant::now();
         let out = cmd.output().context("running xtask build")?;

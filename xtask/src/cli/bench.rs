@@ -25,7 +25,11 @@ pub enum BenchCommand {
     Modules,
     /// The stage2 kernel: full build from an empty cache vs relink after an
     /// initramfs-only change vs a no-op rebuild.
-    Kernel,
+    Kernel {
+        /// `arm64`: the stage2-arm64 recipe's cross-compiled kernel.
+        #[arg(long, value_enum, default_value_t = crate::arch::Arch::DEFAULT)]
+        arch: crate::arch::Arch,
+    },
     /// stage1's x86_64 iPXE targets, Kiln vs upstream's `make`: cold, after
     /// an embedded-script change, no-op. Needs `--source ipxe=PATH`.
     Ipxe,
@@ -81,10 +85,10 @@ pub enum BenchCommand {
 
 pub fn bench(s: &Settings, c: &BenchCommand) -> Result<ExitCode> {
     let table = match c {
-        BenchCommand::Kernel => {
+        BenchCommand::Kernel { arch } => {
             // Its own empty cache: the full build must start from nothing.
             let work = bench_dir("kiln-bench-kernel-")?;
-            crate::bench::kernel::run(&s.recipes_dir, work.path(), s.jobs)?
+            crate::bench::kernel::run(&s.recipes_dir, work.path(), s.jobs, *arch)?
         }
         BenchCommand::Ipxe => bench_ipxe(s)?,
         BenchCommand::Noop { targets } => {

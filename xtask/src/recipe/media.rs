@@ -117,7 +117,7 @@ pub(super) fn media(
                 "[hosts] makes one ISO per host: add an [iso] section",
             );
         }
-        media.hosts = host_media(ctx, h.into_inner(), &media.cmdline, vars);
+        media.hosts = host_media(ctx, h.into_inner(), &media.cmdline, vars, arch);
     }
     if let Some(s) = raw.script.take() {
         let kernel = kernel_output.unwrap_or_default();
@@ -210,7 +210,15 @@ fn checked_cmdline(
     cmdline
 }
 
-fn host_media(ctx: &mut Ctx, raw: RawHosts, base: &str, vars: &Vars) -> Vec<HostMedia> {
+/// One medium per inventory host of the recipe's architecture (an arm64
+/// host gets the arm64 recipe's, not an x86_64 ISO it cannot boot).
+fn host_media(
+    ctx: &mut Ctx,
+    raw: RawHosts,
+    base: &str,
+    vars: &Vars,
+    arch: Arch,
+) -> Vec<HostMedia> {
     let base_dir = ctx.doc.dir();
     let Some(file) = recipe_file(ctx, &base_dir, &raw.inventory) else {
         return Vec::new();
@@ -227,6 +235,7 @@ fn host_media(ctx: &mut Ctx, raw: RawHosts, base: &str, vars: &Vars) -> Vec<Host
     };
     hosts
         .iter()
+        .filter(|h| h.arch == arch)
         .filter_map(|h| {
             let args = render_for_host(ctx, &raw.cmdline, h, vars)?;
             let full = [base, args.trim()].join(" ").trim().to_string();

@@ -216,18 +216,31 @@ fn a_patched_lkrn_rom_and_combined_rom_chain_to_stage2_with_the_hosts_identity()
     }
 }
 
+/// An arm64 host's patched ipxe.efi and EFI ROM under AAVMF: its static
+/// address, then the arm64 stage2 with the host's identity on its cmdline.
 #[test]
-fn an_arm64_hosts_efi_rom_boots_with_its_identity_under_aavmf() {
+fn an_arm64_hosts_ipxe_boots_the_arm64_stage2_with_its_identity_under_aavmf() {
     if ipxe_tree().is_none() || !qemu_arm64_available() {
         return;
     }
-    let text = boot_host("stage1-efirom --arch arm64", "qemu-arm-guest.example.net");
-    assert!(
-        text.contains("stage1/hosts/qemu-arm-guest.example.net/1af41000.efirom -> network")
-            && text.contains("Kiln stage1: qemu-arm-guest.example.net static address 10.0.2.43")
-            && text.contains("Kiln: loading stage2 from"),
-        "{text}"
-    );
+    for (what, file) in [
+        ("stage1-efi --arch arm64", "ipxe.efi"),
+        ("stage1-efirom --arch arm64", "1af41000.efirom"),
+    ] {
+        let text = boot_host(what, "qemu-arm-guest.example.net");
+        let host = "qemu-arm-guest.example.net";
+        assert!(
+            text.contains(&format!("stage1/hosts/{host}/{file} -> network"))
+                && text.contains(&format!("Kiln stage1: {host} static address 10.0.2.43"))
+                && text.contains("arm64/stage2_vmlinuz; saw `KILN-STAGE2-READY`"),
+            "{what}: {text}"
+        );
+        assert!(
+            text.contains(&format!("epoxy.ip=10.0.2.43::10.0.2.2:255.255.255.0:{host}:"))
+                && text.contains(&format!("epoxy.hostname={host}")),
+            "{what}: {text}"
+        );
+    }
 }
 
 #[test]

@@ -419,17 +419,34 @@ fn an_unknown_architecture_or_target_is_refused_with_the_choices() {
     );
 }
 
+/// arm64 iPXE (from a FAT drive, and as the virtio card's EFI ROM) under
+/// AAVMF: DHCP, stage2's stage1to2.ipxe, which sends it on to the arm64
+/// one, and the arm64 stage2 kernel over HTTP.
 #[test]
-fn the_arm64_efi_rom_on_a_virtio_card_chains_under_aavmf() {
-    if ipxe_tree().is_some() && qemu_arm64_available() {
-        let text = chain_boot("stage1-efirom --arch arm64", &[]);
+fn arm64_ipxe_chains_to_the_arm64_stage2_under_aavmf() {
+    if ipxe_tree().is_none() || !qemu_arm64_available() {
+        return;
+    }
+    for (what, file) in [
+        ("stage1-efi --arch arm64", "stage1/arm64/ipxe.efi"),
+        ("stage1-efirom --arch arm64", "stage1/arm64/1af41000.efirom"),
+    ] {
+        let text = chain_boot(what, &[]);
+        let chain = "network -> stage1to2.ipxe -> arm64/stage1to2.ipxe -> arm64/stage2_vmlinuz;";
         assert!(
-            text.contains("stage1/arm64/1af41000.efirom -> network -> stage1to2.ipxe;")
-                && text.contains("saw `Kiln: loading stage2 from http://10.0.2.100/stage2`")
-                && text.contains("Kiln stage1: chaining http://10.0.2.100/stage2/stage1to2.ipxe")
-                && text.contains("served [GET /stage2/stage1to2.ipxe 200]"),
-            "{text}"
+            text.contains(&format!("{file} -> {chain}"))
+                && text.contains("saw `KILN-STAGE2-READY`")
+                && text.contains("Kiln stage1: chaining http://10.0.2.100/stage2/stage1to2.ipxe"),
+            "{what}: {text}"
         );
+        for request in [
+            "GET /stage2/stage1to2.ipxe 200",
+            "GET /stage2/arm64/stage1to2.ipxe 200",
+            "GET /stage2/arm64/stage2_vmlinuz 200",
+        ] {
+            assert!(text.contains(request), "{what}: no `{request}`: {text}");
+        }
+        assert!(text.contains("console=ttyAMA0,115200 panic=-1 epoxy.ip="), "{what}: {text}");
     }
 }
 

@@ -56,8 +56,6 @@ fn debian_kernel_source(arch: Arch) -> &'static str {
 const EFIROM: &str = "1af41000.efirom";
 /// Where the qemu-efi-aarch64 deb (AAVMF) keeps firmware for `-bios`.
 const AAVMF_FD: &str = "usr/share/qemu-efi-aarch64/QEMU_EFI.fd";
-/// What ipxe/stage1to2.ipxe prints first: the chained script runs.
-const STAGE1TO2_MARKER: &str = "Kiln: loading stage2 from";
 /// The default stage1 recipe's combined virtio-net ROM (`[[ipxe.combined]]`).
 const COMBINED_ROM: &str = "efi-virtio.rom";
 /// Where the ovmf deb keeps the combined code + vars image.
@@ -77,11 +75,12 @@ pub struct BootTestArgs {
     /// (virtio-net option ROM), `stage1-combined` (the combined BIOS + EFI
     /// ROM `efi-virtio.rom` on the virtio-net card, under SeaBIOS or, with
     /// `--firmware uefi`, OVMF) and `stage1-efirom` (the EFI driver ROM
-    /// `1af41000.efirom` on the card under OVMF, or with `--arch arm64` the
-    /// arm64 one under AAVMF on QEMU's `virt` board, where the chain ends at
-    /// stage1to2.ipxe) boot iPXE, which must DHCP, chain
-    /// stage1to2.ipxe from Kiln's HTTP server and boot stage2 (needs an iPXE
-    /// tree: `--source ipxe=PATH`). `stage3` boots the ROM updater with
+    /// `1af41000.efirom` on the card under OVMF) boot iPXE, which must DHCP,
+    /// chain stage1to2.ipxe from Kiln's HTTP server and boot stage2 (needs
+    /// an iPXE tree: `--source ipxe=PATH`). With `--arch arm64`,
+    /// `stage1-efi` and `stage1-efirom` boot the arm64 iPXE under AAVMF on
+    /// QEMU's `virt` board, and stage1to2.ipxe sends it on to the arm64
+    /// stage2 (arm64/stage1to2.ipxe, arm64/stage2_vmlinuz). `stage3` boots the ROM updater with
     /// `kiln.dry_run=1` beside a virtio-net and an e1000e card (QEMU's own
     /// ROMs): every card must get a `KILN-ROM` line and mstflint must run
     /// (`--host` adds that host's ROM archive as a second initrd).
@@ -93,9 +92,10 @@ pub struct BootTestArgs {
     #[arg(long, value_enum)]
     pub firmware: Option<Firmware>,
     /// The guest's architecture. `arm64` boots the `stage2-arm64` recipe's
-    /// artifacts (`stage2`, `stage2-uki`, `stage2-iso` as a CD) or the arm64
-    /// EFI ROM (`stage1-efirom`) on QEMU's `virt` board, under AAVMF (from
-    /// the pinned `aavmf` deb) except `stage2`'s direct kernel boot.
+    /// artifacts (`stage2`, `stage2-uki`, `stage2-iso` as a CD; Debian's
+    /// arm64 kernel for `stage2-initramfs` and `modules`) or arm64 iPXE
+    /// (`stage1-efi`, `stage1-efirom`) on QEMU's `virt` board, under AAVMF
+    /// (from the pinned `aavmf` deb) except the direct kernel boots.
     #[arg(long, value_enum, default_value_t = Arch::DEFAULT)]
     pub arch: Arch,
     /// Attach the ISO as a USB stick instead of a CD.
@@ -176,11 +176,12 @@ pub fn boot_test(s: &Settings, a: &BootTestArgs) -> Result<ExitCode> {
         BootTest::Modules,
         BootTest::Stage2Uki,
         BootTest::Stage2Iso,
+        BootTest::Stage1Efi,
         BootTest::Stage1Efirom,
     ];
     if a.arch != Arch::X86_64 && !arm64_ready.contains(&a.what) {
         bail!(
-            "`--arch {}` is for `stage2`, `stage2-initramfs`, `modules`, `stage2-uki`, `stage2-iso` and `stage1-efirom`",
+            "`--arch {}` is for `stage2`, `stage2-initramfs`, `modules`, `stage2-uki`, `stage2-iso`, `stage1-efi` and `stage1-efirom`",
             a.arch
         );
     }

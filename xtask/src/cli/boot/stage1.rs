@@ -6,8 +6,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 
 use super::{
-    deb_source_file, esp_with, no_such_host, BootTest, BootTestArgs, Firmware, AAVMF_FD,
-    COMBINED_ROM, EFIROM, OVMF_FD, STAGE1TO2_MARKER,
+    esp_with, no_such_host, uefi_firmware, BootTest, BootTestArgs, Firmware, COMBINED_ROM, EFIROM,
 };
 use crate::arch::Arch;
 use crate::cli::build::build_targets;
@@ -29,27 +28,28 @@ pub fn boot_stage1(s: &Settings, a: &BootTestArgs) -> Result<ExitCode> {
     t.output_dir = work.path().join("output");
     t.vars
         .insert("stage2_url".into(), format!("http://{BOOT_SERVER}/stage2"));
-    let ovmf = || deb_source_file(s, "ovmf", OVMF_FD).map(Some);
+    // OVMF, or AAVMF for an arm64 guest.
+    let uefi = || uefi_firmware(s, a.arch).map(Some);
     let (file, firmware) = match (a.what, a.firmware) {
-        (BootTest::Stage1Efi, _) => ("ipxe.efi", ovmf()?),
+        (BootTest::Stage1Efi, _) => ("ipxe.efi", uefi()?),
         (BootTest::Stage1Rom, _) => ("1af41000.rom", None),
-        (BootTest::Stage1Combined, Some(Firmware::Uefi)) => (COMBINED_ROM, ovmf()?),
+        (BootTest::Stage1Combined, Some(Firmware::Uefi)) => (COMBINED_ROM, uefi()?),
         (BootTest::Stage1Combined, _) => (COMBINED_ROM, None),
-        (BootTest::Stage1Efirom, _) if a.arch == Arch::Arm64 => {
-            (EFIROM, Some(deb_source_file(s, "aavmf", AAVMF_FD)?))
-        }
-        (BootTest::Stage1Efirom, _) => (EFIROM, ovmf()?),
+        (BootTest::Stage1Efirom, _) => (EFIROM, uefi()?),
         _ => ("ipxe.lkrn", None),
     };
     let stage1 = match &a.host {
         Some(host) => stage1_host_file(&t, host, file)?,
         None => crate::plan::ipxe_artifact("stage1", a.arch, file),
     };
-    // No arm64 stage2 yet: an arm64 guest's chain ends when stage1to2.ipxe
-    // runs, so the x86_64 kernel is not built for it.
+    // stage2's stage1to2.ipxe sends an arm64 guest on to the arm64 one.
     let mut targets = vec!["stage2/stage1to2.ipxe".to_string(), stage1.clone()];
-    if a.arch == Arch::X86_64 {
-        targets.insert(0, "stage2/stage2_vmlinuz".to_string());
+    match a.arch {
+        Arch::X86_64 => targets.push("stage2/stage2_vmlinuz".into()),
+        Arch::Arm64 => targets.extend([
+            "stage2/arm64/stage1to2.ipxe".into(),
+            "stage2/arm64/stage2_vmlinuz".into(),
+        ]),
     }
     build_targets(&t, &targets)?;
     let server = http::serve(&t.output_dir)?;
@@ -68,9 +68,6 @@ pub fn boot_stage1(s: &Settings, a: &BootTestArgs) -> Result<ExitCode> {
     };
     let mut spec = BootSpec::media(medium, firmware.as_deref(), a.timeout);
     spec.arch = a.arch;
-    if a.arch != Arch::X86_64 {
-        spec.marker = STAGE1TO2_MARKER.into();
-    }
     let relay = std::env::current_exe().context("locating the xtask binary")?;
     spec.qemu_args = boot::chain_nic(server.port, &relay, romfile);
     let outcome = boot::boot(&spec);
@@ -84,7 +81,7 @@ pub fn boot_stage1(s: &Settings, a: &BootTestArgs) -> Result<ExitCode> {
         .collect();
     let chain = match a.arch {
         Arch::X86_64 => "stage1to2.ipxe -> stage2_vmlinuz",
-        Arch::Arm64 => "stage1to2.ipxe",
+        Arch::Arm64 => "stage1to2.ipxe -> arm64/stage1to2.ipxe -> arm64/stage2_vmlinuz",
     };
     println!(
         "boot test passed in {:.1}s: {stage1} -> network -> {chain}; saw `{}`; stage1 said `{}`; served [{served}]; guest cmdline `{guest}`",

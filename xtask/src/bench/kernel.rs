@@ -42,7 +42,12 @@ pub fn run(recipes: &Path, work: &Path, jobs: usize, arch: Arch) -> Result<Strin
             .arg(work.join("output"))
             .arg("-j")
             .arg(jobs.to_string())
-            .args(["--var", &format!("release={release}"), "build", target(arch)])
+            .args([
+                "--var",
+                &format!("release={release}"),
+                "build",
+                target(arch),
+            ])
             .env_remove("SOURCE_DATE_EPOCH");
         let start = Instant::now();
         let out = cmd.output().context("running xtask build")?;

@@ -212,13 +212,7 @@ fn checked_cmdline(
 
 /// One medium per inventory host of the recipe's architecture (an arm64
 /// host gets the arm64 recipe's, not an x86_64 ISO it cannot boot).
-fn host_media(
-    ctx: &mut Ctx,
-    raw: RawHosts,
-    base: &str,
-    vars: &Vars,
-    arch: Arch,
-) -> Vec<HostMedia> {
+fn host_media(ctx: &mut Ctx, raw: RawHosts, base: &str, vars: &Vars, arch: Arch) -> Vec<HostMedia> {
     let base_dir = ctx.doc.dir();
     let Some(file) = recipe_file(ctx, &base_dir, &raw.inventory) else {
         return Vec::new();

@@ -236,8 +236,9 @@ fn an_arm64_hosts_ipxe_boots_the_arm64_stage2_with_its_identity_under_aavmf() {
             "{what}: {text}"
         );
         assert!(
-            text.contains(&format!("epoxy.ip=10.0.2.43::10.0.2.2:255.255.255.0:{host}:"))
-                && text.contains(&format!("epoxy.hostname={host}")),
+            text.contains(&format!(
+                "epoxy.ip=10.0.2.43::10.0.2.2:255.255.255.0:{host}:"
+            )) && text.contains(&format!("epoxy.hostname={host}")),
             "{what}: {text}"
         );
     }

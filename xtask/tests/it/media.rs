@@ -68,24 +68,6 @@ fn uki_sections_hold_the_kernel_initramfs_and_cmdline() {
     );
 }
 
-/// A file out of an ISO, through xorriso's own reader.
-fn iso_file(iso: &Path, path: &str, work: &Path) -> Vec<u8> {
-    let dest = work.join(path.replace('/', "_"));
-    let status = std::process::Command::new("xorriso")
-        .args(["-osirrox", "on", "-indev"])
-        .arg(iso)
-        .args(["-extract", &format!("/{path}")])
-        .arg(&dest)
-        .output()
-        .unwrap();
-    assert!(
-        status.status.success(),
-        "{}",
-        String::from_utf8_lossy(&status.stderr)
-    );
-    std::fs::read(&dest).unwrap()
-}
-
 #[test]
 fn iso_holds_the_kernel_and_an_esp_with_the_uki_and_hosts_get_their_own() {
     let (dir, out) = built();

@@ -446,7 +446,10 @@ fn arm64_ipxe_chains_to_the_arm64_stage2_under_aavmf() {
         ] {
             assert!(text.contains(request), "{what}: no `{request}`: {text}");
         }
-        assert!(text.contains("console=ttyAMA0,115200 panic=-1 epoxy.ip="), "{what}: {text}");
+        assert!(
+            text.contains("console=ttyAMA0,115200 panic=-1 epoxy.ip="),
+            "{what}: {text}"
+        );
     }
 }
 

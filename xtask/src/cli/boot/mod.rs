@@ -244,13 +244,7 @@ pub fn boot_test(s: &Settings, a: &BootTestArgs) -> Result<ExitCode> {
             };
             let kernel = debian_kernel(s, a.arch)?;
             let spec = boot::BootSpec::stage2(&kernel, &initrd, a.arch, a.timeout);
-            let outcome = boot::boot(&spec)?;
-            println!(
-                "boot test passed in {:.1}s: saw `{}`",
-                outcome.elapsed.as_secs_f64(),
-                outcome.marker
-            );
-            Ok(ExitCode::SUCCESS)
+            passed(&boot::boot(&spec)?)
         }
         BootTest::Modules => {
             let initramfs = stage2_initramfs(s, a.arch)?;
@@ -272,15 +266,19 @@ pub fn boot_test(s: &Settings, a: &BootTestArgs) -> Result<ExitCode> {
             )?;
             let wanted = ["virtio_pci", "virtio_net"];
             let spec = boot::BootSpec::modules(&kernel, &initrd, &wanted, a.arch, a.timeout);
-            let outcome = boot::boot(&spec)?;
-            println!(
-                "boot test passed in {:.1}s: saw `{}`",
-                outcome.elapsed.as_secs_f64(),
-                outcome.marker
-            );
-            Ok(ExitCode::SUCCESS)
+            passed(&boot::boot(&spec)?)
         }
     }
+}
+
+/// Reports a boot test that saw its marker.
+fn passed(outcome: &boot::BootOutcome) -> Result<ExitCode> {
+    println!(
+        "boot test passed in {:.1}s: saw `{}`",
+        outcome.elapsed.as_secs_f64(),
+        outcome.marker
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Concatenates initrds, as a boot loader loading several does.

@@ -316,3 +316,25 @@ pub fn serve(body: Vec<u8>, name: &str) -> String {
     });
     url
 }
+
+/// A file out of an ISO, through xorriso's own reader (into `work`).
+pub fn iso_file(iso: &Path, path: &str, work: &Path) -> Vec<u8> {
+    let dest = work.join(path.replace('/', "_"));
+    run_ok(
+        Command::new("xorriso")
+            .args(["-osirrox", "on", "-indev"])
+            .arg(iso)
+            .args(["-extract", &format!("/{path}")])
+            .arg(&dest),
+    );
+    std::fs::read(&dest).unwrap()
+}
+
+/// The labels of the steps `plan` says will run (`miss` lines).
+pub fn plan_misses(plan: &Output) -> Vec<String> {
+    String::from_utf8_lossy(&plan.stdout)
+        .lines()
+        .filter(|l| l.starts_with("miss"))
+        .map(|l| l[22..].trim().to_string())
+        .collect()
+}

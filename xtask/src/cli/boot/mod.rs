@@ -207,7 +207,8 @@ pub fn boot_test(s: &Settings, a: &BootTestArgs) -> Result<ExitCode> {
             }
             let recipe = stage2_recipe(a.arch);
             let kernel = stage2_artifact(s, a.arch, |r| r.kernel.as_ref().map(|k| &k.output))?;
-            build_targets(s, std::slice::from_ref(&kernel))?;
+            // The whole recipe, as `build` would: the kernel and what it embeds.
+            build_targets(s, &[recipe.to_string()])?;
             let kernel = s.output_dir.join(kernel);
             let outcome = boot::boot(&boot::BootSpec::kernel(&kernel, a.arch, a.timeout))?;
             let nics = boot::interfaces(&outcome.serial);

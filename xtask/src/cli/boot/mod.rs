@@ -24,34 +24,32 @@ mod stage3;
 use stage1::boot_stage1;
 use stage3::boot_stage3;
 
-/// The recipe whose media the boot tests use.
-const RECIPE: &str = "stage2";
-/// Its arm64 twin (`--arch arm64`).
-const RECIPE_ARM64: &str = "stage2-arm64";
+/// What the boot tests of one architecture boot from the default recipes.
+struct Defaults {
+    /// The stage2 recipe (kernel, initramfs, UKI, ISO).
+    stage2: &'static str,
+    /// The modules recipe for Debian's kernel.
+    modules: &'static str,
+    /// The `deb` source holding Debian's kernel.
+    debian_kernel: &'static str,
+}
 
-/// The stage2 recipe of `arch`.
-fn stage2_recipe(arch: Arch) -> &'static str {
+/// The default recipes and sources the boot tests of `arch` use.
+fn defaults(arch: Arch) -> Defaults {
     match arch {
-        Arch::X86_64 => RECIPE,
-        Arch::Arm64 => RECIPE_ARM64,
+        Arch::X86_64 => Defaults {
+            stage2: "stage2",
+            modules: "modules",
+            debian_kernel: "linux-image",
+        },
+        Arch::Arm64 => Defaults {
+            stage2: "stage2-arm64",
+            modules: "modules-arm64",
+            debian_kernel: "linux-image-arm64",
+        },
     }
 }
 
-/// The modules recipe (for Debian's kernel) of `arch`.
-fn modules_recipe(arch: Arch) -> &'static str {
-    match arch {
-        Arch::X86_64 => "modules",
-        Arch::Arm64 => "modules-arm64",
-    }
-}
-
-/// The source holding Debian's kernel of `arch`.
-fn debian_kernel_source(arch: Arch) -> &'static str {
-    match arch {
-        Arch::X86_64 => "linux-image",
-        Arch::Arm64 => "linux-image-arm64",
-    }
-}
 /// The default stage1 recipe's virtio-net EFI driver ROM.
 const EFIROM: &str = "1af41000.efirom";
 /// Where the qemu-efi-aarch64 deb (AAVMF) keeps firmware for `-bios`.
@@ -186,7 +184,10 @@ pub fn boot_test(s: &Settings, a: &BootTestArgs) -> Result<ExitCode> {
         );
     }
     if a.arch == Arch::Arm64 && (a.usb || a.host.is_some() && a.what.is_media()) {
-        bail!("arm64 media boot as a CD or an ESP of the `{RECIPE_ARM64}` recipe: drop `--usb` and `--host`");
+        bail!(
+            "arm64 media boot as a CD or an ESP of the `{}` recipe: drop `--usb` and `--host`",
+            defaults(Arch::Arm64).stage2
+        );
     }
     if a.host.is_some() && !a.what.takes_host() {
         bail!("`--host` is for `stage2-iso`, `stage2-uki`, `stage3` and the `stage1-*` boot tests");
@@ -205,7 +206,7 @@ pub fn boot_test(s: &Settings, a: &BootTestArgs) -> Result<ExitCode> {
                     "`--initrd` is for `stage2-initramfs`: the stage2 kernel embeds its initramfs"
                 );
             }
-            let recipe = stage2_recipe(a.arch);
+            let recipe = defaults(a.arch).stage2;
             let kernel = stage2_artifact(s, a.arch, |r| r.kernel.as_ref().map(|k| &k.output))?;
             // The whole recipe, as `build` would: the kernel and what it embeds.
             build_targets(s, &[recipe.to_string()])?;
@@ -249,7 +250,7 @@ pub fn boot_test(s: &Settings, a: &BootTestArgs) -> Result<ExitCode> {
         }
         BootTest::Modules => {
             let initramfs = stage2_initramfs(s, a.arch)?;
-            let modules_recipe = modules_recipe(a.arch).to_string();
+            let modules_recipe = defaults(a.arch).modules.to_string();
             let built = build_targets(s, &[initramfs.clone(), modules_recipe])?;
             let kernel = debian_kernel(s, a.arch)?;
             let modules = built
@@ -305,7 +306,7 @@ pub fn deb_source_file(s: &Settings, source: &str, path: &str) -> Result<PathBuf
 
 /// `boot/vmlinuz-*` of Debian's kernel of `arch`, as a store path.
 pub fn debian_kernel(s: &Settings, arch: Arch) -> Result<PathBuf> {
-    let source = debian_kernel_source(arch);
+    let source = defaults(arch).debian_kernel;
     let (store, digest) = deb_tree_digest(s, source)?;
     let tree = store.tree(&digest)?;
     let entry = tree
@@ -331,7 +332,7 @@ fn stage2_artifact(
     arch: Arch,
     pick: impl Fn(&recipe::Recipe) -> Option<&String>,
 ) -> Result<String> {
-    let name = stage2_recipe(arch);
+    let name = defaults(arch).stage2;
     let recipes = recipe::load(&s.recipes_dir, &s.vars)?;
     let recipe = recipes
         .targets
@@ -352,7 +353,7 @@ fn uefi_firmware(s: &Settings, arch: Arch) -> Result<PathBuf> {
 
 pub fn boot_media(s: &Settings, a: &BootTestArgs) -> Result<ExitCode> {
     let recipes = recipe::load(&s.recipes_dir, &s.vars)?;
-    let name = stage2_recipe(a.arch);
+    let name = defaults(a.arch).stage2;
     let media = &recipes
         .targets
         .get(name)
@@ -398,7 +399,7 @@ fn iso_medium(s: &Settings, a: &BootTestArgs, media: &Media) -> Result<(Medium, 
     let iso = media
         .iso
         .as_ref()
-        .with_context(|| format!("the `{}` recipe has no [iso]", stage2_recipe(a.arch)))?;
+        .with_context(|| format!("the `{}` recipe has no [iso]", defaults(a.arch).stage2))?;
     let (artifact, cmdline) = match &a.host {
         Some(name) => {
             let host = media
@@ -435,7 +436,7 @@ fn uki_medium(
     let uki = media
         .uki
         .as_ref()
-        .with_context(|| format!("the `{}` recipe has no [uki]", stage2_recipe(a.arch)))?;
+        .with_context(|| format!("the `{}` recipe has no [uki]", defaults(a.arch).stage2))?;
     build_targets(s, std::slice::from_ref(&uki.output))?;
     let path = esp_with(&s.output_dir.join(&uki.output), a.arch, work)?;
     Ok((Medium::Disk(path), Firmware::Uefi, media.cmdline.clone()))
@@ -443,7 +444,7 @@ fn uki_medium(
 
 fn unknown_host(media: &Media, name: &str) -> String {
     let names = media.hosts.iter().map(|h| h.hostname.as_str());
-    no_such_host(RECIPE, name, names)
+    no_such_host(defaults(Arch::X86_64).stage2, name, names)
 }
 
 /// "no host `x` in the `<recipe>` recipe's inventory", with the nearest name.

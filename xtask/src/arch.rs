@@ -171,6 +171,21 @@ impl Arch {
         *self == Arch::DEFAULT
     }
 
+    /// "arm64", or for a machine type no variant has its number: what a
+    /// program of ELF `e_machine` (or, with `pe`, PE machine) `machine` is
+    /// built for, for messages.
+    pub fn describe_machine(machine: u16, pe: bool) -> String {
+        let of = |a: &Arch| match pe {
+            true => a.pe_machine(),
+            false => a.elf_machine(),
+        };
+        match Arch::ALL.iter().find(|a| of(a) == machine) {
+            Some(a) => a.to_string(),
+            None if pe => format!("PE machine {machine:#x}"),
+            None => format!("ELF machine {machine}"),
+        }
+    }
+
     /// The PE/COFF machine type of this architecture's EFI applications.
     pub fn pe_machine(self) -> u16 {
         match self {
@@ -240,6 +255,14 @@ mod tests {
             by_type.iter().map(|a| a.name()).collect::<Vec<_>>(),
             by_name
         );
+    }
+
+    #[test]
+    fn machines_are_described_by_name_or_number() {
+        assert_eq!(Arch::describe_machine(183, false), "arm64");
+        assert_eq!(Arch::describe_machine(0x8664, true), "x86_64");
+        assert_eq!(Arch::describe_machine(40, false), "ELF machine 40");
+        assert_eq!(Arch::describe_machine(0x1c0, true), "PE machine 0x1c0");
     }
 
     #[test]

@@ -204,10 +204,7 @@ impl BuildInitramfs {
         if bytes.starts_with(b"\x7fELF") {
             let info = crate::elf::read_info(&bytes).with_context(|| what.clone())?;
             if info.machine != self.arch.elf_machine() {
-                let is = Arch::ALL
-                    .into_iter()
-                    .find(|a| a.elf_machine() == info.machine)
-                    .map_or(format!("ELF machine {}", info.machine), |a| a.to_string());
+                let is = Arch::describe_machine(info.machine, false);
                 bail!("{what} is built for {is}, the recipe for {}", self.arch);
             }
             if let Some(interp) = info.interpreter {
@@ -305,10 +302,7 @@ fn applets(blob: &Path, arch: Arch, scratch: &Path) -> Result<Vec<String>> {
     let bytes = fs_err::read(blob)?;
     let info = crate::elf::read_info(&bytes).context("reading busybox")?;
     if info.machine != arch.elf_machine() {
-        let is = Arch::ALL
-            .into_iter()
-            .find(|a| a.elf_machine() == info.machine)
-            .map_or(format!("ELF machine {}", info.machine), |a| a.to_string());
+        let is = Arch::describe_machine(info.machine, false);
         bail!(
             "the busybox source is built for {is}, the recipe for {arch}: give a {arch} busybox-static (`arch = \"{arch}\"` in sources.toml)"
         );

@@ -99,10 +99,7 @@ fn check_machine(image: &[u8], arch: Arch, what: &str) -> Result<()> {
         .headers
         .machine;
     if machine != arch.pe_machine() {
-        let is = Arch::ALL
-            .into_iter()
-            .find(|a| a.pe_machine() == machine)
-            .map_or(format!("machine {machine:#x}"), |a| a.to_string());
+        let is = Arch::describe_machine(machine, true);
         bail!("{what} is built for {is}, the recipe for {arch} (a `deb` source of another architecture takes `arch = \"{arch}\"` in sources.toml)");
     }
     Ok(())

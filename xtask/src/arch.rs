@@ -70,6 +70,18 @@ impl Arch {
         Arch::ALL.into_iter().find(|a| a.name() == name)
     }
 
+    /// The architecture called `name`, or the message a recipe error gives:
+    /// the choices, and Kiln's name where `name` is Debian's (`amd64`).
+    pub fn parse(name: &str) -> Result<Arch, String> {
+        Arch::from_name(name).ok_or_else(|| {
+            let hint = match Arch::from_debian(name) {
+                Some(a) => format!(" (Debian's {name} is Kiln's `{a}`)"),
+                None => String::new(),
+            };
+            format!("unknown `arch`: use one of {}{hint}", Arch::names())
+        })
+    }
+
     /// `x86_64, arm64`: the names, for messages that list the choices.
     pub fn names() -> String {
         Arch::ALL.map(Arch::name).join(", ")
@@ -149,13 +161,9 @@ impl Arch {
     }
 
     /// The user-mode emulator (Debian's qemu-user-static) that runs this
-    /// architecture's static programs on a build machine of another, or
-    /// `None` when the build machine runs them itself.
-    pub fn emulator(self) -> Option<&'static str> {
-        self.emulators().first().copied()
-    }
-
-    /// [`Arch::emulator`] as a list (empty or one), as steps name tools.
+    /// architecture's static programs on a build machine of another: empty
+    /// when the build machine runs them itself, else one program (a list,
+    /// as steps name their tools).
     pub fn emulators(self) -> &'static [&'static str] {
         if Arch::HOST == Some(self) {
             return &[];
@@ -243,6 +251,13 @@ mod tests {
         assert_eq!(Arch::from_name("aarch64"), None);
         assert_eq!(Arch::from_debian("amd64"), Some(Arch::X86_64));
         assert_eq!(Arch::from_debian(Arch::Arm64.debian()), Some(Arch::Arm64));
+        assert_eq!(Arch::parse("arm64"), Ok(Arch::Arm64));
+        let why = Arch::parse("amd64").unwrap_err();
+        assert!(
+            why.contains("use one of x86_64, arm64") && why.contains("Kiln's `x86_64`"),
+            "{why}"
+        );
+        assert!(!Arch::parse("mips").unwrap_err().contains("Debian"));
     }
 
     #[test]

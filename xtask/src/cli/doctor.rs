@@ -100,9 +100,14 @@ fn deb_pins(s: &Settings) {
             _ => None,
         })
         .collect();
+    // dpkg is asked once per architecture, not once per source.
+    let mut disabled = std::collections::BTreeSet::new();
     for arch in foreign {
         match apt::architecture_missing(Some(arch)) {
-            Some(why) => println!("arch:    {arch} deb sources cannot be fetched: {why}"),
+            Some(why) => {
+                println!("arch:    {arch} deb sources cannot be fetched: {why}");
+                disabled.insert(arch);
+            }
             None => println!("arch:    apt handles {arch} packages"),
         }
     }
@@ -119,7 +124,7 @@ fn deb_pins(s: &Settings) {
         };
         debs += 1;
         let package = &apt::qualified(package, *arch);
-        if apt::architecture_missing(*arch).is_some() {
+        if arch.is_some_and(|a| disabled.contains(&a)) {
             gone.push(format!(
                 "{name} ({package}={version}): its architecture is not enabled"
             ));

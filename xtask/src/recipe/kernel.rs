@@ -140,16 +140,13 @@ pub(super) fn kernel(
     ctx.source(&raw.source);
     // The recipe's arch; `[kernel] arch` may only say it again.
     if let Some(a) = &raw.arch {
-        match Arch::from_name(a.get_ref()) {
-            Some(arch) if arch == recipe_arch => {}
-            Some(_) => ctx.push(
+        match Arch::parse(a.get_ref()) {
+            Ok(arch) if arch == recipe_arch => {}
+            Ok(_) => ctx.push(
                 a.span(),
                 format!("the recipe builds for `{recipe_arch}` (its top-level `arch`): a kernel of another architecture goes in a recipe of its own"),
             ),
-            None => ctx.push(
-                a.span(),
-                format!("unknown `arch`: use one of {}", Arch::names()),
-            ),
+            Err(why) => ctx.push(a.span(), why),
         }
     }
     let base = ctx.doc.dir();

@@ -263,9 +263,8 @@ fn load_recipe(
     };
     let arch = match &raw.arch {
         None => Arch::DEFAULT,
-        Some(a) => Arch::from_name(a.get_ref()).unwrap_or_else(|| {
-            let msg = format!("unknown `arch`: use one of {}", Arch::names());
-            errors.push(doc.error(a.span(), msg));
+        Some(a) => Arch::parse(a.get_ref()).unwrap_or_else(|why| {
+            errors.push(doc.error(a.span(), why));
             Arch::DEFAULT
         }),
     };

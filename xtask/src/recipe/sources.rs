@@ -168,17 +168,7 @@ fn source_kind(doc: &Doc, base: &Path, raw: Spanned<RawSource>) -> Result<Source
 /// A `deb` source's `arch`, by Kiln's name (the one recipes and hosts
 /// use); Debian's name is pointed to its Kiln name.
 fn deb_arch(doc: &Doc, arch: Spanned<String>) -> Result<Arch, SourceError> {
-    let name = arch.get_ref();
-    Arch::from_name(name).ok_or_else(|| {
-        let hint = match Arch::from_debian(name) {
-            Some(a) => format!(" (Debian's {name} is Kiln's `{a}`)"),
-            None => String::new(),
-        };
-        doc.error(
-            arch.span(),
-            format!("unknown `arch`: use one of {}{hint}", Arch::names()),
-        )
-    })
+    Arch::parse(arch.get_ref()).map_err(|why| doc.error(arch.span(), why))
 }
 
 /// A pool path is joined to mirror URLs: relative, plain components only.

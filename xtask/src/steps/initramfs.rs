@@ -310,7 +310,7 @@ fn applets(blob: &Path, arch: Arch, scratch: &Path) -> Result<Vec<String>> {
     let exe = scratch.join("busybox");
     fs_err::copy(blob, &exe).context("copying busybox to scratch")?;
     fs_err::set_permissions(&exe, std::fs::Permissions::from_mode(0o755))?;
-    let mut cmd = match arch.emulator() {
+    let mut cmd = match arch.emulators().first() {
         Some(qemu) => {
             let mut cmd = tools::command(qemu)?;
             cmd.arg(&exe);

@@ -114,6 +114,7 @@ impl BuildIso {
     /// the BIOS path the EFI entry is the only one (Debian's arm64 images
     /// put the FAT image in a partition of their own as well).
     fn xorriso_args(&self) -> Vec<String> {
+        let staged_esp = format!("iso-root/{EFI_IMAGE_PATH}");
         let mut args = vec!["-as", "mkisofs", "-o", "image.iso", "-r", "-J"];
         args.extend(["-V", &self.volume_id]);
         if self.bios() {
@@ -126,7 +127,7 @@ impl BuildIso {
             args.extend(["-c", "boot/boot.cat", "-e", EFI_IMAGE_PATH, "-no-emul-boot"]);
             let esp = ["-append_partition", "2", "0xef"];
             args.extend(esp);
-            args.push("iso-root/boot/efiboot.img");
+            args.push(&staged_esp);
         }
         args.push("iso-root");
         args.into_iter().map(String::from).collect()

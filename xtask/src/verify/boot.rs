@@ -88,16 +88,22 @@ impl BootSpec {
         }
     }
 
-    /// Boot media built by Kiln (an ISO, an ESP image): the medium's own
-    /// boot loader and kernel arguments, SeaBIOS or the UEFI `firmware`.
-    pub fn media(medium: Medium, firmware: Option<&Path>, timeout_secs: u64) -> BootSpec {
+    /// Boot media built by Kiln (an ISO, an ESP image) on an `arch` guest:
+    /// the medium's own boot loader and kernel arguments, SeaBIOS or the
+    /// UEFI `firmware`, with the stage2 kernel's cards.
+    pub fn media(
+        medium: Medium,
+        firmware: Option<&Path>,
+        arch: Arch,
+        timeout_secs: u64,
+    ) -> BootSpec {
         BootSpec {
             medium,
-            arch: Arch::X86_64,
+            arch,
             firmware: firmware.map(Path::to_path_buf),
             marker: STAGE2_MARKER.into(),
             failures: Vec::new(),
-            qemu_args: nics(stage2_nics(Arch::X86_64)),
+            qemu_args: nics(stage2_nics(arch)),
             timeout: Duration::from_secs(timeout_secs),
             memory_mb: 512,
         }

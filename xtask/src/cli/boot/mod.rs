@@ -374,9 +374,7 @@ pub fn boot_media(s: &Settings, a: &BootTestArgs) -> Result<ExitCode> {
         Firmware::Uefi => Some(uefi_firmware(s, a.arch)?),
         Firmware::Bios => None,
     };
-    let mut spec = BootSpec::media(medium, firmware_path.as_deref(), a.timeout);
-    spec.arch = a.arch;
-    spec.qemu_args = boot::nics(boot::stage2_nics(a.arch));
+    let spec = BootSpec::media(medium, firmware_path.as_deref(), a.arch, a.timeout);
     let outcome = boot::boot(&spec)?;
     let guest = boot::guest_cmdline(&outcome.serial).unwrap_or_default();
     if !guest.ends_with(expected.as_str()) {

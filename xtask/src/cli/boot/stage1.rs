@@ -66,8 +66,7 @@ pub fn boot_stage1(s: &Settings, a: &BootTestArgs) -> Result<ExitCode> {
         "ipxe.efi" => (Medium::Disk(esp_with(&binary, a.arch, work.path())?), None),
         _ => (Medium::Network, Some(binary.as_path())),
     };
-    let mut spec = BootSpec::media(medium, firmware.as_deref(), a.timeout);
-    spec.arch = a.arch;
+    let mut spec = BootSpec::media(medium, firmware.as_deref(), a.arch, a.timeout);
     let relay = std::env::current_exe().context("locating the xtask binary")?;
     spec.qemu_args = boot::chain_nic(server.port, &relay, romfile);
     let outcome = boot::boot(&spec);

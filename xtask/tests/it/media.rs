@@ -264,13 +264,7 @@ fn a_stub_source_without_the_stub_fails_and_keeps_the_last_good_iso() {
 
 /// `boot-test` with `args`; returns its stdout.
 fn boot(args: &[&str]) -> String {
-    let _one_at_a_time = one_guest_at_a_time();
-    let dir = tempfile::tempdir().unwrap();
-    let recipes = copy_recipes(dir.path());
-    let out = dir.path().join("output");
-    let mut cmd = kiln(&recipes, &out, &shared_cache());
-    cmd.arg("boot-test").args(args).args(["--timeout", "400"]);
-    String::from_utf8_lossy(&run_ok(&mut cmd).stdout).into_owned()
+    boot_test(args, &[])
 }
 
 /// Asserts that a boot test passed on `firmware` and, when given, that the

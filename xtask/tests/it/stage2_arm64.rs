@@ -18,19 +18,9 @@ const UKI: &str = "stage2/arm64/stage2.efi";
 const ISO: &str = "stage2/arm64/stage2.iso";
 const CMDLINE: &str = "console=ttyAMA0,115200 panic=-1";
 
-/// `boot-test --arch arm64` with `args` (and `vars`), one guest at a time;
-/// returns its stdout.
+/// `boot-test --arch arm64` with `args` (and `vars`); returns its stdout.
 fn boot(args: &[&str], vars: &[&str]) -> String {
-    let _one_at_a_time = one_guest_at_a_time();
-    let dir = tempfile::tempdir().unwrap();
-    let recipes = copy_recipes(dir.path());
-    let mut cmd = kiln(&recipes, &dir.path().join("output"), &shared_cache());
-    for var in vars {
-        cmd.args(["--var", var]);
-    }
-    cmd.arg("boot-test").args(args);
-    cmd.args(["--arch", "arm64", "--timeout", "400"]);
-    String::from_utf8_lossy(&run_ok(&mut cmd).stdout).into_owned()
+    boot_test(&[args, &["--arch", "arm64"]].concat(), vars)
 }
 
 /// The stage2-arm64 recipe built into a fresh output directory.

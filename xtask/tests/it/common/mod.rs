@@ -338,3 +338,18 @@ pub fn plan_misses(plan: &Output) -> Vec<String> {
         .map(|l| l[22..].trim().to_string())
         .collect()
 }
+
+/// `boot-test` with `args` (then `--timeout 400`) and `--var` `vars`, from
+/// a copy of the default recipes with the shared cache, one guest at a
+/// time; returns its stdout.
+pub fn boot_test(args: &[&str], vars: &[&str]) -> String {
+    let _one_at_a_time = one_guest_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    let recipes = copy_recipes(dir.path());
+    let mut cmd = kiln(&recipes, &dir.path().join("output"), &shared_cache());
+    for var in vars {
+        cmd.args(["--var", var]);
+    }
+    cmd.arg("boot-test").args(args).args(["--timeout", "400"]);
+    String::from_utf8_lossy(&run_ok(&mut cmd).stdout).into_owned()
+}

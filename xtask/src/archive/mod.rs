@@ -22,6 +22,7 @@
 //! 512 bytes. gzip images are several members, each one complete archive (see `gzip.rs` for the
 //! initramfs.c lines that require it); zstd, xz and none are one archive.
 
+pub mod authenticode;
 pub mod compress;
 pub mod entry;
 pub mod fat;

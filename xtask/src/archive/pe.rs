@@ -77,6 +77,8 @@ struct Layout {
     table_end: usize,
     symbols: u32,
     symbol_count: u32,
+    /// File offset of the certificate table's data directory entry, if the header has one.
+    security_entry: Option<usize>,
     security_size: u32,
 }
 
@@ -208,8 +210,14 @@ impl<'a> PeImage<'a> {
     }
 
     /// File offset of the optional header's CheckSum field.
-    fn checksum_offset(&self) -> usize {
+    pub fn checksum_offset(&self) -> usize {
         self.layout.opt + OPT_CHECKSUM
+    }
+
+    /// File offset of the certificate table's data directory entry (file offset and size of
+    /// the table, 4 bytes each), if the optional header has that many directories.
+    pub fn security_entry(&self) -> Option<usize> {
+        self.layout.security_entry
     }
 
     /// End of the section data on disk: where appended raw data starts.
@@ -251,9 +259,11 @@ fn read_headers(b: &[u8]) -> Result<(Headers, Layout), PeError> {
     let field = |off: usize| u32_at(b, opt + off, "optional header");
     let coff_field = |off: usize| u32_at(b, coff + off, "COFF header");
     let dirs = (field(OPT_NUMBER_OF_RVA)? as usize).min((opt_size - OPT_DATA_DIRS) / 8);
-    let security_size = match dirs > IMAGE_DIRECTORY_ENTRY_SECURITY {
-        true => field(OPT_DATA_DIRS + 8 * IMAGE_DIRECTORY_ENTRY_SECURITY + 4)?,
-        false => 0,
+    let security_entry = (dirs > IMAGE_DIRECTORY_ENTRY_SECURITY)
+        .then_some(opt + OPT_DATA_DIRS + 8 * IMAGE_DIRECTORY_ENTRY_SECURITY);
+    let security_size = match security_entry {
+        Some(entry) => u32_at(b, entry + 4, "optional header")?,
+        None => 0,
     };
     let headers = Headers {
         machine: u16_at(b, coff, "COFF header")?,
@@ -282,6 +292,7 @@ fn read_headers(b: &[u8]) -> Result<(Headers, Layout), PeError> {
         table_end,
         symbols,
         symbol_count,
+        security_entry,
         security_size,
     };
     Ok((headers, layout))

@@ -90,6 +90,42 @@ pub struct Global {
         env = "KILN_REMOTE_CACHE_TRUST"
     )]
     pub remote_cache_trust: Option<PathBuf>,
+    /// Sign what the recipes' `[signing]` names with this private key: a PEM
+    /// file (PKCS#8, encrypted or not, or an unencrypted PKCS#1 RSA key). An
+    /// encrypted key's passphrase comes from KILN_SIGN_PASSPHRASE or
+    /// --sign-passphrase-file, never from the command line. Without a key,
+    /// what recipes ask to sign is built unsigned, with a warning.
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        env = "KILN_SIGN_KEY",
+        requires = "sign_cert"
+    )]
+    pub sign_key: Option<PathBuf>,
+    /// The certificate of --sign-key (PEM, optionally followed by its chain,
+    /// or DER). Its SHA-256 goes into step keys and the manifest; the key
+    /// never does.
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        env = "KILN_SIGN_CERT",
+        requires = "sign_key"
+    )]
+    pub sign_cert: Option<PathBuf>,
+    /// A file whose first line is the passphrase of --sign-key.
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        env = "KILN_SIGN_PASSPHRASE_FILE"
+    )]
+    pub sign_passphrase_file: Option<PathBuf>,
+    /// Fail before building when a recipe asks for signatures and no key is
+    /// given (release builds), instead of building those files unsigned.
+    #[arg(long, global = true, env = "KILN_REQUIRE_SIGNING")]
+    pub require_signing: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -236,6 +272,9 @@ pub struct Settings {
     pub jobs: usize,
     pub quiet: bool,
     pub remote: Option<std::sync::Arc<crate::store::remote::Remote>>,
+    /// The operator's signing key (`--sign-key`), checked at start.
+    pub signing: Option<std::sync::Arc<crate::sign::SigningKey>>,
+    pub require_signing: bool,
 }
 
 impl Settings {
@@ -284,8 +323,37 @@ impl Settings {
                 }
                 _ => None,
             },
+            signing: signing_key(g)?.map(std::sync::Arc::new),
+            require_signing: g.require_signing,
         })
     }
+}
+
+/// Loads and checks `--sign-key`/`--sign-cert` before anything is built: a key that does not
+/// match its certificate, an expired certificate or a wrong passphrase stops here.
+fn signing_key(g: &Global) -> Result<Option<crate::sign::SigningKey>> {
+    use crate::sign::{KeySpec, Passphrase, SigningKey};
+    let (Some(key), Some(cert)) = (&g.sign_key, &g.sign_cert) else {
+        return Ok(None);
+    };
+    let passphrase = match &g.sign_passphrase_file {
+        Some(file) => {
+            let text = fs_err::read_to_string(file)?;
+            Some(Passphrase(
+                text.lines().next().unwrap_or_default().to_string(),
+            ))
+        }
+        None => std::env::var("KILN_SIGN_PASSPHRASE").ok().map(Passphrase),
+    };
+    let spec = KeySpec {
+        key: key.clone(),
+        cert: cert.clone(),
+        passphrase,
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    SigningKey::load(&spec, now).map(Some)
 }
 
 /// `cargo run` sets CARGO_MANIFEST_DIR (xtask/) for the process; the

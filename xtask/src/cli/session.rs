@@ -51,13 +51,34 @@ pub(super) fn session_with(s: &Settings, targets: &[String], o: &Overrides) -> R
         epoch_override: source_date_epoch()?,
         threads: s.jobs,
         ipxe_check_make: o.check_make.clone(),
+        signing: s.signing.clone(),
     };
     let plan = plan::plan(&recipes, targets, &store, &opts)?;
+    check_signing(s, &plan)?;
     Ok(Session {
         store,
         plan,
         executor_jobs: s.jobs,
     })
+}
+
+/// What recipes ask to sign without a key: an error with `--require-signing`, else a warning
+/// naming each recipe and kind (the files are built unsigned).
+fn check_signing(s: &Settings, plan: &Plan) -> Result<()> {
+    if plan.unsigned.is_empty() {
+        return Ok(());
+    }
+    let wanted: Vec<String> = plan
+        .unsigned
+        .iter()
+        .map(|(recipe, kind)| format!("{} ({kind:?})", recipe.display()).to_lowercase())
+        .collect();
+    let wanted = wanted.join(", ");
+    if s.require_signing {
+        bail!("--require-signing: no signing key is given (--sign-key and --sign-cert, or KILN_SIGN_KEY and KILN_SIGN_CERT), and [signing] asks to sign: {wanted}");
+    }
+    eprintln!("warning: no signing key given (--sign-key, --sign-cert): building unsigned what [signing] asks to sign: {wanted}");
+    Ok(())
 }
 
 fn source_date_epoch() -> Result<Option<u64>> {

@@ -9,7 +9,7 @@ use anyhow::Result;
 use super::sources::display_path;
 use super::{beside, ArtifactSpec, Builder, InputRef};
 use crate::archive::Compression;
-use crate::recipe::{self, Recipe};
+use crate::recipe::{self, EfiKind, Recipe};
 use crate::steps::initramfs::IMAGE;
 use crate::steps::kernel::compile::{CompileKernel, MODULES, OBJTREE};
 use crate::steps::kernel::config::{KernelConfig, CONFIG, FRAGMENT};
@@ -113,16 +113,17 @@ impl Builder<'_> {
         if !k.modules.is_empty() {
             self.add_kernel_modules(recipe, k, compile);
         }
+        let kernel = self.efi(recipe, EfiKind::Kernel, &k.output, link, BZIMAGE);
         self.plan.artifacts.push(ArtifactSpec {
             name: k.output.clone(),
             kind: "kernel",
             arch: k.arch,
             recipe: recipe.file.clone(),
             epoch,
-            node: link,
-            output: BZIMAGE.into(),
+            node: kernel.node,
+            output: kernel.output,
             details: None,
-            facts: None,
+            facts: kernel.facts,
         });
         Ok(link)
     }

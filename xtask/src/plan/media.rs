@@ -6,14 +6,15 @@ use std::collections::BTreeMap;
 
 use anyhow::Result;
 
+use super::sign::Built;
 use super::{ArtifactSpec, Builder, InputRef};
-use crate::recipe::{self, Recipe};
+use crate::recipe::{self, EfiKind, Recipe};
+use crate::steps;
 use crate::steps::initramfs::IMAGE;
 use crate::steps::iso::BuildIso;
 use crate::steps::kernel::link::BZIMAGE;
 use crate::steps::script::WriteScript;
 use crate::steps::uki::{os_release, AssembleUki};
-use crate::steps::{self, Slot};
 
 impl Builder<'_> {
     /// `kernel` is the link node (output `bzImage`); `initramfs` the node
@@ -27,10 +28,13 @@ impl Builder<'_> {
         let m = &recipe.media;
         if let Some(uki) = &m.uki {
             let node = self.add_uki(recipe, uki, &m.cmdline, kernel, initramfs, &uki.output)?;
-            self.artifact(recipe, &uki.output, "uki", node, steps::uki::EFI);
+            let efi = self.efi(recipe, EfiKind::Uki, &uki.output, node, steps::uki::EFI);
+            let file = efi.input();
+            self.artifact(recipe, &uki.output, "uki", efi);
             if let Some(iso) = &m.iso {
-                let iso_node = self.add_iso(recipe, iso, &m.cmdline, kernel, node, &iso.output)?;
-                self.artifact(recipe, &iso.output, "iso", iso_node, steps::iso::ISO);
+                let iso_node = self.add_iso(recipe, iso, &m.cmdline, kernel, file, &iso.output)?;
+                let iso_file = Built::plain(iso_node, steps::iso::ISO);
+                self.artifact(recipe, &iso.output, "iso", iso_file);
                 for host in &m.hosts {
                     self.add_host(recipe, uki, iso, host, kernel, initramfs)?;
                 }
@@ -44,7 +48,8 @@ impl Builder<'_> {
                 },
                 BTreeMap::new(),
             );
-            self.artifact(recipe, &script.output, "script", node, steps::script::FILE);
+            let file = Built::plain(node, steps::script::FILE);
+            self.artifact(recipe, &script.output, "script", file);
         }
         Ok(())
     }
@@ -62,8 +67,11 @@ impl Builder<'_> {
         let name = host_artifact(&iso.output, &host.hostname);
         let label = format!("{} ({})", uki.output, host.hostname);
         let uki_node = self.add_uki(recipe, uki, &host.cmdline, kernel, initramfs, &label)?;
-        let iso_node = self.add_iso(recipe, iso, &host.cmdline, kernel, uki_node, &name)?;
-        self.artifact(recipe, &name, "iso", iso_node, steps::iso::ISO);
+        let signed = self.efi(recipe, EfiKind::Uki, &label, uki_node, steps::uki::EFI);
+        let iso_node = self.add_iso(recipe, iso, &host.cmdline, kernel, signed.input(), &name)?;
+        let mut file = Built::plain(iso_node, steps::iso::ISO);
+        file.facts = signed.facts.map(|f| serde_json::json!({ "esp": f }));
+        self.artifact(recipe, &name, "iso", file);
         Ok(())
     }
 
@@ -109,16 +117,10 @@ impl Builder<'_> {
         iso: &recipe::Iso,
         cmdline: &str,
         kernel: usize,
-        uki: usize,
+        uki: InputRef,
         name: &str,
     ) -> Result<usize> {
-        let mut inputs = BTreeMap::from([(
-            steps::iso::UKI.into(),
-            InputRef::Node {
-                node: uki,
-                output: steps::uki::EFI.into(),
-            },
-        )]);
+        let mut inputs = BTreeMap::from([(steps::iso::UKI.into(), uki)]);
         if let Some(bios) = &iso.bios {
             inputs.insert(steps::iso::ISOLINUX.into(), self.deb_tree(&bios.isolinux)?);
             inputs.insert(steps::iso::SYSLINUX.into(), self.deb_tree(&bios.syslinux)?);
@@ -138,24 +140,17 @@ impl Builder<'_> {
         Ok(self.push(step, inputs))
     }
 
-    fn artifact(
-        &mut self,
-        recipe: &Recipe,
-        name: &str,
-        kind: &'static str,
-        node: usize,
-        output: Slot,
-    ) {
+    fn artifact(&mut self, recipe: &Recipe, name: &str, kind: &'static str, file: Built) {
         self.plan.artifacts.push(ArtifactSpec {
             name: name.to_string(),
             kind,
             arch: recipe.arch,
             recipe: recipe.file.clone(),
             epoch: self.epoch(recipe),
-            node,
-            output: output.into(),
+            node: file.node,
+            output: file.output,
             details: None,
-            facts: None,
+            facts: file.facts,
         });
     }
 }

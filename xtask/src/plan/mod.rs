@@ -11,6 +11,7 @@ mod ipxe;
 mod kernel;
 mod media;
 mod roms;
+mod sign;
 mod sources;
 
 pub use ipxe::artifact_name as ipxe_artifact;
@@ -67,6 +68,9 @@ pub struct Plan {
     /// Outputs that must be byte-identical to an artifact (e.g. a patched
     /// per-host iPXE file and the same file from a full `make`).
     pub checks: Vec<Check>,
+    /// What a recipe's `[signing]` asks to sign but stays unsigned because no
+    /// key was given: (recipe file, kind).
+    pub unsigned: Vec<(PathBuf, crate::recipe::EfiKind)>,
 }
 
 /// Artifact `artifact` must have the bytes of output `output` of `node`.
@@ -91,6 +95,8 @@ pub struct PlanOptions {
     /// Hosts whose patched iPXE files are also built with a full `make` and
     /// compared (`cargo xtask ipxe --check-make`).
     pub ipxe_check_make: Vec<String>,
+    /// The operator's signing key, for what recipes' `[signing]` names.
+    pub signing: Option<std::sync::Arc<crate::sign::SigningKey>>,
 }
 
 /// Builds the plan for `targets` (recipe names).
@@ -221,7 +227,7 @@ fn prune(plan: Plan, keep: impl Fn(&ArtifactSpec) -> bool) -> Plan {
         index[i] = nodes.len();
         nodes.push(node);
     }
-    let artifacts = artifacts
+    let artifacts: Vec<ArtifactSpec> = artifacts
         .into_iter()
         .map(|mut a| {
             a.node = index[a.node];
@@ -235,10 +241,16 @@ fn prune(plan: Plan, keep: impl Fn(&ArtifactSpec) -> bool) -> Plan {
             c
         })
         .collect();
+    let unsigned = plan
+        .unsigned
+        .into_iter()
+        .filter(|(recipe, _)| artifacts.iter().any(|a| &a.recipe == recipe))
+        .collect();
     Plan {
         nodes,
         artifacts,
         checks,
+        unsigned,
     }
 }
 

@@ -20,6 +20,7 @@ mod paths;
 pub mod pins;
 pub mod rom;
 mod schema;
+mod signing;
 mod sources;
 
 use std::collections::BTreeMap;
@@ -41,6 +42,7 @@ pub use media::{HostMedia, Iso, Media, Script, Uki};
 use paths::{image_path, location, output_path, recipe_dir, recipe_file};
 pub use rom::{FlashMethod, Rom, RomFrom};
 use schema::*;
+pub use signing::{EfiKind, Signing};
 pub use sources::{Source, SourceKind, Sources};
 
 /// Every recipe in a directory plus its pinned sources.
@@ -86,6 +88,8 @@ pub struct Recipe {
     pub ipxe: Option<Ipxe>,
     /// NIC ROMs for the image's updater (`[[rom]]`).
     pub roms: Vec<Rom>,
+    /// What is signed when a key is given (`[signing]`).
+    pub signing: Signing,
 }
 
 /// Files in the recipes directory that are not build targets: the pinned
@@ -296,11 +300,18 @@ fn load_recipe(
         .map(|k| k.output.as_str())
         .or(kernel_given.then_some(""));
     let media = media::media(&mut ctx, &mut raw, &variables, kernel_output, arch);
+    let raw_has_ipxe = raw.ipxe.is_some();
     let ipxe = raw
         .ipxe
         .take()
         .and_then(|i| ipxe::ipxe(&mut ctx, i.into_inner(), &variables));
     let roms = rom::roms(&mut ctx, std::mem::take(&mut raw.rom), has_initramfs);
+    let has = signing::Has {
+        uki: media.uki.is_some(),
+        kernel: kernel_given,
+        ipxe: raw_has_ipxe,
+    };
+    let signing = signing::signing(&mut ctx, raw.signing.take(), has);
     if !errors.is_empty() {
         return Err(RecipeErrors(errors).into());
     }
@@ -317,6 +328,7 @@ fn load_recipe(
         media,
         ipxe,
         roms,
+        signing,
     })
 }
 

@@ -110,6 +110,18 @@ pub struct RawRecipe {
     /// NIC ROMs the image's updater may flash (stage3), one per card model.
     #[serde(default)]
     pub rom: Vec<Spanned<RawRom>>,
+    /// Which artifacts are signed when a signing key is given.
+    pub signing: Option<Spanned<RawSigning>>,
+}
+
+/// `[signing]`: what is signed (the key says with what, and comes from the command line or
+/// the environment, never from a recipe).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSigning {
+    /// Artifact kinds signed with Authenticode for UEFI Secure Boot: "uki", "kernel", "ipxe".
+    #[serde(default)]
+    pub uefi: Vec<Spanned<String>>,
 }
 
 /// `[[rom]]`: a NIC option ROM carried by a ROM-update image, and how to

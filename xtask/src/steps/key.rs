@@ -100,6 +100,8 @@ pub const NOT_IN_KEYS: &[(&str, &str, &str)] = &[
     ("programs.rs", "name", "the artifact, for messages"),
     ("roms.rs", "name", "the artifact, for messages"),
     ("roms.rs", "origin", "the recipe line, for errors"),
+    ("sign.rs", "name", "the artifact, for messages"),
+    ("sign.rs", "key", "the operator's private key, which never enters a key: the certificate's sha256 (`certificate`) names it, and signatures are deterministic"),
     ("script.rs", "name", "the artifact, for messages"),
     ("tarball.rs", "source", "the source's name, for messages"),
     ("uki.rs", "name", "the artifact, for messages"),

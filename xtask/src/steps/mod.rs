@@ -17,6 +17,7 @@ pub mod modules;
 pub mod programs;
 pub mod roms;
 pub mod script;
+pub mod sign;
 pub mod tarball;
 pub mod uki;
 

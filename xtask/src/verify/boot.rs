@@ -40,12 +40,26 @@ pub enum Medium {
     Network,
 }
 
+/// UEFI firmware for a guest.
+#[derive(Debug, Clone)]
+pub enum Firmware {
+    /// One image given as `-bios` (OVMF.fd, QEMU_EFI.fd): no Secure Boot.
+    Image(PathBuf),
+    /// The firmware's code and a variable store as flash; the guest writes a scratch copy of
+    /// `vars`. With keys enrolled in `vars` (Debian's `*.snakeoil.fd`) Secure Boot is enforcing.
+    /// On x86_64 the code is the SMM build, so the machine is q35 with SMM and secure flash.
+    Flash { code: PathBuf, vars: PathBuf },
+}
+
+/// Firmware lines that mean an image was refused: the boot fails at once.
+pub const REFUSED: [&str; 2] = ["Access Denied", "Security Violation"];
+
 pub struct BootSpec {
     /// The guest's architecture (which QEMU runs it).
     pub arch: Arch,
     pub medium: Medium,
-    /// UEFI firmware (OVMF.fd) given as `-bios`; SeaBIOS when `None`.
-    pub firmware: Option<PathBuf>,
+    /// UEFI firmware; SeaBIOS when `None`.
+    pub firmware: Option<Firmware>,
     pub marker: String,
     /// Lines that fail the boot at once (the guest said it went wrong).
     pub failures: Vec<String>,
@@ -93,16 +107,16 @@ impl BootSpec {
     /// UEFI `firmware`, with the stage2 kernel's cards.
     pub fn media(
         medium: Medium,
-        firmware: Option<&Path>,
+        firmware: Option<Firmware>,
         arch: Arch,
         timeout_secs: u64,
     ) -> BootSpec {
         BootSpec {
             medium,
             arch,
-            firmware: firmware.map(Path::to_path_buf),
+            firmware,
             marker: STAGE2_MARKER.into(),
-            failures: Vec::new(),
+            failures: REFUSED.map(String::from).to_vec(),
             qemu_args: nics(stage2_nics(arch)),
             timeout: Duration::from_secs(timeout_secs),
             memory_mb: 512,
@@ -327,9 +341,8 @@ pub fn boot(spec: &BootSpec) -> Result<BootOutcome> {
         "-nodefaults",
     ]);
     cmd.args(["-serial", "stdio"]);
-    if let Some(fw) = &spec.firmware {
-        cmd.arg("-bios").arg(fw);
-    }
+    // The scratch copy of a flash variable store lives as long as the guest.
+    let _vars = firmware_args(&mut cmd, spec)?;
     cmd.args(medium_args(&spec.medium, spec.arch));
     cmd.args(&spec.qemu_args);
     let (mut child, _tracked) = tools::spawn_reading_stdout(cmd)?;
@@ -346,6 +359,36 @@ pub fn boot(spec: &BootSpec) -> Result<BootOutcome> {
     let _ = child.kill();
     let _ = child.wait();
     result
+}
+
+/// Adds the firmware's arguments; returns the guest's copy of a variable store, if any.
+fn firmware_args(
+    cmd: &mut std::process::Command,
+    spec: &BootSpec,
+) -> Result<Option<tempfile::NamedTempFile>> {
+    match &spec.firmware {
+        None => Ok(None),
+        Some(Firmware::Image(image)) => {
+            cmd.arg("-bios").arg(image);
+            Ok(None)
+        }
+        Some(Firmware::Flash { code, vars }) => {
+            let copy = tempfile::NamedTempFile::new().context("a copy of the UEFI variables")?;
+            fs_err::copy(vars, copy.path())?;
+            if spec.arch == Arch::X86_64 {
+                cmd.args(["-machine", "q35,smm=on"]);
+                cmd.args(["-global", "driver=cfi.pflash01,property=secure,value=on"]);
+            }
+            for (unit, file, extra) in [(0, code.as_path(), ",readonly=on"), (1, copy.path(), "")] {
+                let drive = format!(
+                    "if=pflash,format=raw,unit={unit}{extra},file={}",
+                    file.display()
+                );
+                cmd.arg("-drive").arg(drive);
+            }
+            Ok(Some(copy))
+        }
+    }
 }
 
 fn watch(rx: &mpsc::Receiver<String>, spec: &BootSpec) -> Result<BootOutcome> {

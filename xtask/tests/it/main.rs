@@ -29,6 +29,7 @@ mod recipe_errors;
 mod remote;
 mod repro;
 mod security;
+mod signing;
 mod sources;
 mod stage1;
 mod stage2;

@@ -49,35 +49,13 @@ fn unpacked(cell: &'static OnceLock<Tree>, source: &str) -> &'static Tree {
             make_writable(&root);
             std::fs::remove_dir_all(&root).unwrap();
         }
-        unpack_linux_image(source, &root).expect("unpacking the kernel package through Kiln");
+        crate::common::unpack_deb_source(source, &root)
+            .expect("unpacking the kernel package through Kiln");
         let kver = single_kver(&root);
         depmod(&root, &kver);
         std::fs::write(&marker, &kver).unwrap();
         Tree { root, kver }
     })
-}
-
-fn unpack_linux_image(source: &str, dest: &Path) -> anyhow::Result<()> {
-    let recipes = kiln::recipe::load(Path::new("../recipes"), &Default::default())?;
-    let store = kiln::store::Store::open(&target_tmp().join("kiln-test-cache"))?;
-    let opts = kiln::plan::PlanOptions {
-        threads: 2,
-        ..Default::default()
-    };
-    let plan = kiln::plan::plan_deb_tree(&recipes, source, &store, &opts)?;
-    let exec = kiln::exec::Executor {
-        store: &store,
-        jobs: 2,
-        log_dir: std::env::temp_dir(),
-        quiet: true,
-        remote: None,
-    };
-    let results = exec.run(&plan)?;
-    let last = results.last().expect("the plan has a step");
-    let Some(kiln::store::Output::Tree { digest }) = last.outputs.get("tree") else {
-        anyhow::bail!("the deb step has no `tree` output");
-    };
-    store.materialize(&store.tree(digest)?, dest)
 }
 
 fn make_writable(dir: &Path) {

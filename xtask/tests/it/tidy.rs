@@ -22,7 +22,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
         "cli",
         &[
             "archive", "bench", "elf", "exec", "output", "plan", "publish", "recipe", "repro",
-            "steps", "store", "tools", "verify",
+            "sign", "steps", "store", "tools", "verify",
         ],
     ),
     (
@@ -36,9 +36,10 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("output", &["exec", "plan", "store"]),
     ("exec", &["plan", "steps", "store", "tools"]),
     ("verify", &["archive", "store", "tools"]),
-    ("plan", &["archive", "recipe", "steps", "store"]),
+    ("plan", &["archive", "recipe", "sign", "steps", "store"]),
     ("recipe", &["archive"]),
-    ("steps", &["archive", "elf", "store", "tools"]),
+    ("steps", &["archive", "elf", "sign", "store", "tools"]),
+    ("sign", &["archive"]),
     ("archive", &[]),
     ("elf", &[]),
     ("store", &[]),

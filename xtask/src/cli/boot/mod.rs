@@ -58,6 +58,23 @@ const AAVMF_FD: &str = "usr/share/qemu-efi-aarch64/QEMU_EFI.fd";
 const COMBINED_ROM: &str = "efi-virtio.rom";
 /// Where the ovmf deb keeps the combined code + vars image.
 const OVMF_FD: &str = "usr/share/ovmf/OVMF.fd";
+/// Secure Boot: each architecture's firmware code (x86_64: the SMM build
+/// that enforces it) and a variable store with Debian's snakeoil key
+/// (`PkKek-1-snakeoil.pem`, shipped beside it) enrolled as PK, KEK and db.
+const SECURE_BOOT_FLASH: [(Arch, &str, &str, &str); 2] = [
+    (
+        Arch::X86_64,
+        "ovmf",
+        "usr/share/OVMF/OVMF_CODE_4M.secboot.fd",
+        "usr/share/OVMF/OVMF_VARS_4M.snakeoil.fd",
+    ),
+    (
+        Arch::Arm64,
+        "aavmf",
+        "usr/share/AAVMF/AAVMF_CODE.fd",
+        "usr/share/AAVMF/AAVMF_VARS.snakeoil.fd",
+    ),
+];
 
 #[derive(Debug, Args)]
 pub struct BootTestArgs {
@@ -96,6 +113,14 @@ pub struct BootTestArgs {
     /// (from the pinned `aavmf` deb) except the direct kernel boots.
     #[arg(long, value_enum, default_value_t = Arch::DEFAULT)]
     pub arch: Arch,
+    /// UEFI with Secure Boot enforcing (for `stage2-uki`, `stage2-iso` and
+    /// `stage1-efi`): the firmware's Secure Boot build with Debian's snakeoil
+    /// key enrolled, so the medium must be signed with it (`--sign-key
+    /// PkKek-1-snakeoil.key --sign-cert PkKek-1-snakeoil.pem` from the ovmf
+    /// package, passphrase `snakeoil`); an unsigned one fails ("Access
+    /// Denied").
+    #[arg(long)]
+    pub secure_boot: bool,
     /// Attach the ISO as a USB stick instead of a CD.
     #[arg(long)]
     pub usb: bool,
@@ -167,6 +192,12 @@ pub fn boot_test(s: &Settings, a: &BootTestArgs) -> Result<ExitCode> {
     }
     if a.firmware.is_some() && !a.what.is_media() && a.what != BootTest::Stage1Combined {
         bail!("`--firmware` is for `stage2-iso`, `stage2-uki` and `stage1-combined`");
+    }
+    if a.secure_boot
+        && (!a.what.is_media() && a.what != BootTest::Stage1Efi
+            || a.firmware == Some(Firmware::Bios))
+    {
+        bail!("`--secure-boot` is UEFI's, for `stage2-iso`, `stage2-uki` and `stage1-efi`");
     }
     let arm64_ready = [
         BootTest::Stage2,
@@ -343,12 +374,25 @@ fn stage2_artifact(
         .with_context(|| format!("the `{name}` recipe does not build what this boot test boots"))
 }
 
-/// UEFI firmware for `arch`'s guests: OVMF or AAVMF, from their pinned debs.
-fn uefi_firmware(s: &Settings, arch: Arch) -> Result<PathBuf> {
-    match arch {
-        Arch::X86_64 => deb_source_file(s, "ovmf", OVMF_FD),
-        Arch::Arm64 => deb_source_file(s, "aavmf", AAVMF_FD),
+/// UEFI firmware for `arch`'s guests: OVMF or AAVMF, from their pinned
+/// debs; with `secure_boot`, their Secure Boot builds as flash with the
+/// snakeoil key enrolled.
+fn uefi_firmware(s: &Settings, arch: Arch, secure_boot: bool) -> Result<boot::Firmware> {
+    if secure_boot {
+        let (_, source, code, vars) = SECURE_BOOT_FLASH
+            .into_iter()
+            .find(|(a, ..)| *a == arch)
+            .expect("every architecture has Secure Boot firmware");
+        return Ok(boot::Firmware::Flash {
+            code: deb_source_file(s, source, code)?,
+            vars: deb_source_file(s, source, vars)?,
+        });
     }
+    let image = match arch {
+        Arch::X86_64 => deb_source_file(s, "ovmf", OVMF_FD)?,
+        Arch::Arm64 => deb_source_file(s, "aavmf", AAVMF_FD)?,
+    };
+    Ok(boot::Firmware::Image(image))
 }
 
 pub fn boot_media(s: &Settings, a: &BootTestArgs) -> Result<ExitCode> {
@@ -367,23 +411,26 @@ pub fn boot_media(s: &Settings, a: &BootTestArgs) -> Result<ExitCode> {
         BootTest::Stage2Uki => uki_medium(s, a, media, work.path())?,
         _ => iso_medium(s, a, media)?,
     };
-    if a.arch == Arch::Arm64 {
+    if a.arch == Arch::Arm64 || a.secure_boot {
         firmware = Firmware::Uefi;
     }
-    let firmware_path = match firmware {
-        Firmware::Uefi => Some(uefi_firmware(s, a.arch)?),
+    let firmware_spec = match firmware {
+        Firmware::Uefi => Some(uefi_firmware(s, a.arch, a.secure_boot)?),
         Firmware::Bios => None,
     };
-    let spec = BootSpec::media(medium, firmware_path.as_deref(), a.arch, a.timeout);
+    let spec = BootSpec::media(medium, firmware_spec, a.arch, a.timeout);
     let outcome = boot::boot(&spec)?;
     let guest = boot::guest_cmdline(&outcome.serial).unwrap_or_default();
     if !guest.ends_with(expected.as_str()) {
         bail!("the guest booted with `{guest}`, but the medium carries `{expected}`");
     }
-    let firmware = match a.arch {
+    let mut firmware = match a.arch {
         Arch::X86_64 => firmware.to_string(),
         Arch::Arm64 => "AAVMF".to_string(),
     };
+    if a.secure_boot {
+        firmware.push_str(", Secure Boot");
+    }
     println!(
         "boot test passed in {:.1}s ({firmware}): saw `{}`; guest cmdline `{guest}`",
         outcome.elapsed.as_secs_f64(),

@@ -29,7 +29,7 @@ pub fn boot_stage1(s: &Settings, a: &BootTestArgs) -> Result<ExitCode> {
     t.vars
         .insert("stage2_url".into(), format!("http://{BOOT_SERVER}/stage2"));
     // OVMF, or AAVMF for an arm64 guest.
-    let uefi = || uefi_firmware(s, a.arch).map(Some);
+    let uefi = || uefi_firmware(s, a.arch, a.secure_boot).map(Some);
     let (file, firmware) = match (a.what, a.firmware) {
         (BootTest::Stage1Efi, _) => ("ipxe.efi", uefi()?),
         (BootTest::Stage1Rom, _) => ("1af41000.rom", None),
@@ -66,7 +66,7 @@ pub fn boot_stage1(s: &Settings, a: &BootTestArgs) -> Result<ExitCode> {
         "ipxe.efi" => (Medium::Disk(esp_with(&binary, a.arch, work.path())?), None),
         _ => (Medium::Network, Some(binary.as_path())),
     };
-    let mut spec = BootSpec::media(medium, firmware.as_deref(), a.arch, a.timeout);
+    let mut spec = BootSpec::media(medium, firmware, a.arch, a.timeout);
     let relay = std::env::current_exe().context("locating the xtask binary")?;
     spec.qemu_args = boot::chain_nic(server.port, &relay, romfile);
     let outcome = boot::boot(&spec);

@@ -21,6 +21,31 @@ pub fn shared_cache() -> PathBuf {
     Path::new(env!("CARGO_TARGET_TMPDIR")).join("kiln-test-cache")
 }
 
+/// The pinned `deb` source `source` of the project's recipes, fetched and
+/// unpacked by Kiln (through the shared cache) into `dest`.
+pub fn unpack_deb_source(source: &str, dest: &Path) -> anyhow::Result<()> {
+    let recipes = kiln::recipe::load(&workspace().join("recipes"), &Default::default())?;
+    let store = kiln::store::Store::open(&shared_cache())?;
+    let opts = kiln::plan::PlanOptions {
+        threads: 2,
+        ..Default::default()
+    };
+    let plan = kiln::plan::plan_deb_tree(&recipes, source, &store, &opts)?;
+    let exec = kiln::exec::Executor {
+        store: &store,
+        jobs: 2,
+        log_dir: std::env::temp_dir(),
+        quiet: true,
+        remote: None,
+    };
+    let results = exec.run(&plan)?;
+    let last = results.last().expect("the plan has a step");
+    let Some(kiln::store::Output::Tree { digest }) = last.outputs.get("tree") else {
+        anyhow::bail!("the deb step has no `tree` output");
+    };
+    store.materialize(&store.tree(digest)?, dest)
+}
+
 /// QEMU under TCG is CPU-bound: guests run one at a time, whichever module
 /// boots them, so that each gets a core and its timeout means something.
 pub fn one_guest_at_a_time() -> std::sync::MutexGuard<'static, ()> {
@@ -343,6 +368,18 @@ pub fn plan_misses(plan: &Output) -> Vec<String> {
 /// a copy of the default recipes with the shared cache, one guest at a
 /// time; returns its stdout.
 pub fn boot_test(args: &[&str], vars: &[&str]) -> String {
+    let out = boot_test_output(args, vars, |_| {});
+    assert!(
+        out.status.success(),
+        "boot-test {args:?} failed: {}",
+        stderr(&out)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `boot-test args` as [`boot_test`] runs it, with `setup` adding global
+/// flags or environment (a signing key); its output, whether it passed or not.
+pub fn boot_test_output(args: &[&str], vars: &[&str], setup: impl FnOnce(&mut Command)) -> Output {
     let _one_at_a_time = one_guest_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let recipes = copy_recipes(dir.path());
@@ -350,6 +387,11 @@ pub fn boot_test(args: &[&str], vars: &[&str]) -> String {
     for var in vars {
         cmd.args(["--var", var]);
     }
+    setup(&mut cmd);
     cmd.arg("boot-test").args(args).args(["--timeout", "400"]);
-    String::from_utf8_lossy(&run_ok(&mut cmd).stdout).into_owned()
+    cmd.output().expect("starting xtask")
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }

@@ -1,0 +1,340 @@
+//! Signing with the operator's key (`--sign-key`, `--sign-cert`): Authenticode on the EFI
+//! files a recipe's `[signing]` names, checked by `sbverify` and by OVMF with Secure Boot
+//! enforcing (Debian's snakeoil key is enrolled in its `OVMF_VARS_4M.snakeoil.fd`); bad keys
+//! refused before anything is built.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use kiln::archive::{authenticode, fat};
+
+use crate::common::*;
+
+/// Debian's snakeoil key pair and Secure Boot firmware, from the pinned `ovmf` deb.
+struct Snakeoil {
+    key: PathBuf,
+    cert: PathBuf,
+    code: PathBuf,
+    vars: PathBuf,
+}
+
+/// The key's passphrase, as Debian documents it.
+const PASSPHRASE: &str = "snakeoil";
+
+fn snakeoil() -> &'static Snakeoil {
+    static UNPACKED: OnceLock<Snakeoil> = OnceLock::new();
+    UNPACKED.get_or_init(|| {
+        let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("ovmf-unpacked");
+        let marker = root.with_extension("ok");
+        if !marker.exists() {
+            let _ = std::fs::remove_dir_all(&root);
+            unpack_deb_source("ovmf", &root).expect("unpacking the ovmf deb through Kiln");
+            std::fs::write(&marker, "").unwrap();
+        }
+        Snakeoil {
+            key: root.join("usr/share/ovmf/PkKek-1-snakeoil.key"),
+            cert: root.join("usr/share/ovmf/PkKek-1-snakeoil.pem"),
+            code: root.join("usr/share/OVMF/OVMF_CODE_4M.secboot.fd"),
+            vars: root.join("usr/share/OVMF/OVMF_VARS_4M.snakeoil.fd"),
+        }
+    })
+}
+
+/// The snakeoil key given to `cmd` as an operator would: paths as flags, the
+/// passphrase in the environment.
+fn sign_with_snakeoil(cmd: &mut Command) {
+    let keys = snakeoil();
+    cmd.arg("--sign-key")
+        .arg(&keys.key)
+        .arg("--sign-cert")
+        .arg(&keys.cert);
+    cmd.env("KILN_SIGN_PASSPHRASE", PASSPHRASE);
+}
+
+fn sbverify(cert: &Path, file: &Path) {
+    let out = Command::new("sbverify")
+        .arg("--cert")
+        .arg(cert)
+        .arg(file)
+        .output()
+        .expect("running sbverify (apt-get install sbsigntool)");
+    assert!(
+        out.status.success(),
+        "sbverify refuses {}: {}{}",
+        file.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The UKI on an ISO's ESP.
+fn esp_uki(iso: &Path, work: &Path) -> Vec<u8> {
+    let esp = iso_file(iso, "boot/efiboot.img", work);
+    let (_, files) = fat::read_image(&esp).unwrap();
+    let uki = files.into_iter().find(|f| f.path == "EFI/BOOT/BOOTX64.EFI");
+    uki.expect("the ESP has EFI/BOOT/BOOTX64.EFI").data
+}
+
+fn certificate_sha256(cert: &Path) -> String {
+    let der = Command::new("openssl")
+        .args(["x509", "-outform", "DER", "-in"])
+        .arg(cert)
+        .output()
+        .unwrap();
+    assert!(der.status.success());
+    kiln::store::Digest::of_bytes(&der.stdout).hex()
+}
+
+#[test]
+fn signed_efi_files_pass_sbverify_and_strip_to_the_unsigned_build() {
+    if !prereq::program("sbverify", "apt-get install sbsigntool, or run ci/setup") {
+        return;
+    }
+    let keys = snakeoil();
+    let dir = tempfile::tempdir().unwrap();
+    let (signed, unsigned) = (dir.path().join("signed"), dir.path().join("unsigned"));
+    let recipes = workspace().join("recipes");
+    let mut build = kiln(&recipes, &signed, &shared_cache());
+    sign_with_snakeoil(&mut build);
+    let out = run_ok(build.args(["build", "stage2"]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("no signing key"), "{stderr}");
+    let host_iso = signed.join("stage2/hosts/mlab1-lga0t.example.net/stage2.iso");
+    let work = dir.path().join("work");
+    std::fs::create_dir(&work).unwrap();
+    let host_uki = work.join("host.efi");
+    std::fs::write(&host_uki, esp_uki(&host_iso, &work)).unwrap();
+    let iso_uki = work.join("iso.efi");
+    std::fs::write(&iso_uki, esp_uki(&signed.join("stage2/stage2.iso"), &work)).unwrap();
+    for file in [
+        signed.join("stage2/stage2.efi"),
+        signed.join("stage2/stage2_vmlinuz"),
+        iso_uki.clone(),
+        host_uki,
+    ] {
+        sbverify(&keys.cert, &file);
+    }
+    // The ISO's ESP carries the signed UKI itself.
+    assert_eq!(
+        std::fs::read(&iso_uki).unwrap(),
+        std::fs::read(signed.join("stage2/stage2.efi")).unwrap()
+    );
+    // The manifest names the certificate, not the key.
+    let fingerprint = certificate_sha256(&keys.cert);
+    for name in ["stage2/stage2.efi", "stage2/stage2_vmlinuz"] {
+        let entry = manifest_entry(&signed, name);
+        let signature = &entry["details"]["signature"];
+        assert_eq!(signature["format"], "authenticode", "{entry}");
+        assert_eq!(
+            signature["certificate_sha256"],
+            fingerprint.as_str(),
+            "{entry}"
+        );
+    }
+    let host = manifest_entry(&signed, "stage2/hosts/mlab1-lga0t.example.net/stage2.iso");
+    assert_eq!(
+        host["details"]["esp"]["signature"]["certificate_sha256"],
+        fingerprint.as_str()
+    );
+    // Nothing of the key or its passphrase is written anywhere under output/.
+    for file in files(&signed) {
+        let bytes = std::fs::read(signed.join(&file)).unwrap();
+        assert!(
+            !contains_bytes(&bytes, PASSPHRASE.as_bytes()),
+            "{file} holds the passphrase"
+        );
+    }
+    // Without a key the same build is unsigned, says so, and differs only by the signature.
+    let out = run_ok(kiln(&recipes, &unsigned, &shared_cache()).args(["build", "stage2"]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no signing key given"), "{stderr}");
+    for name in ["stage2/stage2.efi", "stage2/stage2_vmlinuz"] {
+        let plain = std::fs::read(unsigned.join(name)).unwrap();
+        assert!(
+            authenticode::signatures(&plain).unwrap().is_empty(),
+            "{name}"
+        );
+        let with = std::fs::read(signed.join(name)).unwrap();
+        assert_eq!(authenticode::signatures(&with).unwrap().len(), 1, "{name}");
+        let stripped = authenticode::strip(&with).unwrap().expect("signed");
+        assert_eq!(stripped, authenticode::prepare(&plain).unwrap(), "{name}");
+    }
+    assert!(manifest_entry(&unsigned, "stage2/stage2.efi")["details"]["signature"].is_null());
+}
+
+#[test]
+fn secure_boot_runs_the_signed_uki_and_iso_and_refuses_unsigned_and_tampered_ones() {
+    if !qemu_available() {
+        return;
+    }
+    let keys = snakeoil();
+    for what in ["stage2-uki", "stage2-iso"] {
+        let out = boot_test_output(&[what, "--secure-boot"], &[], sign_with_snakeoil);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{what}: {}", stderr(&out));
+        assert!(stdout.contains("(OVMF, Secure Boot)"), "{stdout}");
+    }
+
+    // The same UKI unsigned: the firmware refuses it.
+    let out = boot_test_output(&["stage2-uki", "--secure-boot"], &[], |_| {});
+    assert!(
+        !out.status.success() && stderr(&out).contains("Access Denied"),
+        "{}",
+        stderr(&out)
+    );
+
+    // A signed UKI with one byte of its command line changed: refused too.
+    let dir = tempfile::tempdir().unwrap();
+    let recipes = workspace().join("recipes");
+    let output = dir.path().join("output");
+    let mut build = kiln(&recipes, &output, &shared_cache());
+    sign_with_snakeoil(&mut build);
+    run_ok(build.args(["build", "stage2/stage2.efi"]));
+    let mut uki = std::fs::read(output.join("stage2/stage2.efi")).unwrap();
+    let at = uki
+        .windows(8)
+        .position(|w| w == b"panic=-1")
+        .expect("the cmdline");
+    uki[at + 7] = b'2';
+    let esp = kiln::steps::iso::esp_image(uki, kiln::arch::Arch::X86_64, 0).unwrap();
+    let disk = dir.path().join("tampered.img");
+    std::fs::write(&disk, esp).unwrap();
+    let firmware = kiln::verify::boot::Firmware::Flash {
+        code: keys.code.clone(),
+        vars: keys.vars.clone(),
+    };
+    let medium = kiln::verify::boot::Medium::Disk(disk);
+    let spec =
+        kiln::verify::boot::BootSpec::media(medium, Some(firmware), kiln::arch::Arch::X86_64, 240);
+    let refused = {
+        let _guest = one_guest_at_a_time();
+        kiln::verify::boot::boot(&spec).map(|o| o.marker)
+    };
+    let why = format!("{:#}", refused.expect_err("a tampered UKI must not boot"));
+    assert!(why.contains("Access Denied"), "{why}");
+}
+
+#[test]
+fn bad_keys_are_refused_before_anything_is_built() {
+    let keys = snakeoil();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let openssl = |args: &[&str]| {
+        run_ok(Command::new("openssl").current_dir(d).args(args));
+    };
+    // Another key with its own certificate; and a certificate that expired.
+    openssl(&[
+        "genpkey",
+        "-algorithm",
+        "RSA",
+        "-pkeyopt",
+        "rsa_keygen_bits:2048",
+        "-out",
+        "other.key",
+    ]);
+    openssl(&[
+        "req",
+        "-x509",
+        "-new",
+        "-key",
+        "other.key",
+        "-subj",
+        "/CN=other",
+        "-days",
+        "30",
+        "-out",
+        "other.pem",
+    ]);
+    std::fs::write(
+        d.join("ca.cnf"),
+        "[ca]\ndefault_ca=d\n[d]\ndatabase=index.txt\nnew_certs_dir=.\nserial=serial\n\
+         default_md=sha256\npolicy=p\n[p]\ncommonName=supplied\n",
+    )
+    .unwrap();
+    std::fs::write(d.join("index.txt"), "").unwrap();
+    std::fs::write(d.join("serial"), "01\n").unwrap();
+    openssl(&[
+        "req",
+        "-new",
+        "-key",
+        "other.key",
+        "-subj",
+        "/CN=expired",
+        "-out",
+        "expired.csr",
+    ]);
+    openssl(&[
+        "ca",
+        "-batch",
+        "-config",
+        "ca.cnf",
+        "-selfsign",
+        "-keyfile",
+        "other.key",
+        "-in",
+        "expired.csr",
+        "-startdate",
+        "20200101000000Z",
+        "-enddate",
+        "20200201000000Z",
+        "-out",
+        "expired.pem",
+    ]);
+    let recipes = workspace().join("recipes");
+    let cases: [(&Path, &Path, Option<&str>, &str); 5] = [
+        (
+            &keys.key,
+            &d.join("other.pem"),
+            Some(PASSPHRASE),
+            "does not belong to the certificate",
+        ),
+        (
+            &d.join("other.key"),
+            &d.join("expired.pem"),
+            None,
+            "expired on 2020-02-01",
+        ),
+        (
+            &keys.key,
+            &keys.cert,
+            Some("not-the-passphrase"),
+            "wrong passphrase",
+        ),
+        (&keys.key, &keys.cert, None, "KILN_SIGN_PASSPHRASE"),
+        (&keys.cert, &keys.cert, None, "not a private key"),
+    ];
+    for (key, cert, passphrase, expected) in cases {
+        let output = d.join("output");
+        let mut cmd = kiln(&recipes, &output, &d.join("cache"));
+        cmd.arg("--sign-key").arg(key).arg("--sign-cert").arg(cert);
+        cmd.env_remove("KILN_SIGN_PASSPHRASE");
+        if let Some(p) = passphrase {
+            cmd.env("KILN_SIGN_PASSPHRASE", p);
+        }
+        let err = run_err(cmd.args(["build", "stage2"]));
+        assert!(err.contains(expected), "{expected}: {err}");
+        assert!(!err.contains("not-the-passphrase"), "{err}");
+        assert!(
+            !output.exists() && !d.join("cache").exists(),
+            "{expected}: something was written"
+        );
+    }
+    // A key without its certificate is a usage error, as is --require-signing without a key.
+    let err = run_err(
+        kiln(&recipes, &d.join("output"), &d.join("cache"))
+            .arg("--sign-key")
+            .arg(&keys.key)
+            .args(["plan", "stage2"]),
+    );
+    assert!(err.contains("--sign-cert"), "{err}");
+    let err = run_err(kiln(&recipes, &d.join("output"), &shared_cache()).args([
+        "--require-signing",
+        "plan",
+        "stage2",
+    ]));
+    assert!(
+        err.contains("--require-signing") && err.contains("stage2.toml"),
+        "{err}"
+    );
+}

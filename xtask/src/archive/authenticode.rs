@@ -229,7 +229,13 @@ mod tests {
         b[coff + 2..coff + 4].copy_from_slice(&1u16.to_le_bytes());
         b[coff + 16..coff + 18].copy_from_slice(&240u16.to_le_bytes());
         b[opt..opt + 2].copy_from_slice(&0x20bu16.to_le_bytes());
-        for (off, v) in [(32, 0x1000u32), (36, 0x200), (56, 0x2000), (60, 0x200), (108, 16)] {
+        for (off, v) in [
+            (32, 0x1000u32),
+            (36, 0x200),
+            (56, 0x2000),
+            (60, 0x200),
+            (108, 16),
+        ] {
             b[opt + off..opt + off + 4].copy_from_slice(&v.to_le_bytes());
         }
         let sec = opt + 240;
@@ -248,11 +254,17 @@ mod tests {
         assert_eq!(prepared.len(), 0x408);
         let signed = attach(&prepared, b"\x30\x03\x02\x01\x01").unwrap();
         assert_eq!(signed.len(), 0x408 + 16);
-        assert_eq!(signatures(&signed).unwrap(), vec![&b"\x30\x03\x02\x01\x01"[..]]);
+        assert_eq!(
+            signatures(&signed).unwrap(),
+            vec![&b"\x30\x03\x02\x01\x01"[..]]
+        );
         assert_eq!(digest(&signed).unwrap(), digest(&prepared).unwrap());
         assert_eq!(strip(&signed).unwrap(), Some(prepared.clone()));
         assert_eq!(strip(&prepared).unwrap(), None);
-        assert!(matches!(prepare(&signed), Err(AuthenticodeError::AlreadySigned(16))));
+        assert!(matches!(
+            prepare(&signed),
+            Err(AuthenticodeError::AlreadySigned(16))
+        ));
     }
 
     #[test]
@@ -278,6 +290,9 @@ mod tests {
         let sec = 0x58 + 240;
         gap[sec + 20..sec + 24].copy_from_slice(&0x400u32.to_le_bytes());
         let err = prepare(&gap).unwrap_err();
-        assert!(matches!(err, AuthenticodeError::NotContiguous("gap", 0x200, 0x400)), "{err}");
+        assert!(
+            matches!(err, AuthenticodeError::NotContiguous("gap", 0x200, 0x400)),
+            "{err}"
+        );
     }
 }

@@ -15,6 +15,7 @@ pub mod kernel;
 pub mod modules;
 pub mod noop;
 pub mod remote;
+pub mod sign;
 
 use std::fmt::Write as _;
 use std::path::Path;

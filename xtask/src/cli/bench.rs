@@ -81,6 +81,21 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 1)]
         samples: usize,
     },
+    /// Authenticode signatures for a fleet's EFI files: Kiln's signer vs
+    /// `sbsign` per file, two at a time; the first and last file each writes
+    /// must pass sbverify.
+    Sign {
+        /// Hosts in the fleet (one file each).
+        #[arg(long, default_value_t = 500)]
+        hosts: usize,
+        /// The EFI file each host gets a copy of (with a section naming it).
+        #[arg(
+            long,
+            value_name = "FILE",
+            default_value = "output/stage1/x86_64/ipxe.efi"
+        )]
+        efi: std::path::PathBuf,
+    },
 }
 
 pub fn bench(s: &Settings, c: &BenchCommand) -> Result<ExitCode> {
@@ -118,6 +133,10 @@ pub fn bench(s: &Settings, c: &BenchCommand) -> Result<ExitCode> {
             roms,
             samples,
         } => bench_fleet(s, *hosts, roms, *samples)?,
+        BenchCommand::Sign { hosts, efi } => {
+            let work = bench_dir("kiln-bench-sign-")?;
+            crate::bench::sign::sign(efi, (*hosts).max(1), work.path())?
+        }
         BenchCommand::Archive { tree: Some(dir) } => {
             let work = tempfile::tempdir().context("creating the benchmark's work directory")?;
             crate::bench::archive::run(dir, work.path(), s.jobs)?

@@ -329,11 +329,7 @@ fn compare(one: &Path, two: &Path) -> Result<Vec<Row>> {
     }
     if one.is_file() && two.is_file() {
         let name = one.file_name().unwrap_or_default().to_string_lossy();
-        return Ok(vec![Row {
-            artifact: name.into_owned(),
-            run1: Some(crate::store::Digest::of_file(one)?.0),
-            run2: Some(crate::store::Digest::of_file(two)?.0),
-        }]);
+        return Ok(vec![Row::of_files(name.into_owned(), one, two)?]);
     }
     repro::compare_outputs(one, two)
 }
@@ -373,17 +369,38 @@ fn report(
         }
     }
     println!();
+    let signed = differing.iter().filter(|r| r.signatures_only).count();
+    let mut differ = differing.len() - signed;
+    // The manifests of a signed and an unsigned build differ in exactly
+    // those artifacts' entries (sha256, step key, signature).
+    let manifest_follows = signed > 0
+        && differ == 1
+        && differing
+            .iter()
+            .any(|r| r.artifact == crate::layout::MANIFEST);
+    if manifest_follows {
+        differ = 0;
+    }
     if differing.is_empty() {
         println!(
             "reproducible: all {} artifacts identical in both runs",
             rows.len()
         );
         Ok(ExitCode::SUCCESS)
+    } else if differ == 0 {
+        println!(
+            "reproducible: all {} artifacts identical, {signed} of them once their Authenticode signatures are stripped",
+            rows.len()
+        );
+        Ok(ExitCode::SUCCESS)
     } else {
         println!(
-            "NOT reproducible: {} of {} artifacts differ",
-            differing.len(),
-            rows.len()
+            "NOT reproducible: {differ} of {} artifacts differ{}",
+            rows.len(),
+            match signed {
+                0 => String::new(),
+                n => format!(" ({n} more only by their signatures)"),
+            }
         );
         Ok(ExitCode::FAILURE)
     }

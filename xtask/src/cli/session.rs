@@ -68,12 +68,15 @@ fn check_signing(s: &Settings, plan: &Plan) -> Result<()> {
     if plan.unsigned.is_empty() {
         return Ok(());
     }
-    let wanted: Vec<String> = plan
-        .unsigned
+    let mut by_recipe: std::collections::BTreeMap<_, Vec<String>> = Default::default();
+    for (recipe, kind) in &plan.unsigned {
+        by_recipe.entry(recipe).or_default().push(kind.to_string());
+    }
+    let wanted: Vec<String> = by_recipe
         .iter()
-        .map(|(recipe, kind)| format!("{} ({kind:?})", recipe.display()).to_lowercase())
+        .map(|(recipe, kinds)| format!("{} ({})", recipe.display(), kinds.join(", ")))
         .collect();
-    let wanted = wanted.join(", ");
+    let wanted = wanted.join("; ");
     if s.require_signing {
         bail!("--require-signing: no signing key is given (--sign-key and --sign-cert, or KILN_SIGN_KEY and KILN_SIGN_CERT), and [signing] asks to sign: {wanted}");
     }

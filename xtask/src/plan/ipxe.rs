@@ -11,11 +11,12 @@ use std::path::Path;
 
 use anyhow::Result;
 
+use super::sign::Built;
 use super::{ArtifactSpec, Builder, Check, InputRef};
 use crate::arch::Arch;
 use crate::archive::ipxe_script::{self, Finish};
 use crate::recipe::combined::CombinedRom;
-use crate::recipe::{self, IpxeTarget, Recipe, SourceKind};
+use crate::recipe::{self, EfiKind, IpxeTarget, Recipe, SourceKind};
 use crate::steps::ipxe::combine::{self, CatRom, CombineRoms};
 use crate::steps::ipxe::patch::{
     bin_input, efidrv_input, efirom_input, zbin_input, zinfo_input, PatchIpxe,
@@ -75,14 +76,24 @@ impl Builder<'_> {
             let mut facts = made.made_of;
             facts["source"] = ipxe.source.clone().into();
             facts["source_commit"] = commit.clone().into();
+            let file = match is_efi(&made.name) {
+                true => self.efi(recipe, EfiKind::Ipxe, &made.name, made.node, made.output),
+                false => Built::plain(made.node, made.output),
+            };
+            if let Some(serde_json::Value::Object(signed)) = file.facts {
+                facts
+                    .as_object_mut()
+                    .expect("made_of is an object")
+                    .extend(signed);
+            }
             self.plan.artifacts.push(ArtifactSpec {
                 name: made.name,
                 kind: made.kind,
                 arch: made.arch,
                 recipe: recipe.file.clone(),
                 epoch: self.epoch(recipe),
-                node: made.node,
-                output: made.output,
+                node: file.node,
+                output: file.output,
                 details: None,
                 facts: Some(facts),
             });
@@ -305,10 +316,18 @@ impl Builder<'_> {
             made.extend(ts.iter().map(|t| (t.make_target(), node)));
         }
         for t in &host.targets {
+            // A signed file's reference is signed too: signatures are
+            // deterministic, so the two agree exactly when the unsigned do.
+            let artifact = host.artifact_name(&recipe.name, &t.file);
+            let (node, output) = (made[&t.make_target()], t.make_target());
+            let reference = match is_efi(&t.file) {
+                true => self.efi(recipe, EfiKind::Ipxe, &artifact, node, output),
+                false => Built::plain(node, output),
+            };
             self.plan.checks.push(Check {
-                artifact: host.artifact_name(&recipe.name, &t.file),
-                node: made[&t.make_target()],
-                output: t.make_target(),
+                artifact,
+                node: reference.node,
+                output: reference.output,
                 how: format!(
                     "make {} EMBED=<{}'s script>",
                     t.make_target(),
@@ -394,6 +413,12 @@ fn git_head(checkout: &Path) -> Option<String> {
 }
 
 /// `stage1/x86_64/ipxe.lkrn`.
+/// Whether an iPXE file is an EFI image (an application or a driver), which
+/// `[signing] uefi = ["ipxe"]` signs.
+fn is_efi(file: &str) -> bool {
+    file.ends_with(".efi") || file.ends_with(".efidrv")
+}
+
 pub fn artifact_name(recipe: &str, arch: Arch, file: &str) -> String {
     format!("{recipe}/{arch}/{file}")
 }

@@ -20,7 +20,7 @@ pub(super) struct Built {
 
 impl Built {
     /// A node's output as it is: nothing to sign.
-    pub(super) fn plain(node: usize, output: Slot) -> Built {
+    pub(super) fn plain(node: usize, output: impl Into<String>) -> Built {
         Built {
             node,
             output: output.into(),

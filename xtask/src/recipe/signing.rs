@@ -28,6 +28,16 @@ impl EfiKind {
     ];
 }
 
+impl std::fmt::Display for EfiKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (name, ..) = EfiKind::NAMES
+            .iter()
+            .find(|(_, k, _)| k == self)
+            .expect("every kind is named");
+        f.write_str(name)
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct Signing {
     /// Kinds signed with Authenticode.

@@ -447,11 +447,41 @@ pub struct Row {
     pub artifact: String,
     pub run1: Option<Digest>,
     pub run2: Option<Digest>,
+    /// Different bytes, but only by Authenticode signatures: a signed
+    /// release against an unsigned rebuild.
+    pub signatures_only: bool,
 }
 
 impl Row {
     pub fn identical(&self) -> bool {
         self.run1.is_some() && self.run1 == self.run2
+    }
+
+    /// Identical, or identical once signatures are stripped.
+    pub fn reproduced(&self) -> bool {
+        self.identical() || self.signatures_only
+    }
+
+    /// The row of the file `artifact` at `one` and at `two` (either may be
+    /// missing).
+    pub fn of_files(artifact: String, one: &Path, two: &Path) -> Result<Row> {
+        let read = |p: &Path| -> Result<Option<Vec<u8>>> {
+            match p.is_file() {
+                true => Ok(Some(fs_err::read(p)?)),
+                false => Ok(None),
+            }
+        };
+        let (a, b) = (read(one)?, read(two)?);
+        let signatures_only = match (&a, &b) {
+            (Some(a), Some(b)) => diff::differ_only_by_signatures(a, b),
+            _ => false,
+        };
+        Ok(Row {
+            artifact,
+            run1: a.as_deref().map(Digest::of_bytes),
+            run2: b.as_deref().map(Digest::of_bytes),
+            signatures_only,
+        })
     }
 }
 
@@ -483,22 +513,9 @@ pub fn compare_outputs(a: &Path, b: &Path) -> Result<Vec<Row>> {
     if names.is_empty() {
         bail!("neither {} nor {} holds any file", a.display(), b.display());
     }
-    let digest = |p: PathBuf| -> Result<Option<Digest>> {
-        if p.is_file() {
-            Ok(Some(Digest::of_file(&p)?.0))
-        } else {
-            Ok(None)
-        }
-    };
     names
         .into_iter()
-        .map(|name| {
-            Ok(Row {
-                run1: digest(a.join(&name))?,
-                run2: digest(b.join(&name))?,
-                artifact: name,
-            })
-        })
+        .map(|name| Row::of_files(name.clone(), &a.join(&name), &b.join(&name)))
         .collect()
 }
 
@@ -518,6 +535,8 @@ pub fn table(rows: &[Row]) -> String {
     for r in rows {
         let result = if r.identical() {
             "identical"
+        } else if r.signatures_only {
+            "identical but for signatures"
         } else {
             "DIFFERS"
         };

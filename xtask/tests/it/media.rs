@@ -290,26 +290,14 @@ fn iso_boots_as_a_cd_on_seabios() {
     }
 }
 
-#[test]
-fn iso_boots_as_a_cd_on_ovmf() {
-    if qemu_available() {
-        let text = boot(&["stage2-iso", "--firmware", "uefi"]);
-        assert_booted(&text, "OVMF", Some(&format!("guest cmdline `{CMDLINE}")));
-    }
-}
+// The ISO as a CD and the UKI from a FAT drive on OVMF boot in
+// `signing::secure_boot_runs_the_signed_uki_and_iso_…`, signed and with
+// Secure Boot enforcing: one boot each proves both.
 
 #[test]
 fn iso_boots_as_a_usb_disk_on_ovmf() {
     if qemu_available() {
         let text = boot(&["stage2-iso", "--firmware", "uefi", "--usb"]);
-        assert_booted(&text, "OVMF", Some(&format!("guest cmdline `{CMDLINE}")));
-    }
-}
-
-#[test]
-fn uki_boots_from_a_fat_drive_on_ovmf() {
-    if qemu_available() {
-        let text = boot(&["stage2-uki"]);
         assert_booted(&text, "OVMF", Some(&format!("guest cmdline `{CMDLINE}")));
     }
 }

@@ -161,6 +161,39 @@ fn signed_efi_files_pass_sbverify_and_strip_to_the_unsigned_build() {
         assert_eq!(stripped, authenticode::prepare(&plain).unwrap(), "{name}");
     }
     assert!(manifest_entry(&unsigned, "stage2/stage2.efi")["details"]["signature"].is_null());
+
+    // `repro --compare` of the signed release with the unsigned rebuild: the
+    // same but for the signatures, down to the UKI on each ISO's ESP.
+    let out = kiln(&recipes, &dir.path().join("unused"), &shared_cache())
+        .args(["repro", "--compare"])
+        .args([&signed, &unsigned])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for name in [
+        "stage2/stage2.efi",
+        "stage2/stage2_vmlinuz",
+        "stage2/stage2.iso",
+    ] {
+        let row = text
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_default();
+        assert!(row.ends_with("identical but for signatures"), "{text}");
+    }
+    assert!(
+        text.contains("FAT file EFI/BOOT/BOOTX64.EFI: identical but for the Authenticode signatures (run 1: 1, run 2: 0"),
+        "{text}"
+    );
+    assert!(
+        text.contains("once their Authenticode signatures are stripped"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -337,4 +370,45 @@ fn bad_keys_are_refused_before_anything_is_built() {
         err.contains("--require-signing") && err.contains("stage2.toml"),
         "{err}"
     );
+}
+
+#[test]
+fn a_signed_ipxe_efi_chains_to_the_signed_kernel_under_secure_boot() {
+    let Some(tree) = ipxe_tree() else {
+        return;
+    };
+    if !qemu_available()
+        || !prereq::program("sbverify", "apt-get install sbsigntool, or run ci/setup")
+    {
+        return;
+    }
+    let keys = snakeoil();
+    let source = format!("ipxe={}", tree.display());
+    // Every EFI image of stage1, the recipe's and each host's, is signed.
+    let dir = tempfile::tempdir().unwrap();
+    let output = dir.path().join("output");
+    let mut build = kiln(&workspace().join("recipes"), &output, &shared_cache());
+    sign_with_snakeoil(&mut build);
+    run_ok(build.args(["--source", &source, "build", "stage1"]));
+    let efi: Vec<String> = files(&output)
+        .into_iter()
+        .filter(|f| f.ends_with(".efi"))
+        .collect();
+    // x86_64 and arm64 ipxe.efi and snponly.efi, and each of two hosts' pair.
+    assert_eq!(efi.len(), 2 + 2 + 2 * 2, "{efi:?}");
+    for file in &efi {
+        sbverify(&keys.cert, &output.join(file));
+        assert!(
+            manifest_entry(&output, file)["details"]["signature"]["certificate_sha256"].is_string(),
+            "{file}"
+        );
+    }
+    // OVMF with Secure Boot runs the signed ipxe.efi, which chains to
+    // stage1to2.ipxe and the signed stage2 kernel (firmware checks both).
+    let out = boot_test_output(&["stage1-efi", "--secure-boot"], &[], |cmd| {
+        sign_with_snakeoil(cmd);
+        cmd.args(["--source", &source]);
+    });
+    assert!(out.status.success(), "{}", stderr(&out));
+    crate::stage1::assert_chained(&String::from_utf8_lossy(&out.stdout), "ipxe.efi");
 }

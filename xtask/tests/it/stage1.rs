@@ -204,7 +204,7 @@ fn chain_boot(what: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&run_ok(&mut cmd).stdout).into_owned()
 }
 
-fn assert_chained(text: &str, file: &str) {
+pub(crate) fn assert_chained(text: &str, file: &str) {
     assert!(
         text.contains("boot test passed")
             && text.contains(&format!(
@@ -249,12 +249,9 @@ fn a_static_address_from_the_recipe_replaces_dhcp() {
     }
 }
 
-#[test]
-fn ipxe_efi_on_a_fat_drive_chains_to_stage2_under_ovmf() {
-    if ipxe_tree().is_some() && qemu_available() {
-        assert_chained(&chain_boot("stage1-efi", &[]), "ipxe.efi");
-    }
-}
+// ipxe.efi from a FAT drive under OVMF chains to stage2 in
+// `signing::a_signed_ipxe_efi_chains_to_the_signed_kernel_under_secure_boot`,
+// signed and with Secure Boot enforcing.
 
 #[test]
 fn a_virtio_net_option_rom_chains_to_stage2() {

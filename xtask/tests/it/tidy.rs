@@ -28,7 +28,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     (
         "bench",
         &[
-            "archive", "elf", "output", "plan", "recipe", "steps", "store", "tools",
+            "archive", "elf", "output", "plan", "recipe", "sign", "steps", "store", "tools",
         ],
     ),
     ("repro", &["archive", "output", "steps", "store", "tools"]),

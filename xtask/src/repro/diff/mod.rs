@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::io::Read;
 
-use crate::archive::{fat, iso9660, newc, pe, ReadEntry};
+use crate::archive::{authenticode, fat, iso9660, newc, pe, ReadEntry};
 use crate::store::Digest;
 
 mod kernel;
@@ -65,6 +65,12 @@ fn compare(a: &[u8], b: &[u8], place: &mut Vec<String>, out: &mut Findings, dept
     if a == b {
         return;
     }
+    if a.starts_with(b"MZ") && b.starts_with(b"MZ") {
+        if let Some(what) = signatures_only(a, b) {
+            out.add(place, what);
+            return;
+        }
+    }
     if depth < MAX_DEPTH {
         let before = out.list.len();
         let examined = if iso9660::is_iso(a) && iso9660::is_iso(b) {
@@ -87,6 +93,42 @@ fn compare(a: &[u8], b: &[u8], place: &mut Vec<String>, out: &mut Findings, dept
         }
     }
     bytes(a, b, place, out);
+}
+
+/// Whether two PE images differ only by their Authenticode signatures (a
+/// signed release against an unsigned rebuild, or two signers): each
+/// without its certificate table, as it was signed, is the same bytes.
+fn signatures_only(a: &[u8], b: &[u8]) -> Option<String> {
+    let unsigned = |x: &[u8]| match authenticode::strip(x) {
+        Ok(Some(stripped)) => Some((stripped, authenticode::signatures(x).ok()?.len())),
+        Ok(None) => Some((authenticode::prepare(x).ok()?, 0)),
+        Err(_) => None,
+    };
+    let ((ua, na), (ub, nb)) = (unsigned(a)?, unsigned(b)?);
+    (ua == ub).then(|| {
+        format!(
+            "{SIGNATURES_ONLY} (run 1: {na}, run 2: {nb}; signed data sha256 {}… in both)",
+            sha(&ua)
+        )
+    })
+}
+
+/// The finding of two PE images that differ only by their signatures.
+const SIGNATURES_ONLY: &str = "identical but for the Authenticode signatures";
+
+/// Whether two files differ only by Authenticode signatures, themselves or
+/// in every file inside them that differs (an ISO's ESP's UKI): a signed
+/// release compared with an unsigned rebuild.
+pub fn differ_only_by_signatures(a: &[u8], b: &[u8]) -> bool {
+    let findings = explain(a, b);
+    // A signed file inside a container also differs in size there: every
+    // finding must be about a file that differs only by its signatures.
+    let signed: Vec<&Vec<String>> = findings
+        .iter()
+        .filter(|f| f.what.starts_with(SIGNATURES_ONLY))
+        .map(|f| &f.place)
+        .collect();
+    !findings.is_empty() && findings.iter().all(|f| signed.contains(&&f.place))
 }
 
 fn sha(bytes: &[u8]) -> String {

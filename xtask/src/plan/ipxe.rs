@@ -76,10 +76,7 @@ impl Builder<'_> {
             let mut facts = made.made_of;
             facts["source"] = ipxe.source.clone().into();
             facts["source_commit"] = commit.clone().into();
-            let file = match is_efi(&made.name) {
-                true => self.efi(recipe, EfiKind::Ipxe, &made.name, made.node, made.output),
-                false => Built::plain(made.node, made.output),
-            };
+            let file = self.ipxe_file(recipe, &made.name, made.node, made.output);
             if let Some(serde_json::Value::Object(signed)) = file.facts {
                 facts
                     .as_object_mut()
@@ -176,6 +173,17 @@ impl Builder<'_> {
             }
         }
         artifacts
+    }
+
+    /// Output `output` of `node`, the iPXE file `name`: an EFI image (an
+    /// application or a driver) is signed when `[signing] uefi` names
+    /// `ipxe` and a key is given.
+    fn ipxe_file(&mut self, recipe: &Recipe, name: &str, node: usize, output: String) -> Built {
+        if name.ends_with(".efi") || name.ends_with(".efidrv") {
+            self.efi(recipe, EfiKind::Ipxe, name, node, output)
+        } else {
+            Built::plain(node, output)
+        }
     }
 
     /// A combined ROM of `who`'s patched images.
@@ -320,10 +328,7 @@ impl Builder<'_> {
             // deterministic, so the two agree exactly when the unsigned do.
             let artifact = host.artifact_name(&recipe.name, &t.file);
             let (node, output) = (made[&t.make_target()], t.make_target());
-            let reference = match is_efi(&t.file) {
-                true => self.efi(recipe, EfiKind::Ipxe, &artifact, node, output),
-                false => Built::plain(node, output),
-            };
+            let reference = self.ipxe_file(recipe, &artifact, node, output);
             self.plan.checks.push(Check {
                 artifact,
                 node: reference.node,
@@ -413,12 +418,6 @@ fn git_head(checkout: &Path) -> Option<String> {
 }
 
 /// `stage1/x86_64/ipxe.lkrn`.
-/// Whether an iPXE file is an EFI image (an application or a driver), which
-/// `[signing] uefi = ["ipxe"]` signs.
-fn is_efi(file: &str) -> bool {
-    file.ends_with(".efi") || file.ends_with(".efidrv")
-}
-
 pub fn artifact_name(recipe: &str, arch: Arch, file: &str) -> String {
     format!("{recipe}/{arch}/{file}")
 }

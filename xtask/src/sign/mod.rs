@@ -1,5 +1,5 @@
 //! Signing finished artifacts with the operator's key: Authenticode for EFI binaries (what UEFI
-//! Secure Boot verifies) and detached CMS signatures for iPXE's `imgverify`.
+//! Secure Boot verifies).
 //!
 //! Keys come from where operators keep them, never from recipes: a PEM file (PKCS#8, encrypted
 //! or not, or PKCS#1), with its passphrase from the environment or a file. The certificate says
@@ -21,7 +21,6 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use der::{Decode, DecodePem, Encode};
 use sha2::Digest as _;
-use x509_cert::ext::pkix::ExtendedKeyUsage;
 use x509_cert::Certificate;
 
 pub use key::Passphrase;
@@ -33,15 +32,6 @@ pub struct KeySpec {
     pub key: PathBuf,
     pub cert: PathBuf,
     pub passphrase: Option<Passphrase>,
-}
-
-/// What a signature is for: the checks its certificate must pass differ.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Purpose {
-    /// Authenticode, verified by UEFI firmware against db: any usage will do.
-    Uefi,
-    /// iPXE's `imgverify`: the certificate must allow code signing.
-    Imgverify,
 }
 
 /// The operator's private key with the certificate (and chain) that vouches for it, checked
@@ -102,28 +92,6 @@ impl SigningKey {
     /// manifest.
     pub fn fingerprint(&self) -> &str {
         &self.fingerprint
-    }
-
-    /// Refuses a certificate that cannot sign for `purpose`.
-    pub fn check_purpose(&self, purpose: Purpose) -> Result<()> {
-        if purpose == Purpose::Uefi {
-            return Ok(());
-        }
-        let eku = self
-            .cert
-            .tbs_certificate()
-            .get_extension::<ExtendedKeyUsage>();
-        let eku =
-            eku.with_context(|| format!("{}: reading extendedKeyUsage", self.cert_path.display()))?;
-        let code_signing = const_oid::db::rfc5280::ID_KP_CODE_SIGNING;
-        match eku {
-            Some((_, usages)) if usages.0.contains(&code_signing) => Ok(()),
-            _ => bail!(
-                "{}: the certificate has no code-signing usage (extendedKeyUsage codeSigning), \
-                 which iPXE's imgverify requires",
-                self.cert_path.display()
-            ),
-        }
     }
 
     /// An RSA PKCS#1 v1.5 signature over a SHA-256 digest.

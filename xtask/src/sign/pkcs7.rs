@@ -1,6 +1,5 @@
-//! The PKCS#7 / CMS `SignedData` Kiln writes: Authenticode's (RFC 5652 with Microsoft's
-//! `SpcIndirectDataContent`, as sbsigntool and osslsigncode write it) and the detached one
-//! iPXE's `imgverify` reads (`openssl cms -sign -binary -noattr`). Both carry the signer's
+//! The PKCS#7 / CMS `SignedData` Kiln writes for Authenticode (RFC 5652 with Microsoft's
+//! `SpcIndirectDataContent`, as sbsigntool and osslsigncode write it): the signer's
 //! certificate and chain, SHA-256 and RSA PKCS#1 v1.5, and no signing time, so the same key
 //! and input always give the same bytes.
 
@@ -97,18 +96,6 @@ pub fn sign_pe(key: &SigningKey, image: &[u8]) -> Result<Vec<u8>> {
     };
     let der = signed_data(key, content, Some(signed), signature)?;
     Ok(authenticode::attach(&prepared, &der)?)
-}
-
-/// A detached CMS signature of `data` for iPXE's `imgverify`: no signed attributes (iPXE
-/// verifies the signature over the data's digest itself), the signer's chain included.
-pub fn sign_detached(key: &SigningKey, data: &[u8]) -> Result<Vec<u8>> {
-    let digest: [u8; 32] = Sha256::digest(data).into();
-    let signature = key.sign_digest(&digest)?;
-    let content = EncapsulatedContentInfo {
-        econtent_type: rfc5911::ID_DATA,
-        econtent: None,
-    };
-    signed_data(key, content, None, signature)
 }
 
 fn attribute(oid: ObjectIdentifier, value: Any) -> Result<Attribute> {

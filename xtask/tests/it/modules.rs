@@ -173,21 +173,8 @@ fn two_runs_of_the_modules_step_in_different_scratch_dirs_are_identical() {
     use kiln::store::Output;
     use std::collections::BTreeMap;
 
-    let recipes = kiln::recipe::load(&workspace().join("recipes"), &BTreeMap::new()).unwrap();
-    let store = kiln::store::Store::open(&shared_cache()).unwrap();
-    let opts = kiln::plan::PlanOptions {
-        threads: 2,
-        ..Default::default()
-    };
-    let plan = kiln::plan::plan_deb_tree(&recipes, "linux-image", &store, &opts).unwrap();
-    let exec = kiln::exec::Executor {
-        store: &store,
-        jobs: 2,
-        log_dir: std::env::temp_dir(),
-        quiet: true,
-        remote: None,
-    };
-    let kernel = exec.run(&plan).unwrap().last().unwrap().outputs["tree"];
+    let (store, digest) = deb_source_tree("linux-image").unwrap();
+    let kernel = Output::Tree { digest };
     let run = |step: &dyn Step, inputs: &BTreeMap<String, Output>| {
         let scratch = tempfile::tempdir().unwrap();
         let ctx = StepContext::new(&store, inputs.clone(), std::env::temp_dir(), "test".into());

@@ -22,8 +22,8 @@ pub fn shared_cache() -> PathBuf {
 }
 
 /// The pinned `deb` source `source` of the project's recipes, fetched and
-/// unpacked by Kiln (through the shared cache) into `dest`.
-pub fn unpack_deb_source(source: &str, dest: &Path) -> anyhow::Result<()> {
+/// unpacked by Kiln through the shared cache: the store and the tree.
+pub fn deb_source_tree(source: &str) -> anyhow::Result<(kiln::store::Store, kiln::store::Digest)> {
     let recipes = kiln::recipe::load(&workspace().join("recipes"), &Default::default())?;
     let store = kiln::store::Store::open(&shared_cache())?;
     let opts = kiln::plan::PlanOptions {
@@ -43,7 +43,14 @@ pub fn unpack_deb_source(source: &str, dest: &Path) -> anyhow::Result<()> {
     let Some(kiln::store::Output::Tree { digest }) = last.outputs.get("tree") else {
         anyhow::bail!("the deb step has no `tree` output");
     };
-    store.materialize(&store.tree(digest)?, dest)
+    let digest = *digest;
+    Ok((store, digest))
+}
+
+/// The `deb` source `source` unpacked into `dest` ([`deb_source_tree`]).
+pub fn unpack_deb_source(source: &str, dest: &Path) -> anyhow::Result<()> {
+    let (store, digest) = deb_source_tree(source)?;
+    store.materialize(&store.tree(&digest)?, dest)
 }
 
 /// QEMU under TCG is CPU-bound: guests run one at a time, whichever module

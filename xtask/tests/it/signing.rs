@@ -412,3 +412,21 @@ fn a_signed_ipxe_efi_chains_to_the_signed_kernel_under_secure_boot() {
     assert!(out.status.success(), "{}", stderr(&out));
     crate::stage1::assert_chained(&String::from_utf8_lossy(&out.stdout), "ipxe.efi");
 }
+
+#[test]
+fn an_arm64_uki_boots_under_aavmf_with_secure_boot_only_when_signed() {
+    if !qemu_arm64_available() {
+        return;
+    }
+    let args = ["stage2-uki", "--arch", "arm64", "--secure-boot"];
+    let out = boot_test_output(&args, &[], sign_with_snakeoil);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout.contains("(AAVMF, Secure Boot)"), "{stdout}");
+    let out = boot_test_output(&args, &[], |_| {});
+    assert!(
+        !out.status.success() && stderr(&out).contains("Access Denied"),
+        "{}",
+        stderr(&out)
+    );
+}

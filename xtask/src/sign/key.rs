@@ -25,6 +25,13 @@ pub(super) enum PrivateKey {
 impl PrivateKey {
     pub(super) fn load(path: &Path, passphrase: Option<&Passphrase>) -> Result<PrivateKey> {
         let text = fs_err::read(path)?;
+        if contains(&text, b"Proc-Type: 4,ENCRYPTED") {
+            bail!(
+                "{}: a key encrypted the legacy OpenSSL way (Proc-Type: 4,ENCRYPTED); convert it \
+                 with `openssl pkcs8 -topk8 -in KEY -out NEW`, which keeps it encrypted",
+                path.display()
+            );
+        }
         let (label, der) = der::pem::decode_vec(&text)
             .map_err(|e| anyhow::anyhow!("{}: not a PEM private key ({e})", path.display()))?;
         let rejected = |e: aws_lc_rs::error::KeyRejected| {
@@ -35,16 +42,7 @@ impl PrivateKey {
         };
         let pair = match label {
             "PRIVATE KEY" => KeyPair::from_pkcs8(&der).map_err(rejected)?,
-            "RSA PRIVATE KEY" => {
-                if contains(&text, b"Proc-Type: 4,ENCRYPTED") {
-                    bail!(
-                        "{}: a PKCS#1 key encrypted the legacy OpenSSL way; convert it with \
-                         `openssl pkcs8 -topk8 -in KEY -out NEW` (which keeps it encrypted)",
-                        path.display()
-                    );
-                }
-                KeyPair::from_der(&der).map_err(rejected)?
-            }
+            "RSA PRIVATE KEY" => KeyPair::from_der(&der).map_err(rejected)?,
             "ENCRYPTED PRIVATE KEY" => {
                 let Some(passphrase) = passphrase else {
                     bail!(

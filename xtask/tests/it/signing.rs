@@ -314,8 +314,18 @@ fn bad_keys_are_refused_before_anything_is_built() {
         "-out",
         "expired.pem",
     ]);
+    openssl(&[
+        "genrsa",
+        "-traditional",
+        "-aes128",
+        "-passout",
+        "pass:legacy",
+        "-out",
+        "legacy.key",
+        "2048",
+    ]);
     let recipes = workspace().join("recipes");
-    let cases: [(&Path, &Path, Option<&str>, &str); 5] = [
+    let cases: [(&Path, &Path, Option<&str>, &str); 6] = [
         (
             &keys.key,
             &d.join("other.pem"),
@@ -336,6 +346,12 @@ fn bad_keys_are_refused_before_anything_is_built() {
         ),
         (&keys.key, &keys.cert, None, "KILN_SIGN_PASSPHRASE"),
         (&keys.cert, &keys.cert, None, "not a private key"),
+        (
+            &d.join("legacy.key"),
+            &keys.cert,
+            Some("legacy"),
+            "openssl pkcs8 -topk8",
+        ),
     ];
     for (key, cert, passphrase, expected) in cases {
         let output = d.join("output");

@@ -4,20 +4,20 @@
 //! are alike, as per-host iPXE files are not); both sign with the same fresh RSA-2048 key, and
 //! the first and last file either writes must pass `sbverify`.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{ensure, Context, Result};
 
 use crate::archive::pe;
 use crate::sign::{pkcs7, KeySpec, SigningKey};
+use crate::tools;
 
 /// Kiln's and sbsign's seconds for `hosts` files made from `efi`, as a markdown table.
 pub fn sign(efi: &Path, hosts: usize, work: &Path) -> Result<String> {
     let image = fs_err::read(efi)?;
     let (key, cert) = (work.join("bench.key"), work.join("bench.pem"));
-    let openssl = Command::new("openssl")
+    let openssl = tools::command("openssl")?
         .args([
             "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30",
         ])
@@ -27,7 +27,7 @@ pub fn sign(efi: &Path, hosts: usize, work: &Path) -> Result<String> {
         .arg("-out")
         .arg(&cert)
         .output()
-        .context("running openssl req (apt-get install openssl)")?;
+        .context("running openssl req")?;
     ensure!(openssl.status.success(), "openssl req failed");
     let (unsigned, by_kiln, by_sbsign) = (work.join("in"), work.join("kiln"), work.join("sbsign"));
     for dir in [&unsigned, &by_kiln, &by_sbsign] {
@@ -43,12 +43,9 @@ pub fn sign(efi: &Path, hosts: usize, work: &Path) -> Result<String> {
         cert: cert.clone(),
         passphrase: None,
     };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_secs();
 
     let start = Instant::now();
-    let signer = SigningKey::load(&spec, now)?;
+    let signer = SigningKey::load(&spec)?;
     let halves: Vec<&[String]> = names.chunks(names.len().div_ceil(2).max(1)).collect();
     std::thread::scope(|s| -> Result<()> {
         let jobs: Vec<_> = halves
@@ -79,7 +76,7 @@ pub fn sign(efi: &Path, hosts: usize, work: &Path) -> Result<String> {
         cert.display(),
         by_sbsign.display()
     );
-    let status = Command::new("sh")
+    let status = tools::command("sh")?
         .arg("-c")
         .arg(&script)
         .status()
@@ -105,8 +102,8 @@ pub fn sign(efi: &Path, hosts: usize, work: &Path) -> Result<String> {
     ))
 }
 
-fn verify(cert: &Path, file: &PathBuf) -> Result<()> {
-    let out = Command::new("sbverify")
+fn verify(cert: &Path, file: &Path) -> Result<()> {
+    let out = tools::command("sbverify")?
         .arg("--cert")
         .arg(cert)
         .arg(file)

@@ -350,10 +350,7 @@ fn signing_key(g: &Global) -> Result<Option<crate::sign::SigningKey>> {
         cert: cert.clone(),
         passphrase,
     };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    SigningKey::load(&spec, now).map(Some)
+    SigningKey::load(&spec).map(Some)
 }
 
 /// `cargo run` sets CARGO_MANIFEST_DIR (xtask/) for the process; the

@@ -457,29 +457,27 @@ impl Row {
         self.run1.is_some() && self.run1 == self.run2
     }
 
-    /// Identical, or identical once signatures are stripped.
-    pub fn reproduced(&self) -> bool {
-        self.identical() || self.signatures_only
-    }
-
     /// The row of the file `artifact` at `one` and at `two` (either may be
-    /// missing).
+    /// missing); only files that differ are read whole, to see whether their
+    /// signatures are all that differs.
     pub fn of_files(artifact: String, one: &Path, two: &Path) -> Result<Row> {
-        let read = |p: &Path| -> Result<Option<Vec<u8>>> {
+        let digest = |p: &Path| -> Result<Option<Digest>> {
             match p.is_file() {
-                true => Ok(Some(fs_err::read(p)?)),
+                true => Ok(Some(Digest::of_file(p)?.0)),
                 false => Ok(None),
             }
         };
-        let (a, b) = (read(one)?, read(two)?);
-        let signatures_only = match (&a, &b) {
-            (Some(a), Some(b)) => diff::differ_only_by_signatures(a, b),
+        let (run1, run2) = (digest(one)?, digest(two)?);
+        let signatures_only = match (run1, run2) {
+            (Some(a), Some(b)) if a != b => {
+                diff::differ_only_by_signatures(&fs::read(one)?, &fs::read(two)?)
+            }
             _ => false,
         };
         Ok(Row {
             artifact,
-            run1: a.as_deref().map(Digest::of_bytes),
-            run2: b.as_deref().map(Digest::of_bytes),
+            run1,
+            run2,
             signatures_only,
         })
     }

@@ -38,8 +38,7 @@ pub struct KeySpec {
 /// to belong together and to be valid now.
 pub struct SigningKey {
     key: key::PrivateKey,
-    cert: Certificate,
-    /// The signer's certificate, then any intermediates from the same PEM file, as DER.
+    /// The signer's certificate, then any intermediates from the same PEM file.
     chain: Vec<Certificate>,
     fingerprint: String,
     cert_path: PathBuf,
@@ -55,13 +54,16 @@ impl std::fmt::Debug for SigningKey {
 }
 
 impl SigningKey {
-    /// Loads and checks the key and certificate: the certificate parses and is valid at `now`
-    /// (seconds since the epoch), the key decrypts and is the certificate's, and it is an RSA
-    /// key (what UEFI firmware and iPXE verify).
-    pub fn load(spec: &KeySpec, now: u64) -> Result<SigningKey> {
+    /// Loads and checks the key and certificate: the certificate parses and is valid now (the
+    /// clock is read for this check only; it reaches no artifact), the key decrypts and is the
+    /// certificate's, and it is an RSA key (what UEFI firmware and iPXE verify).
+    pub fn load(spec: &KeySpec) -> Result<SigningKey> {
         let chain = read_certificates(&spec.cert)?;
-        let cert = chain[0].clone();
-        check_validity(&cert, &spec.cert, now)?;
+        let cert = &chain[0];
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        check_validity(cert, &spec.cert, now)?;
         let key = key::PrivateKey::load(&spec.key, spec.passphrase.as_ref())?;
         let spki = cert.tbs_certificate().subject_public_key_info();
         if spki.algorithm.oid != const_oid::db::rfc5912::RSA_ENCRYPTION {
@@ -81,7 +83,6 @@ impl SigningKey {
         let der = cert.to_der().context("encoding the certificate")?;
         Ok(SigningKey {
             key,
-            cert,
             chain,
             fingerprint: hex::encode(sha2::Sha256::digest(&der)),
             cert_path: spec.cert.clone(),
@@ -92,6 +93,11 @@ impl SigningKey {
     /// manifest.
     pub fn fingerprint(&self) -> &str {
         &self.fingerprint
+    }
+
+    /// The signer's certificate.
+    fn cert(&self) -> &Certificate {
+        &self.chain[0]
     }
 
     /// An RSA PKCS#1 v1.5 signature over a SHA-256 digest.

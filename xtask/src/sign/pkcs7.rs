@@ -112,7 +112,7 @@ fn signed_data(
     signed_attrs: Option<SignedAttributes>,
     signature: Vec<u8>,
 ) -> Result<Vec<u8>> {
-    let tbs = key.cert.tbs_certificate();
+    let tbs = key.cert().tbs_certificate();
     let signer = SignerInfo {
         version: CmsVersion::V1,
         sid: SignerIdentifier::IssuerAndSerialNumber(IssuerAndSerialNumber {

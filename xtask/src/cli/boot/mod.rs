@@ -52,29 +52,36 @@ fn defaults(arch: Arch) -> Defaults {
 
 /// The default stage1 recipe's virtio-net EFI driver ROM.
 const EFIROM: &str = "1af41000.efirom";
-/// Where the qemu-efi-aarch64 deb (AAVMF) keeps firmware for `-bios`.
-const AAVMF_FD: &str = "usr/share/qemu-efi-aarch64/QEMU_EFI.fd";
 /// The default stage1 recipe's combined virtio-net ROM (`[[ipxe.combined]]`).
 const COMBINED_ROM: &str = "efi-virtio.rom";
-/// Where the ovmf deb keeps the combined code + vars image.
-const OVMF_FD: &str = "usr/share/ovmf/OVMF.fd";
-/// Secure Boot: each architecture's firmware code (x86_64: the SMM build
-/// that enforces it) and a variable store with Debian's snakeoil key
-/// (`PkKek-1-snakeoil.pem`, shipped beside it) enrolled as PK, KEK and db.
-const SECURE_BOOT_FLASH: [(Arch, &str, &str, &str); 2] = [
-    (
-        Arch::X86_64,
-        "ovmf",
-        "usr/share/OVMF/OVMF_CODE_4M.secboot.fd",
-        "usr/share/OVMF/OVMF_VARS_4M.snakeoil.fd",
-    ),
-    (
-        Arch::Arm64,
-        "aavmf",
-        "usr/share/AAVMF/AAVMF_CODE.fd",
-        "usr/share/AAVMF/AAVMF_VARS.snakeoil.fd",
-    ),
-];
+/// Each architecture's UEFI firmware in its pinned deb.
+struct UefiFiles {
+    source: &'static str,
+    /// Code and variables in one image, for `-bios`.
+    image: &'static str,
+    /// Secure Boot: the firmware's code (x86_64: the SMM build that
+    /// enforces it) and a variable store with Debian's snakeoil key
+    /// (`PkKek-1-snakeoil.pem`, shipped beside it) enrolled as PK, KEK and db.
+    secure_code: &'static str,
+    secure_vars: &'static str,
+}
+
+fn uefi_files(arch: Arch) -> UefiFiles {
+    match arch {
+        Arch::X86_64 => UefiFiles {
+            source: "ovmf",
+            image: "usr/share/ovmf/OVMF.fd",
+            secure_code: "usr/share/OVMF/OVMF_CODE_4M.secboot.fd",
+            secure_vars: "usr/share/OVMF/OVMF_VARS_4M.snakeoil.fd",
+        },
+        Arch::Arm64 => UefiFiles {
+            source: "aavmf",
+            image: "usr/share/qemu-efi-aarch64/QEMU_EFI.fd",
+            secure_code: "usr/share/AAVMF/AAVMF_CODE.fd",
+            secure_vars: "usr/share/AAVMF/AAVMF_VARS.snakeoil.fd",
+        },
+    }
+}
 
 #[derive(Debug, Args)]
 pub struct BootTestArgs {
@@ -378,21 +385,14 @@ fn stage2_artifact(
 /// debs; with `secure_boot`, their Secure Boot builds as flash with the
 /// snakeoil key enrolled.
 fn uefi_firmware(s: &Settings, arch: Arch, secure_boot: bool) -> Result<boot::Firmware> {
-    if secure_boot {
-        let (_, source, code, vars) = SECURE_BOOT_FLASH
-            .into_iter()
-            .find(|(a, ..)| *a == arch)
-            .expect("every architecture has Secure Boot firmware");
-        return Ok(boot::Firmware::Flash {
-            code: deb_source_file(s, source, code)?,
-            vars: deb_source_file(s, source, vars)?,
-        });
-    }
-    let image = match arch {
-        Arch::X86_64 => deb_source_file(s, "ovmf", OVMF_FD)?,
-        Arch::Arm64 => deb_source_file(s, "aavmf", AAVMF_FD)?,
-    };
-    Ok(boot::Firmware::Image(image))
+    let f = uefi_files(arch);
+    Ok(match secure_boot {
+        true => boot::Firmware::Flash {
+            code: deb_source_file(s, f.source, f.secure_code)?,
+            vars: deb_source_file(s, f.source, f.secure_vars)?,
+        },
+        false => boot::Firmware::Image(deb_source_file(s, f.source, f.image)?),
+    })
 }
 
 pub fn boot_media(s: &Settings, a: &BootTestArgs) -> Result<ExitCode> {

@@ -24,7 +24,8 @@ mod stage3;
 use stage1::boot_stage1;
 use stage3::boot_stage3;
 
-/// What the boot tests of one architecture boot from the default recipes.
+/// What the boot tests of one architecture boot: the default recipes, and
+/// Debian's kernel and UEFI firmware from their pinned debs.
 struct Defaults {
     /// The stage2 recipe (kernel, initramfs, UKI, ISO).
     stage2: &'static str,
@@ -32,6 +33,15 @@ struct Defaults {
     modules: &'static str,
     /// The `deb` source holding Debian's kernel.
     debian_kernel: &'static str,
+    /// The `deb` source holding the UEFI firmware.
+    uefi: &'static str,
+    /// Its code and variables in one image, for `-bios`.
+    uefi_image: &'static str,
+    /// Secure Boot: the firmware's code (x86_64: the SMM build that
+    /// enforces it) and a variable store with Debian's snakeoil key
+    /// (`PkKek-1-snakeoil.pem`, shipped beside it) enrolled as PK, KEK and db.
+    secure_code: &'static str,
+    secure_vars: &'static str,
 }
 
 /// The default recipes and sources the boot tests of `arch` use.
@@ -41,11 +51,19 @@ fn defaults(arch: Arch) -> Defaults {
             stage2: "stage2",
             modules: "modules",
             debian_kernel: "linux-image",
+            uefi: "ovmf",
+            uefi_image: "usr/share/ovmf/OVMF.fd",
+            secure_code: "usr/share/OVMF/OVMF_CODE_4M.secboot.fd",
+            secure_vars: "usr/share/OVMF/OVMF_VARS_4M.snakeoil.fd",
         },
         Arch::Arm64 => Defaults {
             stage2: "stage2-arm64",
             modules: "modules-arm64",
             debian_kernel: "linux-image-arm64",
+            uefi: "aavmf",
+            uefi_image: "usr/share/qemu-efi-aarch64/QEMU_EFI.fd",
+            secure_code: "usr/share/AAVMF/AAVMF_CODE.fd",
+            secure_vars: "usr/share/AAVMF/AAVMF_VARS.snakeoil.fd",
         },
     }
 }
@@ -54,35 +72,6 @@ fn defaults(arch: Arch) -> Defaults {
 const EFIROM: &str = "1af41000.efirom";
 /// The default stage1 recipe's combined virtio-net ROM (`[[ipxe.combined]]`).
 const COMBINED_ROM: &str = "efi-virtio.rom";
-/// Each architecture's UEFI firmware in its pinned deb.
-struct UefiFiles {
-    source: &'static str,
-    /// Code and variables in one image, for `-bios`.
-    image: &'static str,
-    /// Secure Boot: the firmware's code (x86_64: the SMM build that
-    /// enforces it) and a variable store with Debian's snakeoil key
-    /// (`PkKek-1-snakeoil.pem`, shipped beside it) enrolled as PK, KEK and db.
-    secure_code: &'static str,
-    secure_vars: &'static str,
-}
-
-fn uefi_files(arch: Arch) -> UefiFiles {
-    match arch {
-        Arch::X86_64 => UefiFiles {
-            source: "ovmf",
-            image: "usr/share/ovmf/OVMF.fd",
-            secure_code: "usr/share/OVMF/OVMF_CODE_4M.secboot.fd",
-            secure_vars: "usr/share/OVMF/OVMF_VARS_4M.snakeoil.fd",
-        },
-        Arch::Arm64 => UefiFiles {
-            source: "aavmf",
-            image: "usr/share/qemu-efi-aarch64/QEMU_EFI.fd",
-            secure_code: "usr/share/AAVMF/AAVMF_CODE.fd",
-            secure_vars: "usr/share/AAVMF/AAVMF_VARS.snakeoil.fd",
-        },
-    }
-}
-
 #[derive(Debug, Args)]
 pub struct BootTestArgs {
     /// What to boot: `stage2` (the stage2 kernel with its embedded
@@ -385,13 +374,13 @@ fn stage2_artifact(
 /// debs; with `secure_boot`, their Secure Boot builds as flash with the
 /// snakeoil key enrolled.
 fn uefi_firmware(s: &Settings, arch: Arch, secure_boot: bool) -> Result<boot::Firmware> {
-    let f = uefi_files(arch);
+    let d = defaults(arch);
     Ok(match secure_boot {
         true => boot::Firmware::Flash {
-            code: deb_source_file(s, f.source, f.secure_code)?,
-            vars: deb_source_file(s, f.source, f.secure_vars)?,
+            code: deb_source_file(s, d.uefi, d.secure_code)?,
+            vars: deb_source_file(s, d.uefi, d.secure_vars)?,
         },
-        false => boot::Firmware::Image(deb_source_file(s, f.source, f.image)?),
+        false => boot::Firmware::Image(deb_source_file(s, d.uefi, d.uefi_image)?),
     })
 }
 

@@ -177,7 +177,7 @@ fn bench_ipxe(s: &Settings) -> Result<String> {
     let tree = s.source_overrides.get("ipxe").context(
         "bench ipxe times make on a checkout: give one with --source ipxe=PATH or KILN_SOURCE_IPXE",
     )?;
-    let recipes = recipe::load(&s.recipes_dir, &s.vars)?;
+    let recipes = s.recipes()?;
     let targets = recipes
         .ipxe("stage1")?
         .targets
@@ -200,7 +200,7 @@ fn bench_fleet(s: &Settings, hosts: usize, roms: &[String], samples: usize) -> R
     let tree = s.source_overrides.get("ipxe").context(
         "bench fleet times make on a checkout: give one with --source ipxe=PATH or KILN_SOURCE_IPXE",
     )?;
-    let recipes = recipe::load(&s.recipes_dir, &s.vars)?;
+    let recipes = s.recipes()?;
     let ipxe = recipes.ipxe("stage1")?;
     let roms = roms
         .iter()

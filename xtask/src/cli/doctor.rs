@@ -86,7 +86,7 @@ pub fn doctor(s: &Settings) -> Result<ExitCode> {
 /// Which pinned `deb` versions apt no longer offers, and whether each can
 /// still be fetched from a `[mirrors]` base by its recorded pool path.
 fn deb_pins(s: &Settings) {
-    let recipes = match crate::recipe::load(&s.recipes_dir, &s.vars) {
+    let recipes = match s.recipes() {
         Ok(r) => r,
         Err(e) => return println!("debs:    recipes do not load: {e:#}"),
     };

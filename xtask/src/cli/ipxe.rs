@@ -45,7 +45,7 @@ pub struct IpxeArgs {
 }
 
 pub fn ipxe(s: &Settings, a: &IpxeArgs) -> Result<ExitCode> {
-    let recipes = recipe::load(&s.recipes_dir, &s.vars)?;
+    let recipes = s.recipes()?;
     let r = recipes
         .targets
         .get(&a.recipe)

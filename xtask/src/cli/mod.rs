@@ -278,6 +278,11 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// The recipes, loaded for this build (its `--var`s, and whether a signing key is given).
+    pub fn recipes(&self) -> Result<crate::recipe::Recipes> {
+        crate::recipe::load_for(&self.recipes_dir, &self.vars, self.signing.is_some())
+    }
+
     fn new(g: &Global) -> Result<Settings> {
         let root = workspace_root();
         let cache_dir = match &g.cache {

@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use super::Settings;
 use crate::exec::Executor;
 use crate::plan::{self, Plan, PlanOptions};
-use crate::recipe::{self, ipxe::IpxeHost};
+use crate::recipe::ipxe::IpxeHost;
 use crate::store::{Digest, Output, Store};
 
 /// The loaded recipes, the store and the plan for some targets.
@@ -39,7 +39,7 @@ pub(super) fn session(s: &Settings, targets: &[String]) -> Result<Session> {
 }
 
 pub(super) fn session_with(s: &Settings, targets: &[String], o: &Overrides) -> Result<Session> {
-    let mut recipes = recipe::load(&s.recipes_dir, &s.vars)?;
+    let mut recipes = s.recipes()?;
     if let Some((name, hosts)) = &o.ipxe_hosts {
         let ipxe = recipes.targets.get_mut(name).and_then(|r| r.ipxe.as_mut());
         ipxe.context("the recipe the hosts are for has no [ipxe]")?
@@ -108,7 +108,7 @@ pub(super) fn executor<'a>(s: &'a Settings, store: &'a Store, jobs: usize) -> Ex
 /// The unpacked tree of a `deb` source, fetched and cached as a build
 /// would: the store it lives in and the tree's digest.
 pub(super) fn deb_tree_digest(s: &Settings, source: &str) -> Result<(Store, Digest)> {
-    let recipes = recipe::load(&s.recipes_dir, &s.vars)?;
+    let recipes = s.recipes()?;
     let store = Store::open(&s.cache_dir)?;
     let opts = PlanOptions {
         source_overrides: s.source_overrides.clone(),

@@ -10,7 +10,6 @@ use clap::Subcommand;
 use super::session::executor;
 use super::Settings;
 use crate::plan::{self, PlanOptions};
-use crate::recipe;
 use crate::recipe::pins::{self, DebPin};
 use crate::store::Store;
 use crate::tools::apt;
@@ -122,7 +121,7 @@ fn update(s: &Settings, names: &[String], keep_versions: bool, dry_run: bool) ->
 
 /// `sources fetch`: the named sources (all when none) into the store.
 fn fetch(s: &Settings, names: &[String]) -> Result<ExitCode> {
-    let recipes = recipe::load(&s.recipes_dir, &s.vars)?;
+    let recipes = s.recipes()?;
     let store = Store::open(&s.cache_dir)?;
     let opts = PlanOptions {
         source_overrides: s.source_overrides.clone(),

@@ -66,7 +66,7 @@ impl Made {
 
 impl Builder<'_> {
     pub(super) fn add_ipxe(&mut self, recipe: &Recipe, ipxe: &recipe::Ipxe) -> Result<()> {
-        let shared = self.ipxe_inputs(ipxe)?;
+        let shared = self.ipxe_inputs(recipe, ipxe)?;
         let commit = self.source_commit(&ipxe.source);
         let mut artifacts = Vec::new();
         for (&arch, targets) in &ipxe.targets {
@@ -237,7 +237,7 @@ impl Builder<'_> {
                         .into_owned()
                 })
                 .collect(),
-            trust: ipxe.trust.len(),
+            trust: ipxe.trust.len() + usize::from(self.operator_trust(recipe).is_some()),
             certs: ipxe.certs.len(),
             config: ipxe.config.is_some(),
             epoch: self.epoch(recipe),
@@ -361,7 +361,11 @@ impl Builder<'_> {
 
     /// The source tree, config directory, patches and certificates: the
     /// same inputs for every platform.
-    fn ipxe_inputs(&mut self, ipxe: &recipe::Ipxe) -> Result<BTreeMap<String, InputRef>> {
+    fn ipxe_inputs(
+        &mut self,
+        recipe: &Recipe,
+        ipxe: &recipe::Ipxe,
+    ) -> Result<BTreeMap<String, InputRef>> {
         let mut inputs = BTreeMap::from([(SOURCE.into(), self.source_tree(&ipxe.source, None)?)]);
         if let Some(dir) = &ipxe.config {
             inputs.insert(CONFIG.into(), self.local_value(dir)?);
@@ -376,7 +380,21 @@ impl Builder<'_> {
                 inputs.insert(slot.nth(i), self.local_value(path)?);
             }
         }
+        if let Some(key) = self.operator_trust(recipe) {
+            let pem = key.trust_anchor_pem()?;
+            let digest = self.store.put_bytes(pem.as_bytes())?;
+            let size = pem.len() as u64;
+            let value = InputRef::Value(crate::store::Output::File { digest, size });
+            inputs.insert(TRUST.nth(ipxe.trust.len()), value);
+        }
         Ok(inputs)
+    }
+
+    /// The operator's key when `recipe`'s iPXE verifies what it chains (`[signing] imgverify =
+    /// ["ipxe"]`): its CA is then one more `TRUST=` certificate, after the recipe's own.
+    fn operator_trust(&self, recipe: &Recipe) -> Option<&crate::sign::SigningKey> {
+        let key = self.opts.signing.as_deref()?;
+        recipe.signing.ipxe_verifies().then_some(key)
     }
 
     /// The upstream commit a source tree is: a checkout's `.git/HEAD`, or

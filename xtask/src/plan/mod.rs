@@ -70,7 +70,7 @@ pub struct Plan {
     pub checks: Vec<Check>,
     /// What a recipe's `[signing]` asks to sign but stays unsigned because no
     /// key was given: (recipe file, kind).
-    pub unsigned: Vec<(PathBuf, crate::recipe::EfiKind)>,
+    pub unsigned: Vec<(PathBuf, String)>,
 }
 
 /// Artifact `artifact` must have the bytes of output `output` of `node`.
@@ -154,8 +154,12 @@ pub fn plan(
     }
     // Artifacts of recipes planned only as another's dependency (stage1's
     // ROMs inside stage3) are built as far as needed but not installed.
+    // A file's detached signature (`<file>.sig`) comes with the file.
     let keep = |a: &ArtifactSpec| {
         wanted.contains(&a.name)
+            || a.name
+                .strip_suffix(crate::steps::sign::SIG_SUFFIX)
+                .is_some_and(|signed| wanted.iter().any(|w| w == signed))
             || whole
                 .iter()
                 .any(|t| a.recipe.file_stem().is_some_and(|s| s == t.as_str()))
@@ -320,6 +324,8 @@ impl<'a> Builder<'a> {
     }
 
     fn add_recipe(&mut self, recipe: &Recipe) -> Result<()> {
+        self.check_signing_key(recipe)?;
+        let first = self.plan.artifacts.len();
         let mut initramfs = None;
         if let Some(ir) = &recipe.initramfs {
             initramfs = Some((self.add_initramfs(recipe, ir)?, ir.compression));
@@ -335,6 +341,7 @@ impl<'a> Builder<'a> {
         if let Some(i) = &recipe.ipxe {
             self.add_ipxe(recipe, i)?;
         }
+        self.add_detached_signatures(recipe, first)?;
         if self.plan.artifacts.is_empty() {
             bail!("{}: the recipe names no artifacts", recipe.file.display());
         }

@@ -1,13 +1,16 @@
 //! Signing in the plan: an EFI file whose kind the recipe's `[signing] uefi` names gets a
 //! `SignEfi` node over its unsigned output when the operator gave a key, and everything that
-//! carries the file (the artifact, an ISO's ESP) takes the signed one. Without a key the file
-//! stays unsigned and `Plan::unsigned` says which recipe wanted what.
+//! carries the file (the artifact, an ISO's ESP) takes the signed one. An artifact whose kind
+//! `[signing] imgverify` names gets a `SignDetached` node and a `<file>.sig` artifact beside
+//! it. Without a key files stay unsigned and `Plan::unsigned` says which recipe wanted what.
 
 use std::collections::BTreeMap;
 
-use super::{Builder, InputRef};
+use anyhow::{Context, Result};
+
+use super::{ArtifactSpec, Builder, InputRef};
 use crate::recipe::{EfiKind, Recipe};
-use crate::steps::sign::{SignEfi, SIGNED, UNSIGNED};
+use crate::steps::sign::{SignDetached, SignEfi, SIGNATURE, SIGNED, SIG_SUFFIX, UNSIGNED};
 use crate::steps::Slot;
 
 /// Where an artifact's final bytes come from: a node's output, and for a signed file the facts the
@@ -57,10 +60,7 @@ impl Builder<'_> {
             return plain(output);
         }
         let Some(key) = self.opts.signing.clone() else {
-            let wanted = (recipe.file.clone(), kind);
-            if !self.plan.unsigned.contains(&wanted) {
-                self.plan.unsigned.push(wanted);
-            }
+            self.unsigned(recipe, kind.to_string());
             return plain(output);
         };
         let certificate = key.fingerprint().to_string();
@@ -78,5 +78,79 @@ impl Builder<'_> {
             output: Slot::into(SIGNED),
             facts: Some(facts),
         }
+    }
+
+    /// Records that `recipe` asks to sign `what` and no key is given.
+    fn unsigned(&mut self, recipe: &Recipe, what: String) {
+        let wanted = (recipe.file.clone(), what);
+        if !self.plan.unsigned.contains(&wanted) {
+            self.plan.unsigned.push(wanted);
+        }
+    }
+
+    /// Before `recipe` is planned: a recipe whose artifacts get `.sig` files needs a
+    /// code-signing certificate, or iPXE would refuse every signature.
+    pub(super) fn check_signing_key(&self, recipe: &Recipe) -> Result<()> {
+        let Some(key) = &self.opts.signing else {
+            return Ok(());
+        };
+        if recipe
+            .signing
+            .imgverify
+            .iter()
+            .any(|k| k.artifact_kind().is_some())
+        {
+            key.check_code_signing()
+                .with_context(|| format!("{}: [signing] imgverify", recipe.file.display()))?;
+        }
+        Ok(())
+    }
+
+    /// A `<file>.sig` beside every artifact of `recipe` (those from index `first` on) whose
+    /// kind `[signing] imgverify` names.
+    pub(super) fn add_detached_signatures(&mut self, recipe: &Recipe, first: usize) -> Result<()> {
+        let Some(key) = self.opts.signing.clone() else {
+            for kind in &recipe.signing.imgverify {
+                self.unsigned(recipe, format!("imgverify {kind}"));
+            }
+            return Ok(());
+        };
+        let kinds: Vec<&str> = (recipe.signing.imgverify.iter())
+            .filter_map(|k| k.artifact_kind())
+            .collect();
+        if kinds.is_empty() {
+            return Ok(());
+        }
+        let signed: Vec<ArtifactSpec> = self.plan.artifacts[first..]
+            .iter()
+            .filter(|a| a.recipe == recipe.file && kinds.contains(&a.kind))
+            .cloned()
+            .collect();
+        for a in signed {
+            let certificate = key.fingerprint().to_string();
+            let facts = serde_json::json!({
+                "signature": { "format": "cms", "of": a.name, "certificate_sha256": certificate }
+            });
+            let step = SignDetached {
+                name: a.name.clone(),
+                certificate,
+                key: key.clone(),
+            };
+            let input = InputRef::Node {
+                node: a.node,
+                output: a.output.clone(),
+            };
+            let node = self.push(step, BTreeMap::from([(UNSIGNED.into(), input)]));
+            self.plan.artifacts.push(ArtifactSpec {
+                name: format!("{}{SIG_SUFFIX}", a.name),
+                kind: "signature",
+                node,
+                output: SIGNATURE.into(),
+                details: None,
+                facts: Some(facts),
+                ..a
+            });
+        }
+        Ok(())
     }
 }

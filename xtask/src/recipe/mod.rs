@@ -42,7 +42,7 @@ pub use media::{HostMedia, Iso, Media, Script, Uki};
 use paths::{image_path, location, output_path, recipe_dir, recipe_file};
 pub use rom::{FlashMethod, Rom, RomFrom};
 use schema::*;
-pub use signing::{EfiKind, Signing};
+pub use signing::{EfiKind, Signing, VerifyKind};
 pub use sources::{Source, SourceKind, Sources};
 
 /// Every recipe in a directory plus its pinned sources.
@@ -99,6 +99,17 @@ const NOT_TARGETS: &[&str] = &["sources", "hosts"];
 /// Loads `sources.toml` and every `<target>.toml` in `dir`. `overrides` are
 /// `--var NAME=VALUE` values (they must name declared variables).
 pub fn load(dir: &Path, overrides: &BTreeMap<String, String>) -> Result<Recipes> {
+    load_for(dir, overrides, false)
+}
+
+/// [`load`] for a build that has the operator's signing key (`signing`) or not: it decides the
+/// iPXE scripts' built-in `{{imgverify}}` (`1` when the recipe's iPXE verifies what it chains,
+/// which needs the key's CA built in; empty otherwise).
+pub fn load_for(
+    dir: &Path,
+    overrides: &BTreeMap<String, String>,
+    signing: bool,
+) -> Result<Recipes> {
     let sources_file = dir.join("sources.toml");
     let Sources {
         sources,
@@ -115,7 +126,7 @@ pub fn load(dir: &Path, overrides: &BTreeMap<String, String>) -> Result<Recipes>
         if NOT_TARGETS.contains(&name.as_str()) {
             continue;
         }
-        let recipe = load_recipe(&file, &name, &sources, overrides, &mut outputs)?;
+        let recipe = load_recipe(&file, &name, &sources, overrides, signing, &mut outputs)?;
         targets.insert(name, recipe);
     }
     check_overrides(&targets, overrides)?;
@@ -253,6 +264,7 @@ fn load_recipe(
     name: &str,
     sources: &BTreeMap<String, Source>,
     overrides: &BTreeMap<String, String>,
+    signing_key: bool,
     outputs: &mut BTreeMap<String, String>,
 ) -> Result<Recipe> {
     let doc = Doc::read(file)?;
@@ -300,18 +312,27 @@ fn load_recipe(
         .map(|k| k.output.as_str())
         .or(kernel_given.then_some(""));
     let media = media::media(&mut ctx, &mut raw, &variables, kernel_output, arch);
-    let raw_has_ipxe = raw.ipxe.is_some();
-    let ipxe = raw
-        .ipxe
-        .take()
-        .and_then(|i| ipxe::ipxe(&mut ctx, i.into_inner(), &variables));
-    let roms = rom::roms(&mut ctx, std::mem::take(&mut raw.rom), has_initramfs);
     let has = signing::Has {
         uki: media.uki.is_some(),
         kernel: kernel_given,
-        ipxe: raw_has_ipxe,
+        ipxe: raw.ipxe.is_some(),
+        initramfs: has_initramfs,
+        modules: modules.is_some() || kernel.as_ref().is_some_and(|k| !k.modules.is_empty()),
+        script: media.script.is_some(),
     };
-    let signing = signing::signing(&mut ctx, raw.signing.take(), has);
+    let signing = signing::signing(&mut ctx, raw.signing.take(), &has);
+    // iPXE scripts also get `{{imgverify}}`: whether this iPXE checks what it chains.
+    let mut ipxe_vars = variables.clone();
+    let verifies = signing_key && signing.ipxe_verifies();
+    ipxe_vars.insert(
+        "imgverify".into(),
+        Some(if verifies { "1" } else { "" }.into()),
+    );
+    let ipxe = raw
+        .ipxe
+        .take()
+        .and_then(|i| ipxe::ipxe(&mut ctx, i.into_inner(), &ipxe_vars));
+    let roms = rom::roms(&mut ctx, std::mem::take(&mut raw.rom), has_initramfs);
     if !errors.is_empty() {
         return Err(RecipeErrors(errors).into());
     }

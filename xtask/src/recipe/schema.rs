@@ -122,6 +122,10 @@ pub struct RawSigning {
     /// Artifact kinds signed with Authenticode for UEFI Secure Boot: "uki", "kernel", "ipxe".
     #[serde(default)]
     pub uefi: Vec<Spanned<String>>,
+    /// Artifact kinds that take part in iPXE's code signing: "kernel", "initramfs", "modules",
+    /// "uki", "script" get a detached `<file>.sig`; "ipxe" builds iPXE to trust and check them.
+    #[serde(default)]
+    pub imgverify: Vec<Spanned<String>>,
 }
 
 /// `[[rom]]`: a NIC option ROM carried by a ROM-update image, and how to

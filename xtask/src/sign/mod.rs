@@ -95,6 +95,53 @@ impl SigningKey {
         &self.fingerprint
     }
 
+    /// Checks that the certificate may sign what iPXE's `imgverify` checks: iPXE refuses a
+    /// signer without the digitalSignature key usage or the codeSigning extended key usage
+    /// (`crypto/cms.c`), so a build that would publish such signatures fails before it starts.
+    pub fn check_code_signing(&self) -> Result<()> {
+        use const_oid::db::rfc5280::{ID_CE_EXT_KEY_USAGE, ID_CE_KEY_USAGE, ID_KP_CODE_SIGNING};
+        use x509_cert::ext::pkix::{ExtendedKeyUsage, KeyUsage};
+        let extension = |oid| {
+            let extensions = self.cert().tbs_certificate().extensions();
+            extensions
+                .into_iter()
+                .flatten()
+                .find(|e| e.extn_id == oid)
+                .map(|e| e.extn_value.as_bytes().to_vec())
+        };
+        let signs = extension(ID_CE_KEY_USAGE)
+            .and_then(|der| KeyUsage::from_der(&der).ok())
+            .is_some_and(|u| u.digital_signature());
+        let code = extension(ID_CE_EXT_KEY_USAGE)
+            .and_then(|der| ExtendedKeyUsage::from_der(&der).ok())
+            .is_some_and(|u| u.0.contains(&ID_KP_CODE_SIGNING));
+        let missing = match (signs, code) {
+            (true, true) => return Ok(()),
+            (false, true) => "the digitalSignature key usage",
+            (true, false) => "the codeSigning extended key usage",
+            (false, false) => {
+                "the digitalSignature key usage and the codeSigning extended key usage"
+            }
+        };
+        bail!(
+            "{}: the certificate lacks {missing}, which iPXE's imgverify requires of a signer ([signing] imgverify); use a code-signing certificate (openssl: keyUsage = digitalSignature, extendedKeyUsage = codeSigning)",
+            self.cert_path.display()
+        )
+    }
+
+    /// The certificate iPXE is built to trust (`TRUST=`) when it verifies what this key signs:
+    /// the last of the `--sign-cert` file (the root of the chain given, or the signer's own if
+    /// the file holds one), as PEM.
+    pub fn trust_anchor_pem(&self) -> Result<String> {
+        use der::EncodePem;
+        let root = self
+            .chain
+            .last()
+            .expect("a chain holds the signer's certificate");
+        root.to_pem(der::pem::LineEnding::LF)
+            .context("encoding the trusted certificate")
+    }
+
     /// The signer's certificate.
     fn cert(&self) -> &Certificate {
         &self.chain[0]

@@ -1,7 +1,7 @@
-//! The PKCS#7 / CMS `SignedData` Kiln writes for Authenticode (RFC 5652 with Microsoft's
-//! `SpcIndirectDataContent`, as sbsigntool and osslsigncode write it): the signer's
-//! certificate and chain, SHA-256 and RSA PKCS#1 v1.5, and no signing time, so the same key
-//! and input always give the same bytes.
+//! The PKCS#7 / CMS `SignedData` Kiln writes: for Authenticode (RFC 5652 with Microsoft's
+//! `SpcIndirectDataContent`, as sbsigntool and osslsigncode write it), and detached signatures
+//! for iPXE's `imgverify`. Both carry the signer's certificate and chain, SHA-256 and RSA
+//! PKCS#1 v1.5, and no signing time, so the same key and input always give the same bytes.
 
 use anyhow::{Context, Result};
 use cms::cert::{CertificateChoices, IssuerAndSerialNumber};
@@ -96,6 +96,20 @@ pub fn sign_pe(key: &SigningKey, image: &[u8]) -> Result<Vec<u8>> {
     };
     let der = signed_data(key, content, Some(signed), signature)?;
     Ok(authenticode::attach(&prepared, &der)?)
+}
+
+/// A detached CMS signature of `data` as iPXE's `imgverify` reads it (what `openssl cms -sign
+/// -binary -noattr -outform DER` writes): no encapsulated content and no signed attributes,
+/// since iPXE verifies the signature over the data's digest itself (`crypto/cms.c` skips any
+/// signed attributes, so a signature over them would not verify).
+pub fn sign_detached(key: &SigningKey, data: &[u8]) -> Result<Vec<u8>> {
+    let digest: [u8; 32] = Sha256::digest(data).into();
+    let signature = key.sign_digest(&digest)?;
+    let content = EncapsulatedContentInfo {
+        econtent_type: rfc5911::ID_DATA,
+        econtent: None,
+    };
+    signed_data(key, content, None, signature)
 }
 
 fn attribute(oid: ObjectIdentifier, value: Any) -> Result<Attribute> {

@@ -51,8 +51,30 @@ pub enum Firmware {
     Flash { code: PathBuf, vars: PathBuf },
 }
 
-/// Firmware lines that mean an image was refused: the boot fails at once.
-pub const REFUSED: [&str; 2] = ["Access Denied", "Security Violation"];
+/// Lines that mean an image was refused, by the firmware (Secure Boot) or by iPXE (`imgverify`
+/// of a signature that does not match): the boot fails at once, with a [`Refused`] error.
+pub const REFUSED: [&str; 3] = ["Access Denied", "Security Violation", "Could not verify"];
+
+/// A boot that ended because the guest printed one of its spec's failure lines.
+#[derive(Debug)]
+pub struct Refused {
+    /// The failure the line carried.
+    pub failure: String,
+    /// The last lines of the serial console, that one last.
+    pub tail: String,
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the guest reported `{}`; last lines:\n{}",
+            self.failure, self.tail
+        )
+    }
+}
+
+impl std::error::Error for Refused {}
 
 pub struct BootSpec {
     /// The guest's architecture (which QEMU runs it).
@@ -413,11 +435,12 @@ fn watch(rx: &mpsc::Receiver<String>, spec: &BootSpec) -> Result<BootOutcome> {
                     });
                 }
                 if let Some(f) = spec.failures.iter().find(|f| line.contains(f.as_str())) {
-                    bail!(
-                        "the guest reported `{f}`; last {} lines:\n{}",
-                        tail.len(),
-                        Vec::from(tail).join("\n")
-                    );
+                    let tail = Vec::from(tail).join("\n");
+                    return Err(Refused {
+                        failure: f.clone(),
+                        tail,
+                    }
+                    .into());
                 }
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {

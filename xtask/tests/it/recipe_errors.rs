@@ -76,3 +76,8 @@ fn rom_versions_and_combined_roms_that_cannot_be_made_name_the_field() {
 fn a_kernel_or_iso_that_contradicts_the_recipe_arch_names_the_field() {
     check("bad-arch");
 }
+
+#[test]
+fn signing_kinds_must_be_known_built_and_named_once() {
+    check("bad-signing");
+}

@@ -446,3 +446,205 @@ fn an_arm64_uki_boots_under_aavmf_with_secure_boot_only_when_signed() {
         stderr(&out)
     );
 }
+
+/// An operator's PKI for iPXE's code signing, made with openssl: a CA, and a key with a
+/// certificate the CA issued for code signing. Returns (key, certificate + CA chain, CA).
+fn code_signing_pki(d: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let openssl = |args: &[&str]| {
+        run_ok(Command::new("openssl").current_dir(d).args(args));
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "30",
+        "-subj",
+        "/CN=Kiln test CA",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "sign.key",
+        "-out",
+        "sign.csr",
+        "-subj",
+        "/CN=Kiln test code signing",
+    ]);
+    std::fs::write(
+        d.join("sign.cnf"),
+        "[ext]\nbasicConstraints = CA:FALSE\nkeyUsage = critical, digitalSignature\n\
+         extendedKeyUsage = codeSigning\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "sign.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-set_serial",
+        "2",
+        "-days",
+        "30",
+        "-extfile",
+        "sign.cnf",
+        "-extensions",
+        "ext",
+        "-out",
+        "sign.pem",
+    ]);
+    let chain = [
+        std::fs::read(d.join("sign.pem")).unwrap(),
+        std::fs::read(d.join("ca.pem")).unwrap(),
+    ]
+    .concat();
+    std::fs::write(d.join("chain.pem"), chain).unwrap();
+    (d.join("sign.key"), d.join("chain.pem"), d.join("ca.pem"))
+}
+
+/// A copy of the default recipes under `dir` whose stage1 verifies what it chains and whose
+/// stage2 publishes signatures of its kernel and chain script.
+fn imgverify_recipes(dir: &Path) -> PathBuf {
+    let recipes = copy_recipes(dir);
+    edit(
+        &recipes.join("stage1.toml"),
+        "[signing]\nuefi = [\"ipxe\"]",
+        "[signing]\nuefi = [\"ipxe\"]\nimgverify = [\"ipxe\"]",
+    );
+    edit(
+        &recipes.join("stage2.toml"),
+        "[signing]\nuefi = [\"uki\", \"kernel\"]",
+        "[signing]\nuefi = [\"uki\", \"kernel\"]\nimgverify = [\"kernel\", \"script\"]",
+    );
+    recipes
+}
+
+#[test]
+fn a_certificate_without_code_signing_cannot_sign_for_imgverify() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipes = imgverify_recipes(dir.path());
+    let output = dir.path().join("output");
+    let mut cmd = kiln(&recipes, &output, &dir.path().join("cache"));
+    sign_with_snakeoil(&mut cmd);
+    let err = run_err(cmd.args(["build", "stage2"]));
+    assert!(
+        err.contains("stage2.toml: [signing] imgverify")
+            && err.contains("PkKek-1-snakeoil.pem")
+            && err.contains("codeSigning extended key usage"),
+        "{err}"
+    );
+    assert!(!output.exists(), "something was written to the output");
+}
+
+#[test]
+fn ipxe_imgverify_boots_signed_stage2_and_refuses_tampered_files() {
+    let Some(tree) = ipxe_tree() else {
+        return;
+    };
+    if !qemu_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let pki = d.join("pki");
+    std::fs::create_dir(&pki).unwrap();
+    let (key, chain, ca) = code_signing_pki(&pki);
+    let recipes = imgverify_recipes(d);
+    let source = format!("ipxe={}", tree.display());
+    let kiln_signed = |output: &Path| {
+        let mut cmd = kiln(&recipes, output, &shared_cache());
+        cmd.arg("--sign-key")
+            .arg(&key)
+            .arg("--sign-cert")
+            .arg(&chain);
+        cmd.args(["--source", &source]);
+        cmd
+    };
+    // The detached signatures are CMS that openssl verifies against the CA, and the manifest
+    // names them and the certificate.
+    let output = d.join("output");
+    let signed = ["stage2/stage2_vmlinuz", "stage2/stage1to2.ipxe"];
+    run_ok(kiln_signed(&output).arg("build").args(signed));
+    for file in signed {
+        let sig = format!("{file}.sig");
+        let out = Command::new("openssl")
+            .args([
+                "cms", "-verify", "-binary", "-inform", "DER", "-purpose", "any",
+            ])
+            .arg("-in")
+            .arg(output.join(&sig))
+            .arg("-content")
+            .arg(output.join(file))
+            .arg("-CAfile")
+            .arg(&ca)
+            .args(["-out", "/dev/null"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "openssl cms refuses {sig}: {}",
+            stderr(&out)
+        );
+        let details = &manifest_entry(&output, &sig)["details"]["signature"];
+        assert_eq!(details["format"], "cms", "{sig}");
+        assert_eq!(details["of"], file, "{sig}");
+        assert_eq!(
+            details["certificate_sha256"],
+            certificate_sha256(&key_cert(&pki))
+        );
+    }
+    // stage1 trusts the CA and runs only what it signed: the chain boots with both
+    // signatures checked, and a changed kernel or chain script is refused by iPXE.
+    let _one_at_a_time = one_guest_at_a_time();
+    let boot = |extra: &[&str]| {
+        let out = kiln_signed(&d.join("boot-output"))
+            .args(["boot-test", "stage1-lkrn", "--timeout", "400"])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "boot-test {extra:?}: {}",
+            stderr(&out)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let passed = boot(&[]);
+    assert!(
+        passed.contains("image signatures required")
+            && passed.contains("GET /stage2/stage1to2.ipxe.sig 200")
+            && passed.contains("GET /stage2/stage2_vmlinuz.sig 200")
+            && passed.contains("KILN-STAGE2-READY"),
+        "{passed}"
+    );
+    for file in signed {
+        let refused = boot(&["--tamper", file]);
+        assert!(
+            refused.contains(&format!("refused the tampered {file}"))
+                && refused.contains("Could not verify"),
+            "{refused}"
+        );
+    }
+}
+
+/// The signer's own certificate of [`code_signing_pki`] (the first of its chain).
+fn key_cert(pki: &Path) -> PathBuf {
+    pki.join("sign.pem")
+}

@@ -127,6 +127,13 @@ pub struct BootTestArgs {
     /// Boot this initramfs instead of building the stage2 one.
     #[arg(long, value_name = "FILE")]
     pub initrd: Option<PathBuf>,
+    /// For `stage1-*`: serve this artifact (e.g. `stage2/stage2_vmlinuz`)
+    /// with one byte changed, and pass only if the guest refuses it (iPXE's
+    /// "Could not verify", or the firmware's "Access Denied") instead of
+    /// booting it: proof that the chain checks signatures (`[signing]
+    /// imgverify` with a signing key, or Secure Boot).
+    #[arg(long, value_name = "ARTIFACT")]
+    pub tamper: Option<String>,
     /// Seconds to wait for the serial marker.
     #[arg(long, default_value_t = 180)]
     pub timeout: u64,
@@ -153,17 +160,20 @@ impl BootTest {
         matches!(self, BootTest::Stage2Iso | BootTest::Stage2Uki)
     }
 
+    /// The chain tests: iPXE, then stage2 over Kiln's HTTP server.
+    fn is_stage1(self) -> bool {
+        matches!(
+            self,
+            BootTest::Stage1Lkrn
+                | BootTest::Stage1Efi
+                | BootTest::Stage1Rom
+                | BootTest::Stage1Combined
+                | BootTest::Stage1Efirom
+        )
+    }
+
     fn takes_host(self) -> bool {
-        self.is_media()
-            || matches!(
-                self,
-                BootTest::Stage1Lkrn
-                    | BootTest::Stage1Efi
-                    | BootTest::Stage1Rom
-                    | BootTest::Stage1Combined
-                    | BootTest::Stage1Efirom
-                    | BootTest::Stage3
-            )
+        self.is_media() || self.is_stage1() || self == BootTest::Stage3
     }
 }
 
@@ -194,6 +204,9 @@ pub fn boot_test(s: &Settings, a: &BootTestArgs) -> Result<ExitCode> {
             || a.firmware == Some(Firmware::Bios))
     {
         bail!("`--secure-boot` is UEFI's, for `stage2-iso`, `stage2-uki` and `stage1-efi`");
+    }
+    if a.tamper.is_some() && !a.what.is_stage1() {
+        bail!("`--tamper` is for the `stage1-*` chain tests, which serve stage2 over HTTP");
     }
     let arm64_ready = [
         BootTest::Stage2,
@@ -360,7 +373,7 @@ fn stage2_artifact(
     pick: impl Fn(&recipe::Recipe) -> Option<&String>,
 ) -> Result<String> {
     let name = defaults(arch).stage2;
-    let recipes = recipe::load(&s.recipes_dir, &s.vars)?;
+    let recipes = s.recipes()?;
     let recipe = recipes
         .targets
         .get(name)
@@ -385,7 +398,7 @@ fn uefi_firmware(s: &Settings, arch: Arch, secure_boot: bool) -> Result<boot::Fi
 }
 
 pub fn boot_media(s: &Settings, a: &BootTestArgs) -> Result<ExitCode> {
-    let recipes = recipe::load(&s.recipes_dir, &s.vars)?;
+    let recipes = s.recipes()?;
     let name = defaults(a.arch).stage2;
     let media = &recipes
         .targets

@@ -11,7 +11,6 @@ use super::{
 use crate::arch::Arch;
 use crate::cli::build::build_targets;
 use crate::cli::Settings;
-use crate::recipe;
 use crate::verify::boot::{self, BootSpec, Medium, BOOT_SERVER};
 use crate::verify::http;
 
@@ -52,6 +51,9 @@ pub fn boot_stage1(s: &Settings, a: &BootTestArgs) -> Result<ExitCode> {
         ]),
     }
     build_targets(&t, &targets)?;
+    if let Some(name) = &a.tamper {
+        tamper(&t.output_dir, name, &targets)?;
+    }
     let server = http::serve(&t.output_dir)?;
     let binary = t.output_dir.join(&stage1);
     let (medium, romfile) = match file {
@@ -71,6 +73,25 @@ pub fn boot_stage1(s: &Settings, a: &BootTestArgs) -> Result<ExitCode> {
     spec.qemu_args = boot::chain_nic(server.port, &relay, romfile);
     let outcome = boot::boot(&spec);
     let served = server.log.lock().map(|l| l.join(", ")).unwrap_or_default();
+    if let Some(name) = &a.tamper {
+        return match outcome {
+            Ok(o) => bail!(
+                "the tampered {name} booted (`{}` after {:.1}s): nothing in the chain checks its signature; served [{served}]",
+                o.marker,
+                o.elapsed.as_secs_f64()
+            ),
+            Err(e) => match e.downcast_ref::<boot::Refused>() {
+                Some(refused) => {
+                    let line = refused.tail.lines().last().unwrap_or_default().trim();
+                    println!(
+                        "boot test passed: the guest refused the tampered {name} (`{line}`); served [{served}]"
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                None => Err(e.context(format!("HTTP requests served: [{served}]"))),
+            },
+        };
+    }
     let outcome = outcome.with_context(|| format!("HTTP requests served: [{served}]"))?;
     let guest = boot::guest_cmdline(&outcome.serial).unwrap_or_default();
     let said: Vec<&str> = outcome
@@ -94,11 +115,30 @@ pub fn boot_stage1(s: &Settings, a: &BootTestArgs) -> Result<ExitCode> {
 /// Where the stage1 recipe puts `host`'s `file` (its layout, or
 /// `stage1/hosts/<host>/<file>`).
 fn stage1_host_file(s: &Settings, host: &str, file: &str) -> Result<String> {
-    let recipes = recipe::load(&s.recipes_dir, &s.vars)?;
+    let recipes = s.recipes()?;
     let ipxe = recipes.ipxe("stage1")?;
     let Some(h) = ipxe.hosts.iter().find(|h| h.hostname == host) else {
         let names = ipxe.hosts.iter().map(|h| h.hostname.as_str());
         bail!(no_such_host("stage1", host, names));
     };
     Ok(h.artifact_name("stage1", file))
+}
+
+/// Changes one byte in the middle of the built `name`, one of the `served` files.
+fn tamper(output: &std::path::Path, name: &str, served: &[String]) -> Result<()> {
+    if !served.iter().any(|t| t == name) {
+        bail!(
+            "--tamper {name}: not a file this test serves ({})",
+            served.join(", ")
+        );
+    }
+    let path = output.join(name);
+    let mut bytes = fs_err::read(&path)?;
+    let middle = bytes.len() / 2;
+    let byte = bytes
+        .get_mut(middle)
+        .with_context(|| format!("--tamper {name}: the file is empty"))?;
+    *byte ^= 0x01;
+    fs_err::write(&path, bytes)?;
+    Ok(())
 }

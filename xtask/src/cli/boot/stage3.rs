@@ -8,7 +8,6 @@ use anyhow::{bail, Context, Result};
 use super::BootTestArgs;
 use crate::cli::build::build_targets;
 use crate::cli::Settings;
-use crate::recipe;
 use crate::steps::roms;
 use crate::verify::boot::{self, BootSpec};
 
@@ -36,7 +35,7 @@ pub fn boot_stage3(s: &Settings, a: &BootTestArgs) -> Result<ExitCode> {
     if a.initrd.is_some() {
         bail!("`--initrd` is not for `stage3`: `--host` adds a host's ROM archive");
     }
-    let recipes = recipe::load(&s.recipes_dir, &s.vars)?;
+    let recipes = s.recipes()?;
     let stage3 = recipes
         .targets
         .get("stage3")

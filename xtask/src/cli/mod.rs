@@ -91,14 +91,17 @@ pub struct Global {
     )]
     pub remote_cache_trust: Option<PathBuf>,
     /// Sign what the recipes' `[signing]` names with this private key: a PEM
-    /// file (PKCS#8, encrypted or not, or an unencrypted PKCS#1 RSA key). An
-    /// encrypted key's passphrase comes from KILN_SIGN_PASSPHRASE or
+    /// file (PKCS#8, encrypted or not, or an unencrypted PKCS#1 RSA key), or
+    /// a key in a PKCS#11 token (an HSM) as an RFC 7512 URI, e.g.
+    /// 'pkcs11:token=kiln;object=sign?module-path=/usr/lib/softhsm/libsofthsm2.so'
+    /// (or the module in KILN_PKCS11_MODULE). An encrypted key's passphrase,
+    /// or the token's PIN, comes from KILN_SIGN_PASSPHRASE or
     /// --sign-passphrase-file, never from the command line. Without a key,
     /// what recipes ask to sign is built unsigned, with a warning.
     #[arg(
         long,
         global = true,
-        value_name = "FILE",
+        value_name = "FILE|URI",
         env = "KILN_SIGN_KEY",
         requires = "sign_cert"
     )]
@@ -114,7 +117,7 @@ pub struct Global {
         requires = "sign_key"
     )]
     pub sign_cert: Option<PathBuf>,
-    /// A file whose first line is the passphrase of --sign-key.
+    /// A file whose first line is the passphrase of --sign-key (a token's PIN).
     #[arg(
         long,
         global = true,

@@ -1,6 +1,7 @@
 //! The operator's private key, loaded from a PEM file: PKCS#8 (`BEGIN PRIVATE KEY`), encrypted
 //! PKCS#8 (`BEGIN ENCRYPTED PRIVATE KEY`, as `openssl genpkey -aes256` and Debian's snakeoil key
-//! write it) or PKCS#1 (`BEGIN RSA PRIVATE KEY`, unencrypted). Signing is aws-lc's.
+//! write it) or PKCS#1 (`BEGIN RSA PRIVATE KEY`, unencrypted), signing with aws-lc; or a key in
+//! a PKCS#11 token (`pkcs11:` URI, `pkcs11.rs`), which signs itself.
 
 use std::path::Path;
 
@@ -20,10 +21,20 @@ impl std::fmt::Debug for Passphrase {
 
 pub(super) enum PrivateKey {
     Rsa(KeyPair),
+    /// A key that stays in a PKCS#11 token.
+    Token(super::pkcs11::TokenKey),
 }
 
 impl PrivateKey {
     pub(super) fn load(path: &Path, passphrase: Option<&Passphrase>) -> Result<PrivateKey> {
+        if let Some(uri) = path
+            .to_str()
+            .filter(|p| p.starts_with(super::pkcs11::SCHEME))
+        {
+            return Ok(PrivateKey::Token(super::pkcs11::TokenKey::open(
+                uri, passphrase,
+            )?));
+        }
         let text = fs_err::read(path)?;
         if contains(&text, b"Proc-Type: 4,ENCRYPTED") {
             bail!(
@@ -74,6 +85,7 @@ impl PrivateKey {
     pub(super) fn public_key_der(&self) -> Vec<u8> {
         match self {
             PrivateKey::Rsa(pair) => pair.public_key().as_ref().to_vec(),
+            PrivateKey::Token(key) => key.public_key_der(),
         }
     }
 
@@ -89,6 +101,7 @@ impl PrivateKey {
                     .map_err(|_| anyhow::anyhow!("RSA signing failed"))?;
                 Ok(signature)
             }
+            PrivateKey::Token(key) => key.sign_sha256_digest(digest),
         }
     }
 }

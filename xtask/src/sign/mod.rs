@@ -2,7 +2,8 @@
 //! Secure Boot verifies).
 //!
 //! Keys come from where operators keep them, never from recipes: a PEM file (PKCS#8, encrypted
-//! or not, or PKCS#1), with its passphrase from the environment or a file. The certificate says
+//! or not, or PKCS#1), with its passphrase from the environment or a file, or a PKCS#11 token
+//! (an HSM) named by a `pkcs11:` URI, the passphrase being its PIN. The certificate says
 //! who signs; its SHA-256 fingerprint is all of it that reaches a step key or the manifest.
 //! Neither the key nor the passphrase is ever written, logged or put in a key: [`SigningKey`]'s
 //! `Debug` shows the certificate only.
@@ -14,6 +15,7 @@
 //! process. `sbverify` and the firmware itself check the result in the tests.
 
 mod key;
+mod pkcs11;
 pub mod pkcs7;
 
 use std::path::{Path, PathBuf};

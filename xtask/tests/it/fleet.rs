@@ -250,11 +250,11 @@ fn a_host_script_too_long_is_refused_naming_the_host_and_size() {
     let recipes = copy_recipes(dir.path());
     edit(
         &recipes.join("stage1.toml"),
-        "script_size = 2048",
-        "script_size = 1200",
+        "script_size = 3072",
+        "script_size = 2200",
     );
     let hosts = dir.path().join("long.json");
-    let long_name = format!("{}.example.net", ["a"; 60].join("."));
+    let long_name = format!("{}.example.net", ["a"; 150].join("."));
     std::fs::write(
         &hosts,
         format!(
@@ -268,7 +268,7 @@ fn a_host_script_too_long_is_refused_naming_the_host_and_size() {
     assert!(
         err.contains(&format!("host `{long_name}`"))
             && err.contains("long.json:1:")
-            && err.contains("bytes; the embedded script holds 1200"),
+            && err.contains("bytes; the embedded script holds 2200"),
         "{err}"
     );
     assert!(!out.exists(), "nothing may be written");

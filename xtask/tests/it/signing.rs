@@ -648,3 +648,117 @@ fn ipxe_imgverify_boots_signed_stage2_and_refuses_tampered_files() {
 fn key_cert(pki: &Path) -> PathBuf {
     pki.join("sign.pem")
 }
+
+/// SoftHSM's PKCS#11 module, as Debian's softhsm2 package installs it.
+const SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+
+#[test]
+fn a_key_in_a_pkcs11_token_signs_what_its_pem_copy_signs() {
+    if !prereq::program("softhsm2-util", "apt-get install softhsm2, or run ci/setup")
+        || !prereq::program("sbverify", "apt-get install sbsigntool, or run ci/setup")
+    {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let pki = d.join("pki");
+    std::fs::create_dir(&pki).unwrap();
+    let (key, chain, ca) = code_signing_pki(&pki);
+    // A SoftHSM token of its own (SOFTHSM2_CONF points at its directory) holding the key.
+    let tokens = d.join("tokens");
+    std::fs::create_dir(&tokens).unwrap();
+    let conf = d.join("softhsm2.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "directories.tokendir = {}\nobjectstore.backend = file\n",
+            tokens.display()
+        ),
+    )
+    .unwrap();
+    let softhsm = |args: &[&str]| {
+        run_ok(
+            Command::new("softhsm2-util")
+                .env("SOFTHSM2_CONF", &conf)
+                .args(args),
+        );
+    };
+    softhsm(&[
+        "--init-token",
+        "--free",
+        "--label",
+        "kiln",
+        "--pin",
+        "1234",
+        "--so-pin",
+        "5678",
+    ]);
+    run_ok(Command::new("openssl").current_dir(&pki).args([
+        "pkcs8", "-topk8", "-nocrypt", "-in", "sign.key", "-out", "sign.p8",
+    ]));
+    let p8 = pki.join("sign.p8");
+    let p8 = p8.to_str().unwrap();
+    softhsm(&[
+        "--import", p8, "--token", "kiln", "--label", "sign", "--id", "01", "--pin", "1234",
+    ]);
+    let recipes = imgverify_recipes(d);
+    let uri =
+        |token: &str| format!("pkcs11:token={token};object=sign?module-path={SOFTHSM_MODULE}");
+    let with_token = |output: &Path, cache: &Path, token: &str, pin: &str| {
+        let mut cmd = kiln(&recipes, output, cache);
+        cmd.env("SOFTHSM2_CONF", &conf)
+            .env("KILN_SIGN_PASSPHRASE", pin)
+            .arg("--sign-key")
+            .arg(uri(token))
+            .arg("--sign-cert")
+            .arg(&chain);
+        cmd
+    };
+    // The token signs the UKI (sbverify accepts it against the CA) and the chain script's
+    // detached signature; the certificate is new to the cache, so the token does sign.
+    let output = d.join("output");
+    run_ok(with_token(&output, &shared_cache(), "kiln", "1234").args([
+        "build",
+        "stage2/stage2.efi",
+        "stage2/stage1to2.ipxe",
+    ]));
+    sbverify(&ca, &output.join("stage2/stage2.efi"));
+    // RSA PKCS#1 v1.5 is deterministic: the PEM copy of the key signs the same bytes.
+    let pem_output = d.join("pem-output");
+    let mut pem = kiln(&recipes, &pem_output, &d.join("pem-cache"));
+    pem.arg("--sign-key")
+        .arg(&key)
+        .arg("--sign-cert")
+        .arg(&chain);
+    run_ok(pem.args(["build", "stage2/stage1to2.ipxe"]));
+    let sig = "stage2/stage1to2.ipxe.sig";
+    assert_eq!(
+        std::fs::read(output.join(sig)).unwrap(),
+        std::fs::read(pem_output.join(sig)).unwrap(),
+        "the token's and the PEM key's signatures differ"
+    );
+    // An unreachable token or a wrong PIN stops the build before anything is written.
+    let cases = [
+        (
+            "elsewhere",
+            "1234",
+            "the token `elsewhere` is not reachable",
+        ),
+        ("kiln", "0000", "the token refused the PIN"),
+    ];
+    for (token, pin, expected) in cases {
+        let output = d.join("refused");
+        let err = run_err(
+            with_token(&output, &d.join("refused-cache"), token, pin)
+                .args(["build", "stage2/stage1to2.ipxe"]),
+        );
+        assert!(
+            err.contains(expected) && err.contains(SOFTHSM_MODULE),
+            "{err}"
+        );
+        if pin != "1234" {
+            assert!(!err.contains(pin), "the PIN is in the message: {err}");
+        }
+        assert!(!output.exists(), "{expected}: something was written");
+    }
+}

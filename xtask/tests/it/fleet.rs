@@ -251,10 +251,10 @@ fn a_host_script_too_long_is_refused_naming_the_host_and_size() {
     edit(
         &recipes.join("stage1.toml"),
         "script_size = 3072",
-        "script_size = 2200",
+        "script_size = 2000",
     );
     let hosts = dir.path().join("long.json");
-    let long_name = format!("{}.example.net", ["a"; 150].join("."));
+    let long_name = format!("{}.example.net", ["a"; 100].join("."));
     std::fs::write(
         &hosts,
         format!(
@@ -268,7 +268,7 @@ fn a_host_script_too_long_is_refused_naming_the_host_and_size() {
     assert!(
         err.contains(&format!("host `{long_name}`"))
             && err.contains("long.json:1:")
-            && err.contains("bytes; the embedded script holds 2200"),
+            && err.contains("bytes; the embedded script holds 2000"),
         "{err}"
     );
     assert!(!out.exists(), "nothing may be written");

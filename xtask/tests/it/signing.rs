@@ -405,10 +405,14 @@ fn a_signed_ipxe_efi_chains_to_the_signed_kernel_under_secure_boot() {
     let output = dir.path().join("output");
     let mut build = kiln(&workspace().join("recipes"), &output, &shared_cache());
     sign_with_snakeoil(&mut build);
-    run_ok(build.args(["--source", &source, "build", "stage1"]));
+    run_ok(build.args(["--source", &source, "build", "stage1", "stage3"]));
+    // stage3's kernel and UKI, which carry stage1's ROMs, are signed as stage2's are.
+    for file in ["stage3/stage3_update_vmlinuz", "stage3/stage3_update.efi"] {
+        sbverify(&keys.cert, &output.join(file));
+    }
     let efi: Vec<String> = files(&output)
         .into_iter()
-        .filter(|f| f.ends_with(".efi"))
+        .filter(|f| f.starts_with("stage1/") && f.ends_with(".efi"))
         .collect();
     // x86_64 and arm64 ipxe.efi and snponly.efi, and each of two hosts' pair.
     assert_eq!(efi.len(), 2 + 2 + 2 * 2, "{efi:?}");
@@ -440,6 +444,37 @@ fn an_arm64_uki_boots_under_aavmf_with_secure_boot_only_when_signed() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout.contains("(AAVMF, Secure Boot)"), "{stdout}");
     let out = boot_test_output(&args, &[], |_| {});
+    assert!(
+        !out.status.success() && stderr(&out).contains("Access Denied"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn an_arm64_ipxe_efi_chains_under_aavmf_with_secure_boot_only_when_signed() {
+    let Some(tree) = ipxe_tree() else {
+        return;
+    };
+    if !qemu_arm64_available() {
+        return;
+    }
+    let source = format!("ipxe={}", tree.display());
+    let args = ["stage1-efi", "--arch", "arm64", "--secure-boot"];
+    let out = boot_test_output(&args, &[], |cmd| {
+        sign_with_snakeoil(cmd);
+        cmd.args(["--source", &source]);
+    });
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("arm64/stage1to2.ipxe -> arm64/stage2_vmlinuz")
+            && stdout.contains("KILN-STAGE2-READY"),
+        "{stdout}"
+    );
+    let out = boot_test_output(&args, &[], |cmd| {
+        cmd.args(["--source", &source]);
+    });
     assert!(
         !out.status.success() && stderr(&out).contains("Access Denied"),
         "{}",

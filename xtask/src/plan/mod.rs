@@ -341,7 +341,7 @@ impl<'a> Builder<'a> {
         if let Some(i) = &recipe.ipxe {
             self.add_ipxe(recipe, i)?;
         }
-        self.add_detached_signatures(recipe, first)?;
+        self.add_detached_signatures(recipe, first);
         if self.plan.artifacts.is_empty() {
             bail!("{}: the recipe names no artifacts", recipe.file.display());
         }

@@ -1,8 +1,9 @@
-//! Signing in the plan: an EFI file whose kind the recipe's `[signing] uefi` names gets a
-//! `SignEfi` node over its unsigned output when the operator gave a key, and everything that
-//! carries the file (the artifact, an ISO's ESP) takes the signed one. An artifact whose kind
-//! `[signing] imgverify` names gets a `SignDetached` node and a `<file>.sig` artifact beside
-//! it. Without a key files stay unsigned and `Plan::unsigned` says which recipe wanted what.
+//! Signing in the plan: an EFI file whose kind the recipe's `[signing] uefi` names gets an
+//! Authenticode `Sign` node over its unsigned output when the operator gave a key, and
+//! everything that carries the file (the artifact, an ISO's ESP) takes the signed one. An
+//! artifact whose kind `[signing] imgverify` names gets a detached `Sign` node and a
+//! `<file>.sig` artifact beside it. Without a key files stay unsigned and `Plan::unsigned` says
+//! which recipe wanted what.
 
 use std::collections::BTreeMap;
 
@@ -10,8 +11,7 @@ use anyhow::{Context, Result};
 
 use super::{ArtifactSpec, Builder, InputRef};
 use crate::recipe::{EfiKind, Recipe};
-use crate::steps::sign::{SignDetached, SignEfi, SIGNATURE, SIGNED, SIG_SUFFIX, UNSIGNED};
-use crate::steps::Slot;
+use crate::steps::sign::{Form, Sign, SIG_SUFFIX, UNSIGNED};
 
 /// Where an artifact's final bytes come from: a node's output, and for a signed file the facts the
 /// manifest records about its signature.
@@ -67,15 +67,16 @@ impl Builder<'_> {
         let facts = serde_json::json!({
             "signature": { "format": "authenticode", "certificate_sha256": certificate }
         });
-        let step = SignEfi {
+        let step = Sign {
             name: name.to_string(),
             certificate,
+            form: Form::Authenticode,
             key,
         };
         let inputs = BTreeMap::from([(UNSIGNED.into(), InputRef::Node { node, output })]);
         Built {
             node: self.push(step, inputs),
-            output: Slot::into(SIGNED),
+            output: Form::Authenticode.output().into(),
             facts: Some(facts),
         }
     }
@@ -108,19 +109,19 @@ impl Builder<'_> {
 
     /// A `<file>.sig` beside every artifact of `recipe` (those from index `first` on) whose
     /// kind `[signing] imgverify` names.
-    pub(super) fn add_detached_signatures(&mut self, recipe: &Recipe, first: usize) -> Result<()> {
+    pub(super) fn add_detached_signatures(&mut self, recipe: &Recipe, first: usize) {
         let Some(key) = self.opts.signing.clone() else {
             for kind in &recipe.signing.imgverify {
                 self.unsigned(recipe, format!("imgverify {kind}"));
             }
-            return Ok(());
+            return;
         };
-        let kinds: Vec<&str> = (recipe.signing.imgverify.iter())
+        let kinds: Vec<&str> = recipe
+            .signing
+            .imgverify
+            .iter()
             .filter_map(|k| k.artifact_kind())
             .collect();
-        if kinds.is_empty() {
-            return Ok(());
-        }
         let signed: Vec<ArtifactSpec> = self.plan.artifacts[first..]
             .iter()
             .filter(|a| a.recipe == recipe.file && kinds.contains(&a.kind))
@@ -131,9 +132,10 @@ impl Builder<'_> {
             let facts = serde_json::json!({
                 "signature": { "format": "cms", "of": a.name, "certificate_sha256": certificate }
             });
-            let step = SignDetached {
+            let step = Sign {
                 name: a.name.clone(),
                 certificate,
+                form: Form::Detached,
                 key: key.clone(),
             };
             let input = InputRef::Node {
@@ -145,12 +147,11 @@ impl Builder<'_> {
                 name: format!("{}{SIG_SUFFIX}", a.name),
                 kind: "signature",
                 node,
-                output: SIGNATURE.into(),
+                output: Form::Detached.output().into(),
                 details: None,
                 facts: Some(facts),
                 ..a
             });
         }
-        Ok(())
     }
 }

@@ -19,37 +19,70 @@ use super::{Slot, Step, StepContext};
 use crate::sign::SigningKey;
 use crate::store::Output;
 
-/// Input: the unsigned EFI binary (a UKI, an EFI-stub kernel, an iPXE `.efi`).
+/// Input: the unsigned file (for Authenticode an EFI binary: a UKI, an EFI-stub kernel, an
+/// iPXE `.efi`).
 pub const UNSIGNED: Slot = Slot("unsigned");
 /// Output: the same binary with its Authenticode signature.
 pub const SIGNED: Slot = Slot("signed");
-/// Output of `SignDetached`: the DER CMS signature.
+/// Output of a detached signature: the DER CMS.
 pub const SIGNATURE: Slot = Slot("signature");
 /// What a detached signature's file name adds to the signed file's.
 pub const SIG_SUFFIX: &str = ".sig";
 
+/// What a [`Sign`] step makes.
+#[derive(Clone, Copy, Debug)]
+pub enum Form {
+    /// The EFI binary with its Authenticode signature (output `signed`).
+    Authenticode,
+    /// A detached CMS signature of any file (output `signature`).
+    Detached,
+}
+
+impl Form {
+    /// The output the step writes.
+    pub fn output(self) -> Slot {
+        match self {
+            Form::Authenticode => SIGNED,
+            Form::Detached => SIGNATURE,
+        }
+    }
+}
+
+/// Signs input `unsigned` with the operator's key, in `form`.
 #[derive(Clone, Serialize)]
-pub struct SignEfi {
+pub struct Sign {
     #[serde(skip)]
     pub name: String,
     /// SHA-256 of the signer's certificate: which key signs, without the key.
     pub certificate: String,
+    /// Told apart by `kind()`, which the step key holds.
+    #[serde(skip)]
+    pub form: Form,
     #[serde(skip)]
     pub key: Arc<SigningKey>,
 }
 
-impl Step for SignEfi {
+impl Step for Sign {
     fn kind(&self) -> &'static str {
-        "sign-efi"
+        match self.form {
+            Form::Authenticode => "sign-efi",
+            Form::Detached => "sign-cms",
+        }
     }
     fn version(&self) -> u32 {
         1
     }
     fn label(&self) -> String {
-        format!("sign {}", self.name)
+        match self.form {
+            Form::Authenticode => format!("sign {}", self.name),
+            Form::Detached => format!("sign {}{SIG_SUFFIX}", self.name),
+        }
     }
     fn formats(&self) -> &'static [crate::archive::Format] {
-        &[crate::archive::authenticode::FORMAT]
+        match self.form {
+            Form::Authenticode => &[crate::archive::authenticode::FORMAT],
+            Form::Detached => &[],
+        }
     }
     fn batch(&self) -> Option<&'static str> {
         Some("sign")
@@ -57,50 +90,15 @@ impl Step for SignEfi {
 
     fn run(&self, ctx: &StepContext, _scratch: &Path) -> Result<BTreeMap<String, Output>> {
         let unsigned = fs_err::read(ctx.file(UNSIGNED)?)?;
-        let signed = crate::sign::pkcs7::sign_pe(&self.key, &unsigned)
-            .with_context(|| format!("signing {}", self.name))?;
-        let digest = ctx.store.put_bytes(&signed)?;
-        let size = signed.len() as u64;
+        let made = match self.form {
+            Form::Authenticode => crate::sign::pkcs7::sign_pe(&self.key, &unsigned),
+            Form::Detached => crate::sign::pkcs7::sign_detached(&self.key, &unsigned),
+        };
+        let made = made.with_context(|| format!("signing {}", self.name))?;
+        let digest = ctx.store.put_bytes(&made)?;
+        let size = made.len() as u64;
         Ok(BTreeMap::from([(
-            SIGNED.into(),
-            Output::File { digest, size },
-        )]))
-    }
-}
-
-/// A detached CMS signature (`<file>.sig`) of input `unsigned`, for iPXE's `imgverify`.
-#[derive(Clone, Serialize)]
-pub struct SignDetached {
-    #[serde(skip)]
-    pub name: String,
-    /// SHA-256 of the signer's certificate.
-    pub certificate: String,
-    #[serde(skip)]
-    pub key: Arc<SigningKey>,
-}
-
-impl Step for SignDetached {
-    fn kind(&self) -> &'static str {
-        "sign-cms"
-    }
-    fn version(&self) -> u32 {
-        1
-    }
-    fn label(&self) -> String {
-        format!("sign {}{SIG_SUFFIX}", self.name)
-    }
-    fn batch(&self) -> Option<&'static str> {
-        Some("sign")
-    }
-
-    fn run(&self, ctx: &StepContext, _scratch: &Path) -> Result<BTreeMap<String, Output>> {
-        let data = fs_err::read(ctx.file(UNSIGNED)?)?;
-        let signature = crate::sign::pkcs7::sign_detached(&self.key, &data)
-            .with_context(|| format!("signing {}", self.name))?;
-        let digest = ctx.store.put_bytes(&signature)?;
-        let size = signature.len() as u64;
-        Ok(BTreeMap::from([(
-            SIGNATURE.into(),
+            self.form.output().into(),
             Output::File { digest, size },
         )]))
     }

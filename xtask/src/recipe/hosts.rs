@@ -39,6 +39,9 @@ pub struct Host {
     pub roms: Option<Vec<String>>,
     /// `x86_64` or `arm64`.
     pub arch: Arch,
+    /// The machine's MAC addresses, lowercase and colon-separated as iPXE's `${mac}` prints
+    /// them; unique across the inventory.
+    pub macs: Vec<String>,
 }
 
 /// Every variable a host may provide, for "unknown variable" hints and for
@@ -56,6 +59,8 @@ pub const HOST_VARIABLES: &[&str] = &[
     "ipv6_address",
     "ipv6_prefix",
     "ipv6_gateway",
+    "mac",
+    "macs",
 ];
 
 impl Host {
@@ -73,6 +78,13 @@ impl Host {
             HOST_VARIABLES
                 .iter()
                 .map(|v| (v.to_string(), self.vars.get(*v).cloned())),
+        );
+        // The host's own `vars` (over a recipe variable of the same name, its default).
+        all.extend(
+            self.vars
+                .iter()
+                .filter(|(k, _)| !HOST_VARIABLES.contains(&k.as_str()))
+                .map(|(k, v)| (k.clone(), Some(v.clone()))),
         );
         template::render(template, &all, syntax).map_err(|mut e| {
             let name = template[e.span.clone()]
@@ -99,6 +111,7 @@ fn host_field(var: &str) -> &str {
         v if v.starts_with("ipv6") => "ipv6",
         "ipv4_gateway" => "gateway",
         v if v.starts_with("ipv4") => "ipv4",
+        "macs" => "mac",
         v => v,
     }
 }
@@ -114,6 +127,8 @@ const FIELDS: &[&str] = &[
     "ipv6_gateway",
     "roms",
     "arch",
+    "mac",
+    "vars",
 ];
 
 /// An inventory's format, from its file name's extension.
@@ -180,6 +195,8 @@ pub fn load(file: &Path) -> Result<Vec<Host>> {
 enum Slot<'a> {
     One(&'a mut Option<Spanned<String>>),
     List(&'a mut Option<Vec<Spanned<String>>>),
+    /// `vars`: names to strings (CSV: one `vars.<name>` column each).
+    Map(&'a mut Option<BTreeMap<String, Spanned<String>>>),
 }
 
 impl Slot<'_> {
@@ -187,6 +204,7 @@ impl Slot<'_> {
         match self {
             Slot::One(s) => s.is_some(),
             Slot::List(s) => s.is_some(),
+            Slot::Map(s) => s.is_some(),
         }
     }
 }
@@ -202,6 +220,8 @@ fn slot<'a>(raw: &'a mut RawHost, field: &str) -> Option<Slot<'a>> {
         "ipv6_gateway" => Slot::One(&mut raw.ipv6_gateway),
         "roms" => Slot::List(&mut raw.roms),
         "arch" => Slot::One(&mut raw.arch),
+        "mac" => Slot::List(&mut raw.mac),
+        "vars" => Slot::Map(&mut raw.vars),
         _ => return None,
     })
 }
@@ -217,8 +237,9 @@ fn unknown_field(doc: &Doc, span: Range<usize>, message: String, name: &str) -> 
 /// duplicate points at the field rather than the whole host.
 struct Checked {
     host: Host,
-    /// `hostname`, `ipv4_address`, `ipv6_address` → span.
-    spans: BTreeMap<&'static str, Range<usize>>,
+    /// (`hostname`, `ipv4`, `ipv6` or `mac`, the value, its span): values no other host may
+    /// have.
+    unique: Vec<(&'static str, String, Range<usize>)>,
 }
 
 /// Errors about one host's fields: "host `name`: `field` why".
@@ -259,14 +280,26 @@ fn host(doc: &Doc, span: Range<usize>, raw: RawHost) -> Result<Checked, SourceEr
     };
     check_hostname(name).map_err(|why| blame.at(hostname.span(), "hostname", why))?;
     let mut vars = BTreeMap::from([("hostname".to_string(), name.clone())]);
-    let mut spans = BTreeMap::from([("hostname", hostname.span())]);
-    spans.insert("ipv4_address", ipv4_vars(&blame, &raw, &mut vars)?);
+    let mut unique = vec![("hostname", name.to_ascii_lowercase(), hostname.span())];
+    let v4 = ipv4_vars(&blame, &raw, &mut vars)?;
+    unique.push(("ipv4", vars["ipv4_address"].clone(), v4));
     dns_vars(&blame, raw.dns.as_deref().unwrap_or_default(), &mut vars)?;
     if let Some(v6) = ipv6_vars(&blame, &raw, &mut vars)? {
-        spans.insert("ipv6_address", v6);
+        unique.push(("ipv6", vars["ipv6_address"].clone(), v6));
     }
     let roms = raw.roms.as_deref().map(|r| roms(&blame, r)).transpose()?;
     let arch = arch(&blame, raw.arch.as_ref())?;
+    let macs = macs(&blame, raw.mac.as_deref().unwrap_or_default())?;
+    if let Some(first) = macs.first() {
+        vars.insert("mac".into(), first.0.clone());
+        let all: Vec<&str> = macs.iter().map(|(m, _)| m.as_str()).collect();
+        vars.insert("macs".into(), all.join(" "));
+    }
+    unique.extend(
+        macs.iter()
+            .map(|(m, span)| ("mac", m.clone(), span.clone())),
+    );
+    own_vars(&blame, raw.vars.as_ref(), &mut vars)?;
     let (line, col) = diag::line_col(&doc.text, span.start);
     let host = Host {
         hostname: name.clone(),
@@ -274,8 +307,9 @@ fn host(doc: &Doc, span: Range<usize>, raw: RawHost) -> Result<Checked, SourceEr
         vars,
         roms,
         arch,
+        macs: macs.into_iter().map(|(m, _)| m).collect(),
     };
-    Ok(Checked { host, spans })
+    Ok(Checked { host, unique })
 }
 
 /// `ipv4` and `gateway` (both required) as variables; the span of `ipv4`.
@@ -360,6 +394,69 @@ fn roms(blame: &Blame, raw: &[Spanned<String>]) -> Result<Vec<String>, SourceErr
         }
     }
     Ok(raw.iter().map(|r| r.get_ref().clone()).collect())
+}
+
+/// MAC addresses (`52:54:00:12:34:56`, or with `-`, any case) in iPXE's form, lowercase with
+/// colons, each with its span. A group (multicast) address or all zeros is no NIC's.
+fn macs(
+    blame: &Blame,
+    raw: &[Spanned<String>],
+) -> Result<Vec<(String, Range<usize>)>, SourceError> {
+    let mut out: Vec<(String, Range<usize>)> = Vec::new();
+    for mac in raw {
+        let text = mac.get_ref();
+        let octets: Option<Vec<u8>> = text
+            .split([':', '-'])
+            .map(|o| {
+                (o.len() == 2)
+                    .then(|| u8::from_str_radix(o, 16).ok())
+                    .flatten()
+            })
+            .collect();
+        let why = match octets.as_deref() {
+            Some(o) if o.len() == 6 && o.iter().all(|b| *b == 0) => "is all zeros",
+            Some(o) if o.len() == 6 && o[0] & 1 == 1 => {
+                "is a group (multicast) address, not a NIC's"
+            }
+            Some(o) if o.len() == 6 => "",
+            _ => "is not a MAC address (six hex octets, e.g. `52:54:00:12:34:56`)",
+        };
+        if !why.is_empty() {
+            return Err(blame.at(mac.span(), "mac", format!("`{text}` {why}")));
+        }
+        let normal = text.to_ascii_lowercase().replace('-', ":");
+        if out.iter().any(|(m, _)| *m == normal) {
+            return Err(blame.at(mac.span(), "mac", format!("lists `{text}` twice")));
+        }
+        out.push((normal, mac.span()));
+    }
+    Ok(out)
+}
+
+/// The host's own template variables: names of lowercase letters, digits and `_` that are
+/// not a host field's variable (a `vars.mac` would hide `{{mac}}`).
+fn own_vars(
+    blame: &Blame,
+    raw: Option<&BTreeMap<String, Spanned<String>>>,
+    vars: &mut BTreeMap<String, String>,
+) -> Result<(), SourceError> {
+    for (name, value) in raw.into_iter().flatten() {
+        let field = format!("vars.{name}");
+        let ok = name.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if !ok {
+            let why = "is not a variable name (lowercase letters, digits and `_`)";
+            return Err(blame.at(value.span(), &field, why));
+        }
+        if HOST_VARIABLES.contains(&name.as_str()) {
+            let why = format!("would hide the host's own `{{{{{name}}}}}`; choose another name");
+            return Err(blame.at(value.span(), &field, why));
+        }
+        vars.insert(name.clone(), value.get_ref().clone());
+    }
+    Ok(())
 }
 
 /// One of iPXE's architectures; the first (`x86_64`) when absent.
@@ -447,21 +544,16 @@ fn netmask(prefix: u8) -> Ipv4Addr {
     Ipv4Addr::from(u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0))
 }
 
-/// Host names (case-insensitively) and addresses appear once.
+/// Host names (case-insensitively), addresses and MACs appear once.
 fn check_unique(doc: &Doc, hosts: &[Checked], errors: &mut Vec<SourceError>) {
-    let mut seen: HashMap<(String, String), &str> = HashMap::new();
-    for Checked { host: h, spans } in hosts {
-        for field in ["hostname", "ipv4_address", "ipv6_address"] {
-            let (Some(value), Some(span)) = (h.vars.get(field), spans.get(field)) else {
-                continue;
-            };
-            let key = (field.to_string(), value.to_ascii_lowercase());
-            if let Some(first) = seen.insert(key, &h.hostname) {
-                let what = field.trim_end_matches("_address");
+    let mut seen: HashMap<(&str, &str), &str> = HashMap::new();
+    for Checked { host: h, unique } in hosts {
+        for (field, value, span) in unique {
+            if let Some(first) = seen.insert((field, value), &h.hostname) {
                 errors.push(doc.error(
                     span.clone(),
                     format!(
-                        "host `{}`: `{what}` {value} is already used by host `{first}`",
+                        "host `{}`: `{field}` {value} is already used by host `{first}`",
                         h.hostname
                     ),
                 ));
@@ -646,6 +738,96 @@ mlab2-lga01, 192.0.2.11/26 ,192.0.2.1,8.8.8.8,,,,
         assert_eq!(toml[1].roms, None);
         assert_eq!(toml[1].arch, Arch::X86_64);
         assert!(!toml[1].vars.contains_key("ipv6"));
+    }
+
+    /// The same hosts, the first with two MACs and two variables of its own.
+    fn with_identity(ext: &str) -> String {
+        match ext {
+            "toml" => SAME_TOML.replace(
+                "arch = \"arm64\"\n",
+                "arch = \"arm64\"\nmac = [\"52:54:00:12:34:56\", \"52-54-00-AB-CD-EF\"]\n\
+                 vars = { project = \"mlab-oti\", drac = \"192.0.2.40\" }\n",
+            ),
+            "csv" => SAME_CSV
+                .replace(",roms,arch\n", ",roms,arch,mac,vars.project,vars.drac\n")
+                .replace(
+                    ",arm64\n",
+                    ",arm64,52:54:00:12:34:56 52-54-00-AB-CD-EF,mlab-oti,192.0.2.40\n",
+                )
+                .replace(",,,,\n", ",,,,,,,\n"),
+            _ => SAME_JSON.replace(
+                "\"arch\": \"arm64\"\n",
+                "\"arch\": \"arm64\", \"mac\": [\"52:54:00:12:34:56\", \"52-54-00-AB-CD-EF\"], \
+                 \"vars\": {\"project\": \"mlab-oti\", \"drac\": \"192.0.2.40\"}\n",
+            ),
+        }
+    }
+
+    #[test]
+    fn macs_and_own_vars_load_alike_from_every_format() {
+        let toml = without_origin(load_as("toml", &with_identity("toml")).unwrap());
+        let csv = without_origin(load_as("csv", &with_identity("csv")).unwrap());
+        let json = without_origin(load_as("json", &with_identity("json")).unwrap());
+        assert_eq!(csv, toml);
+        assert_eq!(json, toml);
+        // MACs in iPXE's form; the first is `{{mac}}`, all are `{{macs}}`.
+        assert_eq!(toml[0].macs, ["52:54:00:12:34:56", "52:54:00:ab:cd:ef"]);
+        assert_eq!(toml[0].vars["mac"], "52:54:00:12:34:56");
+        assert_eq!(toml[0].vars["macs"], "52:54:00:12:34:56 52:54:00:ab:cd:ef");
+        assert_eq!(toml[0].vars["project"], "mlab-oti");
+        assert!(toml[1].macs.is_empty() && !toml[1].vars.contains_key("project"));
+    }
+
+    #[test]
+    fn a_hosts_own_vars_render_over_the_recipes_defaults() {
+        let hosts = load_as("toml", &with_identity("toml")).unwrap();
+        let recipe = Vars::from([("project".to_string(), Some("default".to_string()))]);
+        let template = "{{project}} {{drac}} {{mac}}";
+        let text = hosts[0].render(template, &recipe, template::Syntax::Ipxe);
+        assert_eq!(text.unwrap(), "mlab-oti 192.0.2.40 52:54:00:12:34:56");
+        let text = hosts[1].render("{{project}}", &recipe, template::Syntax::Ipxe);
+        assert_eq!(text.unwrap(), "default");
+        let err = hosts[1].render("{{mac}}", &recipe, template::Syntax::Ipxe);
+        assert!(
+            err.unwrap_err().message.contains("host `mlab2-lga01`"),
+            "a host without a MAC"
+        );
+    }
+
+    #[test]
+    fn macs_are_checked_and_unique_across_hosts() {
+        let with = |mac: &str| with_identity("toml").replace("\"52-54-00-AB-CD-EF\"", mac);
+        let err = |text: &str| format!("{:#}", load_as("toml", text).unwrap_err());
+        assert!(err(&with("\"52:54:00:12:34\""))
+            .contains("`mac` `52:54:00:12:34` is not a MAC address"));
+        assert!(err(&with("\"01:00:5e:00:00:01\"")).contains("is a group (multicast) address"));
+        assert!(err(&with("\"00:00:00:00:00:00\"")).contains("is all zeros"));
+        assert!(err(&with("\"52:54:00:12:34:56\"")).contains("lists `52:54:00:12:34:56` twice"));
+        // The second host (last in the file) gets the first's MAC, in other letters.
+        let shared = format!("{}mac = [\"52:54:00:AB:CD:EF\"]\n", with_identity("toml"));
+        let e = err(&shared);
+        assert!(
+            e.contains(
+                "host `mlab2-lga01`: `mac` 52:54:00:ab:cd:ef is already used by host `mlab1-lga01`"
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn own_vars_may_not_hide_host_fields() {
+        let text = with_identity("toml").replace("project = ", "mac = ");
+        let e = format!("{:#}", load_as("toml", &text).unwrap_err());
+        assert!(
+            e.contains("`vars.mac` would hide the host's own `{{mac}}`"),
+            "{e}"
+        );
+        let text = with_identity("toml").replace("project = ", "Project = ");
+        let e = format!("{:#}", load_as("toml", &text).unwrap_err());
+        assert!(e.contains("`vars.Project` is not a variable name"), "{e}");
+        let csv = with_identity("csv").replace("vars.project", "vars.hostname");
+        let e = format!("{:#}", load_as("csv", &csv).unwrap_err());
+        assert!(e.contains("`vars.hostname` would hide"), "{e}");
     }
 
     #[test]

@@ -294,6 +294,12 @@ pub struct RawHost {
     pub roms: Option<Vec<Spanned<String>>>,
     /// `x86_64` (when absent) or `arm64`.
     pub arch: Option<Spanned<String>>,
+    /// The MAC addresses of the machine's NICs, e.g. ["52:54:00:12:34:56"]: how a boot
+    /// server knows which host asks.
+    pub mac: Option<Vec<Spanned<String>>>,
+    /// The host's own template variables, e.g. { project = "mlab-oti" } (CSV: a column
+    /// `vars.project`).
+    pub vars: Option<BTreeMap<String, Spanned<String>>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -309,3 +309,55 @@ fn a_host_iso_gives_the_guest_its_templated_epoxy_ip() {
         assert_booted(&text, "SeaBIOS", Some(&format!("{CMDLINE} {HOST_ARGS}")));
     }
 }
+
+#[test]
+fn a_hosts_own_vars_reach_its_kernel_arguments() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipes = copy_recipes(dir.path());
+    let stage2 = recipes.join("stage2.toml");
+    edit(
+        &stage2,
+        "epoxy.hostname={{hostname}}\"",
+        "epoxy.hostname={{hostname}} epoxy.project={{project}} epoxy.mac={{mac}}\"",
+    );
+    // The recipe's default, for hosts without their own.
+    edit(
+        &stage2,
+        "release = \"stage2\"",
+        "release = \"stage2\"\nproject = \"none\"",
+    );
+    let inventory = recipes.join("hosts.toml");
+    edit(
+        &inventory,
+        "roms = [\"15b31003.mrom\", \"808610d3.rom\"]",
+        "roms = [\"15b31003.mrom\", \"808610d3.rom\"]\nmac = [\"52:54:00:0B:00:11\"]\nvars = { project = \"mlab-oti\" }",
+    );
+    edit(
+        &inventory,
+        "\"efi-virtio.rom\"]",
+        "\"efi-virtio.rom\"]\nmac = [\"52:54:00:0b:00:12\"]",
+    );
+    let loaded = kiln::recipe::load(&recipes, &Default::default()).unwrap();
+    let hosts = &loaded.targets["stage2"].media.hosts;
+    let cmdline = |i: usize| hosts[i].cmdline.as_str();
+    assert!(
+        cmdline(0).ends_with("epoxy.project=mlab-oti epoxy.mac=52:54:00:0b:00:11"),
+        "{}",
+        cmdline(0)
+    );
+    assert!(
+        cmdline(1).ends_with("epoxy.project=none epoxy.mac=52:54:00:0b:00:12"),
+        "{}",
+        cmdline(1)
+    );
+    // A MAC the other host already has is refused, naming both.
+    edit(&inventory, "52:54:00:0b:00:12", "52:54:00:0b:00:11");
+    let err = run_err(
+        kiln(&recipes, &dir.path().join("output"), &shared_cache()).args(["plan", "stage2"]),
+    );
+    assert!(
+        err.contains("hosts.toml:")
+            && err.contains(&format!("host `{HOST}`: `mac` 52:54:00:0b:00:11 is already used by host `mlab1-lga0t.example.net`")),
+        "{err}"
+    );
+}

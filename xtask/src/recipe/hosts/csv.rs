@@ -1,11 +1,13 @@
 //! CSV inventories: a header row naming the fields (the TOML keys), then
-//! one host per row. A list field (`dns`, `roms`) holds its entries
-//! separated by spaces or `;`; an empty cell is an absent field. Blank lines
-//! and lines starting with `#` are skipped.
+//! one host per row. A list field (`dns`, `roms`, `mac`) holds its entries
+//! separated by spaces or `;`; the host's own variables are columns named
+//! `vars.<name>`; an empty cell is an absent field. Blank lines and lines
+//! starting with `#` are skipped.
 //!
 //! The csv crate gives each record's byte offset but not each cell's, so
 //! every value is located at its row; messages name the field.
 
+use std::collections::BTreeMap;
 use std::ops::Range;
 
 use ::csv::{ReaderBuilder, StringRecord, Trim};
@@ -56,21 +58,33 @@ pub(super) fn hosts(doc: &Doc, errors: &mut Vec<SourceError>) -> Vec<Spanned<Raw
     hosts
 }
 
+/// What a column holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Column {
+    /// One of [`FIELDS`] (not `vars`).
+    Field(&'static str),
+    /// `vars.<name>`: one of the host's own variables.
+    Var(String),
+}
+
 /// The header's field names, each known and once; `None` after errors.
-fn columns(
-    doc: &Doc,
-    header: &StringRecord,
-    errors: &mut Vec<SourceError>,
-) -> Option<Vec<&'static str>> {
+fn columns(doc: &Doc, header: &StringRecord, errors: &mut Vec<SourceError>) -> Option<Vec<Column>> {
     let span = row_span(doc, header);
     let before = errors.len();
-    let mut columns: Vec<&'static str> = Vec::new();
+    let mut columns: Vec<Column> = Vec::new();
     for name in header {
-        match FIELDS.iter().find(|f| **f == name) {
-            Some(f) if columns.contains(f) => {
+        let column = match name.strip_prefix("vars.") {
+            Some(var) => Some(Column::Var(var.to_string())),
+            None => FIELDS
+                .iter()
+                .find(|f| **f == name && **f != "vars")
+                .map(|f| Column::Field(f)),
+        };
+        match column {
+            Some(c) if columns.contains(&c) => {
                 errors.push(doc.error(span.clone(), format!("column `{name}` appears twice")));
             }
-            Some(f) => columns.push(f),
+            Some(c) => columns.push(c),
             None => errors.push(unknown_field(
                 doc,
                 span.clone(),
@@ -84,7 +98,7 @@ fn columns(
 
 fn host(
     doc: &Doc,
-    columns: &[&'static str],
+    columns: &[Column],
     row: &StringRecord,
 ) -> Result<Spanned<RawHost>, SourceError> {
     let span = row_span(doc, row);
@@ -92,7 +106,7 @@ fn host(
         let whose = columns
             .iter()
             .zip(row)
-            .find(|(c, _)| **c == "hostname")
+            .find(|(c, _)| **c == Column::Field("hostname"))
             .map(|(_, name)| format!("host `{name}`: "))
             .unwrap_or_default();
         let message = format!(
@@ -104,18 +118,26 @@ fn host(
     }
     let mut raw = RawHost::default();
     let value = |v: &str| Spanned::new(span.clone(), v.to_string());
-    for (field, cell) in columns.iter().zip(row) {
+    for (column, cell) in columns.iter().zip(row) {
         if cell.is_empty() {
             continue;
         }
+        let field = match column {
+            Column::Field(field) => field,
+            Column::Var(name) => {
+                let vars = raw.vars.get_or_insert_with(BTreeMap::new);
+                vars.insert(name.clone(), value(cell));
+                continue;
+            }
+        };
         match slot(&mut raw, field) {
             Some(Slot::One(s)) => *s = Some(value(cell)),
             Some(Slot::List(s)) => {
                 let entries = cell.split(|c: char| c == ';' || c.is_whitespace());
                 *s = Some(entries.filter(|e| !e.is_empty()).map(value).collect());
             }
-            // `columns` holds known fields only.
-            None => {}
+            // `columns` holds known fields only, and `vars` only as `vars.<name>`.
+            Some(Slot::Map(_)) | None => {}
         }
     }
     Ok(Spanned::new(span, raw))

@@ -5,6 +5,7 @@
 //! Values are kept as `RawValue`s borrowed from the file's text, so each
 //! one's span is its offset in that text and errors point at its line.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::ops::Range;
 
@@ -112,6 +113,10 @@ fn host(doc: &Doc, object: &RawValue) -> Result<Spanned<RawHost>, SourceError> {
             Slot::List(s) => {
                 *s = Some(strings(doc, value).ok_or_else(|| wrong("an array of strings"))?)
             }
+            Slot::Map(s) => {
+                let map = string_map(doc, value);
+                *s = Some(map.ok_or_else(|| wrong("an object of strings"))?)
+            }
         }
     }
     Ok(Spanned::new(whole, raw))
@@ -129,6 +134,16 @@ fn strings(doc: &Doc, value: &RawValue) -> Option<Vec<Spanned<String>>> {
 
 /// Where `value` lies in `doc`'s text: every `RawValue` here borrows from
 /// that text, so its offset is the distance between the two pointers.
+fn string_map(doc: &Doc, value: &RawValue) -> Option<BTreeMap<String, Spanned<String>>> {
+    let members: Members = serde_json::from_str(value.get()).ok()?;
+    let map: Option<BTreeMap<_, _>> = members
+        .0
+        .into_iter()
+        .map(|(k, v)| string(doc, v).map(|s| (k, s)))
+        .collect();
+    map
+}
+
 fn span(doc: &Doc, value: &RawValue) -> Range<usize> {
     let start = (value.get().as_ptr() as usize).saturating_sub(doc.text.as_ptr() as usize);
     start..start + value.get().len()

@@ -101,6 +101,7 @@ pub const NOT_IN_KEYS: &[(&str, &str, &str)] = &[
     ("roms.rs", "name", "the artifact, for messages"),
     ("roms.rs", "origin", "the recipe line, for errors"),
     ("sign.rs", "name", "the artifact, for messages"),
+    ("sign.rs", "form", "Authenticode or a detached signature, which the step's kind (`sign-efi`, `sign-cms`) already says"),
     ("sign.rs", "key", "the operator's private key, which never enters a key: the certificate's sha256 (`certificate`) names it, and signatures are deterministic"),
     ("script.rs", "name", "the artifact, for messages"),
     ("tarball.rs", "source", "the source's name, for messages"),

@@ -18,6 +18,7 @@ pub mod plan;
 pub mod publish;
 pub mod recipe;
 pub mod repro;
+pub mod serve;
 pub mod sign;
 pub mod steps;
 pub mod store;

@@ -253,6 +253,8 @@ pub mod interrupt {
     /// atomics, because the signal handler may only touch such memory.
     static GROUPS: [AtomicI32; 64] = [const { AtomicI32::new(0) }; 64];
     static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+    /// A long-running command (`serve`) that polls [`interrupted`] and stops by itself.
+    static POLLED: AtomicBool = AtomicBool::new(false);
 
     /// The step was stopped by an interrupt.
     #[derive(Debug, thiserror::Error)]
@@ -273,6 +275,12 @@ pub mod interrupt {
         INTERRUPTED.load(SeqCst)
     }
 
+    /// The first signal only sets [`interrupted`], which the caller polls to stop cleanly (a
+    /// second one still exits at once).
+    pub fn poll_instead_of_exiting() {
+        POLLED.store(true, SeqCst);
+    }
+
     extern "C" fn on_signal(_: libc::c_int) {
         let say = |msg: &str| {
             // SAFETY: write(2) on stderr with a valid buffer.
@@ -291,6 +299,10 @@ pub mod interrupt {
                 unsafe { libc::kill(-pgid, libc::SIGTERM) };
                 stopped += 1;
             }
+        }
+        if stopped == 0 && POLLED.load(SeqCst) {
+            say("\ninterrupted: stopping\n");
+            return;
         }
         if stopped == 0 {
             say("\ninterrupted: no tool was running; output/ and the cache keep the last good build (`cargo xtask gc` removes leftover scratch)\n");

@@ -10,6 +10,7 @@ mod ipxe;
 mod plan;
 mod publish;
 mod repro;
+mod serve;
 mod session;
 mod sources;
 
@@ -165,6 +166,11 @@ pub enum Command {
     /// needs the iPXE source (pinned URL, or a checkout with `--source
     /// ipxe=PATH`).
     Ipxe(ipxe::IpxeArgs),
+    /// Serve the built output directory to machines booting over the
+    /// network: HTTP with every artifact and per-machine iPXE scripts
+    /// (`/ipxe?mac=<mac>` from the inventory); `--print-dnsmasq` writes the
+    /// matching dnsmasq configuration.
+    Serve(serve::ServeArgs),
     /// Copy stdin/stdout to a TCP address: QEMU runs this for each guest
     /// connection to the chain-boot test server (`guestfwd=…-cmd:`).
     #[command(hide = true)]
@@ -260,6 +266,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Ipxe(a) => ipxe::ipxe(&ctx, &a),
         Command::Publish(a) => publish::publish(&ctx, &a),
         Command::Repro(a) => repro::repro(&ctx, &a),
+        Command::Serve(a) => serve::serve(&ctx, &a),
         Command::Relay { .. } => unreachable!("handled before settings"),
     }
 }

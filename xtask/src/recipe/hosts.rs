@@ -405,32 +405,49 @@ fn macs(
     let mut out: Vec<(String, Range<usize>)> = Vec::new();
     for mac in raw {
         let text = mac.get_ref();
-        let octets: Option<Vec<u8>> = text
-            .split([':', '-'])
-            .map(|o| {
-                (o.len() == 2)
-                    .then(|| u8::from_str_radix(o, 16).ok())
-                    .flatten()
-            })
-            .collect();
-        let why = match octets.as_deref() {
-            Some(o) if o.len() == 6 && o.iter().all(|b| *b == 0) => "is all zeros",
-            Some(o) if o.len() == 6 && o[0] & 1 == 1 => {
-                "is a group (multicast) address, not a NIC's"
-            }
-            Some(o) if o.len() == 6 => "",
-            _ => "is not a MAC address (six hex octets, e.g. `52:54:00:12:34:56`)",
+        let why = match parse_mac(text) {
+            Some(o) if o.iter().all(|b| *b == 0) => "is all zeros",
+            Some(o) if o[0] & 1 == 1 => "is a group (multicast) address, not a NIC's",
+            Some(_) => "",
+            None => "is not a MAC address (six hex octets, e.g. `52:54:00:12:34:56`)",
         };
         if !why.is_empty() {
             return Err(blame.at(mac.span(), "mac", format!("`{text}` {why}")));
         }
-        let normal = text.to_ascii_lowercase().replace('-', ":");
+        let normal = mac_text(&parse_mac(text).expect("checked above"));
         if out.iter().any(|(m, _)| *m == normal) {
             return Err(blame.at(mac.span(), "mac", format!("lists `{text}` twice")));
         }
         out.push((normal, mac.span()));
     }
     Ok(out)
+}
+
+/// Six octets written as iPXE's `${mac}` (`52:54:00:12:34:56`), with `-` instead of `:`, in
+/// any case, or as 12 hex digits (`${mac:hexraw}`).
+pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
+    let hex: Vec<&str> = match text.len() {
+        12 => (0..6)
+            .map(|i| text.get(2 * i..2 * i + 2))
+            .collect::<Option<_>>()?,
+        17 => text.split([':', '-']).collect(),
+        _ => return None,
+    };
+    let octets: Vec<u8> = hex
+        .iter()
+        .map(|h| {
+            (h.len() == 2)
+                .then(|| u8::from_str_radix(h, 16).ok())
+                .flatten()
+        })
+        .collect::<Option<_>>()?;
+    octets.try_into().ok()
+}
+
+/// A MAC as iPXE prints `${mac}`: lowercase hex octets joined by `:`.
+pub fn mac_text(octets: &[u8; 6]) -> String {
+    let hex: Vec<String> = octets.iter().map(|o| format!("{o:02x}")).collect();
+    hex.join(":")
 }
 
 /// The host's own template variables: names of lowercase letters, digits and `_` that are

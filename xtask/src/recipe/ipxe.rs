@@ -59,6 +59,10 @@ pub struct Ipxe {
 pub struct IpxeHost {
     pub hostname: String,
     pub arch: Arch,
+    /// The inventory's MACs of the machine (iPXE's `${mac}` form): how `serve` knows it.
+    pub macs: Vec<String>,
+    /// Its IPv4 address (for a DHCP server's fixed lease).
+    pub ipv4_address: String,
     /// The host's script, padded to `script_size`.
     pub script: String,
     /// The architecture's targets this host gets: every patchable one but
@@ -375,6 +379,8 @@ impl Ipxe {
             let mut host = IpxeHost {
                 hostname: h.hostname.clone(),
                 arch: h.arch,
+                macs: h.macs.clone(),
+                ipv4_address: h.vars["ipv4_address"].clone(),
                 script,
                 targets,
                 combined,

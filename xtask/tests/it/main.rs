@@ -29,6 +29,7 @@ mod recipe_errors;
 mod remote;
 mod repro;
 mod security;
+mod serve;
 mod signing;
 mod sources;
 mod stage1;

@@ -22,7 +22,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
         "cli",
         &[
             "archive", "bench", "elf", "exec", "output", "plan", "publish", "recipe", "repro",
-            "sign", "steps", "store", "tools", "verify",
+            "serve", "sign", "steps", "store", "tools", "verify",
         ],
     ),
     (
@@ -33,6 +33,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ),
     ("repro", &["archive", "output", "steps", "store", "tools"]),
     ("publish", &["output", "store", "tools"]),
+    ("serve", &["recipe", "tools"]),
     ("output", &["exec", "plan", "store"]),
     ("exec", &["plan", "steps", "store", "tools"]),
     ("verify", &["archive", "store", "tools"]),

@@ -51,9 +51,11 @@ pub fn serve(s: &Settings, a: &ServeArgs) -> Result<ExitCode> {
         print!("{}", serve::dnsmasq::config(&a.recipe, ipxe, &stage1, &url));
         return Ok(ExitCode::SUCCESS);
     }
+    // Scripts served over HTTP go to whatever iPXE asks, not to a stage1 built to trust the
+    // operator's CA, so they are rendered as for a build without a key: `{{imgverify}}` empty.
     let loader = {
-        let s = s.clone();
-        Box::new(move || s.recipes())
+        let (dir, vars) = (s.recipes_dir.clone(), s.vars.clone());
+        Box::new(move || crate::recipe::load(&dir, &vars))
     };
     let scripts = Scripts::new(&a.recipe, s.recipes_dir.clone(), loader)?;
     let options = Options {

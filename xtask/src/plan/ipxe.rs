@@ -66,6 +66,7 @@ impl Made {
 
 impl Builder<'_> {
     pub(super) fn add_ipxe(&mut self, recipe: &Recipe, ipxe: &recipe::Ipxe) -> Result<()> {
+        self.check_trust_agrees(recipe)?;
         let shared = self.ipxe_inputs(recipe, ipxe)?;
         let commit = self.source_commit(&ipxe.source);
         let mut artifacts = Vec::new();
@@ -395,6 +396,21 @@ impl Builder<'_> {
     fn operator_trust(&self, recipe: &Recipe) -> Option<&crate::sign::SigningKey> {
         let key = self.opts.signing.as_deref()?;
         recipe.signing.ipxe_verifies().then_some(key)
+    }
+
+    /// A verifying iPXE's script and binary must agree: the recipes were loaded for a build
+    /// with a key exactly when the plan has one.
+    fn check_trust_agrees(&self, recipe: &Recipe) -> Result<()> {
+        let keyed = self.opts.signing.is_some();
+        if recipe.signing.ipxe_verifies() && keyed != self.recipes.signing_key {
+            anyhow::bail!(
+                "{}: the recipes were loaded {} a signing key but are planned {} one (load them with recipe::load_for)",
+                recipe.file.display(),
+                if self.recipes.signing_key { "for" } else { "without" },
+                if keyed { "with" } else { "without" }
+            );
+        }
+        Ok(())
     }
 
     /// The upstream commit a source tree is: a checkout's `.git/HEAD`, or

@@ -95,12 +95,7 @@ impl Builder<'_> {
         let Some(key) = &self.opts.signing else {
             return Ok(());
         };
-        if recipe
-            .signing
-            .imgverify
-            .iter()
-            .any(|k| k.artifact_kind().is_some())
-        {
+        if !recipe.signing.detached_kinds().is_empty() {
             key.check_code_signing()
                 .with_context(|| format!("{}: [signing] imgverify", recipe.file.display()))?;
         }
@@ -116,12 +111,7 @@ impl Builder<'_> {
             }
             return;
         };
-        let kinds: Vec<&str> = recipe
-            .signing
-            .imgverify
-            .iter()
-            .filter_map(|k| k.artifact_kind())
-            .collect();
+        let kinds = recipe.signing.detached_kinds();
         let signed: Vec<ArtifactSpec> = self.plan.artifacts[first..]
             .iter()
             .filter(|a| a.recipe == recipe.file && kinds.contains(&a.kind))

@@ -103,6 +103,17 @@ impl Host {
     }
 }
 
+/// Variables Kiln sets itself in some templates: a host may not override them (a host's
+/// `imgverify = ""` would turn off the signature checks its iPXE was built for).
+const BUILT_IN: &[&str] = &[
+    "imgverify",
+    "cmdline",
+    "kernel",
+    "rom_version",
+    "model",
+    "file",
+];
+
 /// The inventory field a host variable comes from.
 fn host_field(var: &str) -> &str {
     match var {
@@ -414,7 +425,7 @@ fn macs(
         if !why.is_empty() {
             return Err(blame.at(mac.span(), "mac", format!("`{text}` {why}")));
         }
-        let normal = mac_text(&parse_mac(text).expect("checked above"));
+        let normal = normal_mac(text).expect("checked above");
         if out.iter().any(|(m, _)| *m == normal) {
             return Err(blame.at(mac.span(), "mac", format!("lists `{text}` twice")));
         }
@@ -444,10 +455,14 @@ pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
     octets.try_into().ok()
 }
 
-/// A MAC as iPXE prints `${mac}`: lowercase hex octets joined by `:`.
-pub fn mac_text(octets: &[u8; 6]) -> String {
-    let hex: Vec<String> = octets.iter().map(|o| format!("{o:02x}")).collect();
-    hex.join(":")
+/// A MAC as iPXE prints `${mac}` (lowercase hex octets joined by `:`), from any form
+/// [`parse_mac`] reads; `None` if it is not one.
+pub fn normal_mac(text: &str) -> Option<String> {
+    let hex: Vec<String> = parse_mac(text)?
+        .iter()
+        .map(|o| format!("{o:02x}"))
+        .collect();
+    Some(hex.join(":"))
 }
 
 /// The host's own template variables: names of lowercase letters, digits and `_` that are
@@ -469,6 +484,10 @@ fn own_vars(
         }
         if HOST_VARIABLES.contains(&name.as_str()) {
             let why = format!("would hide the host's own `{{{{{name}}}}}`; choose another name");
+            return Err(blame.at(value.span(), &field, why));
+        }
+        if BUILT_IN.contains(&name.as_str()) {
+            let why = format!("would hide Kiln's `{{{{{name}}}}}`; choose another name");
             return Err(blame.at(value.span(), &field, why));
         }
         vars.insert(name.clone(), value.get_ref().clone());
@@ -832,11 +851,29 @@ mlab2-lga01, 192.0.2.11/26 ,192.0.2.1,8.8.8.8,,,,
     }
 
     #[test]
+    fn macs_are_read_in_ipxes_forms() {
+        let want = Some("52:54:00:ab:cd:ef".to_string());
+        assert_eq!(normal_mac("52:54:00:AB:CD:EF"), want);
+        assert_eq!(normal_mac("52-54-00-ab-cd-ef"), want);
+        assert_eq!(normal_mac("525400abcdef"), want);
+        assert_eq!(normal_mac("52:54:00:ab:cd"), None);
+        assert_eq!(normal_mac("52:54:00:ab:cd:eg"), None);
+        assert_eq!(normal_mac("5:254:00:ab:cd:ef"), None);
+        assert_eq!(normal_mac("525400abcdeg"), None);
+    }
+
+    #[test]
     fn own_vars_may_not_hide_host_fields() {
         let text = with_identity("toml").replace("project = ", "mac = ");
         let e = format!("{:#}", load_as("toml", &text).unwrap_err());
         assert!(
             e.contains("`vars.mac` would hide the host's own `{{mac}}`"),
+            "{e}"
+        );
+        let text = with_identity("toml").replace("project = ", "imgverify = ");
+        let e = format!("{:#}", load_as("toml", &text).unwrap_err());
+        assert!(
+            e.contains("`vars.imgverify` would hide Kiln's `{{imgverify}}`"),
             "{e}"
         );
         let text = with_identity("toml").replace("project = ", "Project = ");

@@ -44,6 +44,8 @@ pub struct Ipxe {
     pub vars: Vars,
     /// The recipe file, for messages.
     pub recipe: PathBuf,
+    /// The inventory file `hosts` names, if any.
+    pub inventory: Option<PathBuf>,
     /// The hosts of the inventory named by `hosts`, with their scripts.
     pub hosts: Vec<IpxeHost>,
     /// Written into every ROM (`archive/rom_version.rs`).
@@ -227,6 +229,7 @@ pub(super) fn ipxe(ctx: &mut Ctx, raw: RawIpxe, vars: &Vars) -> Option<Ipxe> {
         script_size,
         vars: vars.clone(),
         recipe: ctx.doc.file.clone(),
+        inventory: inventory.clone(),
         hosts: Vec::new(),
         rom_version,
         combined,

@@ -49,6 +49,9 @@ pub use sources::{Source, SourceKind, Sources};
 #[derive(Debug)]
 pub struct Recipes {
     pub dir: PathBuf,
+    /// Loaded for a build with the operator's signing key ([`load_for`]): the iPXE scripts'
+    /// `{{imgverify}}` says so, and the plan must agree.
+    pub signing_key: bool,
     pub sources: BTreeMap<String, Source>,
     /// `[mirrors] deb` of sources.toml (see `sources::Sources`).
     pub deb_mirrors: Vec<String>,
@@ -132,6 +135,7 @@ pub fn load_for(
     check_overrides(&targets, overrides)?;
     Ok(Recipes {
         dir: dir.to_path_buf(),
+        signing_key: signing,
         sources,
         deb_mirrors,
         targets,

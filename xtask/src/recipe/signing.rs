@@ -104,6 +104,14 @@ impl Signing {
     pub fn ipxe_verifies(&self) -> bool {
         self.imgverify.contains(&VerifyKind::Ipxe)
     }
+
+    /// The manifest kinds of the artifacts that get a detached `.sig`.
+    pub fn detached_kinds(&self) -> Vec<&'static str> {
+        self.imgverify
+            .iter()
+            .filter_map(|k| k.artifact_kind())
+            .collect()
+    }
 }
 
 /// Which sections the recipe has, for "signs what it does not build" errors.

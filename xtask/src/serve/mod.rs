@@ -18,7 +18,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 
-pub use scripts::{normal_mac, Loader, Scripts};
+pub use scripts::{Loader, Scripts};
 
 /// What `serve` serves, and where.
 pub struct Options {

@@ -10,17 +10,11 @@ use std::time::SystemTime;
 
 use anyhow::Result;
 
-use crate::recipe::hosts::{mac_text, parse_mac};
+use crate::recipe::hosts::normal_mac;
 use crate::recipe::Recipes;
 
 /// Loads the recipes as the command line says (`--recipes`, `--var`).
 pub type Loader = Box<dyn Fn() -> Result<Recipes> + Send + Sync>;
-
-/// A MAC in iPXE's `${mac}` form (lowercase, colons), from any form [`parse_mac`] reads;
-/// `None` if it is not one.
-pub fn normal_mac(text: &str) -> Option<String> {
-    parse_mac(text).map(|octets| mac_text(&octets))
-}
 
 /// One machine's answer.
 pub struct Script {
@@ -33,8 +27,8 @@ pub struct Script {
 type Stamp = BTreeMap<PathBuf, (Option<SystemTime>, u64)>;
 
 struct Loaded {
-    /// The script template (it may live outside the recipes directory).
-    template: PathBuf,
+    /// The script template and the inventory (either may live outside the recipes directory).
+    watched: Vec<PathBuf>,
     stamp: Stamp,
     default: String,
     /// MAC → (hostname, script).
@@ -73,7 +67,7 @@ impl Scripts {
     /// loading the recipes again if their files changed.
     pub fn for_mac(&self, mac: Option<&str>) -> Script {
         let mut loaded = self.lock();
-        let stamp = stamp(&self.recipes_dir, &loaded.template);
+        let stamp = stamp(&self.recipes_dir, &loaded.watched);
         if stamp != loaded.stamp {
             match load_scripts(&self.recipe, &self.recipes_dir, &self.load) {
                 Ok(new) => {
@@ -114,22 +108,27 @@ fn load_scripts(recipe: &str, dir: &std::path::Path, load: &Loader) -> Result<Lo
             by_mac.insert(mac.clone(), (host.hostname.clone(), unpadded(&host.script)));
         }
     }
+    let watched: Vec<PathBuf> = std::iter::once(ipxe.script_template.clone())
+        .chain(ipxe.inventory.clone())
+        .collect();
     Ok(Loaded {
-        template: ipxe.script_template.clone(),
-        stamp: stamp(dir, &ipxe.script_template),
+        stamp: stamp(dir, &watched),
+        watched,
         default: unpadded(&ipxe.script),
         by_mac,
     })
 }
 
-/// The recipes directory's files and the script template, as they are now.
-fn stamp(dir: &std::path::Path, template: &std::path::Path) -> Stamp {
+/// The recipes directory's files and the `watched` ones, as they are now.
+fn stamp(dir: &std::path::Path, watched: &[PathBuf]) -> Stamp {
     let files = walkdir::WalkDir::new(dir).into_iter().filter_map(|e| {
         e.ok()
             .filter(|e| e.file_type().is_file())
             .map(|e| e.into_path())
     });
-    std::iter::once(template.to_path_buf())
+    watched
+        .iter()
+        .cloned()
         .chain(files)
         .map(|f| {
             let meta = fs_err::metadata(&f).ok();
@@ -143,21 +142,4 @@ fn stamp(dir: &std::path::Path, template: &std::path::Path) -> Stamp {
 /// A script without the newlines that pad it to the embedded size.
 fn unpadded(script: &str) -> String {
     format!("{}\n", script.trim_end_matches('\n'))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn macs_are_read_in_ipxes_forms() {
-        let want = Some("52:54:00:ab:cd:ef".to_string());
-        assert_eq!(normal_mac("52:54:00:AB:CD:EF"), want);
-        assert_eq!(normal_mac("52-54-00-ab-cd-ef"), want);
-        assert_eq!(normal_mac("525400abcdef"), want);
-        assert_eq!(normal_mac("52:54:00:ab:cd"), None);
-        assert_eq!(normal_mac("52:54:00:ab:cd:eg"), None);
-        assert_eq!(normal_mac("5:254:00:ab:cd:ef"), None);
-        assert_eq!(normal_mac("525400abcdeg"), None);
-    }
 }

@@ -1,7 +1,8 @@
 //! Keys in a PKCS#11 token (an HSM, a smart card, SoftHSM): `--sign-key` as an RFC 7512 URI,
 //! `pkcs11:token=<label>;object=<key label>` (or `id=%01`), with the module to load in the
 //! URI's `module-path` query attribute or `KILN_PKCS11_MODULE`. The PIN is the key's
-//! passphrase (`KILN_SIGN_PASSPHRASE`, `--sign-passphrase-file`), or `pin-value` in the URI.
+//! passphrase (`KILN_SIGN_PASSPHRASE`, `--sign-passphrase-file`), never part of the URI: a URI
+//! is shown in messages and may sit in the environment (`KILN_SIGN_KEY`).
 //! The key never leaves the token: Kiln hands it a DigestInfo and gets the RSA PKCS#1 v1.5
 //! signature back (`CKM_RSA_PKCS`), which is deterministic, so a token signs exactly the bytes a
 //! PEM copy of the same key would.
@@ -54,7 +55,9 @@ impl Uri {
                 let (name, value) = pair
                     .split_once('=')
                     .with_context(|| format!("`{pair}` is not name=value"))?;
-                out.insert(name.to_string(), percent_decode(value)?);
+                let value = percent_decode(value)
+                    .with_context(|| format!("`{name}`: a % is not followed by two hex digits"))?;
+                out.insert(name.to_string(), value);
             }
             Ok(out)
         };
@@ -71,7 +74,9 @@ impl Uri {
     }
 }
 
-fn percent_decode(text: &str) -> Result<Vec<u8>> {
+/// The bytes `text` encodes; `None` for a `%` without two hex digits after it. (No error names
+/// the value: it could be a secret.)
+fn percent_decode(text: &str) -> Option<Vec<u8>> {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -79,8 +84,7 @@ fn percent_decode(text: &str) -> Result<Vec<u8>> {
         if bytes[i] == b'%' {
             let hex = text
                 .get(i + 1..i + 3)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .with_context(|| format!("`{text}`: a % is not followed by two hex digits"))?;
+                .and_then(|h| u8::from_str_radix(h, 16).ok())?;
             out.push(hex);
             i += 3;
         } else {
@@ -88,7 +92,7 @@ fn percent_decode(text: &str) -> Result<Vec<u8>> {
             i += 1;
         }
     }
-    Ok(out)
+    Some(out)
 }
 
 /// A private key in a token, logged in and found.
@@ -103,16 +107,15 @@ impl TokenKey {
     /// Opens the token and finds the key; every failure names what was asked for. `shown` is
     /// the URI without any `pin-value`, for messages.
     pub(super) fn open(uri: &str, passphrase: Option<&Passphrase>) -> Result<TokenKey> {
-        let shown = uri
-            .split_once("pin-value=")
-            .map_or(uri.to_string(), |(before, _)| {
-                format!("{before}pin-value=…")
-            });
-        Self::open_inner(uri, passphrase).with_context(|| format!("--sign-key {shown}"))
+        Self::open_inner(uri, passphrase).with_context(|| format!("--sign-key {uri}"))
     }
 
     fn open_inner(uri: &str, passphrase: Option<&Passphrase>) -> Result<TokenKey> {
         let uri = Uri::parse(uri)?;
+        let in_uri = ["pin-value", "pin-source"];
+        if let Some(name) = in_uri.into_iter().find(|n| uri.query.contains_key(*n)) {
+            bail!("`{name}`: the PIN is not given in the URI (it would show in messages and the environment); give it in KILN_SIGN_PASSPHRASE or a file named by --sign-passphrase-file");
+        }
         let module = match uri.text(&uri.query, "module-path")? {
             Some(m) => m,
             None => std::env::var("KILN_PKCS11_MODULE").map_err(|_| {
@@ -129,19 +132,7 @@ impl TokenKey {
         let session = pkcs11
             .open_ro_session(slot)
             .context("opening a session on the token")?;
-        let pin = match (uri.text(&uri.query, "pin-value")?, passphrase) {
-            (Some(pin), _) => Some(pin),
-            (None, Some(p)) => Some(p.0.clone()),
-            (None, None) => match uri.text(&uri.query, "pin-source")? {
-                Some(source) => {
-                    let file = source.strip_prefix("file:").unwrap_or(&source);
-                    let text = fs_err::read_to_string(file)?;
-                    Some(text.lines().next().unwrap_or_default().to_string())
-                }
-                None => None,
-            },
-        };
-        let Some(pin) = pin else {
+        let Some(pin) = passphrase.map(|p| p.0.clone()) else {
             bail!("the token needs its user PIN: give it in KILN_SIGN_PASSPHRASE or a file named by --sign-passphrase-file");
         };
         match session.login(UserType::User, Some(&AuthPin::new(pin.into()))) {
@@ -301,6 +292,19 @@ mod tests {
         assert_eq!(uri.path["id"], [0x01, 0xa2]);
         assert_eq!(uri.query["module-path"], b"/usr/lib/x.so");
         assert_eq!(uri.query["pin-value"], b"12");
+        let err = format!(
+            "{:#}",
+            Uri::parse("pkcs11:token=a?pin-value=se%2cret%").unwrap_err()
+        );
+        assert!(
+            err.contains("`pin-value`") && !err.contains("se%2cret"),
+            "{err}"
+        );
+        let err = TokenKey::open("pkcs11:token=a?pin-value=1234", None)
+            .err()
+            .unwrap();
+        let err = format!("{err:#}");
+        assert!(err.contains("the PIN is not given in the URI"), "{err}");
         assert!(Uri::parse("pkcs11:token=a%2").is_err());
         assert!(Uri::parse("pkcs11:token").is_err());
         assert!(Uri::parse("/etc/key.pem").is_err());

@@ -52,19 +52,19 @@ pub enum Firmware {
 }
 
 /// Lines that mean an image was refused, by the firmware (Secure Boot) or by iPXE (`imgverify`
-/// of a signature that does not match): the boot fails at once, with a [`Refused`] error.
+/// of a signature that does not match): the boot fails at once, with a [`FailureLine`] error.
 pub const REFUSED: [&str; 3] = ["Access Denied", "Security Violation", "Could not verify"];
 
 /// A boot that ended because the guest printed one of its spec's failure lines.
 #[derive(Debug)]
-pub struct Refused {
+pub struct FailureLine {
     /// The failure the line carried.
     pub failure: String,
     /// The last lines of the serial console, that one last.
     pub tail: String,
 }
 
-impl std::fmt::Display for Refused {
+impl std::fmt::Display for FailureLine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
@@ -74,7 +74,7 @@ impl std::fmt::Display for Refused {
     }
 }
 
-impl std::error::Error for Refused {}
+impl std::error::Error for FailureLine {}
 
 pub struct BootSpec {
     /// The guest's architecture (which QEMU runs it).
@@ -436,7 +436,7 @@ fn watch(rx: &mpsc::Receiver<String>, spec: &BootSpec) -> Result<BootOutcome> {
                 }
                 if let Some(f) = spec.failures.iter().find(|f| line.contains(f.as_str())) {
                     let tail = Vec::from(tail).join("\n");
-                    return Err(Refused {
+                    return Err(FailureLine {
                         failure: f.clone(),
                         tail,
                     }

@@ -80,7 +80,7 @@ pub fn boot_stage1(s: &Settings, a: &BootTestArgs) -> Result<ExitCode> {
                 o.marker,
                 o.elapsed.as_secs_f64()
             ),
-            Err(e) => match e.downcast_ref::<boot::Refused>() {
+            Err(e) => match e.downcast_ref::<boot::FailureLine>() {
                 Some(refused) => {
                     let line = refused.tail.lines().last().unwrap_or_default().trim();
                     println!(

@@ -319,11 +319,20 @@ fn a_variable_cannot_become_code_where_it_lands() {
     // A line break in a URL would add a `shell` command to the iPXE scripts
     // (stage1's, the first loaded, is where the error points).
     let said = plan("stage2_url=http://x\nshell", "stage2");
+    let template = std::fs::read_to_string(recipes.join("../ipxe/stage1.ipxe")).unwrap();
+    let (line, text) = (template.lines().enumerate())
+        .find(|(_, l)| l.contains("{{stage2_url}}"))
+        .unwrap();
+    let at = format!(
+        "ipxe/stage1.ipxe:{}:{}",
+        line + 1,
+        text.find("{{").unwrap() + 1
+    );
     assert!(
         said.contains(
             r#"`stage2_url` is "http://x\nshell", and '\n' cannot go into an iPXE script"#
-        ) && said.contains("ipxe/stage1.ipxe:28:28"),
-        "{said}"
+        ) && said.contains(&at),
+        "{at}: {said}"
     );
     // A quote in a release name would put a command into /etc/kiln-release,
     // which /init sources.
